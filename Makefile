@@ -1,0 +1,37 @@
+# Drip: `make run` starts the service on embedded defaults; `make test` runs the suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-postgres lint browser contract clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+run: install
+	$(BIN)/drip db upgrade
+	$(BIN)/drip serve
+
+# Debian's Chromium drives the browser tests; Playwright never downloads a browser of its own.
+browser:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
+	  { echo "could not install chromium (apt-get); the browser tests need /usr/bin/chromium" >&2; exit 1; }; }
+
+test: install browser
+	$(BIN)/ruff check service tests bench migrations
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+contract: install
+	../shared/contract/check
+
+clean:
+	rm -rf $(VENV) instance outbox .pytest_cache

@@ -1,0 +1,62 @@
+"""The Flask app factory. Configuration is passed in; nothing is built at import time.
+
+`create_app()` never starts a scheduler: under gunicorn every worker would send every email. The
+scheduler lives in `drip serve` (one process) and `drip worker`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flask import Flask, g, request
+from sqlalchemy.orm import Session
+
+from .config import Settings
+from .runtime import Runtime, build_runtime
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None,
+               wake: Callable[[], None] | None = None) -> Flask:
+    settings = settings or (runtime.settings if runtime else Settings.from_env())
+    runtime = runtime or build_runtime(settings)
+    app = Flask(__name__, template_folder="web/templates", static_folder="web/static")
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        MAX_FORM_MEMORY_SIZE=settings.max_body_bytes,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),
+        SESSION_COOKIE_NAME="drip_session",
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
+    )
+    app.extensions["drip"] = runtime
+    app.extensions["drip.wake"] = wake or (lambda: None)
+
+    @app.teardown_appcontext
+    def _close_session(_exc: BaseException | None) -> None:
+        session: Session | None = g.pop("db", None)
+        if session is not None:
+            session.close()
+
+    @app.after_request
+    def _security_headers(response):  # noqa: ANN001, ANN202
+        h = response.headers
+        h.setdefault("X-Content-Type-Options", "nosniff")
+        h.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
+        h.setdefault("X-Frame-Options", "DENY")
+        h.setdefault("Content-Security-Policy",
+                     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+        if request.path.startswith(("/admin", "/api")):
+            h.setdefault("Cache-Control", "no-store")
+        return response
+
+    from .web import admin, api, public
+
+    app.register_blueprint(public.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(api.bp)
+    return app

@@ -1,0 +1,213 @@
+"""Campaigns are data: `email_templates/<key>/campaign.toml` plus its Jinja2 templates.
+
+This module loads and checks campaign files and owns the schedule arithmetic: when is step N due,
+given when step N-1 was actually sent, in which time zone, at which local hour.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from email.headerregistry import Address
+from email.utils import parseaddr
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+
+KEY_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+DELAY_RE = re.compile(r"^\s*(\d+)\s*([wdhm]?)\s*$")
+
+
+class CampaignError(ValueError):
+    """A campaign file is invalid; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Delay:
+    """How long after the previous step's send a step is due.
+
+    Whole days/weeks are calendar days in the reader's time zone, landing on the send hour; hours and
+    minutes are exact durations (no send-hour snapping).
+    """
+
+    days: int = 0
+    seconds: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Delay:
+        m = DELAY_RE.match(str(text))
+        if not m:
+            raise ValueError(f"bad delay {text!r}: use e.g. '0', '7d', '1w', '12h' or '30m'")
+        n, unit = int(m.group(1)), m.group(2) or ("d" if int(m.group(1)) else "")
+        if unit == "w":
+            return cls(days=7 * n)
+        if unit == "d":
+            return cls(days=n)
+        if unit == "h":
+            return cls(seconds=3600 * n)
+        if unit == "m":
+            return cls(seconds=60 * n)
+        return cls()
+
+    @property
+    def immediate(self) -> bool:
+        return self.days == 0 and self.seconds == 0
+
+
+@dataclass(frozen=True)
+class Step:
+    key: str
+    index: int
+    delay: Delay
+    subject: str
+    template: str
+    preheader: str = ""
+
+
+@dataclass(frozen=True)
+class Campaign:
+    key: str
+    title: str
+    from_address: str
+    timezone: str
+    send_hour: int
+    consent: str
+    why: str
+    thank_you_title: str
+    thank_you_body: str
+    steps: tuple[Step, ...]
+    resources: dict[str, str] = field(default_factory=dict)
+    directory: Path = Path(".")
+
+    @property
+    def sender_name(self) -> str:
+        return parseaddr(self.from_address)[0] or self.title
+
+    def step(self, index: int) -> Step | None:
+        return self.steps[index] if 0 <= index < len(self.steps) else None
+
+
+def due_at(*, delay: Delay, after: datetime, tz_name: str, send_hour: int) -> datetime:
+    """When a step is due: `delay` after `after` (the previous step's actual send, UTC).
+
+    Day-based delays count calendar days in the reader's zone and land on the send hour there, so a
+    weekly email keeps its weekday and local hour across daylight-saving changes. The result is UTC.
+    """
+    after = after.astimezone(UTC)
+    if delay.immediate:
+        return after
+    if delay.days == 0:
+        return after + timedelta(seconds=delay.seconds)
+    tz = ZoneInfo(tz_name)
+    local_day: date = after.astimezone(tz).date() + timedelta(days=delay.days)
+    local = datetime.combine(local_day, time(hour=send_hour), tzinfo=tz)
+    # A send hour inside a spring-forward gap does not exist; zoneinfo maps it forward, which we keep.
+    return local.astimezone(UTC) + timedelta(seconds=delay.seconds)
+
+
+def valid_timezone(name: str | None) -> bool:
+    if not name or len(name) > 64 or not re.fullmatch(r"[A-Za-z0-9_+\-/]+", name):
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def load_campaigns(templates_dir: Path) -> dict[str, Campaign]:
+    """Every `<dir>/<key>/campaign.toml`, checked. Raises CampaignError naming the file."""
+    campaigns: dict[str, Campaign] = {}
+    for path in sorted(templates_dir.glob("*/campaign.toml")):
+        campaign = load_campaign(path)
+        campaigns[campaign.key] = campaign
+    if not campaigns:
+        raise CampaignError(f"no campaign files found under {templates_dir}/<campaign>/campaign.toml")
+    return campaigns
+
+
+def load_campaign(path: Path) -> Campaign:
+    key = path.parent.name
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise CampaignError(f"{where}: {exc}") from None
+    if not KEY_RE.match(key):
+        raise CampaignError(f"{where}: folder name {key!r} is not a valid campaign key (a-z, 0-9, -)")
+
+    def text(name: str, table: dict = data, required: bool = True) -> str:
+        value = table.get(name, "")
+        if not isinstance(value, str) or (required and not value.strip()):
+            raise CampaignError(f"{where}: {name!r} must be a non-empty string")
+        return value.strip()
+
+    from_address = text("from")
+    _check_from(from_address, where)
+    tz = text("timezone")
+    if not valid_timezone(tz):
+        raise CampaignError(f"{where}: timezone {tz!r} is not an IANA time zone")
+    send_hour = data.get("send_hour", 9)
+    if not isinstance(send_hour, int) or not 0 <= send_hour <= 23:
+        raise CampaignError(f"{where}: send_hour must be an integer 0-23, got {send_hour!r}")
+    resources = data.get("resources", {})
+    if not isinstance(resources, dict) or not all(
+        isinstance(v, str) and v.startswith(("https://", "http://")) for v in resources.values()
+    ):
+        raise CampaignError(f"{where}: [resources] must map names to http(s) URLs")
+    thank_you = data.get("thank_you", {})
+    return Campaign(
+        key=key,
+        title=text("title"),
+        from_address=from_address,
+        timezone=tz,
+        send_hour=send_hour,
+        consent=text("consent"),
+        why=text("why"),
+        thank_you_title=text("title", thank_you, required=False) or "Thank you!",
+        thank_you_body=text("body", thank_you, required=False) or "Please check your inbox.",
+        steps=_load_steps(data.get("steps"), where, path.parent),
+        resources=dict(resources),
+        directory=path.parent,
+    )
+
+
+def _load_steps(raw: object, where: str, directory: Path) -> tuple[Step, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise CampaignError(f"{where}: at least one [[steps]] entry is required")
+    steps: list[Step] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise CampaignError(f"{where}: step {i + 1} must be a table")
+        key = entry.get("key")
+        if not isinstance(key, str) or not KEY_RE.match(key):
+            raise CampaignError(f"{where}: step {i + 1} needs a key of a-z, 0-9 and -")
+        if key in seen:
+            raise CampaignError(f"{where}: duplicate step key {key!r}")
+        seen.add(key)
+        try:
+            delay = Delay.parse(entry.get("delay", "7d"))
+        except ValueError as exc:
+            raise CampaignError(f"{where}: step {key!r}: {exc}") from None
+        template = entry.get("template", key)
+        for ext in ("html", "txt"):
+            if not (directory / f"{template}.{ext}").is_file():
+                raise CampaignError(f"{where}: step {key!r}: missing template {directory / f'{template}.{ext}'}")
+        subject = entry.get("subject")
+        if not isinstance(subject, str) or not subject.strip() or "\n" in subject or "\r" in subject:
+            raise CampaignError(f"{where}: step {key!r} needs a one-line subject")
+        steps.append(Step(key=key, index=i, delay=delay, subject=subject.strip(), template=template,
+                          preheader=str(entry.get("preheader", "")).strip()))
+    return tuple(steps)
+
+
+def _check_from(value: str, where: str) -> None:
+    name, addr = parseaddr(value)
+    try:
+        validate_email(addr, check_deliverability=False, test_environment=True)
+        Address(display_name=name, addr_spec=addr)
+    except (EmailNotValidError, ValueError, IndexError) as exc:
+        raise CampaignError(f"{where}: 'from' {value!r} is not a valid address: {exc}") from None

@@ -1,0 +1,180 @@
+"""The `drip` command line (also `python -m service`)."""
+from __future__ import annotations
+
+import getpass
+import logging
+import sys
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+
+from .config import ConfigError, Settings
+
+log = logging.getLogger("drip")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _runtime(settings: Settings, **kw):  # noqa: ANN003, ANN202
+    from .campaigns import CampaignError
+    from .runtime import build_runtime
+
+    try:
+        return build_runtime(settings, **kw)
+    except CampaignError as exc:
+        raise click.ClickException(f"invalid campaign: {exc}") from None
+
+
+def masked(url: str) -> str:
+    """A URL safe to print: the password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+def main(verbose: bool) -> None:
+    """Drip: signup webhook, welcome email, weekly coaching emails."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply Alembic migrations (idempotent)."""
+    from .migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    click.echo(f"database at head: {masked(settings.database_url)}")
+
+
+def _warn_placeholders(settings: Settings) -> None:
+    if settings.postal_address_is_placeholder:
+        log.warning("DRIP_POSTAL_ADDRESS is not set: every email footer shows a placeholder instead of the "
+                    "sender's postal address (CAN-SPAM requires a real one)")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Web app and scheduler in one process (the embedded default)."""
+    from .server import run_gunicorn
+
+    settings = _settings()
+    _runtime(settings)  # fail fast on a bad campaign, before forking
+    _warn_placeholders(settings)
+    base = f"http://{host}:{port}"
+    click.echo(f"\nDrip is running.\n  signup form:   {base}/\n  operator:      {base}/admin "
+               f"(create an account: .venv/bin/drip users add you@example.org)\n  emails go to:  "
+               f"{masked(settings.email_url)}\n  database:      {masked(settings.database_url)}\n", err=True)
+    run_gunicorn(settings, host=host, port=port, workers=1, threads=8, with_scheduler=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int)
+def web(host: str, port: int, workers: int) -> None:
+    """The web app alone under gunicorn; never starts a scheduler."""
+    from .server import run_gunicorn
+
+    settings = _settings()
+    _runtime(settings)
+    run_gunicorn(settings, host=host, port=port, workers=workers, threads=4, with_scheduler=False)
+
+
+@main.command()
+def worker() -> None:
+    """Dispatch passes every DRIP_TICK_SECONDS until stopped; run as many as you like."""
+    from .scheduler import run_blocking
+
+    settings = _settings()
+    rt = _runtime(settings)
+    _warn_placeholders(settings)
+    log.info("worker started: a pass every %ss, sending via %s", settings.tick_seconds, masked(settings.email_url))
+    run_blocking(rt.dispatcher(), settings.tick_seconds)
+
+
+@main.command()
+@click.option("--now", "now_text", default=None, help="ISO-8601 time to act as if it were (default: now)")
+def tick(now_text: str | None) -> None:
+    """One pass: everything due as of NOW is sent, then exit with a summary line."""
+    now = None
+    if now_text:
+        try:
+            now = datetime.fromisoformat(now_text.replace("Z", "+00:00"))
+        except ValueError:
+            raise click.BadParameter(f"not an ISO-8601 time: {now_text!r}", param_hint="--now") from None
+        now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+    rt = _runtime(_settings())
+    summary = rt.dispatcher().run_pass(now)
+    click.echo(f"tick: {summary.line()}")
+
+
+@main.group()
+def users() -> None:
+    """Operator accounts."""
+
+
+@users.command("add")
+@click.argument("email")
+def users_add(email: str) -> None:
+    """Create an operator (or reset their password). Password from stdin when it is not a terminal."""
+    from .accounts import AccountError, add_user
+    from .db import utcnow
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise click.ClickException("the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    rt = _runtime(_settings())
+    with rt.sessions() as session, session.begin():
+        try:
+            user = add_user(session, email, password, now=utcnow())
+        except AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"operator {user.email} can log in at {rt.settings.base_url}/admin/login")
+
+
+@main.group()
+def tokens() -> None:
+    """API tokens."""
+
+
+@tokens.command("create")
+@click.argument("name")
+def tokens_create(name: str) -> None:
+    """Print a new API token (shown once; only its hash is kept)."""
+    from .accounts import AccountError, create_token
+    from .db import utcnow
+
+    rt = _runtime(_settings())
+    with rt.sessions() as session, session.begin():
+        try:
+            token = create_token(session, name, now=utcnow())
+        except AccountError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(token)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The message status model and the append-only event history.
+
+Every change of a message's status goes through `transition`, which checks it against one explicit
+table and writes the event in the same transaction. Events with a provider id apply once.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .models import Event, Message
+
+log = logging.getLogger(__name__)
+
+# status -> statuses it may move to. Terminal rows may still gain delivery facts from providers
+# (a "sent" message becomes "delivered", "bounced" or "complained"; a delivered one can bounce later).
+ALLOWED: dict[str, frozenset[str]] = {
+    "queued": frozenset({"sending", "suppressed"}),
+    "deferred": frozenset({"sending", "suppressed", "failed"}),
+    "sending": frozenset({"sent", "deferred", "failed", "bounced", "suppressed", "sending"}),
+    "sent": frozenset({"delivered", "bounced", "complained", "deferred"}),
+    "delivered": frozenset({"bounced", "complained"}),
+    "failed": frozenset({"queued"}),  # an operator's retry
+    "bounced": frozenset(),
+    "complained": frozenset(),
+    "suppressed": frozenset(),
+}
+
+# Event types (the small vocabulary the send log and timelines read).
+EVENT_TYPES = frozenset({
+    "signup", "queued", "attempt", "sent", "deferred", "failed", "bounced", "suppressed", "reclaimed",
+    "delivered", "complained", "unsubscribed", "resubscribed", "enrollment_stopped", "enrollment_completed",
+})
+
+
+class IllegalTransition(ValueError):
+    pass
+
+
+def record(
+    session: Session,
+    *,
+    type: str,
+    now: datetime,
+    subscriber_id: int | None = None,
+    message_id: int | None = None,
+    detail: str | None = None,
+    data: dict | None = None,
+    provider_event_id: str | None = None,
+) -> Event:
+    if type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type!r}")
+    event = Event(type=type, subscriber_id=subscriber_id, message_id=message_id, detail=detail, data=data,
+                  provider_event_id=provider_event_id, created_at=now)
+    session.add(event)
+    return event
+
+
+def already_applied(session: Session, provider_event_id: str) -> bool:
+    return session.scalar(select(Event.id).where(Event.provider_event_id == provider_event_id)) is not None
+
+
+def transition(session: Session, message: Message, new: str, *, now: datetime, detail: str | None = None,
+               event_type: str | None = None, data: dict | None = None) -> None:
+    """Move a message to `new` and append the matching event; refuses moves the table does not allow."""
+    if new != message.status and new not in ALLOWED[message.status]:
+        raise IllegalTransition(f"message {message.id}: {message.status} -> {new} is not allowed")
+    message.status = new
+    message.updated_at = now
+    record(session, type=event_type or new, now=now, subscriber_id=message.subscriber_id,
+           message_id=message.id, detail=detail, data=data)

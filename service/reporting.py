@@ -1,0 +1,108 @@
+"""Read models for the operator: the send log with filters and keyset paging (newest first)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .models import MESSAGE_STATUSES, Message
+
+MAX_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class MessageFilter:
+    status: str | None = None
+    campaign: str | None = None
+    step: str | None = None
+    email: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before: int | None = None  # keyset cursor: messages with a smaller id
+    limit: int = 50
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str]) -> MessageFilter:
+        """Lenient parsing for pages; the API validates strictly with `parse_api_args`."""
+        def opt(name: str) -> str | None:
+            value = (args.get(name) or "").strip()
+            return value[:320] or None
+
+        def num(name: str, default: int | None) -> int | None:
+            try:
+                return int(args.get(name, ""))
+            except ValueError:
+                return default
+
+        status = opt("status")
+        return cls(status=status if status in MESSAGE_STATUSES else None, campaign=opt("campaign"),
+                   step=opt("step"), email=opt("email"), since=_date(opt("since")), until=_date(opt("until")),
+                   before=num("before", None), limit=max(1, min(MAX_LIMIT, num("limit", 50) or 50)))
+
+    def query_args(self, **changes: object) -> dict:
+        values = {k: v for k, v in asdict(self).items() if v not in (None, "")}
+        values.update(changes)
+        for key in ("since", "until"):
+            if isinstance(values.get(key), datetime):
+                values[key] = values[key].date().isoformat()
+        return {k: v for k, v in values.items() if v is not None}
+
+
+def _date(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    rows: list[Message]
+    next_before: int | None
+
+
+def list_messages(session: Session, flt: MessageFilter) -> MessagePage:
+    q = select(Message)
+    if flt.status:
+        q = q.where(Message.status == flt.status)
+    if flt.campaign:
+        q = q.where(Message.campaign == flt.campaign)
+    if flt.step:
+        q = q.where(Message.step_key == flt.step)
+    if flt.email:
+        q = q.where(Message.to_email.ilike(f"%{_escape_like(flt.email)}%", escape="\\"))
+    if flt.since:
+        q = q.where(Message.created_at >= flt.since)
+    if flt.until:
+        q = q.where(Message.created_at < flt.until)
+    if flt.before:
+        q = q.where(Message.id < flt.before)
+    rows = list(session.scalars(q.order_by(Message.id.desc()).limit(flt.limit + 1)))
+    more = len(rows) > flt.limit
+    rows = rows[: flt.limit]
+    return MessagePage(rows=rows, next_before=rows[-1].id if more and rows else None)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def message_dict(m: Message) -> dict:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": m.id, "campaign": m.campaign, "step": m.step_key, "to": m.to_email, "status": m.status,
+        "subject": m.subject, "attempts": m.attempts, "last_error": m.last_error, "message_id": m.message_id,
+        "provider_message_id": m.provider_message_id, "created_at": iso(m.created_at), "sent_at": iso(m.sent_at),
+        "next_attempt_at": iso(m.next_attempt_at) if m.status in ("queued", "deferred") else None,
+        "updated_at": iso(m.updated_at),
+    }

@@ -1,0 +1,72 @@
+"""APScheduler only triggers passes; the database decides who sends what.
+
+One interval job, `max_instances=1`, `coalesce=True`, in-memory job store. Missed runs are never
+"made up": each pass computes what is due from the database, so downtime is caught up on the next one.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from .dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+JOB_ID = "dispatch-pass"
+
+
+class PassRunner:
+    """The job: one dispatch pass, logged; an error is logged and the next tick tries again."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.running = threading.Event()
+
+    def __call__(self) -> None:
+        self.running.set()
+        try:
+            summary = self.dispatcher.run_pass()
+            if summary.queued or summary.sent or summary.deferred or summary.failed or summary.bounced:
+                log.info("pass: %s", summary.line())
+        except Exception:
+            log.exception("dispatch pass failed; the next tick retries")
+        finally:
+            self.running.clear()
+
+
+def _add_job(scheduler, runner: PassRunner, seconds: float) -> None:  # noqa: ANN001
+    scheduler.add_job(runner, "interval", seconds=seconds, id=JOB_ID, max_instances=1, coalesce=True,
+                      misfire_grace_time=None, next_run_time=datetime.now(UTC))
+
+
+def start_background(dispatcher: Dispatcher, seconds: float) -> tuple[BackgroundScheduler, callable]:
+    """For `drip serve`: returns the scheduler and a `wake()` that runs a pass now (after a signup)."""
+    scheduler = BackgroundScheduler(timezone=UTC)
+    runner = PassRunner(dispatcher)
+    _add_job(scheduler, runner, seconds)
+    scheduler.start()
+
+    def wake() -> None:
+        if not runner.running.is_set():
+            scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
+
+    return scheduler, wake
+
+
+def run_blocking(dispatcher: Dispatcher, seconds: float) -> None:
+    """For `drip worker`: runs until SIGTERM/SIGINT, finishing the pass in progress."""
+    import signal
+
+    scheduler = BlockingScheduler(timezone=UTC)
+    _add_job(scheduler, PassRunner(dispatcher), seconds)
+
+    def stop(signum, _frame):  # noqa: ANN001
+        log.info("signal %s: finishing the current pass, then stopping", signum)
+        threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    scheduler.start()

@@ -1,0 +1,59 @@
+"""Runs the app under gunicorn from code, for `drip web` and `drip serve`.
+
+Only `drip serve` (one worker process) starts a scheduler, inside that worker after the fork: a
+scheduler thread does not survive a fork, and one per worker would send every email N times.
+"""
+from __future__ import annotations
+
+import logging
+
+from gunicorn.app.base import BaseApplication
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: Settings, options: dict, with_scheduler: bool) -> None:
+        self.settings = settings
+        self.options = options
+        self.with_scheduler = with_scheduler
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):  # noqa: ANN201
+        from .app import create_app
+        from .runtime import build_runtime
+
+        runtime = build_runtime(self.settings, pool_size=self.options.get("threads", 4) + 1)
+        wake = None
+        if self.with_scheduler:
+            from .scheduler import start_background
+
+            _scheduler, wake = start_background(runtime.dispatcher(), self.settings.tick_seconds)
+            log.info("scheduler started: a pass every %ss", self.settings.tick_seconds)
+        return create_app(runtime=runtime, wake=wake)
+
+
+def run_gunicorn(settings: Settings, *, host: str, port: int, workers: int, threads: int,
+                 with_scheduler: bool) -> None:
+    if with_scheduler and workers != 1:
+        raise ValueError("a scheduler runs in exactly one process")
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": threads,
+        "timeout": 60,
+        "graceful_timeout": 20,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "limit_request_line": 8190,
+        "control_socket_disable": True,
+    }
+    _Gunicorn(settings, options, with_scheduler).run()

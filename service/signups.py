@@ -1,0 +1,157 @@
+"""Signups: validate the input, upsert subscriber + enrollment, store the consent. Never sends mail.
+
+Idempotent under concurrency: the subscriber and the enrollment are inserted with ON CONFLICT DO
+NOTHING against their unique keys, so thirty simultaneous posts of one address make one subscriber,
+one enrollment and one consent record; exactly one caller learns it was new.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from . import events
+from .campaigns import Campaign, valid_timezone
+from .models import Consent, Enrollment, Subscriber
+from .suppression import is_suppressed
+
+log = logging.getLogger(__name__)
+
+MAX_NAME = 100
+MAX_EMAIL_INPUT = 320
+MAX_URL = 2000
+MAX_USER_AGENT = 500
+# C0/C1 controls, plus Unicode format characters (bidi overrides, zero-width joiners) in names.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class SignupError(ValueError):
+    """Bad input. `field` names the offending field; the web layer maps this to a 4xx."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.field = code, message, field
+
+
+@dataclass(frozen=True)
+class SignupInput:
+    email: str
+    email_key: str
+    name: str
+    campaign: str
+    timezone: str | None
+
+
+@dataclass(frozen=True)
+class ConsentMeta:
+    source: str  # "form" or "json"
+    source_url: str | None = None
+    user_agent: str | None = None
+    ip: str | None = None
+
+
+@dataclass(frozen=True)
+class SignupResult:
+    status: str  # "created", "existing", "inactive" (unsubscribed/bounced) or "suppressed"
+    subscriber_id: int | None
+
+    @property
+    def created(self) -> bool:
+        return self.status == "created"
+
+
+def clean_name(raw: object) -> str:
+    if raw is None:
+        return ""
+    if not isinstance(raw, str):
+        raise SignupError("invalid_name", "name must be a string", "name")
+    text = unicodedata.normalize("NFC", raw)
+    text = _CONTROL.sub(" ", text)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    text = " ".join(text.split())
+    if len(text) > MAX_NAME:
+        raise SignupError("name_too_long", f"name must be at most {MAX_NAME} characters", "name")
+    return text
+
+
+def normalize_email(raw: object) -> tuple[str, str]:
+    """Returns (address as stored, lower-cased key). Syntax only: no DNS during a request."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise SignupError("missing_email", "email is required", "email")
+    if not isinstance(raw, str):
+        raise SignupError("invalid_email", "email must be a string", "email")
+    if len(raw) > MAX_EMAIL_INPUT:
+        raise SignupError("invalid_email", "email is too long", "email")
+    try:
+        result = validate_email(raw.strip(), check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise SignupError("invalid_email", f"email is not valid: {exc}", "email") from None
+    return result.normalized, result.normalized.lower()
+
+
+def parse_signup(data: Mapping[str, object], *, campaigns: Mapping[str, Campaign], default_campaign: str,
+                 campaign_in_path: str | None = None) -> SignupInput:
+    email, key = normalize_email(data.get("email"))
+    name = clean_name(data.get("name"))
+    campaign = campaign_in_path or data.get("campaign") or default_campaign
+    if not isinstance(campaign, str) or campaign not in campaigns:
+        raise SignupError("unknown_campaign", f"no campaign named {str(campaign)[:64]!r}", "campaign")
+    tz = data.get("timezone") or None
+    if tz is not None and (not isinstance(tz, str) or not valid_timezone(tz.strip())):
+        raise SignupError("invalid_timezone", "timezone must be an IANA name such as Europe/Paris", "timezone")
+    return SignupInput(email=email, email_key=key, name=name, campaign=campaign,
+                       timezone=tz.strip() if isinstance(tz, str) else None)
+
+
+def _insert(session: Session):  # noqa: ANN202
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,
+           record_ip: bool = False) -> SignupResult:
+    """Upsert the subscriber and enrollment; the caller commits. The welcome is due at `now`."""
+    if is_suppressed(session, data.email_key):
+        log.info("signup for a suppressed address ignored (campaign %s)", data.campaign)
+        return SignupResult("suppressed", None)
+    insert = _insert(session)
+    session.execute(
+        insert(Subscriber)
+        .values(public_id=secrets.token_urlsafe(16), email=data.email, email_key=data.email_key, name=data.name,
+                timezone=data.timezone, status="active", created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["email_key"])
+    )
+    subscriber = session.scalars(select(Subscriber).where(Subscriber.email_key == data.email_key)).one()
+    if subscriber.status != "active":
+        # Someone who unsubscribed or bounced is not re-enrolled by a form post (a bot could do that);
+        # an operator resubscribes them with a recorded reason.
+        return SignupResult("inactive", subscriber.id)
+    inserted = session.execute(
+        insert(Enrollment)
+        .values(subscriber_id=subscriber.id, campaign=data.campaign, status="active", next_step=0,
+                next_due_at=now, created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["subscriber_id", "campaign"])
+    ).rowcount
+    if not inserted:
+        return SignupResult("existing", subscriber.id)
+    if not subscriber.name and data.name:
+        subscriber.name = data.name
+    if not subscriber.timezone and data.timezone:
+        subscriber.timezone = data.timezone
+    session.add(Consent(
+        subscriber_id=subscriber.id, campaign=data.campaign, created_at=now, source=meta.source,
+        source_url=(meta.source_url or "")[:MAX_URL] or None,
+        user_agent=(meta.user_agent or "")[:MAX_USER_AGENT] or None,
+        ip=meta.ip if record_ip else None, wording=campaign.consent,
+    ))
+    events.record(session, type="signup", now=now, subscriber_id=subscriber.id,
+                  detail=f"signed up for {data.campaign} via {meta.source}")
+    return SignupResult("created", subscriber.id)

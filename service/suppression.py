@@ -1,0 +1,54 @@
+"""Who must not be mailed: the suppression list, and stopping a subscriber everywhere at once.
+
+Unsubscribes, hard bounces and complaints all end here: the subscriber's status changes, every
+enrollment stops and every message not yet handed to a transport is marked `suppressed`. The sending
+path checks again just before each send, so a message already claimed by a worker is caught too.
+"""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from . import events
+from .models import Enrollment, Message, Subscriber, Suppression
+
+PENDING = ("queued", "deferred")
+
+
+def email_hash(email_key: str) -> str:
+    return hashlib.sha256(email_key.strip().lower().encode("utf-8")).hexdigest()
+
+
+def is_suppressed(session: Session, email_key: str) -> bool:
+    return session.scalar(select(Suppression.id).where(Suppression.email_hash == email_hash(email_key))) is not None
+
+
+def suppress_address(session: Session, email_key: str, *, reason: str, now: datetime,
+                     detail: str | None = None) -> None:
+    """Add to the suppression list (idempotent)."""
+    if not is_suppressed(session, email_key):
+        session.add(Suppression(email_hash=email_hash(email_key), reason=reason, detail=detail, created_at=now))
+        session.flush()
+
+
+def stop_subscriber(session: Session, subscriber: Subscriber, *, status: str, reason: str, now: datetime,
+                    detail: str | None = None) -> int:
+    """Mark the subscriber `status`, stop all enrollments and cancel unsent messages. Returns how many."""
+    subscriber.status = status
+    subscriber.updated_at = now
+    if status == "unsubscribed" and subscriber.unsubscribed_at is None:
+        subscriber.unsubscribed_at = now
+    session.execute(
+        update(Enrollment)
+        .where(Enrollment.subscriber_id == subscriber.id, Enrollment.status == "active")
+        .values(status="stopped", stopped_reason=reason, next_due_at=None, updated_at=now)
+    )
+    pending = session.scalars(
+        select(Message).where(Message.subscriber_id == subscriber.id, Message.status.in_(PENDING))
+    ).all()
+    for message in pending:
+        events.transition(session, message, "suppressed", now=now, detail=f"cancelled: {reason}")
+    return len(pending)

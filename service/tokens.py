@@ -1,0 +1,38 @@
+"""Signed, opaque tokens for links in emails (itsdangerous, one salt per purpose).
+
+An unsubscribe token carries the subscriber's random public id and the campaign, never the address or
+a row id. Tokens stay valid for `max_age_days` (CAN-SPAM asks for at least 30; we default to 400).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+UNSUBSCRIBE_SALT = "drip.unsubscribe.v1"
+
+
+class BadToken(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class UnsubscribeClaim:
+    public_id: str
+    campaign: str
+
+
+def make_unsubscribe_token(secret_key: str, *, public_id: str, campaign: str) -> str:
+    return URLSafeTimedSerializer(secret_key, salt=UNSUBSCRIBE_SALT).dumps([public_id, campaign])
+
+
+def read_unsubscribe_token(secret_key: str, token: str, *, max_age_days: int) -> UnsubscribeClaim:
+    if len(token) > 400:
+        raise BadToken("token too long")
+    try:
+        data = URLSafeTimedSerializer(secret_key, salt=UNSUBSCRIBE_SALT).loads(token, max_age=max_age_days * 86400)
+    except BadSignature as exc:  # includes SignatureExpired
+        raise BadToken(str(exc)) from None
+    if not (isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data)):
+        raise BadToken("malformed token")
+    return UnsubscribeClaim(public_id=data[0], campaign=data[1])

@@ -1,0 +1,25 @@
+"""Transports, chosen by DRIP_EMAIL_URL: file (the default) and smtp/smtps."""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ..config import ConfigError
+from .base import OutboundEmail, SendResult, Transport, TransportError
+
+__all__ = ["OutboundEmail", "SendResult", "Transport", "TransportError", "make_transport"]
+
+
+def make_transport(url: str) -> Transport:
+    """A new transport for one pass (SMTP keeps one connection open for the pass)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "file":
+        from .file import FileTransport
+
+        parts = urlsplit(url)
+        return FileTransport(Path(unquote(parts.netloc + parts.path) or "outbox"))
+    if scheme in ("smtp", "smtps"):
+        from .smtp import SmtpConfig, SmtpTransport
+
+        return SmtpTransport(SmtpConfig.from_url(url))
+    raise ConfigError(f"DRIP_EMAIL_URL: unknown transport {scheme!r} (use file://, smtp:// or smtps://)")

@@ -1,0 +1,60 @@
+"""The transport interface: values in, values out (after Django's email backends and Healthchecks).
+
+A transport sends a batch and yields one `SendResult` per email, in order, as each is done, so the
+dispatcher can record outcomes while the batch is still going.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class OutboundEmail:
+    """One composed email, ready for any transport."""
+
+    message_pk: int  # our messages.id
+    envelope_from: str
+    recipient: str  # ASCII envelope recipient
+    from_header: str
+    to_header: str
+    subject: str
+    text: str
+    html: str
+    headers: tuple[tuple[str, str], ...]  # Message-ID, Date, List-Unsubscribe, ... in order
+    raw: bytes = field(repr=False)  # the full RFC 5322 message
+    idempotency_key: str = ""
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    ok: bool
+    permanent: bool = False  # a permanent refusal for this recipient (bounce), no retry
+    code: int | None = None
+    error: str = ""
+    provider_id: str | None = None
+    retry_after: float | None = None  # seconds, when the server said so
+    suppress: bool = False  # the address itself is bad: suppress it
+
+
+class TransportError(Exception):
+    """A failure of the whole transport (cannot connect, bad credentials), not of one recipient."""
+
+    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+class Transport(Protocol):
+    name: str
+
+    def send(self, batch: Sequence[OutboundEmail]) -> Iterator[SendResult]:
+        """Send each email; yield a result per email in order. Raise TransportError only before the first."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,181 @@
+"""Public routes: the home page form, the signup webhook, thank-you pages, unsubscribe, health, metrics."""
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from .. import ratelimit
+from ..db import utcnow
+from ..metrics import render_metrics
+from ..signups import ConsentMeta, SignupError, parse_signup, signup
+from ..tokens import BadToken, read_unsubscribe_token
+from ..unsubscribe import find_subscriber, unsubscribe
+from . import db, runtime, wants_json
+
+log = logging.getLogger(__name__)
+bp = Blueprint("public", __name__)
+
+
+def error(code: str, message: str, field: str | None, status: int) -> tuple[Response, int]:
+    return jsonify({"error": {"code": code, "message": message, "field": field}}), status
+
+
+@bp.get("/")
+def home():  # noqa: ANN201
+    rt = runtime()
+    campaign = rt.campaigns[rt.settings.default_campaign]
+    return render_template("home.html", campaign=campaign, error=None, values={})
+
+
+@bp.post("/signup")
+@bp.post("/signup/<campaign>")
+def signup_webhook(campaign: str | None = None):  # noqa: ANN201
+    as_json = wants_json(request)
+    try:
+        data = _read_body()
+    except SignupError as exc:
+        return _signup_error(exc, as_json, {}, campaign, 400 if exc.code != "unsupported_media_type" else 415)
+    rt = runtime()
+    try:
+        parsed = parse_signup(data, campaigns=rt.campaigns, default_campaign=rt.settings.default_campaign,
+                              campaign_in_path=campaign)
+    except SignupError as exc:
+        return _signup_error(exc, as_json, data, campaign, 404 if exc.code == "unknown_campaign" and campaign else 400)
+
+    session, now = db(), utcnow()
+    limit = rt.settings.signup_rate_limit
+    if limit is not None:
+        verdict = ratelimit.hit(session, f"signup-ip:{request.remote_addr}", limit, now)
+        session.commit()
+        if not verdict.allowed:
+            resp, status = error("rate_limited", "too many signups from this address; try again later", None, 429)
+            resp.headers["Retry-After"] = str(verdict.retry_after)
+            return resp, status
+    meta = ConsentMeta(source="json" if request.is_json else "form",
+                       source_url=_str(data.get("source_url")) or request.headers.get("Referer"),
+                       user_agent=request.headers.get("User-Agent"), ip=request.remote_addr)
+    result = signup(session, parsed, campaign=rt.campaigns[parsed.campaign], meta=meta, now=now,
+                    record_ip=rt.settings.record_ip)
+    session.commit()
+    if result.created:
+        runtime_wake()
+    if not as_json:
+        return redirect(url_for("public.thanks", campaign=parsed.campaign), code=303)
+    body = {"status": "subscribed" if result.status in ("created", "existing") else "not_subscribed",
+            "campaign": parsed.campaign, "email": parsed.email}
+    if result.status in ("inactive", "suppressed"):
+        body["detail"] = "this address has unsubscribed or bounced; it is not re-enrolled by a signup"
+    return jsonify(body), 201 if result.created else 200
+
+
+def runtime_wake() -> None:
+    from flask import current_app
+
+    try:
+        current_app.extensions["drip.wake"]()
+    except Exception:  # waking the scheduler early is a courtesy; the next tick sends anyway
+        log.exception("could not wake the scheduler")
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _read_body() -> dict:
+    if request.is_json:
+        raw = request.get_data(cache=True)
+        try:
+            data = json.loads(raw or b"")
+        except (ValueError, UnicodeDecodeError):
+            raise SignupError("malformed_json", "the request body is not valid JSON", None) from None
+        if not isinstance(data, dict):
+            raise SignupError("malformed_json", "the JSON body must be an object", None)
+        return data
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return request.form.to_dict()
+    if not request.get_data(cache=True):
+        return {}
+    raise SignupError("unsupported_media_type",
+                      "send application/json or a form (application/x-www-form-urlencoded)", None)
+
+
+def _signup_error(exc: SignupError, as_json: bool, data: dict, campaign: str | None, status: int):  # noqa: ANN202
+    if as_json:
+        return error(exc.code, exc.message, exc.field, status)
+    rt = runtime()
+    shown = rt.campaigns.get(campaign or _str(data.get("campaign")) or "") or rt.campaigns[rt.settings.default_campaign]
+    values = {k: v for k, v in data.items() if k in ("email", "name") and isinstance(v, str)}
+    return render_template("home.html", campaign=shown, error=exc, values=values), status
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def too_large(_exc):  # noqa: ANN001, ANN201
+    limit = runtime().settings.max_body_bytes
+    return error("too_large", f"the request body is larger than {limit} bytes", None, 413)
+
+
+@bp.get("/thanks/<campaign>")
+def thanks(campaign: str):  # noqa: ANN201
+    c = runtime().campaigns.get(campaign)
+    if c is None:
+        abort(404)
+    return render_template("thanks.html", campaign=c)
+
+
+def _claim(token: str):  # noqa: ANN202
+    rt = runtime()
+    try:
+        return read_unsubscribe_token(rt.settings.secret_key, token, max_age_days=rt.settings.unsubscribe_max_age_days)
+    except BadToken:
+        return None
+
+
+@bp.get("/unsubscribe/<token>")
+def unsubscribe_page(token: str):  # noqa: ANN201
+    claim = _claim(token)
+    subscriber = find_subscriber(db(), claim) if claim else None
+    if subscriber is None:
+        return render_template("unsubscribe.html", state="invalid", campaign=None), 404
+    campaign = runtime().campaigns.get(claim.campaign)
+    state = "ask" if subscriber.status == "active" else "done"
+    return render_template("unsubscribe.html", state=state, campaign=campaign, token=token)
+
+
+@bp.post("/unsubscribe/<token>")
+def unsubscribe_post(token: str):  # noqa: ANN201
+    """RFC 8058: no cookies, no CSRF token, no redirect; 200 once it is done. Also the page's button."""
+    claim = _claim(token)
+    if claim is None:
+        return render_template("unsubscribe.html", state="invalid", campaign=None), 404
+    session = db()
+    one_click = request.form.get("List-Unsubscribe") == "One-Click"
+    try:
+        result = unsubscribe(session, claim, now=utcnow(), method="one-click" if one_click else "page")
+        session.commit()
+    except SQLAlchemyError:
+        session.rollback()
+        log.exception("unsubscribe failed")
+        return render_template("unsubscribe.html", state="error", campaign=None), 503
+    if not result.found:
+        return render_template("unsubscribe.html", state="invalid", campaign=None), 404
+    return render_template("unsubscribe.html", state="done", campaign=runtime().campaigns.get(claim.campaign)), 200
+
+
+@bp.get("/healthz")
+def healthz():  # noqa: ANN201
+    try:
+        db().execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return jsonify({"status": "error", "database": "unreachable"}), 503
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/metrics")
+def metrics():  # noqa: ANN201
+    body, content_type = render_metrics(db())
+    return Response(body, content_type=content_type)
