@@ -48,12 +48,35 @@ def one_line(text: str) -> str:
     return " ".join(_CONTROL.sub(" ", text).split())
 
 
+def header_text(text: str) -> str:
+    """User text bound for a header: one line, and no RFC 2047 encoded word (cpython#121650: the email
+    package decodes `=?UTF-8?Q?=0A?=` back into a raw newline when it serialises a display name)."""
+    return one_line(text).replace("=?", "= ?")
+
+
+def check_header_block(raw: bytes, allowed: frozenset[str]) -> None:
+    """Last line of defence: every header line of the serialised message is one we set."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            continue
+        name = line.split(b":", 1)[0].decode("ascii", "replace").lower()
+        if name not in allowed or b"\n" in line or b"\r" in line:
+            raise ValueError(f"refusing to send: unexpected header line {line[:60]!r}")
+
+
 def ascii_address(address: str) -> str:
     """The envelope/header form: IDN domains in Punycode (the local part is ASCII by signup policy)."""
     try:
         return validate_email(address, check_deliverability=False, test_environment=True).ascii_email or address
     except EmailNotValidError:
         return address
+
+
+ALLOWED_HEADERS = frozenset({
+    "from", "to", "subject", "message-id", "date", "list-unsubscribe", "list-unsubscribe-post", "list-id",
+    "mime-version", "content-type", "content-transfer-encoding",
+})
 
 
 class Composer:
@@ -104,7 +127,7 @@ class Composer:
         template = self._subjects.get(key)
         if template is None:
             template = self._subjects[key] = self.subject_env.from_string(job.step.subject)
-        return one_line(template.render(ctx))[:250]
+        return header_text(template.render(ctx))[:250]
 
     def render(self, job: ComposeJob) -> tuple[str, str, str]:
         ctx = self.context(job)
@@ -133,16 +156,18 @@ class Composer:
         msg = EmailMessage(policy=MIME_POLICY)
         msg["From"] = from_header
         local, _, rdomain = recipient.rpartition("@")
-        msg["To"] = Address(display_name=one_line(job.name), username=local, domain=rdomain)
+        msg["To"] = Address(display_name=header_text(job.name), username=local, domain=rdomain)
         msg["Subject"] = subject
         for name, value in headers:
             msg[name] = value
         msg.set_content(text, cte="quoted-printable")
         msg.add_alternative(html, subtype="html", cte="quoted-printable")
+        raw = msg.as_bytes()
+        check_header_block(raw, ALLOWED_HEADERS)
         return OutboundEmail(
             message_pk=job.message_pk, envelope_from=sender, recipient=recipient, from_header=from_header,
             to_header=str(msg["To"]), subject=subject, text=text, html=html, headers=headers,
-            raw=msg.as_bytes(), idempotency_key=f"drip-message-{job.message_pk}",
+            raw=raw, idempotency_key=f"drip-message-{job.message_pk}",
         )
 
 

@@ -54,7 +54,7 @@ class Settings:
     record_ip: bool = False
     lease_seconds: int = 300
     batch_size: int = 200
-    max_attempts: int = 8
+    max_attempts: int = 12
     retry_base_seconds: int = 60
     retry_cap_seconds: int = 6 * 3600
     unsubscribe_max_age_days: int = 400
@@ -97,7 +97,7 @@ class Settings:
             record_ip=_flag(env, "DRIP_RECORD_IP"),
             lease_seconds=int(_number(env, "DRIP_LEASE_SECONDS", 300, minimum=5)),
             batch_size=int(_number(env, "DRIP_BATCH_SIZE", 200, minimum=1)),
-            max_attempts=int(_number(env, "DRIP_MAX_ATTEMPTS", 8, minimum=1)),
+            max_attempts=int(_number(env, "DRIP_MAX_ATTEMPTS", 12, minimum=1)),
             unsubscribe_mailto=env.get("DRIP_UNSUBSCRIBE_MAILTO") or None,
             dkim_domain=env.get("DRIP_DKIM_DOMAIN") or None,
             dkim_selector=env.get("DRIP_DKIM_SELECTOR") or None,

@@ -328,6 +328,7 @@ class Dispatcher:
             summary.bounced += 1
         elif result.permanent or self.retry.exhausted(message.attempts, message.first_attempt_at, now):
             detail = result.error if result.permanent else f"gave up after {message.attempts} attempts: {result.error}"
+            message.last_error = detail
             events.transition(session, message, "failed", now=now, detail=detail)
             summary.failed += 1
             self._advance(session, enrollment, subscriber, self.campaigns.get(message.campaign), message, now)

@@ -139,8 +139,9 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
         .values(subscriber_id=subscriber.id, campaign=data.campaign, status="active", next_step=0,
                 next_due_at=now, created_at=now, updated_at=now)
         .on_conflict_do_nothing(index_elements=["subscriber_id", "campaign"])
-    ).rowcount
-    if not inserted:
+        .returning(Enrollment.id)
+    ).scalar()
+    if inserted is None:
         return SignupResult("existing", subscriber.id)
     if not subscriber.name and data.name:
         subscriber.name = data.name

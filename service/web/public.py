@@ -32,6 +32,13 @@ def home():  # noqa: ANN201
     return render_template("home.html", campaign=campaign, error=None, values={})
 
 
+@bp.app_context_processor
+def _local_outbox() -> dict:
+    """The home page tells a newcomer running the embedded default where the emails go."""
+    url = runtime().settings.email_url
+    return {"local_outbox": url.removeprefix("file://") or "outbox" if url.startswith("file://") else None}
+
+
 @bp.post("/signup")
 @bp.post("/signup/<campaign>")
 def signup_webhook(campaign: str | None = None):  # noqa: ANN201
