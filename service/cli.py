@@ -176,5 +176,13 @@ def tokens_create(name: str) -> None:
     click.echo(token)
 
 
+def _register_extensions() -> None:
+    from .commands import register_all
+
+    register_all(main)
+
+
+_register_extensions()
+
 if __name__ == "__main__":
     main()
