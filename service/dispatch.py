@@ -91,6 +91,8 @@ class Dispatcher:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     worker_id: str = field(default_factory=worker_name)
     flush_seconds: float = 0.1
+    _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
+    _lease_renewed: float = field(default=0.0, init=False, repr=False)
 
     # -- the pass --------------------------------------------------------------------------------
     def run_pass(self, now: datetime | None = None) -> PassSummary:
@@ -190,8 +192,9 @@ class Dispatcher:
     # -- 3. send and record ----------------------------------------------------------------------
     def send_claimed(self, ids: Sequence[int], transport: Transport, clock: Callable[[], datetime],
                      summary: PassSummary) -> None:
+        self._unfinished = set(ids)
+        self._lease_renewed = time.monotonic()
         broken: TransportError | None = None
-        lease_renewed = time.monotonic()
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start:start + CHUNK]
             if broken is not None:
@@ -199,10 +202,15 @@ class Dispatcher:
                                       for i in chunk], summary)
                 continue
             jobs = self.prepare(chunk, clock(), summary)
-            if time.monotonic() - lease_renewed > self.lease.total_seconds() / 3:
-                self.renew_lease(ids[start:], clock())
-                lease_renewed = time.monotonic()
             broken = self.send_chunk(jobs, transport, clock, summary)
+        self._unfinished = set()
+
+    def keep_lease(self, now: datetime) -> None:
+        """Renew the lease of every message this worker still holds, well before it can expire, so no
+        other worker takes over a message that is still being sent."""
+        if self._unfinished and time.monotonic() - self._lease_renewed >= self.lease.total_seconds() / 3:
+            self.renew_lease(sorted(self._unfinished), now)
+            self._lease_renewed = time.monotonic()
 
     def prepare(self, ids: Sequence[int], now: datetime, summary: PassSummary) -> list[ComposeJob]:
         """Re-check each reader just before sending and compose the emails of those still wanted."""
@@ -220,6 +228,7 @@ class Dispatcher:
                     continue
                 reason = self._unwanted(session, subscriber, enrollment)
                 if reason:
+                    self._unfinished.discard(message.id)
                     events.transition(session, message, "suppressed", now=now, detail=reason)
                     message.lease_until = None
                     summary.suppressed += 1
@@ -227,6 +236,7 @@ class Dispatcher:
                 campaign = self.campaigns.get(message.campaign)
                 step = campaign.step(message.step_index) if campaign else None
                 if campaign is None or step is None or step.key != message.step_key:
+                    self._unfinished.discard(message.id)
                     events.transition(session, message, "failed", now=now,
                                       detail=f"campaign step {message.campaign}/{message.step_key} no longer exists")
                     self._advance(session, enrollment, subscriber, campaign, message, now)
@@ -260,6 +270,8 @@ class Dispatcher:
         if outcomes:
             self.record(clock(), outcomes, summary)
             outcomes = []
+        if not outbound:
+            return None
         subjects = {item.message_pk: item.subject for item in outbound}
         results = transport.send(outbound)
         last_flush = time.monotonic()
@@ -268,6 +280,7 @@ class Dispatcher:
             for item, result in zip(outbound, results, strict=False):
                 outcomes.append((item.message_pk, result))
                 done += 1
+                self.keep_lease(clock())
                 if time.monotonic() - last_flush >= self.flush_seconds:
                     self.record(clock(), outcomes, summary, subjects)
                     outcomes, last_flush = [], time.monotonic()
@@ -293,6 +306,7 @@ class Dispatcher:
         if not outcomes:
             return
         by_id = dict(outcomes)
+        self._unfinished.difference_update(by_id)
         with self.sessions() as session, session.begin():
             rows = session.execute(
                 select(Message, Subscriber, Enrollment)

@@ -347,3 +347,18 @@ def test_smtp_down_then_back(drip: Drip, runtime, smtp) -> None:  # noqa: ANN001
         assert (message.status, message.attempts) == ("sent", 2)
     welcome = runtime.campaigns[CAMPAIGN].steps[0].subject
     assert received(smtp) == Counter({(address, welcome): 1})
+
+
+@pytest.mark.slow
+def test_a_slow_live_worker_keeps_its_lease(drip: Drip, runtime, smtp) -> None:  # noqa: ANN001
+    """A worker still sending past its lease renews it, so a second worker never takes over and re-sends."""
+    seed(runtime, 30, datetime.now(UTC) - timedelta(minutes=1), prefix="slow")
+    smtp.handler.data_delay = 0.25  # the first pass takes ~7.5 s against a 5 s lease
+    first = drip.start_tick(DRIP_LEASE_SECONDS=5)
+    time.sleep(6.5)
+    second = drip.tick(DRIP_LEASE_SECONDS=5)
+    first.wait()
+    assert second["reclaimed"] == 0 and second["sent"] == 0
+    counts = received(smtp)
+    assert len(counts) == 30 and set(counts.values()) == {1}
+    assert message_statuses(runtime) == Counter({"sent": 30})
