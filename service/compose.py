@@ -2,18 +2,16 @@
 
 Templates are compiled once per Composer. HTML is autoescaped and rendered with StrictUndefined, so an
 unknown variable is an error, never a blank; CSS is inlined (media queries stay in <style>). Every
-header is built through the email package, and every user-supplied value is stripped of control
-characters first, so no field can inject a header.
+header is written by the lean MIME writer (service/mime.py: RFC 2047 for non-ASCII, never a line over
+998 octets, so long List-Unsubscribe URLs are never encoded), every user-supplied value is stripped of
+control characters first, and the finished header block is checked, so no field can inject a header.
 """
 from __future__ import annotations
 
-import email.policy
 import email.utils
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address
-from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,13 +19,11 @@ import css_inline
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from . import mime
 from .campaigns import Campaign, Step
 from .transports.base import OutboundEmail
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-# CRLF line ends; fold only past RFC 5322's hard limit, so long List-Unsubscribe URLs are never
-# RFC 2047-encoded (mailbox providers do not decode them there).
-MIME_POLICY = email.policy.SMTP.clone(max_line_length=998)
 
 
 @dataclass(frozen=True)
@@ -67,6 +63,8 @@ def check_header_block(raw: bytes, allowed: frozenset[str]) -> None:
 
 def ascii_address(address: str) -> str:
     """The envelope/header form: IDN domains in Punycode (the local part is ASCII by signup policy)."""
+    if address.isascii():
+        return address  # already the ASCII form; validate_email costs ~50 us per call on the send path
     try:
         return validate_email(address, check_deliverability=False, test_environment=True).ascii_email or address
     except EmailNotValidError:
@@ -97,6 +95,7 @@ class Composer:
         self.unsubscribe_mailto = unsubscribe_mailto
         self.inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
         self._subjects: dict[tuple[str, str], object] = {}
+        self._senders: dict[str, tuple[str, str, str]] = {}
 
     def from_header(self, campaign: Campaign) -> str:
         """DRIP_FROM replaces the campaign's address; without a display name of its own it keeps the campaign's."""
@@ -138,10 +137,18 @@ class Composer:
         html = self.inliner.inline(self.env.get_template(f"{base}.html").render(ctx))
         return subject, text, html
 
+    def sender(self, campaign: Campaign) -> tuple[str, str, str]:
+        """(From header value as configured, display name, ASCII address), parsed once per campaign."""
+        cached = self._senders.get(campaign.key)
+        if cached is None:
+            from_header = self.from_header(campaign)
+            name, addr = email.utils.parseaddr(from_header)
+            cached = self._senders[campaign.key] = (from_header, header_text(name), ascii_address(addr))
+        return cached
+
     def compose(self, job: ComposeJob) -> OutboundEmail:
         subject, text, html = self.render(job)
-        from_header = self.from_header(job.campaign)
-        sender = email.utils.parseaddr(from_header)[1]
+        from_header, from_name, sender = self.sender(job.campaign)
         domain = sender.rpartition("@")[2]
         recipient = ascii_address(job.to_email)
         mailto = self.unsubscribe_mailto or f"unsubscribe@{domain}"
@@ -151,22 +158,19 @@ class Composer:
             ("Date", email.utils.format_datetime(job.now)),
             ("List-Unsubscribe", f"<{job.unsubscribe_url}>, <mailto:{mailto}?subject={quote('unsubscribe ' + token)}>"),
             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
-            ("List-Id", f"{one_line(job.campaign.title)} <{job.campaign.key}.{domain}>"),
+            ("List-Id", f"{mime.phrase(one_line(job.campaign.title))} <{job.campaign.key}.{domain}>"),
         )
-        msg = EmailMessage(policy=MIME_POLICY)
-        msg["From"] = from_header
-        local, _, rdomain = recipient.rpartition("@")
-        msg["To"] = Address(display_name=header_text(job.name), username=local, domain=rdomain)
-        msg["Subject"] = subject
-        for name, value in headers:
-            msg[name] = value
-        msg.set_content(text, cte="quoted-printable")
-        msg.add_alternative(html, subtype="html", cte="quoted-printable")
-        raw = msg.as_bytes()
+        to_name = header_text(job.name)
+        # The lean writer (service/mime.py) instead of EmailMessage: ~0.1 ms instead of ~3 ms per email,
+        # the largest single cost of a send once the database work is batched.
+        raw = mime.multipart_alternative(
+            (("From", mime.address(from_name, sender)), ("To", mime.address(to_name, recipient)),
+             ("Subject", mime.unstructured(subject)), *headers), text, html)
         check_header_block(raw, ALLOWED_HEADERS)
         return OutboundEmail(
             message_pk=job.message_pk, envelope_from=sender, recipient=recipient, from_header=from_header,
-            to_header=str(msg["To"]), subject=subject, text=text, html=html, headers=headers,
+            to_header=email.utils.formataddr((to_name, recipient)) if to_name.isascii() else f"{to_name} <{recipient}>",
+            subject=subject, text=text, html=html, headers=headers,
             raw=raw, idempotency_key=f"drip-message-{job.message_pk}",
         )
 

@@ -1,0 +1,155 @@
+"""Shared bench helpers: the ~25 KB bench campaign, the SMTP sink process, databases, result rows.
+
+The bench campaign ("tuesday-bench") is generated into a temporary templates folder next to a copy of
+the real `_base` layout and `back-pain-bundle`: its one step is the "Tuesday coaching email", the
+content blocks of the first five weekly coaching emails in one message, rendered through the real base
+layout (CSS inlined, footer, unsubscribe link) and personalised with the reader's name. That gives
+about 25 KB on the wire (text + HTML parts, quoted-printable), the size the issue asks for.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+PG_ADMIN = os.environ.get("DRIP_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+CAMPAIGN = "tuesday-bench"
+WEEKS = 5  # weekly content blocks in the bench email: about 25 KB on the wire
+SECRET = "bench-secret-key-not-for-production"
+POSTAL = "Back Pain Warriors, 12 Bench Street, Springfield"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _block(path: Path) -> str:
+    """The inside of `{% block content %}` of one weekly template."""
+    body = path.read_text(encoding="utf-8")
+    return re.search(r"{% block content %}(.*){% endblock %}", body, re.S).group(1)
+
+
+def make_templates(dest: Path) -> Path:
+    """A templates folder holding the real campaign and the generated ~25 KB bench campaign."""
+    src = ROOT / "email_templates"
+    shutil.copytree(src / "_base", dest / "_base", dirs_exist_ok=True)
+    shutil.copytree(src / "back-pain-bundle", dest / "back-pain-bundle", dirs_exist_ok=True)
+    weeks = sorted((src / "back-pain-bundle").glob("week-*.html"))[:WEEKS]
+    camp = dest / CAMPAIGN
+    camp.mkdir(exist_ok=True)
+    for ext, base in (("html", "_base/email.html"), ("txt", "_base/email.txt")):
+        blocks = [_block(w.with_suffix(f".{ext}")) for w in weeks]
+        extra = "" if ext == "txt" else '{% import "_base/macros.html" as m %}'
+        (camp / f"tuesday.{ext}").write_text(
+            f'{{% extends "{base}" %}}{extra}{{% block content %}}' + "\n".join(blocks) + "{% endblock %}",
+            encoding="utf-8")
+    toml = (src / "back-pain-bundle" / "campaign.toml").read_text(encoding="utf-8").split("[[steps]]")[0]
+    (camp / "campaign.toml").write_text(
+        toml + '[[steps]]\nkey = "tuesday"\ndelay = "0"\nsubject = "Your Tuesday coaching, {{ subscriber.first_name '
+        '}}: nine weeks in one"\ntemplate = "tuesday"\npreheader = "Everything so far, in one email."\n',
+        encoding="utf-8")
+    return dest
+
+
+class SinkProcess:
+    """bench/sink.py in its own process (its own core), so the sink never shares a GIL with the sender."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([PY, str(ROOT / "bench" / "sink.py")], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening "):
+            raise RuntimeError(f"sink did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.url = f"smtp://127.0.0.1:{self.port}?timeout=30"
+
+    def _verb(self, verb: str) -> str:
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as c:
+            return c.docmd(verb)[1].decode()
+
+    def stats(self) -> tuple[int, int, int]:
+        """(messages, distinct recipients, recipients received more than once)."""
+        total, distinct, doubles = (int(x) for x in self._verb("XSTAT").split())
+        return total, distinct, doubles
+
+    def reset(self) -> None:
+        self._verb("XRESET")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@dataclass
+class Row:
+    """One line of the final table: a figure, its limit or baseline from the same run, their ratio."""
+
+    figure: str
+    value: float
+    unit: str
+    baseline_name: str
+    baseline: float
+    goal: str
+    ok: bool
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.baseline if self.baseline else float("nan")
+
+
+def print_table(rows: list[Row], out=sys.stdout) -> None:  # noqa: ANN001
+    head = f"| {'figure':<44} | {'value':>12} | {'limit or baseline':<40} | {'ratio':>6} | {'goal':<10} | ok |"
+    print(head, file=out)
+    print("|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|", file=out)
+    for r in rows:
+        base = f"{r.baseline_name} {r.baseline:,.1f}"
+        print(f"| {r.figure:<44} | {r.value:>8,.1f} {r.unit:<3} | {base:<40} | {r.ratio:>6.2f} | {r.goal:<10} | "
+              f"{'yes' if r.ok else 'NO '} |", file=out, flush=True)
+
+
+def pg_create(name: str) -> str:
+    """A fresh PostgreSQL database for one bench phase, migrated to head; returns its SQLAlchemy URL."""
+    from sqlalchemy import create_engine, text
+
+    from service.migrate import upgrade
+
+    admin_url = PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    upgrade(url)
+    return url
+
+
+def pg_drop(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def sqlite_create(path: Path) -> str:
+    from service.migrate import upgrade
+
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    return url
+
+
+def elapsed(start: float) -> float:
+    return time.perf_counter() - start

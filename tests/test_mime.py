@@ -1,0 +1,90 @@
+"""The lean MIME writer round-trips through the standard library's parser for tricky inputs."""
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+
+import pytest
+
+from service import mime
+
+TRICKY = [
+    ("Zoë Ångström-Øre", "Ünïcödé sübject ✓ with emoji 🧘‍♀️ and more words to make it longer than one encoded word"),
+    ('Dr. "Bob" O\'Neil, Jr.', "Plain = signs == and =?not-an-encoded-word?= in a subject"),
+    ("", "x" * 240),
+    ("日本語の名前", "日本語の件名です。" * 8),
+]
+
+
+def parse(raw: bytes) -> email.message.EmailMessage:
+    return email.message_from_bytes(raw, policy=email.policy.default)
+
+
+def assert_wire_form(raw: bytes) -> None:
+    assert raw.isascii()
+    assert b"\n" not in raw.replace(b"\r\n", b"")  # CRLF only
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+
+
+@pytest.mark.parametrize(("name", "subject"), TRICKY)
+def test_headers_round_trip(name: str, subject: str) -> None:
+    """Non-ASCII names and subjects, quotes, commas and lookalike encoded words decode to exactly what was given."""
+    raw = mime.multipart_alternative(
+        [("From", mime.address("Coach Søfia", "sofia@example.org")), ("To", mime.address(name, "r@example.com")),
+         ("Subject", mime.unstructured(subject))], "hello\n", "<p>hello</p>\n")
+    assert_wire_form(raw)
+    msg = parse(raw)
+    assert msg["Subject"] == subject
+    [to] = msg["To"].addresses
+    assert (to.display_name, to.addr_spec) == (name, "r@example.com")
+    assert msg["From"].addresses[0].display_name == "Coach Søfia"
+    assert msg.defects == [] and msg["To"].defects == ()
+    words = re.findall(rb"=\?utf-8\?b\?[^?]*\?=", raw.split(b"\r\n\r\n", 1)[0])
+    assert all(len(w) <= 75 for w in words)  # RFC 2047 2: an encoded word is at most 75 characters
+
+
+BODIES = [
+    "plain ascii\nsecond line\n",
+    ".starts with a dot\n.\n..two dots\nend\n",
+    "a = b; c == d; =3D is not decoded twice; =?utf-8?q?x?=\n",
+    "long " * 400 + "\n",  # a 2,000-character line
+    "emoji 🧘 and accents é à ü, CJK 日本\n",
+    "trailing spaces   \ntabs\t\t\nCR only\rline\r\nCRLF\n",
+    "no final newline",
+]
+
+
+@pytest.mark.parametrize("text", BODIES)
+def test_bodies_round_trip(text: str) -> None:
+    """Dots at line start, '=' signs, long lines, emoji and mixed line ends survive, with lines <= 998 octets."""
+    html = f"<p style=\"color: #123\">{text}</p>"
+    raw = mime.multipart_alternative([("Subject", "s")], text, html)
+    assert_wire_form(raw)
+    msg = parse(raw)
+    assert msg.get_content_type() == "multipart/alternative" and msg.defects == []
+    want = text.replace("\r\n", "\n").replace("\r", "\n")
+    got_text = msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    got_html = msg.get_body(("html",)).get_content().replace("\r\n", "\n")
+    assert got_text.rstrip("\n") == want.rstrip("\n")
+    assert got_html.rstrip("\n") == html.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
+
+
+def test_body_encoding_choice() -> None:
+    """Short ASCII lines go 7bit (smallest on the wire); non-ASCII or long lines go quoted-printable."""
+    assert mime.body_part("plain", "hi\n")[0].endswith(b"7bit")
+    assert mime.body_part("plain", "hé\n")[0].endswith(b"quoted-printable")
+    assert mime.body_part("plain", "x" * 1000)[0].endswith(b"quoted-printable")
+
+
+def test_boundary_never_in_a_body() -> None:
+    """A 7bit body that happens to contain a boundary-looking string gets a different boundary."""
+    raw = mime.multipart_alternative([("Subject", "s")], "--=_drip_ and text\n", "<p>x</p>")
+    msg = parse(raw)
+    assert len(list(msg.iter_parts())) == 2
+
+
+def test_a_non_ascii_header_value_is_refused() -> None:
+    """Raw non-ASCII in a header is a caller bug and fails loudly instead of going out malformed."""
+    with pytest.raises(UnicodeEncodeError):
+        mime.multipart_alternative([("Subject", "é")], "x", "y")
