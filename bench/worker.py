@@ -1,0 +1,63 @@
+"""One bench worker process: the real Dispatcher, configured from the environment like `drip worker`.
+
+It builds its runtime (templates compiled, connection pool open), prints "ready", waits for "go" on
+stdin so every worker starts together, then runs passes until a pass finds nothing to do, and prints
+one JSON line: counts, wall-clock start and end (time.time(), comparable across processes on one
+machine) and its peak RSS (getrusage, kilobytes).
+
+BENCH_TRANSPORT=discard composes every email and throws it away (for the memory figure, where sending a
+million emails would not fit the time budget); otherwise DRIP_EMAIL_URL is used as in production.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from service.config import Settings  # noqa: E402
+from service.runtime import build_runtime  # noqa: E402
+from service.transports.base import OutboundEmail, SendResult  # noqa: E402
+
+
+class DiscardTransport:
+    """Accepts everything, keeps nothing: measures claim + render + MIME + record without a network."""
+
+    name = "discard"
+
+    def send(self, batch: Sequence[OutboundEmail]) -> Iterator[SendResult]:
+        for _item in batch:
+            yield SendResult(ok=True, code=250)
+
+    def close(self) -> None:
+        pass
+
+
+def main() -> None:
+    import os
+
+    settings = Settings.from_env(dotenv=None)
+    rt = build_runtime(settings)
+    overrides = {"transport_factory": DiscardTransport} if os.environ.get("BENCH_TRANSPORT") == "discard" else {}
+    dispatcher = rt.dispatcher(**overrides)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.time()
+    totals: dict[str, int] = {}
+    while True:
+        summary = dispatcher.run_pass()
+        for key, value in vars(summary).items():
+            totals[key] = totals.get(key, 0) + value
+        if not (summary.queued or summary.sent or summary.deferred or summary.failed):
+            break
+    end = time.time()
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"start": start, "end": end, "rss_kb": rss_kb, **totals}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
