@@ -208,3 +208,23 @@ def seed(url: str, *, total: int, due: int, now, campaign: str = CAMPAIGN, pad_n
                          naive(enrollments()))
         conn.execute("ANALYZE")
     conn.close()
+
+
+def seed_history(url: str, *, first: int, last: int, now) -> None:  # noqa: ANN001
+    """One `sent` welcome per enrollment first..last (PostgreSQL, COPY): the history a list mid-campaign
+    carries, so the claim query has a large messages table to ignore."""
+    import psycopg
+
+    def rows():  # noqa: ANN202
+        for i in range(first, last + 1):
+            yield (i, i, i, CAMPAIGN, "history", 0, f"reader{i:07d}@example.com", "sent", 1, f"<h{i}@bench>",
+                   now, now, now)
+
+    cols = ("id", "enrollment_id", "subscriber_id", "campaign", "step_key", "step_index", "to_email", "status",
+            "attempts", "message_id", "created_at", "updated_at", "sent_at")
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY messages ({', '.join(cols)}) FROM STDIN") as copy:
+            for row in rows():
+                copy.write_row(row)
+        cur.execute(f"SELECT setval(pg_get_serial_sequence('messages', 'id'), {max(last, 1)})")
+        cur.execute("ANALYZE messages")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from .models import Event, Message
@@ -95,7 +95,9 @@ def record_many(session: Session, rows: Iterable[Mapping[str, object]], *, now: 
         values.append({"subscriber_id": None, "message_id": None, "detail": None, "data": None,
                        "provider_event_id": None, "created_at": now, **row})
     if values:
-        session.execute(insert(Event), values)
+        # The Core table, not the ORM entity: an ORM bulk insert spends ~0.2 ms per row on bookkeeping
+        # that append-only rows never need.
+        session.execute(insert(Event.__table__), values)
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,14 @@ def transition_many(session: Session, moves: Sequence[Move], *, now: datetime) -
         return
     for move in moves:
         check_transition(move.message_id, move.old, move.new)
-    session.execute(update(Message), [
-        {"id": m.message_id, "status": m.new, "updated_at": now, **m.values} for m in moves])
+    # One Core UPDATE ... WHERE id = :p_id, executed for all rows at once (psycopg pipelines executemany);
+    # parameters are prefixed because SQLAlchemy reserves bare column names in SET.
+    table = Message.__table__
+    columns = ["status", "updated_at", *moves[0].values]
+    session.execute(
+        update(table).where(table.c.id == bindparam("p_id"))
+        .values({c: bindparam(f"p_{c}") for c in columns}),
+        [{"p_id": m.message_id, "p_status": m.new, "p_updated_at": now,
+          **{f"p_{k}": v for k, v in m.values.items()}} for m in moves])
     record_many(session, ({"type": m.event_type or m.new, "subscriber_id": m.subscriber_id,
                            "message_id": m.message_id, "detail": m.detail} for m in moves), now=now)
