@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-postgres lint browser contract clean
+.PHONY: install run test test-postgres lint browser contract clean bench
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ browser:
 test: install browser
 	$(BIN)/ruff check service tests bench migrations
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks against this machine's limits (PostgreSQL at DRIP_BENCH_POSTGRES_URL, default
+# postgresql://postgres@127.0.0.1:5432/postgres); see docs/performance.md.
+bench: install
+	$(BIN)/python bench/all.py
 
 contract: install
 	../shared/contract/check

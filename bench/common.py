@@ -124,6 +124,7 @@ def pg_create(name: str) -> str:
 
     from service.migrate import upgrade
 
+    name = f"{name}_{os.getpid()}"  # two bench runs at once never share a database
     admin_url = PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1)
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -140,7 +141,7 @@ def pg_drop(name: str) -> None:
 
     admin = create_engine(PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}_{os.getpid()}" WITH (FORCE)'))
     admin.dispose()
 
 
@@ -211,10 +212,8 @@ def seed(url: str, *, total: int, due: int, now, campaign: str = CAMPAIGN, pad_n
 
 
 def seed_history(url: str, *, first: int, last: int, now) -> None:  # noqa: ANN001
-    """One `sent` welcome per enrollment first..last (PostgreSQL, COPY): the history a list mid-campaign
-    carries, so the claim query has a large messages table to ignore."""
-    import psycopg
-
+    """One `sent` message per enrollment first..last: the history a list mid-campaign carries, so the
+    claim query has a large messages table to ignore. PostgreSQL: COPY; SQLite: executemany."""
     def rows():  # noqa: ANN202
         for i in range(first, last + 1):
             yield (i, i, i, CAMPAIGN, "history", 0, f"reader{i:07d}@example.com", "sent", 1, f"<h{i}@bench>",
@@ -222,9 +221,22 @@ def seed_history(url: str, *, first: int, last: int, now) -> None:  # noqa: ANN0
 
     cols = ("id", "enrollment_id", "subscriber_id", "campaign", "step_key", "step_index", "to_email", "status",
             "attempts", "message_id", "created_at", "updated_at", "sent_at")
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn, conn.cursor() as cur:
-        with cur.copy(f"COPY messages ({', '.join(cols)}) FROM STDIN") as copy:
-            for row in rows():
-                copy.write_row(row)
-        cur.execute(f"SELECT setval(pg_get_serial_sequence('messages', 'id'), {max(last, 1)})")
-        cur.execute("ANALYZE messages")
+    if url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn, conn.cursor() as cur:
+            with cur.copy(f"COPY messages ({', '.join(cols)}) FROM STDIN") as copy:
+                for row in rows():
+                    copy.write_row(row)
+            cur.execute(f"SELECT setval(pg_get_serial_sequence('messages', 'id'), {max(last, 1)})")
+            cur.execute("ANALYZE messages")
+        return
+    import sqlite3
+
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+    stamp = now.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with conn:
+        conn.executemany(f"INSERT INTO messages ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",  # noqa: S608
+                         (r[:10] + (stamp, stamp, stamp) for r in rows()))
+        conn.execute("ANALYZE")
+    conn.close()

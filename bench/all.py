@@ -1,0 +1,35 @@
+"""`make bench`: every benchmark in one run, one table (figure, limit or baseline from the same run, ratio).
+
+Sizes are chosen so the whole run stays under ten minutes on a 2-core machine; each script also runs
+alone with its own options (see its docstring).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import send  # noqa: E402
+import signup  # noqa: E402
+import tick  # noqa: E402
+from common import print_table  # noqa: E402
+
+
+def main() -> None:
+    start = time.monotonic()
+    rows = []
+    for name, step in (("send", lambda: send.run(n=4000, workers=(1, 2, 4))),
+                       ("signup", lambda: signup.run(seconds=5)),
+                       ("tick", lambda: tick.run())):
+        t = time.monotonic()
+        rows += step()
+        print(f"[{name}: {time.monotonic() - t:.0f} s]", file=sys.stderr, flush=True)
+    print(f"\nDrip benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {time.monotonic() - start:.0f} s\n")
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

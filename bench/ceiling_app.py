@@ -1,0 +1,65 @@
+"""The signup ceiling: a minimal Flask app whose POST /signup inserts one row, nothing else.
+
+Same driver and engine settings as Drip (service.db.make_engine: psycopg pool on PostgreSQL; WAL,
+BEGIN IMMEDIATE single writer on SQLite) and the same gunicorn settings as `drip web` (2 gthread
+workers, 4 threads), so the difference from Drip's own figure is what Drip's signup path adds.
+
+    DATABASE_URL=... python bench/ceiling_app.py --port 8001
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flask import Flask, jsonify, request  # noqa: E402
+from gunicorn.app.base import BaseApplication  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from service.config import Settings  # noqa: E402
+from service.db import make_engine  # noqa: E402
+
+DDL = "CREATE TABLE IF NOT EXISTS bench_ceiling (id {pk}, email VARCHAR(320) NOT NULL UNIQUE)"
+
+
+def create_app(url: str):  # noqa: ANN201
+    engine = make_engine(url, pool_size=5)
+    with engine.begin() as conn:
+        pk = "INTEGER PRIMARY KEY" if url.startswith("sqlite") else "BIGSERIAL PRIMARY KEY"
+        conn.execute(text(DDL.format(pk=pk)))
+    app = Flask(__name__)
+
+    @app.post("/signup")
+    def signup():  # noqa: ANN202
+        data = request.get_json()
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO bench_ceiling (email) VALUES (:e)"), {"e": data["email"]})
+        return jsonify({"status": "subscribed"}), 201
+
+    return app
+
+
+class Server(BaseApplication):
+    def __init__(self, url: str, port: int) -> None:
+        self.url, self.port = url, port
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in {"bind": f"127.0.0.1:{self.port}", "workers": 2, "worker_class": "gthread", "threads": 4,
+                           "accesslog": None, "errorlog": "-", "loglevel": "warning"}.items():
+            self.cfg.set(key, value)
+
+    def load(self):  # noqa: ANN201
+        return create_app(self.url)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # gunicorn parses argv too
+    Server(Settings.from_env({"DATABASE_URL": os.environ["DATABASE_URL"], "DRIP_SECRET_KEY": "x"},
+                             dotenv=None).database_url, args.port).run()

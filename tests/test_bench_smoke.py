@@ -1,0 +1,58 @@
+"""Each benchmark script runs end to end on a tiny size, so `make bench` cannot rot (nothing is timed here).
+
+SQLite always; PostgreSQL too when DRIP_TEST_POSTGRES_URL is set (the bench creates its own databases
+there). The correctness columns the benches report (no email missing or doubled, every accepted signup
+stored) are asserted; the speed ratios are not.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PG = os.environ.get("DRIP_TEST_POSTGRES_URL")
+
+
+def run_bench(script: str, *args: str) -> str:
+    env = {**os.environ, "DRIP_BENCH_POSTGRES_URL": PG or ""}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], env=env, capture_output=True,
+                          text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| figure" in proc.stdout
+    return proc.stdout
+
+
+def rows(out: str, figure_part: str) -> list[list[str]]:
+    return [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines() if figure_part in line]
+
+
+@pytest.mark.slow
+def test_send_bench(backend: str) -> None:
+    """bench/send.py: 1 and 2 workers deliver every email exactly once to the sink, and the limit is measured."""
+    out = run_bench("send.py", "--n", "30", "--workers", "1,2", "--db", backend)
+    counts = rows(out, "sent/missing/doubles")
+    assert len(counts) == 2
+    for row in counts:
+        assert row[1] == "30.0" and row[2].endswith(" 0.0"), out
+    assert len(rows(out, "smtplib")) == 2
+
+
+@pytest.mark.slow
+def test_signup_bench(backend: str) -> None:
+    """bench/signup.py: drip web and the ceiling app both answer, with no errors and every signup stored."""
+    out = run_bench("signup.py", "--seconds", "0.5", "--connections", "2", "--db", backend)
+    [stored] = rows(out, "stored = accepted")
+    assert stored[-1] == "yes", out
+
+
+@pytest.mark.slow
+def test_tick_bench(backend: str) -> None:
+    """bench/tick.py: both list sizes are built, a pass claims exactly the due work, the memory runs finish."""
+    out = run_bench("tick.py", "--small", "60", "--large", "300", "--due", "20", "--memory-due", "100",
+                    "--db", backend)
+    assert len(rows(out, "find+claim 20 due of 300")) == 1
+    assert len(rows(out, "peak RSS")) == 1
