@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Row, and_, bindparam, or_, select, update
+from sqlalchemy import Row, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -195,10 +195,13 @@ class Dispatcher:
             rows = session.execute(
                 select(Message.id, Message.subscriber_id, Message.status, Message.claimed_by, Message.attempts,
                        Message.first_attempt_at)
-                .where(or_(
-                    and_(Message.status.in_(("queued", "deferred")), Message.next_attempt_at <= now),
-                    and_(Message.status == "sending", Message.lease_until < now),
-                ))
+                # Due queued/deferred messages, and `sending` ones whose lease expired. Written as one range
+                # on next_attempt_at (a `sending` row always has next_attempt_at <= now: it was claimed
+                # because it was due, and only a deferral moves that time, to later, as `deferred`), so
+                # PostgreSQL walks ix_messages_pending in ORDER BY order and stops after one batch; the
+                # equivalent OR form made it bitmap-scan and sort every pending row for each batch.
+                .where(Message.status.in_(("queued", "deferred", "sending")), Message.next_attempt_at <= now,
+                       or_(Message.status != "sending", Message.lease_until < now))
                 .order_by(Message.next_attempt_at, Message.id)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True)
