@@ -38,7 +38,9 @@ from .transports.base import SendResult, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
-CHUNK = 50
+# Emails re-checked, composed and sent per step. 100 at ~1,000 emails/s re-checks a reader at most ~0.1 s
+# before sending; each chunk costs a fixed few statements, so 50 spent twice as many round trips per email.
+CHUNK = 100
 GIVE_UP_AFTER = timedelta(days=3)
 
 
