@@ -25,8 +25,10 @@ def main() -> None:
                        ("signup", lambda: signup.run(seconds=5)),
                        ("tick", lambda: tick.run(memory_due=50_000))):
         t = time.monotonic()
-        rows += step()
+        got = step()
         print(f"[{name}: {time.monotonic() - t:.0f} s]", file=sys.stderr, flush=True)
+        print_table(got, out=sys.stderr)  # as it comes, so a later failure does not lose it
+        rows += got
     print(f"\nDrip benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {time.monotonic() - start:.0f} s\n")
     print_table(rows)
 

@@ -159,7 +159,7 @@ def elapsed(start: float) -> float:
 
 def seed(url: str, *, total: int, due: int, now, campaign: str = CAMPAIGN, pad_name: int = 0) -> None:  # noqa: ANN001
     """`total` active subscribers, each enrolled in `campaign`; the first `due` are due at `now`, the rest
-    wait for a later week (spread over the next seven days), as in a real list mid-campaign.
+    wait for a later step (spread over a week from tomorrow), as in a real list mid-campaign.
 
     PostgreSQL: COPY (a million rows in seconds); SQLite: executemany in one transaction.
     """
@@ -174,7 +174,8 @@ def seed(url: str, *, total: int, due: int, now, campaign: str = CAMPAIGN, pad_n
     def enrollments():  # noqa: ANN202
         week = timedelta(days=7)
         for i in range(1, total + 1):
-            when = now if i <= due else now + timedelta(minutes=1) + week * ((i * 7919) % 10007) / 10007
+            # the others: due over the next week, but not before tomorrow, so none falls due mid-bench
+            when = now if i <= due else now + timedelta(days=1) + week * ((i * 7919) % 10007) / 10007
             yield (i, i, campaign, "active", 0, when, now, now)
 
     sub_cols = ("id", "public_id", "email", "email_key", "name", "status", "created_at", "updated_at")
