@@ -23,7 +23,7 @@ def main() -> None:
     rows = []
     for name, step in (("send", lambda: send.run(n=4000, workers=(1, 2, 4))),
                        ("signup", lambda: signup.run(seconds=5)),
-                       ("tick", lambda: tick.run(memory_due=50_000))):
+                       ("tick", lambda: tick.run(memory_due=20_000))):
         t = time.monotonic()
         got = step()
         print(f"[{name}: {time.monotonic() - t:.0f} s]", file=sys.stderr, flush=True)
