@@ -57,11 +57,15 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply Alembic migrations (idempotent)."""
+    from .config import database_url_from_env
     from .migrate import upgrade
 
-    settings = _settings()
-    upgrade(settings.database_url)
-    click.echo(f"database at head: {masked(settings.database_url)}")
+    try:
+        url = database_url_from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    upgrade(url)
+    click.echo(f"database at head: {masked(url)}")
 
 
 def _warn_placeholders(settings: Settings) -> None:

@@ -40,8 +40,8 @@ class RateLimit:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str
-    email_url: str
+    database_url: str = field(repr=False)
+    email_url: str = field(repr=False)
     base_url: str
     secret_key: str = field(repr=False)
     postal_address: str
@@ -52,6 +52,7 @@ class Settings:
     instance_dir: Path = Path("instance")
     default_campaign: str = "back-pain-bundle"
     record_ip: bool = False
+    trusted_proxies: int = 0  # reverse proxies in front of `drip web` whose X-Forwarded-For/-Proto we believe
     lease_seconds: int = 300
     batch_size: int = 200
     max_attempts: int = 12
@@ -81,12 +82,23 @@ class Settings:
             env.update(os.environ)
         else:
             env.update(environ)
-        instance = Path(env.get("DRIP_INSTANCE_DIR", "instance"))
+        # instance/ and outbox/ sit in the project folder whatever the working directory, so `drip web` and
+        # `drip worker` started from different places share one database, one key and one outbox.
+        instance = PROJECT_ROOT / env.get("DRIP_INSTANCE_DIR", "instance")
+        database_url = _database_url(env.get("DATABASE_URL") or f"sqlite:///{instance / 'drip.sqlite3'}")
+        secret = env.get("DRIP_SECRET_KEY", "")
+        if not secret and not database_url.startswith("sqlite"):
+            # With PostgreSQL the web and the workers usually run on different machines: a key generated on
+            # each would make every unsubscribe link signed by a worker fail on the web.
+            raise ConfigError("DRIP_SECRET_KEY: required with PostgreSQL (the same value on every web and "
+                              "worker process); e.g. python3 -c 'import secrets; print(secrets.token_hex(32))'")
+        if secret and len(secret) < 16:
+            raise ConfigError("DRIP_SECRET_KEY: too short; use at least 32 random characters")
         return cls(
-            database_url=_database_url(env.get("DATABASE_URL") or f"sqlite:///{instance / 'drip.sqlite3'}"),
-            email_url=_email_url(env.get("DRIP_EMAIL_URL") or "file://outbox"),
+            database_url=database_url,
+            email_url=_email_url(env.get("DRIP_EMAIL_URL") or f"file://{PROJECT_ROOT / 'outbox'}"),
             base_url=_base_url(env.get("DRIP_BASE_URL") or "http://127.0.0.1:8000"),
-            secret_key=env.get("DRIP_SECRET_KEY") or _instance_secret(instance),
+            secret_key=secret or _instance_secret(instance),
             postal_address=_one_line(env.get("DRIP_POSTAL_ADDRESS") or PLACEHOLDER_POSTAL_ADDRESS),
             from_address=_one_line(env["DRIP_FROM"]) if env.get("DRIP_FROM") else None,
             tick_seconds=_number(env, "DRIP_TICK_SECONDS", 5.0, minimum=0.2),
@@ -95,6 +107,7 @@ class Settings:
             instance_dir=instance,
             default_campaign=env.get("DRIP_DEFAULT_CAMPAIGN", "back-pain-bundle"),
             record_ip=_flag(env, "DRIP_RECORD_IP"),
+            trusted_proxies=int(_number(env, "DRIP_TRUSTED_PROXIES", 0, minimum=0)),
             lease_seconds=int(_number(env, "DRIP_LEASE_SECONDS", 300, minimum=5)),
             batch_size=int(_number(env, "DRIP_BATCH_SIZE", 200, minimum=1)),
             max_attempts=int(_number(env, "DRIP_MAX_ATTEMPTS", 12, minimum=1)),
@@ -103,6 +116,14 @@ class Settings:
             dkim_selector=env.get("DRIP_DKIM_SELECTOR") or None,
             dkim_key_file=env.get("DRIP_DKIM_KEY_FILE") or None,
         )
+
+
+def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """Only DATABASE_URL (for `drip db upgrade`, which needs no secret key)."""
+    env = dict(read_dotenv(Path(".env"))) if environ is None and Path(".env").is_file() else {}
+    env.update(os.environ if environ is None else environ)
+    instance = PROJECT_ROOT / env.get("DRIP_INSTANCE_DIR", "instance")
+    return _database_url(env.get("DATABASE_URL") or f"sqlite:///{instance / 'drip.sqlite3'}")
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -121,15 +142,28 @@ def read_dotenv(path: Path) -> dict[str, str]:
 
 
 def _instance_secret(instance: Path) -> str:
-    """Generated once and kept in instance/, so restarts keep sessions and unsubscribe links valid."""
+    """Generated once and kept in instance/, so restarts keep sessions and unsubscribe links valid.
+
+    Written to a temporary file and linked into place, so two processes starting together agree on one
+    key and neither ever reads a half-written file.
+    """
     path = instance / "secret_key"
-    if path.is_file():
-        return path.read_text().strip()
-    instance.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key)
+    if not path.is_file():
+        instance.mkdir(parents=True, exist_ok=True)
+        tmp = instance / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won the race: use its key
+        finally:
+            tmp.unlink(missing_ok=True)
+    key = path.read_text().strip()
+    if len(key) < 32:
+        raise ConfigError(f"DRIP_SECRET_KEY: the generated key in {path} is empty or truncated; delete it or set "
+                          "DRIP_SECRET_KEY")
     return key
 
 

@@ -5,12 +5,17 @@ Record, then send, then record:
    enrollment and step), and stops being due until that message is finished;
 2. claim: due messages move to `sending` with a lease, in their own committed transaction
    (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite runs one writer at a time);
-3. send outside any transaction, re-checking just before each chunk that the reader is still
-   subscribed; outcomes are written back every `flush_seconds` and at the end.
+3. send outside any transaction; emails are handed to the transport one at a time, and at most
+   `recheck_seconds` before each one the dispatcher re-checks that the reader is still subscribed and
+   that this worker still holds the message; outcomes are written back every `flush_seconds`.
 
 A worker killed mid-pass leaves `sending` rows whose lease expires; the next pass anywhere reclaims
 them. The only email that can go out twice is one the dead worker had handed to the server but not
 yet recorded, and that reclaim is written in the message's history.
+
+Two clocks: `now` (the pass's clock, which `drip tick --now` sets) decides what is due and when a retry
+is due; leases always run on the real clock, so a look-ahead tick can neither steal a live worker's
+claim nor leave rows locked until the date it pretended to be.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -29,12 +34,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import events
-from .campaigns import Campaign, due_at
+from .campaigns import Campaign, Step, due_at
 from .compose import ComposeJob, Composer, new_message_id
 from .db import utcnow
 from .models import Enrollment, Message, Subscriber
 from .suppression import is_suppressed, stop_subscriber, suppress_address
-from .transports.base import SendResult, Transport, TransportError
+from .transports.base import OutboundEmail, SendResult, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +96,8 @@ class Dispatcher:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     worker_id: str = field(default_factory=worker_name)
     flush_seconds: float = 0.1
+    recheck_seconds: float = 1.0
+    real_clock: Callable[[], datetime] = utcnow
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
 
@@ -147,11 +154,22 @@ class Dispatcher:
                 ).scalar()
                 enrollment.next_due_at = None
                 enrollment.updated_at = now
-                if result is not None:
+                if result is None:
+                    self._step_already_queued(session, enrollment, step, now)
+                else:
                     summary.queued += 1
                     events.record(session, type="queued", now=now, subscriber_id=subscriber.id, message_id=result,
                                   detail=f"{campaign.key}/{step.key} queued")
             return len(rows)
+
+    def _step_already_queued(self, session: Session, enrollment: Enrollment, step: Step, now: datetime) -> None:
+        """The step's message exists already (a race, or an operator moved the pointer back). If it is
+        still in flight the enrollment waits for it; if it is finished the enrollment moves past it."""
+        status = session.scalar(select(Message.status).where(Message.enrollment_id == enrollment.id,
+                                                             Message.step_key == step.key))
+        if status not in ("queued", "deferred", "sending"):
+            enrollment.next_step = max(enrollment.next_step, step.index + 1)
+            enrollment.next_due_at = now
 
     def _finish_enrollment(self, session: Session, enrollment: Enrollment, now: datetime, *, completed: bool,
                            summary: PassSummary) -> None:
@@ -165,12 +183,13 @@ class Dispatcher:
 
     # -- 2. claim --------------------------------------------------------------------------------
     def claim(self, now: datetime, summary: PassSummary) -> list[int]:
+        real_now = self.real_clock()
         with self.sessions() as session, session.begin():
             messages = session.scalars(
                 select(Message)
                 .where(or_(
                     and_(Message.status.in_(("queued", "deferred")), Message.next_attempt_at <= now),
-                    and_(Message.status == "sending", Message.lease_until < now),
+                    and_(Message.status == "sending", Message.lease_until < real_now),
                 ))
                 .order_by(Message.next_attempt_at, Message.id)
                 .limit(self.batch_size)
@@ -184,7 +203,7 @@ class Dispatcher:
                 events.transition(session, m, "sending", now=now, event_type="attempt",
                                   detail=f"attempt {m.attempts + 1} by {self.worker_id}")
                 m.attempts += 1
-                m.lease_until = now + self.lease
+                m.lease_until = real_now + self.lease
                 m.claimed_by = self.worker_id
                 m.first_attempt_at = m.first_attempt_at or now
             return [m.id for m in messages]
@@ -198,40 +217,31 @@ class Dispatcher:
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start:start + CHUNK]
             if broken is not None:
-                self.record(clock(), [(i, SendResult(ok=False, error=str(broken), retry_after=broken.retry_after))
-                                      for i in chunk], summary)
+                failed = SendResult(ok=False, error=str(broken), retry_after=broken.retry_after, transport=True)
+                self.record(clock(), [(i, failed) for i in chunk], summary)
                 continue
             jobs = self.prepare(chunk, clock(), summary)
             broken = self.send_chunk(jobs, transport, clock, summary)
         self._unfinished = set()
 
-    def keep_lease(self, now: datetime) -> None:
+    def keep_lease(self) -> None:
         """Renew the lease of every message this worker still holds, well before it can expire, so no
-        other worker takes over a message that is still being sent."""
+        other worker takes over a message that is still being sent. Messages whose lease was lost
+        anyway (the database was unreachable for a whole lease) are dropped from this pass."""
         if self._unfinished and time.monotonic() - self._lease_renewed >= self.lease.total_seconds() / 3:
-            self.renew_lease(sorted(self._unfinished), now)
+            held = self.renew_lease(sorted(self._unfinished))
+            lost = self._unfinished - held
+            if lost:
+                log.warning("lost the lease of %d messages; another worker will send them", len(lost))
+            self._unfinished = held
             self._lease_renewed = time.monotonic()
 
     def prepare(self, ids: Sequence[int], now: datetime, summary: PassSummary) -> list[ComposeJob]:
-        """Re-check each reader just before sending and compose the emails of those still wanted."""
+        """Drop readers no longer wanted and compose-ready jobs for the rest."""
         jobs: list[ComposeJob] = []
         with self.sessions() as session, session.begin():
-            rows = session.execute(
-                select(Message, Subscriber, Enrollment)
-                .join(Subscriber, Subscriber.id == Message.subscriber_id)
-                .join(Enrollment, Enrollment.id == Message.enrollment_id)
-                .where(Message.id.in_(ids))
-                .order_by(Message.id)
-            ).all()
-            for message, subscriber, enrollment in rows:
-                if message.status != "sending" or message.claimed_by != self.worker_id:
-                    continue
-                reason = self._unwanted(session, subscriber, enrollment)
-                if reason:
-                    self._unfinished.discard(message.id)
-                    events.transition(session, message, "suppressed", now=now, detail=reason)
-                    message.lease_until = None
-                    summary.suppressed += 1
+            for message, subscriber, enrollment in self._load(session, ids):
+                if self._drop_if_unwanted(session, message, subscriber, enrollment, now, summary):
                     continue
                 campaign = self.campaigns.get(message.campaign)
                 step = campaign.step(message.step_index) if campaign else None
@@ -248,6 +258,38 @@ class Dispatcher:
                     unsubscribe_url=self.unsubscribe_url(subscriber.public_id, campaign.key), now=now,
                 ))
         return jobs
+
+    def recheck(self, ids: Sequence[int], now: datetime, summary: PassSummary) -> set[int]:
+        """Of `ids`, those still held by this worker and still wanted; the unwanted become `suppressed`."""
+        keep: set[int] = set()
+        with self.sessions() as session, session.begin():
+            for message, subscriber, enrollment in self._load(session, ids):
+                if not self._drop_if_unwanted(session, message, subscriber, enrollment, now, summary):
+                    keep.add(message.id)
+        return keep
+
+    def _load(self, session: Session, ids: Sequence[int]):  # noqa: ANN202
+        return session.execute(
+            select(Message, Subscriber, Enrollment)
+            .join(Subscriber, Subscriber.id == Message.subscriber_id)
+            .join(Enrollment, Enrollment.id == Message.enrollment_id)
+            .where(Message.id.in_(ids))
+            .order_by(Message.id)
+        ).all()
+
+    def _drop_if_unwanted(self, session: Session, message: Message, subscriber: Subscriber,
+                          enrollment: Enrollment, now: datetime, summary: PassSummary) -> bool:
+        if message.status != "sending" or message.claimed_by != self.worker_id:
+            self._unfinished.discard(message.id)  # another worker holds it now
+            return True
+        reason = self._unwanted(session, subscriber, enrollment)
+        if reason is None:
+            return False
+        self._unfinished.discard(message.id)
+        events.transition(session, message, "suppressed", now=now, detail=reason)
+        message.lease_until = None
+        summary.suppressed += 1
+        return True
 
     def _unwanted(self, session: Session, subscriber: Subscriber, enrollment: Enrollment) -> str | None:
         if subscriber.status != "active":
@@ -273,33 +315,54 @@ class Dispatcher:
         if not outbound:
             return None
         subjects = {item.message_pk: item.subject for item in outbound}
-        results = transport.send(outbound)
-        last_flush = time.monotonic()
-        done = 0
+        handed: list[OutboundEmail] = []  # result n belongs to handed[n]
+        results = transport.send(self._feed(outbound, handed, clock, summary))
+        last_flush, n = time.monotonic(), 0
         try:
-            for item, result in zip(outbound, results, strict=False):
-                outcomes.append((item.message_pk, result))
-                done += 1
-                self.keep_lease(clock())
+            for result in results:
+                outcomes.append((handed[n].message_pk, result))
+                n += 1
+                self.keep_lease()
                 if time.monotonic() - last_flush >= self.flush_seconds:
                     self.record(clock(), outcomes, summary, subjects)
                     outcomes, last_flush = [], time.monotonic()
         except TransportError as exc:
             log.warning("transport unavailable: %s", exc)
-            outcomes.extend((item.message_pk, SendResult(ok=False, error=str(exc), retry_after=exc.retry_after))
-                            for item in outbound[done:])
+            failed = SendResult(ok=False, error=str(exc), retry_after=exc.retry_after, transport=True)
+            answered = {item.message_pk for item in handed[:n]}
+            outcomes.extend((item.message_pk, failed) for item in outbound
+                            if item.message_pk not in answered and item.message_pk in self._unfinished)
             self.record(clock(), outcomes, summary, subjects)
             return exc
         self.record(clock(), outcomes, summary, subjects)
         return None
 
-    def renew_lease(self, ids: Sequence[int], now: datetime) -> None:
+    def _feed(self, outbound: list[OutboundEmail], handed: list[OutboundEmail], clock: Callable[[], datetime],
+              summary: PassSummary) -> Iterator[OutboundEmail]:
+        """Hands emails to the transport one by one. When more than `recheck_seconds` have passed since
+        the last check, the rest of the chunk is re-checked first: an unsubscribe that arrives while a
+        slow relay works through the chunk still stops the emails not yet handed over."""
+        checked = time.monotonic()
+        wanted = {item.message_pk for item in outbound}
+        for i, item in enumerate(outbound):
+            if time.monotonic() - checked >= self.recheck_seconds:
+                wanted = self.recheck([o.message_pk for o in outbound[i:]], clock(), summary)
+                checked = time.monotonic()
+            if item.message_pk not in wanted or item.message_pk not in self._unfinished:
+                continue
+            handed.append(item)
+            yield item
+
+    def renew_lease(self, ids: Sequence[int]) -> set[int]:
+        """Extends this worker's lease on `ids`; returns the ids it still holds."""
         with self.sessions() as session, session.begin():
-            session.execute(
+            held = session.scalars(
                 update(Message)
                 .where(Message.id.in_(ids), Message.status == "sending", Message.claimed_by == self.worker_id)
-                .values(lease_until=now + self.lease)
-            )
+                .values(lease_until=self.real_clock() + self.lease)
+                .returning(Message.id)
+            ).all()
+        return set(held)
 
     def record(self, now: datetime, outcomes: Sequence[tuple[int, SendResult]], summary: PassSummary,
                subjects: Mapping[int, str] | None = None) -> None:
@@ -340,6 +403,14 @@ class Dispatcher:
             suppress_address(session, subscriber.email_key, reason="hard_bounce", now=now, detail=result.error)
             summary.suppressed += stop_subscriber(session, subscriber, status="bounced", reason="hard bounce", now=now)
             summary.bounced += 1
+        elif result.transport:
+            # Not the reader's fault: the attempt does not count and the message is never given up.
+            message.attempts = max(0, message.attempts - 1)
+            delay = self.retry.delay(max(1, message.attempts), result.retry_after)
+            message.next_attempt_at = now + timedelta(seconds=delay)
+            events.transition(session, message, "deferred", now=now,
+                              detail=f"{result.error}; transport problem, retry in {int(delay)} s")
+            summary.deferred += 1
         elif result.permanent or self.retry.exhausted(message.attempts, message.first_attempt_at, now):
             detail = result.error if result.permanent else f"gave up after {message.attempts} attempts: {result.error}"
             message.last_error = detail
@@ -358,7 +429,7 @@ class Dispatcher:
         """The next step is due its delay after this one finished, at the send hour in the reader's zone."""
         if enrollment.status != "active" or campaign is None:
             return
-        enrollment.next_step = message.step_index + 1
+        enrollment.next_step = max(enrollment.next_step, message.step_index + 1)
         enrollment.last_sent_at = now
         enrollment.updated_at = now
         nxt = campaign.step(enrollment.next_step)

@@ -144,3 +144,20 @@ def test_a_hanging_server_times_out() -> None:
     listener.close()
     for s in held:
         s.close()
+
+
+def test_password_is_never_sent_without_tls() -> None:
+    """A relay without TLS gets no AUTH: the transport refuses rather than send the password in clear."""
+    handler = CountingRecorder()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, auth_require_tls=False,
+                            authenticator=authenticator(handler.logins))
+    controller.start()
+    try:
+        with pytest.raises(TransportError, match="TLS"):
+            list(make_transport(f"smtp://drip:s3cret%20pass@127.0.0.1:{port}").send([outbound(1)]))
+        assert handler.logins == []
+        ok = list(make_transport(f"smtp://drip:s3cret%20pass@127.0.0.1:{port}?plain_auth=true").send([outbound(2)]))
+        assert [r.ok for r in ok] == [True] and handler.logins == ["drip"]
+    finally:
+        controller.stop()

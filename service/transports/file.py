@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .base import OutboundEmail, SendResult
@@ -19,7 +19,7 @@ class FileTransport:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def send(self, batch: Sequence[OutboundEmail]) -> Iterator[SendResult]:
+    def send(self, batch: Iterable[OutboundEmail]) -> Iterator[SendResult]:
         self.directory.mkdir(parents=True, exist_ok=True)
         for item in batch:
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

@@ -1,9 +1,12 @@
 """SMTP and SMTPS: one connection for the whole batch, STARTTLS, AUTH, timeouts.
 
 Replies are classified the RFC 5321 way: 4xx and dropped connections are transient (retry later);
-5xx refusals of a recipient are permanent (a bounce). A 5.7.x policy refusal is permanent for the
-message but says nothing about the mailbox, so it does not suppress the address. Failing to connect
-or to authenticate is a failure of the transport, not of any recipient: the batch is retried later.
+5xx is permanent for that email. Only a refusal that is about the mailbox suppresses the address:
+an RFC 3463 code 5.1.x (addressing) or 5.2.x (mailbox, except 5.2.3 message too big), or a bare
+550/551/553 at RCPT. Everything else permanent (5.3.4 too big, 5.6.x content, 5.7.x policy, relay
+denied) fails the email without blaming the reader. Failing to connect, to authenticate, or having our
+own envelope sender refused is the transport's failure, not any recipient's: the batch waits and
+retries without counting attempts.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import logging
 import re
 import smtplib
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -19,6 +22,10 @@ from .base import OutboundEmail, SendResult, TransportError
 
 log = logging.getLogger(__name__)
 ENHANCED = re.compile(rb"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+class _PlainAuthRefused(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class SmtpConfig:
     timeout: float = 30.0
     verify: bool = True
     local_hostname: str | None = None
+    plain_auth: bool = False  # allow AUTH without TLS (loopback relays only)
 
     @classmethod
     def from_url(cls, url: str) -> SmtpConfig:
@@ -48,19 +56,26 @@ class SmtpConfig:
             timeout=float(query.get("timeout", 30)),
             verify=query.get("verify", "true").lower() not in ("0", "false", "no"),
             local_hostname=query.get("helo"),
+            plain_auth=query.get("plain_auth", "false").lower() in ("1", "true", "yes"),
         )
 
 
-def classify(code: int, message: bytes | str) -> SendResult:
+def classify(code: int, message: bytes | str, *, stage: str = "DATA") -> SendResult:
     raw = message if isinstance(message, bytes) else str(message).encode()
     text = f"{code} {raw.decode('utf-8', 'replace')}".strip()
     if 200 <= code < 300:
         return SendResult(ok=True, code=code)
     if code >= 500:
-        m = ENHANCED.search(raw)
-        policy = bool(m and m.group(1) == b"5" and m.group(2) in (b"6", b"7"))
-        return SendResult(ok=False, permanent=True, code=code, error=text, suppress=not policy)
+        return SendResult(ok=False, permanent=True, code=code, error=text, suppress=_about_mailbox(code, raw, stage))
     return SendResult(ok=False, code=code, error=text)
+
+
+def _about_mailbox(code: int, raw: bytes, stage: str) -> bool:
+    m = ENHANCED.search(raw)
+    if m:
+        subject, detail = m.group(2), m.group(3)
+        return subject == b"1" or (subject == b"2" and detail != b"3")
+    return stage == "RCPT" and code in (550, 551, 553) and b"relay" not in raw.lower()
 
 
 class SmtpTransport:
@@ -86,15 +101,24 @@ class SmtpTransport:
             else:
                 conn = smtplib.SMTP(c.host, c.port, timeout=c.timeout, local_hostname=c.local_hostname)
             conn.ehlo()
-            if c.starttls and not c.implicit_tls:
+            wants_tls = c.starttls or (c.username is not None and conn.has_extn("starttls"))
+            if wants_tls and not c.implicit_tls:
                 conn.starttls(context=self._context())
                 conn.ehlo()
             if c.username:
+                if not (c.implicit_tls or wants_tls or c.plain_auth):
+                    conn.close()
+                    raise _PlainAuthRefused(
+                        f"SMTP server {c.host}:{c.port} offers no TLS: refusing to send the password in clear "
+                        "(use smtps://, a server with STARTTLS, or ?plain_auth=true on a trusted network)")
                 conn.login(c.username, c.password or "")
         except smtplib.SMTPAuthenticationError as exc:
             log.error("SMTP login to %s:%s refused (%s): check the credentials in DRIP_EMAIL_URL",
                       c.host, c.port, exc.smtp_code)
             raise TransportError(f"SMTP authentication failed: {exc.smtp_code}") from None
+        except _PlainAuthRefused as exc:
+            log.error("%s", exc)
+            raise TransportError(str(exc)) from None
         except (OSError, smtplib.SMTPException) as exc:
             raise TransportError(f"cannot connect to SMTP server {c.host}:{c.port}: {exc}") from None
         return conn
@@ -107,7 +131,7 @@ class SmtpTransport:
                 pass
         self._conn = None
 
-    def send(self, batch: Sequence[OutboundEmail]) -> Iterator[SendResult]:
+    def send(self, batch: Iterable[OutboundEmail]) -> Iterator[SendResult]:
         if self._conn is None:
             self._conn = self._connect()  # a TransportError here defers the whole batch
         for item in batch:
@@ -115,7 +139,7 @@ class SmtpTransport:
                 try:
                     self._conn = self._connect()
                 except TransportError as exc:
-                    yield SendResult(ok=False, error=str(exc))
+                    yield SendResult(ok=False, error=str(exc), transport=True)
                     continue
             yield self._send_one(item)
 
@@ -126,14 +150,18 @@ class SmtpTransport:
             refused = conn.sendmail(item.envelope_from, [item.recipient], item.raw)
         except smtplib.SMTPRecipientsRefused as exc:
             code, msg = next(iter(exc.recipients.values()))
-            result = classify(code, msg)
-        except smtplib.SMTPResponseException as exc:  # sender refused, data error, 421 ...
+            result = classify(code, msg, stage="RCPT")
+        except smtplib.SMTPSenderRefused as exc:
+            # Our own envelope sender was refused: configuration, not any recipient's fault.
+            self._drop()
+            reply = classify(exc.smtp_code, exc.smtp_error).error
+            log.error("SMTP server refused our envelope sender %s: %s", item.envelope_from, reply)
+            return SendResult(ok=False, code=exc.smtp_code, transport=True,
+                              error=f"sender {item.envelope_from} refused: {reply}")
+        except smtplib.SMTPResponseException as exc:  # data error, 421 ...
             result = classify(exc.smtp_code, exc.smtp_error)
-            if exc.smtp_code == 421 or isinstance(exc, smtplib.SMTPSenderRefused):
+            if exc.smtp_code == 421:
                 self._drop()
-                if isinstance(exc, smtplib.SMTPSenderRefused) and result.permanent:
-                    # Our own envelope sender was refused: a configuration problem, not a bounce.
-                    result = SendResult(ok=False, permanent=True, code=exc.smtp_code, error=result.error)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
             return SendResult(ok=False, error=f"connection lost: {exc or type(exc).__name__}")
@@ -143,7 +171,7 @@ class SmtpTransport:
         else:
             if refused:
                 code, msg = next(iter(refused.values()))
-                return classify(code, msg)
+                return classify(code, msg, stage="RCPT")
             return SendResult(ok=True, code=250)
         return result
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
 from sqlalchemy import select
@@ -55,10 +56,19 @@ def login():  # noqa: ANN201
             session.clear()
             session["user_id"] = user.id
             session.permanent = True
-            target = request.args.get("next") or ""
-            return redirect(target if target.startswith("/admin") else url_for("admin.messages"))
+            return redirect(_safe_next(request.args.get("next")) or url_for("admin.messages"))
         error = "Wrong email or password, or too many attempts: wait a few minutes and try again."
     return render_template("admin/login.html", error=error), 401 if error else 200
+
+
+def _safe_next(target: str | None) -> str | None:
+    """Only a path inside /admin on this site: no scheme, no host, no `//` or backslash tricks."""
+    if not target or "\\" in target:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not (parts.path == "/admin" or parts.path.startswith("/admin/")):
+        return None
+    return target
 
 
 @bp.post("/logout")

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .. import ratelimit
+from ..campaigns import valid_timezone
 from ..db import utcnow
 from ..metrics import render_metrics
 from ..signups import ConsentMeta, SignupError, parse_signup, signup
@@ -48,6 +49,11 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
     except SignupError as exc:
         return _signup_error(exc, as_json, {}, campaign, 400 if exc.code != "unsupported_media_type" else 415)
     rt = runtime()
+    if not as_json and data.get("timezone") and not valid_timezone(str(data.get("timezone"))):
+        # The hidden field is filled by the reader's browser; they cannot fix it, so fall back to the
+        # campaign's zone instead of refusing the signup.
+        log.info("ignoring unknown browser time zone %r", str(data.get("timezone"))[:64])
+        data = {k: v for k, v in data.items() if k != "timezone"}
     try:
         parsed = parse_signup(data, campaigns=rt.campaigns, default_campaign=rt.settings.default_campaign,
                               campaign_in_path=campaign)
@@ -60,7 +66,13 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
         verdict = ratelimit.hit(session, f"signup-ip:{request.remote_addr}", limit, now)
         session.commit()
         if not verdict.allowed:
-            resp, status = error("rate_limited", "too many signups from this address; try again later", None, 429)
+            message = "Too many signups from this address; please try again in a minute."
+            if as_json:
+                resp, status = error("rate_limited", message, None, 429)
+            else:
+                exc = SignupError("rate_limited", message, None)
+                resp, status = _signup_error(exc, False, data, campaign, 429)
+                resp = current_app.make_response(resp)
             resp.headers["Retry-After"] = str(verdict.retry_after)
             return resp, status
     meta = ConsentMeta(source="json" if request.is_json else "form",
@@ -81,8 +93,6 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
 
 
 def runtime_wake() -> None:
-    from flask import current_app
-
     try:
         current_app.extensions["drip.wake"]()
     except Exception:  # waking the scheduler early is a courtesy; the next tick sends anyway
