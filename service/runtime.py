@@ -16,6 +16,7 @@ from .compose import Composer
 from .config import Settings
 from .db import make_sessionmaker
 from .dispatch import Dispatcher, RetryPolicy
+from .dkim import load_keys
 from .tokens import make_unsubscribe_token
 from .transports import make_transport
 
@@ -53,6 +54,8 @@ def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:
                             f"(have: {', '.join(sorted(campaigns))})")
     composer = Composer(templates_dir=Path(settings.templates_dir), base_url=settings.base_url,
                         postal_address=settings.postal_address, from_override=settings.from_address,
-                        unsubscribe_mailto=settings.unsubscribe_mailto)
+                        unsubscribe_mailto=settings.unsubscribe_mailto, dkim_keys=load_keys(settings),
+                        feedback_id_sender=settings.feedback_id_sender, bounce_domain=settings.bounce_domain,
+                        reply_to=settings.reply_to)
     return Runtime(settings=settings, sessions=make_sessionmaker(settings, pool_size=pool_size),
                    campaigns=campaigns, composer=composer)
