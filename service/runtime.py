@@ -40,6 +40,7 @@ class Runtime:
             lease=timedelta(seconds=s.lease_seconds), batch_size=s.batch_size,
             retry=RetryPolicy(base_seconds=s.retry_base_seconds, cap_seconds=s.retry_cap_seconds,
                               max_attempts=s.max_attempts),
+            limits=s.send_limits,
         )
         kwargs.update(overrides)
         return Dispatcher(**kwargs)
