@@ -141,8 +141,10 @@ def check_spf(resolver: dns.resolver.Resolver, domain: str, relay_host: str, rel
                        "set DRIP_EMAIL_URL=smtp://... and run drip doctor again")
     term = spf_covers(resolver, domain, relay_ips, relay_host)
     if term is None:
-        return Finding("SPF", "fail", f"{domain}: {record!r} does not cover the relay {relay_host} "
-                       f"({', '.join(relay_ips) or 'no address'})",
+        shown = relay_host
+        if list(relay_ips) != [relay_host]:
+            shown += f" ({', '.join(relay_ips) or 'no address'})"
+        return Finding("SPF", "fail", f"{domain}: {record!r} does not cover the relay {shown}",
                        f"add {_spf_suggestion(relay_host, relay_ips)} to the SPF record of {domain}")
     return Finding("SPF", "ok", f"{domain}: {record!r} covers the relay {relay_host} ({term})")
 
