@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import dns.exception
+import dns.name
 import dns.resolver
 from dkim.crypto import UnparsableKeyError, parse_public_key
 
@@ -60,6 +61,8 @@ def lookup(resolver: dns.resolver.Resolver, name: str, rdtype: str) -> list[str]
         answer = resolver.resolve(name, rdtype, search=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
+    except (dns.name.EmptyLabel, dns.name.LabelTooLong, dns.name.NameTooLong):
+        return []  # a malformed name in someone's record (an SPF macro, a typo) simply has no answer
     except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
         raise DnsError(f"DNS lookup of {rdtype} {name} failed: {exc.__class__.__name__}") from None
     if rdtype == "TXT":
@@ -101,7 +104,10 @@ def spf_covers(resolver: dns.resolver.Resolver, domain: str, ips: Sequence[str],
         if mech.startswith("redirect="):
             mech, value = "include", mech.partition("=")[2]
         if mech in ("ip4", "ip6"):
-            net = ipaddress.ip_network(value, strict=False)
+            try:
+                net = ipaddress.ip_network(value, strict=False)
+            except ValueError:  # a malformed term matches nothing (receivers return permerror)
+                continue
             if any(a.version == net.version and a in net for a in addresses):
                 return term
         elif mech in ("include", "a", "mx") and budget[0] > 0:

@@ -143,6 +143,7 @@ def test_a_broken_setup_lists_each_problem_with_its_fix_and_exits_1(zone, smtp) 
     (["v=spf1 redirect=_spf.relay.example"], "127.0.0.1", "ok", "redirect="),
     (["v=spf1 include:sendgrid.net -all"], "smtp.sendgrid.net", "ok", "include:sendgrid.net"),
     (["v=spf1 include:sendgrid.net -all"], "smtp.other.example", "fail", "include:other.example"),
+    (["v=spf1 ip4:999.1.1.1 a:bad..name include:%{d}.x ip4:127.0.0.1 -all"], "127.0.0.1", "ok", "ip4:127.0.0.1"),
 ])
 def test_spf_verdicts(zone, records: list[str], relay: str, status: str, text: str) -> None:  # noqa: ANN001
     """SPF: missing, duplicated, +all, not covering the relay, and covered by ip4, a, redirect or include."""
