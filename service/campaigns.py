@@ -80,6 +80,7 @@ class Campaign:
     steps: tuple[Step, ...]
     resources: dict[str, str] = field(default_factory=dict)
     directory: Path = Path(".")
+    reply_to: str = ""  # optional `reply_to` key: where replies go, when not to the From address
 
     @property
     def sender_name(self) -> str:
@@ -158,6 +159,9 @@ def load_campaign(path: Path) -> Campaign:
     ):
         raise CampaignError(f"{where}: [resources] must map names to http(s) URLs")
     thank_you = data.get("thank_you", {})
+    reply_to = text("reply_to", required=False)
+    if reply_to:
+        _check_from(reply_to, where, "reply_to")
     return Campaign(
         key=key,
         title=text("title"),
@@ -171,6 +175,7 @@ def load_campaign(path: Path) -> Campaign:
         steps=_load_steps(data.get("steps"), where, path.parent),
         resources=dict(resources),
         directory=path.parent,
+        reply_to=reply_to,
     )
 
 
@@ -204,10 +209,10 @@ def _load_steps(raw: object, where: str, directory: Path) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def _check_from(value: str, where: str) -> None:
+def _check_from(value: str, where: str, key: str = "from") -> None:
     name, addr = parseaddr(value)
     try:
         validate_email(addr, check_deliverability=False, test_environment=True)
         Address(display_name=name, addr_spec=addr)
     except (EmailNotValidError, ValueError, IndexError) as exc:
-        raise CampaignError(f"{where}: 'from' {value!r} is not a valid address: {exc}") from None
+        raise CampaignError(f"{where}: {key!r} {value!r} is not a valid address: {exc}") from None

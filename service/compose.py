@@ -22,6 +22,8 @@ from email_validator import EmailNotValidError, validate_email
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from .campaigns import Campaign, Step
+from .dkim import DkimKey
+from .dkim import sign as dkim_sign
 from .transports.base import OutboundEmail
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -75,13 +77,15 @@ def ascii_address(address: str) -> str:
 
 ALLOWED_HEADERS = frozenset({
     "from", "to", "subject", "message-id", "date", "list-unsubscribe", "list-unsubscribe-post", "list-id",
-    "mime-version", "content-type", "content-transfer-encoding",
+    "mime-version", "content-type", "content-transfer-encoding", "feedback-id", "reply-to", "dkim-signature",
 })
 
 
 class Composer:
     def __init__(self, *, templates_dir: Path, base_url: str, postal_address: str, from_override: str | None = None,
-                 unsubscribe_mailto: str | None = None) -> None:
+                 unsubscribe_mailto: str | None = None, dkim_keys: tuple[DkimKey, ...] = (),
+                 feedback_id_sender: str | None = None, bounce_domain: str | None = None,
+                 reply_to: str | None = None) -> None:
         self.env = Environment(
             loader=FileSystemLoader(str(templates_dir)),
             undefined=StrictUndefined,
@@ -97,6 +101,11 @@ class Composer:
         self.unsubscribe_mailto = unsubscribe_mailto
         self.inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
         self._subjects: dict[tuple[str, str], object] = {}
+        # Deliverability (issue 8): see deliverability_headers, envelope_sender and sign_message.
+        self.dkim_keys = dkim_keys
+        self.feedback_id_sender = feedback_id_sender
+        self.bounce_domain = bounce_domain
+        self.reply_to = reply_to
 
     def from_header(self, campaign: Campaign) -> str:
         """DRIP_FROM replaces the campaign's address; without a display name of its own it keeps the campaign's."""
@@ -152,7 +161,7 @@ class Composer:
             ("List-Unsubscribe", f"<{job.unsubscribe_url}>, <mailto:{mailto}?subject={quote('unsubscribe ' + token)}>"),
             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
             ("List-Id", f"{one_line(job.campaign.title)} <{job.campaign.key}.{domain}>"),
-        )
+        ) + self.deliverability_headers(job, domain)
         msg = EmailMessage(policy=MIME_POLICY)
         msg["From"] = from_header
         local, _, rdomain = recipient.rpartition("@")
@@ -164,11 +173,34 @@ class Composer:
         msg.add_alternative(html, subtype="html", cte="quoted-printable")
         raw = msg.as_bytes()
         check_header_block(raw, ALLOWED_HEADERS)
+        raw = self.sign_message(raw)
         return OutboundEmail(
-            message_pk=job.message_pk, envelope_from=sender, recipient=recipient, from_header=from_header,
+            message_pk=job.message_pk, envelope_from=self.envelope_sender(sender), recipient=recipient,
+            from_header=from_header,
             to_header=str(msg["To"]), subject=subject, text=text, html=html, headers=headers,
             raw=raw, idempotency_key=f"drip-message-{job.message_pk}",
         )
+
+    # -- deliverability (issue 8) ----------------------------------------------------------------
+    def deliverability_headers(self, job: ComposeJob, domain: str) -> tuple[tuple[str, str], ...]:
+        """Feedback-ID for Gmail's complaint loop (campaign:step:sender) and Reply-To when configured.
+        No `Precedence: bulk`: Google advises against it and it suppresses auto-replies only."""
+        sender_id = self.feedback_id_sender or domain
+        headers: list[tuple[str, str]] = [("Feedback-ID", f"{job.campaign.key}:{job.step.key}:{one_line(sender_id)}")]
+        reply_to = job.campaign.reply_to or self.reply_to
+        if reply_to:
+            headers.append(("Reply-To", header_text(reply_to)))
+        return tuple(headers)
+
+    def envelope_sender(self, sender: str) -> str:
+        """The envelope sender (it becomes Return-Path at the receiver): bounces@DRIP_BOUNCE_DOMAIN when
+        set, so bounces reach a mailbox made for them, else the From address. (Issue 4 refines this into
+        a VERP address, bounces+token@DRIP_BOUNCE_DOMAIN.)"""
+        return f"bounces@{self.bounce_domain}" if self.bounce_domain else sender
+
+    def sign_message(self, raw: bytes) -> bytes:
+        """The serialised message with its DKIM signature(s); every transport sends these bytes."""
+        return dkim_sign(raw, self.dkim_keys) if self.dkim_keys else raw
 
 
 def new_message_id(from_address: str, message_pk: int, nonce: str) -> str:

@@ -5,11 +5,13 @@ The web app, the worker, the CLI and Alembic all read the same object; tests bui
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,6 +41,53 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class SendLimits:
+    """Most sends per sending domain per clock hour and per UTC day, with an optional warm-up ramp.
+
+    DRIP_SEND_LIMITS="hour=500,day=5000"; DRIP_WARMUP="2026-11-24:50" caps the day at 50 on that date,
+    then doubles the cap each UTC day (100, 200, ...) until it reaches the day limit (if any).
+    """
+
+    per_hour: int | None = None
+    per_day: int | None = None
+    warmup_start: date | None = None
+    warmup_first_day: int = 0
+
+    @classmethod
+    def parse(cls, limits: str, warmup: str) -> SendLimits | None:
+        values: dict[str, int] = {}
+        for part in filter(None, (p.strip() for p in limits.split(","))):
+            m = re.fullmatch(r"(hour|day)\s*=\s*(\d+)", part.lower())
+            if not m or int(m.group(2)) < 1:
+                raise ConfigError(f"DRIP_SEND_LIMITS: expected e.g. 'hour=500,day=5000', got {limits!r}")
+            values[m.group(1)] = int(m.group(2))
+        start, first = None, 0
+        if warmup.strip():
+            m = re.fullmatch(r"(\d{4}-\d{2}-\d{2})\s*:\s*(\d+)", warmup.strip())
+            try:
+                start, first = date.fromisoformat(m.group(1)), int(m.group(2))  # type: ignore[union-attr]
+            except (AttributeError, ValueError):
+                raise ConfigError(f"DRIP_WARMUP: expected START-DATE:FIRST-DAY-CAP such as '2026-11-24:50', "
+                                  f"got {warmup!r}") from None
+            if first < 1:
+                raise ConfigError("DRIP_WARMUP: the first day's cap must be at least 1")
+        if not values and start is None:
+            return None
+        return cls(values.get("hour"), values.get("day"), start, first)
+
+    def day_cap(self, day: date) -> int | None:
+        """The day's cap: the warm-up ramp (doubling daily from its start) under the day limit."""
+        cap = self.per_day
+        if self.warmup_start is not None and day >= self.warmup_start:
+            days = (day - self.warmup_start).days
+            ramp = self.warmup_first_day * 2 ** min(days, 40)
+            cap = ramp if cap is None else min(cap, ramp)
+        elif self.warmup_start is not None:  # before the warm-up starts: the first day's cap
+            cap = self.warmup_first_day if cap is None else min(cap, self.warmup_first_day)
+        return cap
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = field(repr=False)
     email_url: str = field(repr=False)
@@ -64,6 +113,15 @@ class Settings:
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_key_file: str | None = None
+    # Issue 8 (deliverability): a second DKIM key for rotation, complaint-loop and bounce identities,
+    # send limits with a warm-up ramp, and the DNS server `drip doctor` asks.
+    dkim_selector_2: str | None = None
+    dkim_key_file_2: str | None = None
+    feedback_id_sender: str | None = None  # None: the From domain
+    bounce_domain: str | None = None
+    reply_to: str | None = None
+    send_limits: SendLimits | None = None
+    dns_server: tuple[str, int] | None = None
 
     @property
     def postal_address_is_placeholder(self) -> bool:
@@ -94,7 +152,7 @@ class Settings:
                               "worker process); e.g. python3 -c 'import secrets; print(secrets.token_hex(32))'")
         if secret and len(secret) < 16:
             raise ConfigError("DRIP_SECRET_KEY: too short; use at least 32 random characters")
-        return cls(
+        settings = cls(
             database_url=database_url,
             email_url=_email_url(env.get("DRIP_EMAIL_URL") or f"file://{PROJECT_ROOT / 'outbox'}"),
             base_url=_base_url(env.get("DRIP_BASE_URL") or "http://127.0.0.1:8000"),
@@ -115,7 +173,18 @@ class Settings:
             dkim_domain=env.get("DRIP_DKIM_DOMAIN") or None,
             dkim_selector=env.get("DRIP_DKIM_SELECTOR") or None,
             dkim_key_file=env.get("DRIP_DKIM_KEY_FILE") or None,
+            dkim_selector_2=env.get("DRIP_DKIM_SELECTOR_2") or None,
+            dkim_key_file_2=env.get("DRIP_DKIM_KEY_FILE_2") or None,
+            feedback_id_sender=_one_line(env.get("DRIP_FEEDBACK_ID_SENDER", "")) or None,
+            bounce_domain=_domain(env, "DRIP_BOUNCE_DOMAIN"),
+            reply_to=_one_line(env["DRIP_REPLY_TO"]) if env.get("DRIP_REPLY_TO") else None,
+            send_limits=SendLimits.parse(env.get("DRIP_SEND_LIMITS", ""), env.get("DRIP_WARMUP", "")),
+            dns_server=_dns_server(env.get("DRIP_DNS_SERVER", "")),
         )
+        from .dkim import load_keys
+
+        load_keys(settings)  # a bad DKIM key stops start-up here, naming the variable
+        return settings
 
 
 def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
@@ -189,6 +258,28 @@ def _base_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"DRIP_BASE_URL: expected an http(s) URL, got {url!r}")
     return url.rstrip("/")
+
+
+def _domain(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip().lower().rstrip(".")
+    if not value:
+        return None
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+", value):
+        raise ConfigError(f"{name}: expected a domain name such as bounces.example.org, got {value!r}")
+    return value
+
+
+def _dns_server(text: str) -> tuple[str, int] | None:
+    """DRIP_DNS_SERVER=IP or IP:PORT: the DNS server `drip doctor` asks (default: the system's)."""
+    text = text.strip()
+    if not text:
+        return None
+    host, _, port = text.rpartition(":") if text.count(":") == 1 else (text, "", "53")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise ConfigError(f"DRIP_DNS_SERVER: expected IP or IP:PORT such as 127.0.0.1:5353, got {text!r}") from None
 
 
 def _one_line(text: str) -> str:

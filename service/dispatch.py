@@ -19,6 +19,7 @@ claim nor leave rows locked until the date it pretended to be.
 """
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
 import random
@@ -33,9 +34,10 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import events
+from . import events, sendlimits
 from .campaigns import Campaign, Step, due_at
 from .compose import ComposeJob, Composer, new_message_id
+from .config import SendLimits
 from .db import utcnow
 from .models import Enrollment, Message, Subscriber
 from .suppression import is_suppressed, stop_subscriber, suppress_address
@@ -98,6 +100,7 @@ class Dispatcher:
     flush_seconds: float = 0.1
     recheck_seconds: float = 1.0
     real_clock: Callable[[], datetime] = utcnow
+    limits: SendLimits | None = None  # per-domain hourly/daily caps and warm-up (issue 8)
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
 
@@ -185,7 +188,7 @@ class Dispatcher:
     def claim(self, now: datetime, summary: PassSummary) -> list[int]:
         real_now = self.real_clock()
         with self.sessions() as session, session.begin():
-            messages = session.scalars(
+            query = (
                 select(Message)
                 .where(or_(
                     and_(Message.status.in_(("queued", "deferred")), Message.next_attempt_at <= now),
@@ -194,7 +197,11 @@ class Dispatcher:
                 .order_by(Message.next_attempt_at, Message.id)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True)
-            ).all()
+            )
+            if self.limits is not None:  # issue 8: domains at their limit wait; the others still go
+                if full := self._campaigns_at_limit(session, now):
+                    query = query.where(Message.campaign.notin_(full))
+            messages = self._within_limits(session, session.scalars(query).all(), now)
             for m in messages:
                 if m.status == "sending":
                     summary.reclaimed += 1
@@ -207,6 +214,33 @@ class Dispatcher:
                 m.claimed_by = self.worker_id
                 m.first_attempt_at = m.first_attempt_at or now
             return [m.id for m in messages]
+
+    # -- send limits (issue 8) -------------------------------------------------------------------
+    def _sending_domain(self, campaign_key: str) -> str | None:
+        campaign = self.campaigns.get(campaign_key)
+        if campaign is None:
+            return None
+        return email.utils.parseaddr(self.composer.from_header(campaign))[1].rpartition("@")[2].lower() or None
+
+    def _campaigns_at_limit(self, session: Session, now: datetime) -> list[str]:
+        assert self.limits is not None
+        return [key for key in self.campaigns if (domain := self._sending_domain(key)) is not None
+                and sendlimits.remaining(session, domain, self.limits, now) == 0]
+
+    def _within_limits(self, session: Session, messages: Sequence[Message], now: datetime) -> list[Message]:
+        """The claimable messages, in order, that their domain's hourly/daily allowance still covers; the
+        allowance is taken now. The rest are left exactly as they were: queued, no attempt counted."""
+        if self.limits is None:
+            return list(messages)
+        by_domain: dict[str | None, list[Message]] = {}
+        for m in messages:
+            by_domain.setdefault(self._sending_domain(m.campaign), []).append(m)
+        keep: set[int] = set()
+        for domain, group in by_domain.items():
+            granted = len(group) if domain is None else sendlimits.reserve(session, domain, len(group),
+                                                                           self.limits, now)
+            keep.update(m.id for m in group[:granted])
+        return [m for m in messages if m.id in keep]
 
     # -- 3. send and record ----------------------------------------------------------------------
     def send_claimed(self, ids: Sequence[int], transport: Transport, clock: Callable[[], datetime],

@@ -231,3 +231,15 @@ class RateHit(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SendCounter(Base):
+    """Sends per sending domain per clock hour / UTC day (issue 8 send limits and warm-up), counted at claim
+    time in the claim's transaction, so every worker shares one allowance."""
+
+    __tablename__ = "send_counters"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    window: Mapped[str] = mapped_column(String(4), primary_key=True)  # "hour" or "day"
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)

@@ -16,6 +16,7 @@ from .compose import Composer
 from .config import Settings
 from .db import make_sessionmaker
 from .dispatch import Dispatcher, RetryPolicy
+from .dkim import load_keys
 from .tokens import make_unsubscribe_token
 from .transports import make_transport
 
@@ -39,6 +40,7 @@ class Runtime:
             lease=timedelta(seconds=s.lease_seconds), batch_size=s.batch_size,
             retry=RetryPolicy(base_seconds=s.retry_base_seconds, cap_seconds=s.retry_cap_seconds,
                               max_attempts=s.max_attempts),
+            limits=s.send_limits,
         )
         kwargs.update(overrides)
         return Dispatcher(**kwargs)
@@ -53,6 +55,8 @@ def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:
                             f"(have: {', '.join(sorted(campaigns))})")
     composer = Composer(templates_dir=Path(settings.templates_dir), base_url=settings.base_url,
                         postal_address=settings.postal_address, from_override=settings.from_address,
-                        unsubscribe_mailto=settings.unsubscribe_mailto)
+                        unsubscribe_mailto=settings.unsubscribe_mailto, dkim_keys=load_keys(settings),
+                        feedback_id_sender=settings.feedback_id_sender, bounce_domain=settings.bounce_domain,
+                        reply_to=settings.reply_to)
     return Runtime(settings=settings, sessions=make_sessionmaker(settings, pool_size=pool_size),
                    campaigns=campaigns, composer=composer)
