@@ -2,8 +2,6 @@
 SMTP relays (aiosmtpd with and without STARTTLS): each check's verdict and fix text."""
 from __future__ import annotations
 
-import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from conftest import SmtpRecorder, free_port
 from dnslib import MX, QTYPE, RCODE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 from test_dkim import genkey
+from tlshelp import make_cert, server_context
 
 from service.cli import main
 from service.dkim import load_key
@@ -67,18 +66,12 @@ def zone() -> Iterator[tuple[Zone, tuple[str, int]]]:
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("tls")
-    key, crt = d / "key.pem", d / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(crt), "-days", "2"],
-                   check=True, capture_output=True)
-    return crt, key
+    return make_cert(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
 def tls_relay(cert) -> Iterator[int]:  # noqa: ANN001
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(*cert)
+    ctx = server_context(cert)
     port = free_port()
     controller = Controller(SmtpRecorder(), hostname="127.0.0.1", port=port, tls_context=ctx, ready_timeout=10)
     controller.start()
