@@ -64,6 +64,15 @@ def _http_error(exc: HTTPException):  # noqa: ANN202
     return _error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
 
 
+@bp.app_errorhandler(404)
+@bp.app_errorhandler(405)
+def _routing_error(exc: HTTPException):  # noqa: ANN202
+    """URLs under /api/ that match no route still answer in the API's error shape; other paths are untouched."""
+    if request.path.startswith("/api/"):
+        return _http_error(exc)
+    return exc
+
+
 # -- query parameters ----------------------------------------------------------------------------------
 def _text_arg(name: str, size: int = 320) -> str | None:
     value = request.args.get(name)
@@ -100,8 +109,6 @@ def _date_arg(name: str) -> str | None:
         date.fromisoformat(value)
     except ValueError:
         raise ApiError(400, f"invalid_{name}", f"{name} must be a date, YYYY-MM-DD", name) from None
-    if value.startswith("9999-12-31"):
-        raise ApiError(400, f"invalid_{name}", f"{name} is out of range", name)
     return value
 
 
