@@ -20,21 +20,21 @@ pytestmark = pytest.mark.browser
 PASSWORD = "correct horse battery"
 
 
-def shoot(page: Page, tmp_path: Path, name: str) -> None:
+def shoot(tab: Page, tmp_path: Path, name: str) -> None:
     shot = tmp_path / f"{name}.png"
-    page.screenshot(path=str(shot), full_page=True)
+    tab.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes().startswith(b"\x89PNG")
 
 
-def log_in(page: Page, base: str, runtime) -> None:  # noqa: ANN001
+def log_in(tab: Page, base: str, runtime) -> None:  # noqa: ANN001
     with runtime.sessions() as s, s.begin():
         add_user(s, "ops@example.org", PASSWORD, now=utcnow())
-    page.goto(f"{base}/admin/messages")
-    expect(page).to_have_url(re.compile(r"/admin/login"))
-    page.get_by_label("Email").fill("ops@example.org")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Send log")).to_be_visible()
+    tab.goto(f"{base}/admin/messages")
+    expect(tab).to_have_url(re.compile(r"/admin/login"))
+    tab.get_by_label("Email").fill("ops@example.org")
+    tab.get_by_label("Password").fill(PASSWORD)
+    tab.get_by_role("button", name="Log in").click()
+    expect(tab.get_by_role("heading", name="Send log")).to_be_visible()
 
 
 def test_operator_finds_a_welcome_and_runs_the_campaign(server, page, smtp, runtime, tmp_path) -> None:  # noqa: F811
