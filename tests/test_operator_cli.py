@@ -85,3 +85,15 @@ def test_subscribers_export_and_erase(run, runtime, smtp):  # noqa: ANN001
         assert s.scalar(select(Suppression.reason).where(Suppression.email_hash == email_hash("kim@example.org")))
     r = run("subscribers", "export", "kim@example.org")
     assert r.exit_code != 0 and "no subscriber" in r.output
+
+
+def test_new_domain_modules_stay_framework_free() -> None:
+    """The read models and actions behind the console take a session and plain values, like the rest of the core."""
+    from pathlib import Path
+
+    from test_layering import FORBIDDEN, imports
+
+    root = Path(__file__).resolve().parent.parent / "service"
+    for name in ("privacy", "subscribers", "campaign_stats", "charts", "mailview"):
+        bad = [i for i in imports(root / f"{name}.py") if i.startswith(FORBIDDEN)]
+        assert bad == [], f"service/{name}.py imports {bad}"
