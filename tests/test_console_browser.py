@@ -95,3 +95,29 @@ def test_operator_finds_a_welcome_and_runs_the_campaign(server, page, smtp, runt
 def _paused(runtime) -> bool:  # noqa: ANN001
     with runtime.sessions() as s:
         return s.scalar(select(CampaignState.paused).where(CampaignState.campaign == CAMPAIGN))
+
+
+def test_email_html_cannot_run_script_in_the_console(server, page, smtp, runtime, tmp_path) -> None:  # noqa: F811
+    """An email whose HTML carries script is shown, but the script never runs: not in its frame, not in the page."""
+    from email.message import EmailMessage
+
+    from service.models import Message, MessageContent
+
+    sign_up(page, server, "victim@example.org")
+    welcome_for(smtp, "victim@example.org")
+    evil = EmailMessage()
+    evil["Subject"] = "evil"
+    evil.set_content("plain part")
+    evil.add_alternative("<p id='p'>static text</p><script>document.getElementById('p').textContent='ran';"
+                         "try{top.document.title='pwned'}catch(e){}</script>"
+                         "<img src=x onerror=\"document.body.append('ran-onerror')\">", subtype="html")
+    with runtime.sessions() as s, s.begin():
+        mid = s.scalar(select(Message.id))
+        s.get(MessageContent, mid).raw = evil.as_bytes()
+    log_in(page, server, runtime)
+    page.goto(f"{server}/admin/messages/{mid}")
+    frame = page.frame_locator("iframe.email-html")
+    expect(frame.locator("#p")).to_have_text("static text")
+    page.wait_for_timeout(300)
+    assert "ran" not in frame.locator("body").inner_text()
+    assert "pwned" not in page.title() and page.title().startswith(f"Message {mid}")
