@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,7 +39,7 @@ from .campaigns import Campaign, Step, due_at
 from .compose import ComposeJob, Composer, new_message_id
 from .config import SendLimits
 from .db import utcnow
-from .models import Enrollment, Message, Subscriber
+from .models import CampaignState, DispatchPass, Enrollment, Message, MessageContent, Subscriber
 from .suppression import is_suppressed, stop_subscriber, suppress_address
 from .transports.base import OutboundEmail, SendResult, Transport, TransportError
 
@@ -47,6 +47,13 @@ log = logging.getLogger(__name__)
 
 CHUNK = 50
 GIVE_UP_AFTER = timedelta(days=3)
+PASS_HISTORY = timedelta(hours=1)  # dispatch_passes rows kept for the metrics
+
+
+def _paused_campaigns():  # noqa: ANN202
+    # Issue 3 (pause/resume): a paused campaign's enrollments are not queued and its messages are not
+    # claimed; both wait exactly where they are until the operator resumes it.
+    return select(CampaignState.campaign).where(CampaignState.paused.is_(True))
 
 
 @dataclass
@@ -103,11 +110,32 @@ class Dispatcher:
     limits: SendLimits | None = None  # per-domain hourly/daily caps and warm-up (issue 8)
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
+    _sent_this_pass: int = field(default=0, init=False, repr=False)
+    _raw: dict[int, bytes] = field(default_factory=dict, init=False, repr=False)
 
     # -- the pass --------------------------------------------------------------------------------
     def run_pass(self, now: datetime | None = None) -> PassSummary:
+        started, started_at = time.monotonic(), utcnow()
+        try:
+            return self._run_pass(now)
+        finally:
+            self._record_pass(started_at, time.monotonic() - started)
+
+    def _record_pass(self, started_at: datetime, seconds: float) -> None:
+        """Issue 3 (metrics): every pass's wall-clock duration goes to the database, so /metrics in any
+        process reports every worker's passes. Old rows are pruned in the same transaction."""
+        try:
+            with self.sessions() as session, session.begin():
+                session.add(DispatchPass(worker=self.worker_id[:80], started_at=started_at,
+                                         duration_seconds=seconds, sent=self._sent_this_pass))
+                session.execute(delete(DispatchPass).where(DispatchPass.started_at < started_at - PASS_HISTORY))
+        except Exception:  # a metric must never fail a pass that has already sent its emails
+            log.exception("could not record the pass duration")
+
+    def _run_pass(self, now: datetime | None) -> PassSummary:
         clock: Callable[[], datetime] = (lambda: now) if now is not None else utcnow
         summary = PassSummary()
+        self._sent_this_pass = 0
         while (n := self.queue_due(clock(), summary)) >= self.batch_size:
             pass
         del n
@@ -128,7 +156,8 @@ class Dispatcher:
             rows = session.execute(
                 select(Enrollment, Subscriber)
                 .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
-                .where(Enrollment.status == "active", Enrollment.next_due_at <= now)
+                .where(Enrollment.status == "active", Enrollment.next_due_at <= now,
+                       Enrollment.campaign.not_in(_paused_campaigns()))
                 .order_by(Enrollment.next_due_at, Enrollment.id)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True, of=Enrollment)
@@ -193,7 +222,7 @@ class Dispatcher:
                 .where(or_(
                     and_(Message.status.in_(("queued", "deferred")), Message.next_attempt_at <= now),
                     and_(Message.status == "sending", Message.lease_until < real_now),
-                ))
+                ), Message.campaign.not_in(_paused_campaigns()))
                 .order_by(Message.next_attempt_at, Message.id)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True)
@@ -328,7 +357,7 @@ class Dispatcher:
     def _unwanted(self, session: Session, subscriber: Subscriber, enrollment: Enrollment) -> str | None:
         if subscriber.status != "active":
             return f"subscriber is {subscriber.status}"
-        if enrollment.status != "active":
+        if enrollment.status == "stopped":  # "completed" still sends: an operator may retry its last step
             return f"enrollment is {enrollment.status}"
         if is_suppressed(session, subscriber.email_key):
             return "address is on the suppression list"
@@ -349,6 +378,7 @@ class Dispatcher:
         if not outbound:
             return None
         subjects = {item.message_pk: item.subject for item in outbound}
+        self._raw = {item.message_pk: item.raw for item in outbound}  # issue 3: kept "as sent" by record()
         handed: list[OutboundEmail] = []  # result n belongs to handed[n]
         results = transport.send(self._feed(outbound, handed, clock, summary))
         last_flush, n = time.monotonic(), 0
@@ -419,6 +449,10 @@ class Dispatcher:
                     continue
                 if subjects and message.id in subjects:
                     message.subject = subjects[message.id]
+                raw = self._raw.pop(message.id, None)
+                if raw is not None:
+                    # Issue 3: the bytes handed to the transport, for the operator's "as sent" view.
+                    session.merge(MessageContent(message_id=message.id, raw=raw, created_at=now))
                 self._apply(session, message, subscriber, enrollment, by_id[message.id], now, summary)
 
     def _apply(self, session: Session, message: Message, subscriber: Subscriber, enrollment: Enrollment,
@@ -426,6 +460,7 @@ class Dispatcher:
         message.lease_until = None
         message.last_error = result.error or None
         if result.ok:
+            self._sent_this_pass += 1
             message.sent_at = now
             message.provider_message_id = result.provider_id
             events.transition(session, message, "sent", now=now,

@@ -33,6 +33,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 EVENT_TYPES = frozenset({
     "signup", "queued", "attempt", "sent", "deferred", "failed", "bounced", "suppressed", "reclaimed",
     "delivered", "complained", "unsubscribed", "resubscribed", "enrollment_stopped", "enrollment_completed",
+    "erased",  # anonymous: a subscriber was erased (GDPR); only the address's hash is in `data`
 })
 
 

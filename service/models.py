@@ -13,11 +13,14 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -243,3 +246,41 @@ class SendCounter(Base):
     window: Mapped[str] = mapped_column(String(4), primary_key=True)  # "hour" or "day"
     window_start: Mapped[datetime] = mapped_column(primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MessageContent(Base):
+    """The email exactly as it was handed to the transport (RFC 5322 bytes), for the operator's "as sent" view.
+
+    Written with the outcome of each attempt (the last attempt wins); erased with the message.
+    """
+
+    __tablename__ = "message_contents"
+
+    message_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class CampaignState(Base):
+    """Operator switches per campaign. A paused campaign queues no new step and claims none of its messages."""
+
+    __tablename__ = "campaign_states"
+
+    campaign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    paused_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+class DispatchPass(Base):
+    """One row per dispatch pass (any worker), kept for an hour: the source of the pass-duration metrics."""
+
+    __tablename__ = "dispatch_passes"
+    __table_args__ = (Index("ix_dispatch_passes_started", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(80))
+    started_at: Mapped[datetime]
+    duration_seconds: Mapped[float] = mapped_column(Float)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
