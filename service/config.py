@@ -63,6 +63,19 @@ class Settings:
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_key_file: str | None = None
+    # issue 4: delivery tracking (docs/providers.md)
+    bounce_domain: str | None = None
+    tracking: bool = False
+    soft_bounce_threshold: int = 3
+    soft_bounce_window_days: int = 30
+    deferred_deadline_hours: float = 72.0
+    sendgrid_webhook_key: str | None = field(default=None, repr=False)
+    mailgun_signing_key: str | None = field(default=None, repr=False)
+    postmark_webhook_user: str | None = None
+    postmark_webhook_password: str | None = field(default=None, repr=False)
+    resend_webhook_secret: str | None = field(default=None, repr=False)
+    sns_topic_arns: tuple[str, ...] = ()
+    sns_cert_hosts: tuple[str, ...] = ()  # extra certificate hosts (tests, proxies); AWS hosts always allowed
 
     @property
     def postal_address_is_placeholder(self) -> bool:
@@ -102,7 +115,36 @@ class Settings:
             dkim_domain=env.get("DRIP_DKIM_DOMAIN") or None,
             dkim_selector=env.get("DRIP_DKIM_SELECTOR") or None,
             dkim_key_file=env.get("DRIP_DKIM_KEY_FILE") or None,
+            **_delivery_settings(env),
         )
+
+
+def _delivery_settings(env: Mapping[str, str]) -> dict:
+    """Issue 4's variables: bounce handling policy, tracking, and one webhook secret per provider."""
+    domain = env.get("DRIP_BOUNCE_DOMAIN") or None
+    if domain and not re.fullmatch(r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}", domain):
+        raise ConfigError(f"DRIP_BOUNCE_DOMAIN: expected a domain such as bounces.example.com, got {domain!r}")
+    tracking = env.get("DRIP_TRACKING", "off").strip().lower()
+    if tracking not in ("on", "off", "1", "0", "true", "false", "yes", "no", ""):
+        raise ConfigError(f"DRIP_TRACKING: expected on or off, got {tracking!r}")
+    return dict(
+        bounce_domain=domain,
+        tracking=tracking in ("on", "1", "true", "yes"),
+        soft_bounce_threshold=int(_number(env, "DRIP_SOFT_BOUNCE_THRESHOLD", 3, minimum=1)),
+        soft_bounce_window_days=int(_number(env, "DRIP_SOFT_BOUNCE_WINDOW_DAYS", 30, minimum=1)),
+        deferred_deadline_hours=_number(env, "DRIP_DEFERRED_DEADLINE_HOURS", 72, minimum=1),
+        sendgrid_webhook_key=env.get("DRIP_SENDGRID_WEBHOOK_KEY") or None,
+        mailgun_signing_key=env.get("DRIP_MAILGUN_SIGNING_KEY") or None,
+        postmark_webhook_user=env.get("DRIP_POSTMARK_WEBHOOK_USER") or None,
+        postmark_webhook_password=env.get("DRIP_POSTMARK_WEBHOOK_PASSWORD") or None,
+        resend_webhook_secret=env.get("DRIP_RESEND_WEBHOOK_SECRET") or None,
+        sns_topic_arns=_list(env.get("DRIP_SNS_TOPIC_ARNS")),
+        sns_cert_hosts=_list(env.get("DRIP_SNS_CERT_HOSTS")),
+    )
+
+
+def _list(text: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (text or "").replace(" ", ",").split(",") if x.strip())
 
 
 def read_dotenv(path: Path) -> dict[str, str]:

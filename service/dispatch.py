@@ -28,7 +28,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import events
+from . import delivery, events, sending
 from .campaigns import Campaign, due_at
 from .compose import ComposeJob, Composer, new_message_id
 from .db import utcnow
@@ -52,6 +52,7 @@ class PassSummary:
     suppressed: int = 0
     reclaimed: int = 0
     completed: int = 0
+    paused: int = 0  # 1 when sending is paused (issue 4: a provider refused our credentials)
 
     def line(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in vars(self).items())
@@ -91,6 +92,7 @@ class Dispatcher:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     worker_id: str = field(default_factory=worker_name)
     flush_seconds: float = 0.1
+    delivery_policy: delivery.Policy = field(default_factory=delivery.Policy)
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
 
@@ -101,9 +103,17 @@ class Dispatcher:
         while (n := self.queue_due(clock(), summary)) >= self.batch_size:
             pass
         del n
+        # Issue 4: messages a provider keeps deferring fail at a deadline; a paused service claims nothing.
+        with self.sessions() as session, session.begin():
+            summary.failed += delivery.expire_deferred(session, now=clock(), policy=self.delivery_policy)
+            reason = sending.paused_reason(session)
+        if reason:
+            log.error("sending is paused (%s); nothing claimed. Run `drip sending resume` once fixed.", reason)
+            summary.paused = 1
+            return summary
         transport: Transport | None = None
         try:
-            while claimed := self.claim(clock(), summary):
+            while not summary.paused and (claimed := self.claim(clock(), summary)):
                 if transport is None:
                     transport = self.transport_factory()
                 self.send_claimed(claimed, transport, clock, summary)
@@ -197,6 +207,9 @@ class Dispatcher:
         broken: TransportError | None = None
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start:start + CHUNK]
+            if broken is not None and broken.auth_failed:
+                self.release(chunk, clock())
+                continue
             if broken is not None:
                 self.record(clock(), [(i, SendResult(ok=False, error=str(broken), retry_after=broken.retry_after))
                                       for i in chunk], summary)
@@ -204,6 +217,8 @@ class Dispatcher:
             jobs = self.prepare(chunk, clock(), summary)
             broken = self.send_chunk(jobs, transport, clock, summary)
         self._unfinished = set()
+        if broken is not None and broken.auth_failed:
+            summary.paused = 1
 
     def keep_lease(self, now: datetime) -> None:
         """Renew the lease of every message this worker still holds, well before it can expire, so no
@@ -285,6 +300,10 @@ class Dispatcher:
                     self.record(clock(), outcomes, summary, subjects)
                     outcomes, last_flush = [], time.monotonic()
         except TransportError as exc:
+            if exc.auth_failed:  # issue 4: bad credentials pause sending; no message is failed or charged
+                self.record(clock(), outcomes, summary, subjects)
+                self.release([item.message_pk for item in outbound[done:]], clock(), pause_reason=str(exc))
+                return exc
             log.warning("transport unavailable: %s", exc)
             outcomes.extend((item.message_pk, SendResult(ok=False, error=str(exc), retry_after=exc.retry_after))
                             for item in outbound[done:])
@@ -292,6 +311,21 @@ class Dispatcher:
             return exc
         self.record(clock(), outcomes, summary, subjects)
         return None
+
+    def release(self, ids: Sequence[int], now: datetime, *, pause_reason: str | None = None) -> None:
+        """Hand claimed messages back untouched (attempt not counted, due now) and optionally pause sending.
+        Used when the provider refused our credentials: the messages are fine, our configuration is not."""
+        self._unfinished.difference_update(ids)
+        with self.sessions() as session, session.begin():
+            if pause_reason:
+                sending.pause(session, pause_reason, now=now)
+            for m in session.scalars(select(Message).where(Message.id.in_(ids)).with_for_update()):
+                if m.status != "sending" or m.claimed_by != self.worker_id:
+                    continue
+                events.transition(session, m, "deferred", now=now, detail="sending paused; attempt not counted")
+                m.attempts = max(0, m.attempts - 1)
+                m.first_attempt_at = m.first_attempt_at if m.attempts else None
+                m.next_attempt_at, m.lease_until, m.claimed_by = now, None, None
 
     def renew_lease(self, ids: Sequence[int], now: datetime) -> None:
         with self.sessions() as session, session.begin():

@@ -15,6 +15,7 @@ from .campaigns import Campaign, load_campaigns
 from .compose import Composer
 from .config import Settings
 from .db import make_sessionmaker
+from .delivery import Policy
 from .dispatch import Dispatcher, RetryPolicy
 from .tokens import make_unsubscribe_token
 from .transports import make_transport
@@ -31,6 +32,11 @@ class Runtime:
         token = make_unsubscribe_token(self.settings.secret_key, public_id=public_id, campaign=campaign)
         return f"{self.settings.base_url}/unsubscribe/{token}"
 
+    def delivery_policy(self) -> Policy:
+        s = self.settings
+        return Policy(soft_threshold=s.soft_bounce_threshold, soft_window=timedelta(days=s.soft_bounce_window_days),
+                      deferred_deadline=timedelta(hours=s.deferred_deadline_hours))
+
     def dispatcher(self, **overrides) -> Dispatcher:  # noqa: ANN003
         s = self.settings
         kwargs = dict(
@@ -39,6 +45,7 @@ class Runtime:
             lease=timedelta(seconds=s.lease_seconds), batch_size=s.batch_size,
             retry=RetryPolicy(base_seconds=s.retry_base_seconds, cap_seconds=s.retry_cap_seconds,
                               max_attempts=s.max_attempts),
+            delivery_policy=self.delivery_policy(),
         )
         kwargs.update(overrides)
         return Dispatcher(**kwargs)
@@ -53,6 +60,7 @@ def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:
                             f"(have: {', '.join(sorted(campaigns))})")
     composer = Composer(templates_dir=Path(settings.templates_dir), base_url=settings.base_url,
                         postal_address=settings.postal_address, from_override=settings.from_address,
-                        unsubscribe_mailto=settings.unsubscribe_mailto)
+                        unsubscribe_mailto=settings.unsubscribe_mailto, bounce_domain=settings.bounce_domain,
+                        secret_key=settings.secret_key, tracking=settings.tracking)
     return Runtime(settings=settings, sessions=make_sessionmaker(settings, pool_size=pool_size),
                    campaigns=campaigns, composer=composer)
