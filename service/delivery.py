@@ -86,7 +86,7 @@ def apply(session: Session, ev: DeliveryEvent, *, now: datetime, policy: Policy 
     message = find_message(session, ev)
     subscriber = session.get(Subscriber, message.subscriber_id) if message else _subscriber(session, ev.email)
     if subscriber is None:
-        log.info("%s %s event for an unknown message (provider id %s, event %s): acknowledged, ignored",
+        log.warning("%s %s event for an unknown message (provider id %s, event %s): acknowledged, ignored",
                  ev.source, ev.kind, ev.provider_message_id or ev.message_id_header or ev.message_pk, ev.event_id)
         return "unknown"
     try:
