@@ -169,3 +169,13 @@ def test_tracking_wraps_links_but_never_unsubscribe_and_refuses_unsigned_targets
     with rt.sessions() as s:
         kinds = s.scalars(select(Event.type).where(Event.type.in_(("opened", "clicked")))).all()
     assert sorted(kinds) == ["clicked", "clicked", "opened"]
+
+
+def test_delivery_modules_stay_out_of_the_web_layer() -> None:
+    """The status model, parsers, verifiers, DSN reader, tracker and pause state take plain values only."""
+    from test_layering import FORBIDDEN, imports
+
+    root = Path(__file__).resolve().parent.parent / "service"
+    for name in ("delivery", "provider_events", "webhook_auth", "bounces", "tracking", "verp", "sending"):
+        bad = [i for i in imports(root / f"{name}.py") if i.startswith(FORBIDDEN)]
+        assert bad == [], f"service/{name}.py imports {bad}"

@@ -267,3 +267,18 @@ def test_unconfigured_or_unknown_webhooks_are_refused(runtime, fake) -> None:  #
     for provider in ("postmark", "sendgrid", "mailgun", "resend", "ses"):
         assert client.post(f"/webhooks/{provider}", data=b"{}", content_type="application/json").status_code == 403
     assert client.post("/webhooks/sparkpost", data=b"{}").status_code == 404
+
+
+@pytest.mark.parametrize("fake", ["sendgrid"], indirect=True)
+def test_a_large_sendgrid_batch_is_accepted(runtime, fake) -> None:  # noqa: ANN001
+    """SendGrid posts batches far above the app's 64 KB form limit; the webhook takes them (no 413 retry loop)."""
+    signer = SendGridSigner()
+    _rt, client, rows = sent_setup(runtime, fake, sendgrid_webhook_key=signer.public_b64)
+    ada = rows["ada@example.com"]
+    batch = [{"email": "ada@example.com", "timestamp": 1772463600 + i, "event": "open", "sg_event_id": f"open-{i}",
+              "sg_message_id": f"{ada.provider_message_id}.f", "useragent": "Mozilla/5.0 " + "x" * 200}
+             for i in range(400)]
+    body = json.dumps(batch).encode()
+    assert len(body) > 64 * 1024
+    r = client.post("/webhooks/sendgrid", data=body, headers=signer.headers(body))
+    assert r.status_code == 200 and r.get_json()["applied"] == 400
