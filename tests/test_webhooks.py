@@ -282,3 +282,34 @@ def test_a_large_sendgrid_batch_is_accepted(runtime, fake) -> None:  # noqa: ANN
     assert len(body) > 64 * 1024
     r = client.post("/webhooks/sendgrid", data=body, headers=signer.headers(body))
     assert r.status_code == 200 and r.get_json()["applied"] == 400
+
+
+@pytest.mark.parametrize("fake", ["postmark"], indirect=True)
+def test_listmonk_style_bounce_mix_seen_through_the_api(runtime, fake) -> None:  # noqa: ANN001
+    """T37: 2 soft bounces for A, 2 hard for B, 1 complaint for C: A stays active, B bounced, C complained;
+    the send log API shows the message statuses."""
+    from service.accounts import create_token
+    from service.db import utcnow
+
+    rt, client, rows = sent_setup(runtime, fake, ("a@example.com", "b@example.com", "c@example.com"),
+                                  postmark_webhook_user="u", postmark_webhook_password="p")
+    auth = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
+    hooks = [("a@example.com", "SoftBounce", "Bounce"), ("a@example.com", "SoftBounce", "Bounce"),
+             ("b@example.com", "HardBounce", "Bounce"), ("b@example.com", "HardBounce", "Bounce"),
+             ("c@example.com", "SpamComplaint", "SpamComplaint")]
+    for i, (address, btype, record) in enumerate(hooks):
+        m = rows[address]
+        doc = {"RecordType": record, "ID": 100 + i, "Type": btype, "MessageID": m.provider_message_id,
+               "Email": address, "BouncedAt": "2026-03-02T16:00:00Z", "Metadata": {"drip_message": str(m.id)}}
+        assert client.post("/webhooks/postmark", json=doc, headers=auth).status_code == 200
+    with rt.sessions() as s, s.begin():
+        token = create_token(s, "t", now=utcnow())
+    api = {"Authorization": f"Bearer {token}"}
+
+    def listed(status: str) -> list[str]:
+        return [m["to"] for m in client.get(f"/api/v1/messages?status={status}", headers=api).get_json()["data"]]
+
+    assert listed("bounced") == ["b@example.com"] and listed("complained") == ["c@example.com"]
+    assert listed("deferred") == ["a@example.com"]
+    assert [status_of(rt, a)[1:] for a in ("a@example.com", "b@example.com", "c@example.com")] == [
+        ("active", False), ("bounced", True), ("complained", True)]
