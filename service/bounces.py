@@ -14,12 +14,15 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import imaplib
 import logging
 import mailbox
 import re
+import ssl
 from collections.abc import Iterator
 from email.message import Message as MimeMessage
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .delivery import DeliveryEvent
 from .verp import parse_verp
@@ -99,3 +102,50 @@ def mark_seen(box: mailbox.Maildir, key: str) -> None:
     item.set_subdir("cur")
     item.add_flag("S")
     box[key] = item
+
+
+class ImapBox:
+    """An IMAP folder read with imaplib: `imaps://user:pass@host[:993]/INBOX` (TLS), or `imap://…` with
+    `?starttls=true` (plain `imap://` only for loopback test servers). Unseen messages are read with
+    BODY.PEEK and flagged \\Seen once applied, so a crash in between processes them again (replays apply once)."""
+
+    def __init__(self, url: str, *, timeout: float = 30) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("imap", "imaps") or not parts.hostname or not parts.username:
+            raise ValueError("expected imaps://user:password@host[:port]/FOLDER")
+        starttls = parse_qs(parts.query).get("starttls", ["false"])[-1].lower() in ("1", "true", "yes")
+        if parts.scheme == "imap" and not starttls and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("refusing to send a password over plain IMAP: use imaps:// or ?starttls=true")
+        context = ssl.create_default_context()
+        if parts.scheme == "imaps":
+            self.conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(parts.hostname, parts.port or 993, ssl_context=context,
+                                                         timeout=timeout)
+        else:
+            self.conn = imaplib.IMAP4(parts.hostname, parts.port or 143, timeout=timeout)
+            if starttls:
+                self.conn.starttls(ssl_context=context)
+        try:
+            self.conn.login(unquote(parts.username), unquote(parts.password or ""))
+            folder = unquote(parts.path.lstrip("/")) or "INBOX"
+            if self.conn.select(folder)[0] != "OK":
+                raise ValueError(f"cannot open IMAP folder {folder!r}")
+        except (imaplib.IMAP4.error, ValueError) as exc:
+            self.conn.shutdown()
+            raise ValueError(f"IMAP login or folder refused: {exc}") from None
+
+    def unseen(self) -> Iterator[tuple[bytes, bytes]]:
+        typ, data = self.conn.uid("SEARCH", None, "UNSEEN")
+        for uid in (data[0] or b"").split() if typ == "OK" else []:
+            typ, parts = self.conn.uid("FETCH", uid, "(BODY.PEEK[])")
+            raw = next((p[1] for p in parts if isinstance(p, tuple)), None)
+            if typ == "OK" and raw is not None:
+                yield uid, raw
+
+    def mark_seen(self, uid: bytes) -> None:
+        self.conn.uid("STORE", uid, "+FLAGS", "(\\Seen)")
+
+    def close(self) -> None:
+        try:
+            self.conn.logout()
+        except (OSError, imaplib.IMAP4.error):
+            pass

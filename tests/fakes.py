@@ -199,3 +199,71 @@ class SnsSigner:
         algorithm = hashes.SHA256() if version == "2" else hashes.SHA1()  # noqa: S303
         sig = self.key.sign(sns_string_to_sign(message), padding.PKCS1v15(), algorithm)
         return {**message, "Signature": base64.b64encode(sig).decode()}
+
+
+class FakeImap:
+    """A small IMAP4rev1 server on 127.0.0.1 (LOGIN, SELECT, UID SEARCH UNSEEN, UID FETCH, UID STORE, LOGOUT),
+    enough for imaplib to read a bounce folder; it keeps the \\Seen flags so a second run sees nothing new."""
+
+    def __init__(self, user: str, password: str) -> None:
+        import socketserver
+
+        self.messages: dict[int, bytes] = {}
+        self.seen: set[int] = set()
+        self.logins: list[str] = []
+        fake = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def reply(self, line: str | bytes) -> None:
+                self.wfile.write((line if isinstance(line, bytes) else line.encode()) + b"\r\n")
+
+            def handle(self) -> None:
+                self.reply("* OK [CAPABILITY IMAP4rev1] fake ready")
+                while line := self.rfile.readline():
+                    tag, _, rest = line.decode().strip().partition(" ")
+                    if not fake.command(self, tag, rest.split(" "), user, password):
+                        return
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def command(self, h, tag: str, words: list[str], user: str, password: str) -> bool:  # noqa: ANN001
+        cmd = words[0].upper()
+        if cmd == "CAPABILITY":
+            h.reply("* CAPABILITY IMAP4rev1")
+        elif cmd == "LOGIN":
+            self.logins.append(words[1])
+            if (words[1], words[2].strip('"')) != (user, password):
+                h.reply(f"{tag} NO [AUTHENTICATIONFAILED] bad credentials")
+                return True
+        elif cmd == "SELECT":
+            h.reply(f"* {len(self.messages)} EXISTS")
+            h.reply(f"{tag} OK [READ-WRITE] SELECT completed")
+            return True
+        elif cmd == "LOGOUT":
+            h.reply("* BYE")
+            h.reply(f"{tag} OK LOGOUT completed")
+            return False
+        elif cmd == "UID" and words[1].upper() == "SEARCH":
+            h.reply("* SEARCH " + " ".join(str(u) for u in sorted(self.messages) if u not in self.seen))
+        elif cmd == "UID" and words[1].upper() == "FETCH":
+            uid = int(words[2])
+            raw = self.messages[uid]
+            h.reply(f"* {uid} FETCH (UID {uid} BODY[] {{{len(raw)}}}".encode() + b"\r\n" + raw + b")")
+        elif cmd == "UID" and words[1].upper() == "STORE":
+            self.seen.add(int(words[2]))
+            h.reply(f"* {words[2]} FETCH (UID {words[2]} FLAGS (\\Seen))")
+        else:
+            h.reply(f"{tag} BAD unknown command")
+            return True
+        h.reply(f"{tag} OK done")
+        return True
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -179,3 +179,34 @@ def test_delivery_modules_stay_out_of_the_web_layer() -> None:
     for name in ("delivery", "provider_events", "webhook_auth", "bounces", "tracking", "verp", "sending"):
         bad = [i for i in imports(root / f"{name}.py") if i.startswith(FORBIDDEN)]
         assert bad == [], f"service/{name}.py imports {bad}"
+
+
+def test_drip_bounces_reads_an_imap_folder(runtime, smtp, tmp_path) -> None:  # noqa: ANN001
+    """`drip bounces --imap` logs in with imaplib, applies the unseen DSN, skips the auto-reply, flags both
+    \\Seen, and a second run finds nothing new; a wrong password is a clear error, not a traceback."""
+    from fakes import FakeImap
+
+    from service.cli import main
+    rt = with_settings(runtime, bounce_domain="bounces.example.org")
+    sid = enroll(rt, "ada@example.com")
+    rt.dispatcher().run_pass(T0)
+    [(mail_from, _r, _raw)] = smtp.handler.accepted
+    args = {"verp": mail_from, "recipient": "ada@example.com", "message_id": sent_message(rt).message_id}
+    imap = FakeImap("bounces", "pw")
+    try:
+        imap.messages = {7: fixture("soft-4.2.2.eml", **args), 8: fixture("out-of-office.eml", **args)}
+        env = {"DATABASE_URL": rt.settings.database_url, "DRIP_SECRET_KEY": rt.settings.secret_key,
+               "DRIP_INSTANCE_DIR": str(tmp_path / "instance")}
+        url = f"imap://bounces:pw@127.0.0.1:{imap.port}/INBOX"
+        out = CliRunner().invoke(main, ["bounces", "--imap", url], env=env)
+        assert out.exit_code == 0, out.output
+        assert "messages 2, not_dsn 1, applied 1" in out.output and imap.seen == {7, 8}
+        assert "messages 0" in CliRunner().invoke(main, ["bounces", "--imap", url], env=env).output
+        bad = CliRunner().invoke(main, ["bounces", "--imap", url.replace(":pw@", ":nope@")], env=env)
+        assert bad.exit_code != 0 and "--imap" in bad.output
+    finally:
+        imap.close()
+    with rt.sessions() as s:
+        assert s.get(Subscriber, sid).status == "active"  # one soft bounce is below the threshold
+        kinds = s.scalars(select(Event.type).where(Event.type == "soft_bounce")).all()
+    assert kinds == ["soft_bounce"]
