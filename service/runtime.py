@@ -58,6 +58,7 @@ def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:
 
         raise CampaignError(f"DRIP_DEFAULT_CAMPAIGN: no campaign named {settings.default_campaign!r} "
                             f"(have: {', '.join(sorted(campaigns))})")
+    make_transport(settings.email_url).close()  # a malformed DRIP_EMAIL_URL fails at start, naming the variable
     composer = Composer(templates_dir=Path(settings.templates_dir), base_url=settings.base_url,
                         postal_address=settings.postal_address, from_override=settings.from_address,
                         unsubscribe_mailto=settings.unsubscribe_mailto, bounce_domain=settings.bounce_domain,

@@ -237,3 +237,31 @@ def test_server_errors_and_unreachable_api_are_transient(runtime, fake) -> None:
     down = with_settings(runtime, email_url=f"sendgrid://k@?endpoint={url}&timeout=2")
     assert down.dispatcher().run_pass(T0 + timedelta(hours=1)).deferred == 1
     assert only_message(rt).status == "deferred" and "cannot reach" in only_message(rt).last_error
+
+
+def test_malformed_provider_urls_fail_fast_and_keys_are_never_printed() -> None:
+    """A provider URL missing its key, domain or region names DRIP_EMAIL_URL; `masked` hides API keys."""
+    from service.cli import masked
+    from service.config import ConfigError
+    from service.transports import make_transport
+
+    for url in ("postmark://", "sendgrid://@", "mailgun://key@", "ses://AKID@us-east-1", "ses://AKID:s@",
+                "resend://", "resend://k@?endpoint=ftp://x", "sparkpost://k@"):
+        with pytest.raises(ConfigError, match="DRIP_EMAIL_URL"):
+            make_transport(url)
+    for url in ("postmark://pm-token@?stream=broadcast", "mailgun://mg-key@mg.example.org", "resend://re_key@",
+                "ses://AKID:secret%2Fkey@us-east-1", "sendgrid://SG.key@?region=eu"):
+        shown = masked(url)
+        assert not any(secret in shown for secret in ("pm-token", "mg-key", "re_key", "secret", "SG.key")), shown
+
+
+@pytest.mark.parametrize("fake", ["ses"], indirect=True)
+def test_ses_account_suspended_pauses_like_a_bad_key(runtime, fake) -> None:  # noqa: ANN001
+    """SES answers 400 AccountSuspendedException when the account may not send: no message fails, sending pauses."""
+    fake.script.append(Reply(400, {"message": "Account suspended"},
+                             {"x-amzn-ErrorType": "AccountSuspendedException:http://internal.amazon.com/"}))
+    rt = provider_runtime(runtime, fake)
+    enroll(rt, "ada@example.com")
+    assert rt.dispatcher().run_pass(T0).paused == 1
+    m = only_message(rt)
+    assert (m.status, m.attempts) == ("deferred", 0)

@@ -129,6 +129,9 @@ class HttpTransport:
                 continue
             except requests.ConnectionError as exc:
                 raise TransportError(f"{self.name}: cannot reach the API: {exc}") from None
+            except requests.RequestException as exc:  # a broken response: transient for this message
+                yield SendResult(ok=False, error=f"{self.name}: {type(exc).__name__}: {exc}")
+                continue
             yield self.classify(response)
 
     def classify(self, response: requests.Response) -> SendResult:

@@ -15,7 +15,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from .base import OutboundEmail, SendResult
+from .base import OutboundEmail, SendResult, TransportError
 from .http import ApiUrl, HttpTransport
 
 
@@ -56,5 +56,5 @@ class SesTransport(HttpTransport):
         # SES says "the account may not send" with 400s too; those stop everything like a bad key.
         kind = response.headers.get("x-amzn-ErrorType", "")
         if response.status_code == 400 and kind.startswith(("AccountSuspendedException", "SendingPausedException")):
-            response.status_code = 403
+            raise TransportError(f"ses refused to send for this account: {kind.split(':')[0]}", auth_failed=True)
         return super().classify(response)
