@@ -191,8 +191,10 @@ class SnsSigner:
         cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
                 .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
                 .not_valid_after(now + timedelta(days=30)).sign(self.key, hashes.SHA256()))
-        server.files["/SimpleNotificationService-test.pem"] = cert.public_bytes(serialization.Encoding.PEM)
-        self.cert_url = f"{server.url}/SimpleNotificationService-test.pem"
+        # A fresh path per certificate: the verifier caches certificates by URL, and ports get reused.
+        path = f"/SimpleNotificationService-{secrets.token_hex(8)}.pem"
+        server.files[path] = cert.public_bytes(serialization.Encoding.PEM)
+        self.cert_url = f"{server.url}{path}"
 
     def sign(self, message: dict, version: str = "2", cert_url: str | None = None) -> dict:
         message = {**message, "SignatureVersion": version, "SigningCertURL": cert_url or self.cert_url}
