@@ -61,9 +61,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             h.setdefault("Cache-Control", "no-store")
         return response
 
-    from .web import admin, api, public
+    from .web import admin, api, public, tracking, webhooks
 
     app.register_blueprint(public.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(webhooks.bp)  # issue 4
+    app.register_blueprint(tracking.bp)  # issue 4
     return app

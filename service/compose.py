@@ -85,7 +85,7 @@ class Composer:
     def __init__(self, *, templates_dir: Path, base_url: str, postal_address: str, from_override: str | None = None,
                  unsubscribe_mailto: str | None = None, dkim_keys: tuple[DkimKey, ...] = (),
                  feedback_id_sender: str | None = None, bounce_domain: str | None = None,
-                 reply_to: str | None = None) -> None:
+                 reply_to: str | None = None, secret_key: str | None = None, tracking: bool = False) -> None:
         self.env = Environment(
             loader=FileSystemLoader(str(templates_dir)),
             undefined=StrictUndefined,
@@ -104,8 +104,11 @@ class Composer:
         # Deliverability (issue 8): see deliverability_headers, envelope_sender and sign_message.
         self.dkim_keys = dkim_keys
         self.feedback_id_sender = feedback_id_sender
-        self.bounce_domain = bounce_domain
         self.reply_to = reply_to
+        # issue 4: VERP envelope senders (DRIP_BOUNCE_DOMAIN) and open/click tracking (DRIP_TRACKING=on)
+        self.bounce_domain = bounce_domain
+        self.secret_key = secret_key
+        self.tracking = tracking and secret_key is not None
 
     def from_header(self, campaign: Campaign) -> str:
         """DRIP_FROM replaces the campaign's address; without a display name of its own it keeps the campaign's."""
@@ -147,10 +150,24 @@ class Composer:
         html = self.inliner.inline(self.env.get_template(f"{base}.html").render(ctx))
         return subject, text, html
 
+    def delivery_tracking(self, job: ComposeJob, html: str, sender: str) -> tuple[str, str]:
+        """Issue 4, after rendering: the VERP envelope sender, and tracked links when tracking is on."""
+        from .tracking import rewrite_html
+        from .verp import verp_address
+
+        envelope = self.envelope_sender(sender)
+        if self.bounce_domain and self.secret_key is not None:
+            envelope = verp_address(self.secret_key, job.message_pk, self.bounce_domain)
+        if self.tracking and self.secret_key is not None:
+            html = rewrite_html(html, secret=self.secret_key, base_url=self.base_url,
+                                message_pk=job.message_pk, unsubscribe_url=job.unsubscribe_url)
+        return envelope, html
+
     def compose(self, job: ComposeJob) -> OutboundEmail:
         subject, text, html = self.render(job)
         from_header = self.from_header(job.campaign)
         sender = email.utils.parseaddr(from_header)[1]
+        envelope_from, html = self.delivery_tracking(job, html, sender)
         domain = sender.rpartition("@")[2]
         recipient = ascii_address(job.to_email)
         mailto = self.unsubscribe_mailto or f"unsubscribe@{domain}"
@@ -175,8 +192,7 @@ class Composer:
         check_header_block(raw, ALLOWED_HEADERS)
         raw = self.sign_message(raw)
         return OutboundEmail(
-            message_pk=job.message_pk, envelope_from=self.envelope_sender(sender), recipient=recipient,
-            from_header=from_header,
+            message_pk=job.message_pk, envelope_from=envelope_from, recipient=recipient, from_header=from_header,
             to_header=str(msg["To"]), subject=subject, text=text, html=html, headers=headers,
             raw=raw, idempotency_key=f"drip-message-{job.message_pk}",
         )

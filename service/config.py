@@ -122,6 +122,18 @@ class Settings:
     reply_to: str | None = None
     send_limits: SendLimits | None = None
     dns_server: tuple[str, int] | None = None
+    # issue 4: delivery tracking (docs/providers.md)
+    tracking: bool = False
+    soft_bounce_threshold: int = 3
+    soft_bounce_window_days: int = 30
+    deferred_deadline_hours: float = 72.0
+    sendgrid_webhook_key: str | None = field(default=None, repr=False)
+    mailgun_signing_key: str | None = field(default=None, repr=False)
+    postmark_webhook_user: str | None = None
+    postmark_webhook_password: str | None = field(default=None, repr=False)
+    resend_webhook_secret: str | None = field(default=None, repr=False)
+    sns_topic_arns: tuple[str, ...] = ()
+    sns_cert_hosts: tuple[str, ...] = ()  # extra certificate hosts (tests, proxies); AWS hosts always allowed
 
     @property
     def postal_address_is_placeholder(self) -> bool:
@@ -176,10 +188,10 @@ class Settings:
             dkim_selector_2=env.get("DRIP_DKIM_SELECTOR_2") or None,
             dkim_key_file_2=env.get("DRIP_DKIM_KEY_FILE_2") or None,
             feedback_id_sender=_one_line(env.get("DRIP_FEEDBACK_ID_SENDER", "")) or None,
-            bounce_domain=_domain(env, "DRIP_BOUNCE_DOMAIN"),
             reply_to=_one_line(env["DRIP_REPLY_TO"]) if env.get("DRIP_REPLY_TO") else None,
             send_limits=SendLimits.parse(env.get("DRIP_SEND_LIMITS", ""), env.get("DRIP_WARMUP", "")),
             dns_server=_dns_server(env.get("DRIP_DNS_SERVER", "")),
+            **_delivery_settings(env),
         )
         from .dkim import load_keys
 
@@ -193,6 +205,34 @@ def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
     env.update(os.environ if environ is None else environ)
     instance = PROJECT_ROOT / env.get("DRIP_INSTANCE_DIR", "instance")
     return _database_url(env.get("DATABASE_URL") or f"sqlite:///{instance / 'drip.sqlite3'}")
+
+
+def _delivery_settings(env: Mapping[str, str]) -> dict:
+    """Issue 4's variables: bounce handling policy, tracking, and one webhook secret per provider."""
+    domain = env.get("DRIP_BOUNCE_DOMAIN") or None
+    if domain and not re.fullmatch(r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}", domain):
+        raise ConfigError(f"DRIP_BOUNCE_DOMAIN: expected a domain such as bounces.example.com, got {domain!r}")
+    tracking = env.get("DRIP_TRACKING", "off").strip().lower()
+    if tracking not in ("on", "off", "1", "0", "true", "false", "yes", "no", ""):
+        raise ConfigError(f"DRIP_TRACKING: expected on or off, got {tracking!r}")
+    return dict(
+        bounce_domain=domain,
+        tracking=tracking in ("on", "1", "true", "yes"),
+        soft_bounce_threshold=int(_number(env, "DRIP_SOFT_BOUNCE_THRESHOLD", 3, minimum=1)),
+        soft_bounce_window_days=int(_number(env, "DRIP_SOFT_BOUNCE_WINDOW_DAYS", 30, minimum=1)),
+        deferred_deadline_hours=_number(env, "DRIP_DEFERRED_DEADLINE_HOURS", 72, minimum=1),
+        sendgrid_webhook_key=env.get("DRIP_SENDGRID_WEBHOOK_KEY") or None,
+        mailgun_signing_key=env.get("DRIP_MAILGUN_SIGNING_KEY") or None,
+        postmark_webhook_user=env.get("DRIP_POSTMARK_WEBHOOK_USER") or None,
+        postmark_webhook_password=env.get("DRIP_POSTMARK_WEBHOOK_PASSWORD") or None,
+        resend_webhook_secret=env.get("DRIP_RESEND_WEBHOOK_SECRET") or None,
+        sns_topic_arns=_list(env.get("DRIP_SNS_TOPIC_ARNS")),
+        sns_cert_hosts=_list(env.get("DRIP_SNS_CERT_HOSTS")),
+    )
+
+
+def _list(text: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (text or "").replace(" ", ",").split(",") if x.strip())
 
 
 def read_dotenv(path: Path) -> dict[str, str]:

@@ -34,7 +34,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import events, sendlimits
+from . import delivery, events, sending, sendlimits
 from .campaigns import Campaign, Step, due_at
 from .compose import ComposeJob, Composer, new_message_id
 from .config import SendLimits
@@ -66,6 +66,7 @@ class PassSummary:
     suppressed: int = 0
     reclaimed: int = 0
     completed: int = 0
+    paused: int = 0  # 1 when sending is paused (issue 4: a provider refused our credentials)
 
     def line(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in vars(self).items())
@@ -108,6 +109,7 @@ class Dispatcher:
     recheck_seconds: float = 1.0
     real_clock: Callable[[], datetime] = utcnow
     limits: SendLimits | None = None  # per-domain hourly/daily caps and warm-up (issue 8)
+    delivery_policy: delivery.Policy = field(default_factory=delivery.Policy)
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
     _sent_this_pass: int = field(default=0, init=False, repr=False)
@@ -139,9 +141,17 @@ class Dispatcher:
         while (n := self.queue_due(clock(), summary)) >= self.batch_size:
             pass
         del n
+        # Issue 4: messages a provider keeps deferring fail at a deadline; a paused service claims nothing.
+        with self.sessions() as session, session.begin():
+            summary.failed += delivery.expire_deferred(session, now=clock(), policy=self.delivery_policy)
+            reason = sending.paused_reason(session)
+        if reason:
+            log.error("sending is paused (%s); nothing claimed. Run `drip sending resume` once fixed.", reason)
+            summary.paused = 1
+            return summary
         transport: Transport | None = None
         try:
-            while claimed := self.claim(clock(), summary):
+            while not summary.paused and (claimed := self.claim(clock(), summary)):
                 if transport is None:
                     transport = self.transport_factory()
                 self.send_claimed(claimed, transport, clock, summary)
@@ -279,6 +289,9 @@ class Dispatcher:
         broken: TransportError | None = None
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start:start + CHUNK]
+            if broken is not None and broken.auth_failed:
+                self.release(chunk, clock())
+                continue
             if broken is not None:
                 failed = SendResult(ok=False, error=str(broken), retry_after=broken.retry_after, transport=True)
                 self.record(clock(), [(i, failed) for i in chunk], summary)
@@ -286,6 +299,8 @@ class Dispatcher:
             jobs = self.prepare(chunk, clock(), summary)
             broken = self.send_chunk(jobs, transport, clock, summary)
         self._unfinished = set()
+        if broken is not None and broken.auth_failed:
+            summary.paused = 1
 
     def keep_lease(self) -> None:
         """Renew the lease of every message this worker still holds, well before it can expire, so no
@@ -391,6 +406,12 @@ class Dispatcher:
                     self.record(clock(), outcomes, summary, subjects)
                     outcomes, last_flush = [], time.monotonic()
         except TransportError as exc:
+            if exc.auth_failed:  # issue 4: bad credentials pause sending; no message is failed or charged
+                self.record(clock(), outcomes, summary, subjects)
+                answered = {item.message_pk for item in handed[:n]}
+                self.release([item.message_pk for item in outbound if item.message_pk not in answered],
+                             clock(), pause_reason=str(exc))
+                return exc
             log.warning("transport unavailable: %s", exc)
             failed = SendResult(ok=False, error=str(exc), retry_after=exc.retry_after, transport=True)
             answered = {item.message_pk for item in handed[:n]}
@@ -416,6 +437,21 @@ class Dispatcher:
                 continue
             handed.append(item)
             yield item
+
+    def release(self, ids: Sequence[int], now: datetime, *, pause_reason: str | None = None) -> None:
+        """Hand claimed messages back untouched (attempt not counted, due now) and optionally pause sending.
+        Used when the provider refused our credentials: the messages are fine, our configuration is not."""
+        self._unfinished.difference_update(ids)
+        with self.sessions() as session, session.begin():
+            if pause_reason:
+                sending.pause(session, pause_reason, now=now)
+            for m in session.scalars(select(Message).where(Message.id.in_(ids)).with_for_update()):
+                if m.status != "sending" or m.claimed_by != self.worker_id:
+                    continue
+                events.transition(session, m, "deferred", now=now, detail="sending paused; attempt not counted")
+                m.attempts = max(0, m.attempts - 1)
+                m.first_attempt_at = m.first_attempt_at if m.attempts else None
+                m.next_attempt_at, m.lease_until, m.claimed_by = now, None, None
 
     def renew_lease(self, ids: Sequence[int]) -> set[int]:
         """Extends this worker's lease on `ids`; returns the ids it still holds."""

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 # (a "sent" message becomes "delivered", "bounced" or "complained"; a delivered one can bounce later).
 ALLOWED: dict[str, frozenset[str]] = {
     "queued": frozenset({"sending", "suppressed"}),
-    "deferred": frozenset({"sending", "suppressed", "failed"}),
+    # A provider's "deferred" (issue 4) also parks a sent message here, with no next attempt of ours,
+    # until the provider reports delivery or a bounce, or the deferral deadline fails it.
+    "deferred": frozenset({"sending", "suppressed", "failed", "delivered", "bounced", "complained"}),
     "sending": frozenset({"sent", "deferred", "failed", "bounced", "suppressed", "sending"}),
     "sent": frozenset({"delivered", "bounced", "complained", "deferred"}),
     "delivered": frozenset({"bounced", "complained"}),
@@ -34,6 +36,7 @@ EVENT_TYPES = frozenset({
     "signup", "queued", "attempt", "sent", "deferred", "failed", "bounced", "suppressed", "reclaimed",
     "delivered", "complained", "unsubscribed", "resubscribed", "enrollment_stopped", "enrollment_completed",
     "erased",  # anonymous: a subscriber was erased (GDPR); only the address's hash is in `data`
+    "soft_bounce", "opened", "clicked", "sending_paused", "sending_resumed",  # issue 4
 })
 
 
@@ -65,11 +68,12 @@ def already_applied(session: Session, provider_event_id: str) -> bool:
 
 
 def transition(session: Session, message: Message, new: str, *, now: datetime, detail: str | None = None,
-               event_type: str | None = None, data: dict | None = None) -> None:
+               event_type: str | None = None, data: dict | None = None,
+               provider_event_id: str | None = None) -> None:
     """Move a message to `new` and append the matching event; refuses moves the table does not allow."""
     if new != message.status and new not in ALLOWED[message.status]:
         raise IllegalTransition(f"message {message.id}: {message.status} -> {new} is not allowed")
     message.status = new
     message.updated_at = now
     record(session, type=event_type or new, now=now, subscriber_id=message.subscriber_id,
-           message_id=message.id, detail=detail, data=data)
+           message_id=message.id, detail=detail, data=data, provider_event_id=provider_event_id)

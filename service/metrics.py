@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from .db import utcnow
 from .models import MESSAGE_STATUSES, SUBSCRIBER_STATUSES, Consent, DispatchPass, Enrollment, Message, Subscriber
+from .sending import paused_reason
 
 
 class _DatabaseCollector:
@@ -31,6 +32,8 @@ class _DatabaseCollector:
         due = s.scalar(select(func.count()).select_from(Enrollment).where(
             Enrollment.status == "active", Enrollment.next_due_at <= utcnow())) or 0
         yield GaugeMetricFamily("drip_enrollments_due", "Enrollments whose next step is due now", value=due)
+        paused = 1 if paused_reason(s) else 0
+        yield GaugeMetricFamily("drip_sending_paused", "1 while sending is paused (drip sending resume)", value=paused)
         oldest = s.scalar(select(func.min(Message.next_attempt_at)).where(Message.status.in_(("queued", "deferred"))))
         lag = max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0
         yield GaugeMetricFamily("drip_queue_lag_seconds", "Age of the oldest message waiting to be sent", value=lag)

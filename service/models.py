@@ -193,6 +193,26 @@ class Suppression(Base):
     created_at: Mapped[datetime]
 
 
+class SendingState(Base):
+    """One row (id 1) saying whether sending is paused, e.g. after a provider refused our API key."""
+
+    __tablename__ = "sending_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    changed_at: Mapped[datetime]
+
+
+class WebhookToken(Base):
+    """Webhook tokens already seen (Mailgun signs only timestamp + token, so a token must be used once)."""
+
+    __tablename__ = "webhook_tokens"
+
+    token: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class User(Base):
     __tablename__ = "users"
 

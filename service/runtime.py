@@ -15,6 +15,7 @@ from .campaigns import Campaign, load_campaigns
 from .compose import Composer
 from .config import Settings
 from .db import make_sessionmaker
+from .delivery import Policy
 from .dispatch import Dispatcher, RetryPolicy
 from .dkim import load_keys
 from .tokens import make_unsubscribe_token
@@ -32,6 +33,11 @@ class Runtime:
         token = make_unsubscribe_token(self.settings.secret_key, public_id=public_id, campaign=campaign)
         return f"{self.settings.base_url}/unsubscribe/{token}"
 
+    def delivery_policy(self) -> Policy:
+        s = self.settings
+        return Policy(soft_threshold=s.soft_bounce_threshold, soft_window=timedelta(days=s.soft_bounce_window_days),
+                      deferred_deadline=timedelta(hours=s.deferred_deadline_hours))
+
     def dispatcher(self, **overrides) -> Dispatcher:  # noqa: ANN003
         s = self.settings
         kwargs = dict(
@@ -41,6 +47,7 @@ class Runtime:
             retry=RetryPolicy(base_seconds=s.retry_base_seconds, cap_seconds=s.retry_cap_seconds,
                               max_attempts=s.max_attempts),
             limits=s.send_limits,
+            delivery_policy=self.delivery_policy(),
         )
         kwargs.update(overrides)
         return Dispatcher(**kwargs)
@@ -53,10 +60,11 @@ def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:
 
         raise CampaignError(f"DRIP_DEFAULT_CAMPAIGN: no campaign named {settings.default_campaign!r} "
                             f"(have: {', '.join(sorted(campaigns))})")
+    make_transport(settings.email_url).close()  # a malformed DRIP_EMAIL_URL fails at start, naming the variable
     composer = Composer(templates_dir=Path(settings.templates_dir), base_url=settings.base_url,
                         postal_address=settings.postal_address, from_override=settings.from_address,
                         unsubscribe_mailto=settings.unsubscribe_mailto, dkim_keys=load_keys(settings),
                         feedback_id_sender=settings.feedback_id_sender, bounce_domain=settings.bounce_domain,
-                        reply_to=settings.reply_to)
+                        reply_to=settings.reply_to, secret_key=settings.secret_key, tracking=settings.tracking)
     return Runtime(settings=settings, sessions=make_sessionmaker(settings, pool_size=pool_size),
                    campaigns=campaigns, composer=composer)

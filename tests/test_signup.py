@@ -169,12 +169,12 @@ def test_signup_rate_limit_answers_429_with_retry_after(app, runtime):  # noqa: 
     from service.config import RateLimit
     from service.runtime import build_runtime
 
-    rt = build_runtime(replace(runtime.settings, signup_rate_limit=RateLimit(3, 60)))
+    rt = build_runtime(replace(runtime.settings, signup_rate_limit=RateLimit(3, 3600)))
     client = create_app(runtime=rt).test_client()
     codes = [post_json(client, {"email": f"r{i}@example.org"}).status_code for i in range(5)]
     assert codes == [201, 201, 201, 429, 429]
     r = post_json(client, {"email": "r9@example.org"})
-    assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 60
+    assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 3600
     with rt.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Subscriber)) == 3
 
@@ -213,7 +213,7 @@ def test_browser_over_the_rate_limit_gets_a_page_not_json(app, runtime):  # noqa
     from service.config import RateLimit
     from service.runtime import build_runtime
 
-    rt = build_runtime(replace(runtime.settings, signup_rate_limit=RateLimit(1, 60)))
+    rt = build_runtime(replace(runtime.settings, signup_rate_limit=RateLimit(1, 3600)))
     client = create_app(runtime=rt).test_client()
     assert client.post("/signup", data={"email": "p1@example.org"}, headers={"Accept": "text/html"}).status_code == 303
     r = client.post("/signup", data={"email": "p2@example.org"}, headers={"Accept": "text/html"})
@@ -230,7 +230,7 @@ def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(runtime)
     from service.runtime import build_runtime
 
     rt = build_runtime(replace(runtime.settings, trusted_proxies=1, record_ip=True,
-                               signup_rate_limit=RateLimit(1, 60)))
+                               signup_rate_limit=RateLimit(1, 3600)))
     client = create_app(runtime=rt).test_client()
     for i, ip in enumerate(("198.51.100.1", "198.51.100.2")):
         r = post_json(client, {"email": f"px{i}@example.org"}, headers={"X-Forwarded-For": ip},

@@ -47,10 +47,13 @@ class SendResult:
 class TransportError(Exception):
     """A failure of the whole transport (cannot connect, bad credentials), not of one recipient."""
 
-    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None,
+                 auth_failed: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.retry_after = retry_after
+        # The provider refused our credentials (HTTP 401/403): pause all sending, fail no message.
+        self.auth_failed = auth_failed
 
 
 class Transport(Protocol):

@@ -13,6 +13,7 @@ from .. import ratelimit
 from ..campaigns import valid_timezone
 from ..db import utcnow
 from ..metrics import render_metrics
+from ..sending import paused_reason
 from ..signups import ConsentMeta, SignupError, parse_signup, signup
 from ..tokens import BadToken, read_unsubscribe_token
 from ..unsubscribe import find_subscriber, unsubscribe
@@ -189,6 +190,9 @@ def healthz():  # noqa: ANN201
         db().execute(text("SELECT 1"))
     except SQLAlchemyError:
         return jsonify({"status": "error", "database": "unreachable"}), 503
+    paused = paused_reason(db())  # issue 4: a provider refused our key; the app is up, sending is not
+    if paused:
+        return jsonify({"status": "degraded", "sending": "paused", "reason": paused})
     return jsonify({"status": "ok"})
 
 
