@@ -33,6 +33,8 @@ ALLOWED: dict[str, frozenset[str]] = {
 EVENT_TYPES = frozenset({
     "signup", "queued", "attempt", "sent", "deferred", "failed", "bounced", "suppressed", "reclaimed",
     "delivered", "complained", "unsubscribed", "resubscribed", "enrollment_stopped", "enrollment_completed",
+    # issue 9: the reader's own changes on the preference page
+    "left_campaign", "snoozed", "snooze_ended", "profile_updated", "switched_to_digest", "data_exported", "erased",
 })
 
 

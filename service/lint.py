@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
 from .campaigns import Campaign, Step
-from .compose import ComposeJob, Composer
+from .compose import ComposeJob, Composer, with_utm
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past ~102 KB of HTML, hiding the footer
 MAX_SUBJECT = 78
@@ -126,6 +126,7 @@ def _subject(subject: str) -> list[tuple[str, str]]:
 def _links(campaign: Campaign, links: list[str], unsubscribe_url: str, base_url: str) -> list[tuple[str, str]]:
     """Shorteners, and any http(s) link that is not a [resources] URL, the unsubscribe URL or on the base URL."""
     allowed = {_plain(url) for url in campaign.resources.values()}
+    allowed |= {_plain(with_utm(url, campaign.utm)) for url in campaign.resources.values()}  # issue 9: UTM-tagged
     found: list[tuple[str, str]] = []
     for link in dict.fromkeys(links):  # each link once, in order
         scheme = urlsplit(link).scheme.lower()
