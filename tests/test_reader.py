@@ -248,7 +248,7 @@ def _without_tokens(html: str) -> str:
 @pytest.mark.parametrize("step", [0, 1])
 def test_view_in_browser_shows_what_was_sent(client, runtime, smtp, step: int) -> None:
     """The web copy of a sent email is the same HTML as the one received (links re-signed), with a CSP that
-    lets its inline styles work and a no-referrer policy; an unsent or unknown message is not shown."""
+    lets its inline styles work and a same-origin referrer policy; an unsent or unknown message is not shown."""
     enroll(runtime, "view@example.org", tz="UTC")
     runtime.dispatcher().run_pass(T0)
     if step:
@@ -259,6 +259,6 @@ def test_view_in_browser_shows_what_was_sent(client, runtime, smtp, step: int) -
     assert r.status_code == 200
     assert _without_tokens(r.data.decode()) == _without_tokens(sent_html)
     assert "style-src 'unsafe-inline'" in r.headers["Content-Security-Policy"]
-    assert r.headers["Referrer-Policy"] == "no-referrer"
+    assert r.headers["Referrer-Policy"] == "same-origin"
     assert client.get(runtime.reader_links("x", 10_000)["view_url"].removeprefix("https://drip.example.org")
                       ).status_code == 404
