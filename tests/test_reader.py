@@ -262,3 +262,31 @@ def test_view_in_browser_shows_what_was_sent(client, runtime, smtp, step: int) -
     assert r.headers["Referrer-Policy"] == "same-origin"
     assert client.get(runtime.reader_links("x", 10_000)["view_url"].removeprefix("https://drip.example.org")
                       ).status_code == 404
+
+
+def test_lint_flags_an_image_without_alt(runtime) -> None:
+    """`drip campaigns check` reports an <img> without alt as an error, and accepts one with alt (even empty)."""
+    from service.lint import lint_step
+
+    campaign = runtime.campaigns[BUNDLE]
+    unsub = "https://drip.example.org/unsubscribe/t"
+    page = "<html><body><p>{}</p>" + "word " * 100 + f'<a href="{unsub}">Unsubscribe</a></body></html>'
+    text = "Read me. " + unsub
+
+    def errors(img: str) -> list[str]:
+        return [m for level, m in lint_step(campaign, "Hello", text, page.format(img), unsub,
+                                            "https://drip.example.org") if level == "error"]
+
+    assert errors('<img src="https://drip.example.org/a.png">') == ["1 image(s) without alt text (use alt=\"\" for "
+                                                                    "decoration)"]
+    assert errors('<img src="https://drip.example.org/a.png" alt="">') == []
+
+
+def test_unsubscribe_page_offers_the_preference_page_first(client, runtime) -> None:
+    """The unsubscribe page (GET, which changes nothing) links to the reader's own preference page."""
+    sid = enroll(runtime, "maybe@example.org")
+    with runtime.sessions() as s:
+        public_id = s.get(Subscriber, sid).public_id
+    page = client.get(runtime.unsubscribe_url(public_id, BUNDLE).removeprefix(runtime.settings.base_url)).data.decode()
+    href = re.search(r'href="(/preferences/[^"]+)">pause them or get fewer', page).group(1)
+    assert client.get(href).status_code == 200 and b"Your email preferences" in client.get(href).data
