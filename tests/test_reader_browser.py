@@ -142,6 +142,16 @@ def test_received_email_fits_phone_and_desktop_widths(drip, page, smtp, tmp_path
         assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), f"overflow at {width}px: {wide}"
         assert page.evaluate("[...document.images].every(i => i.hasAttribute('alt'))")
         assert page.get_by_role("link", name="Manage your emails").is_visible()
+    # Dark mode: the prefers-color-scheme block turns the card dark with light text; the button stays legible.
+    page.emulate_media(color_scheme="dark")
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.set_content(html)
+    page.screenshot(path=str(tmp_path / "welcome-375-dark.png"), full_page=True)
+    style = "sel => { const s = getComputedStyle(document.querySelector(sel)); return [s.color, s.backgroundColor]; }"
+    assert page.evaluate(style, "td.inner")[0] == "rgb(232, 230, 227)"
+    assert page.evaluate(style, "table.card")[1] == "rgb(30, 30, 30)"
+    assert page.evaluate(style, "a.button") == ["rgb(255, 255, 255)", "rgb(23, 89, 93)"]
+    page.emulate_media(color_scheme="light")
     # The email's real text is there (not text in images) and the card is at most 600 px wide on a desktop.
     page.set_viewport_size({"width": 1000, "height": 800})
     page.set_content(html)
@@ -221,3 +231,26 @@ def test_preference_page_is_keyboard_usable_and_a_tampered_link_is_refused(drip,
     response = page.goto(tampered)
     assert response is not None and response.status == 404
     assert page.locator("h1").inner_text() == "This link is not valid"
+
+
+def test_public_pages_fit_a_phone_and_work_from_the_keyboard(drip, page, smtp) -> None:
+    """At 320 px the thank-you, unsubscribe and erase-confirmation pages have one h1, no horizontal scroll and
+    labelled controls; the unsubscribe button works with Tab and Enter alone."""
+    page.set_viewport_size({"width": 320, "height": 700})
+    sign_up(page, drip.base, "phone@example.org")
+    welcome = received(smtp, "phone@example.org")[0]
+    erase = footer_link(welcome, "preferences") + "/erase"
+    unsubscribe = re.search(r"<(http://[^>]+)>", str(welcome["List-Unsubscribe"])).group(1)
+    for url in (page.url, erase, unsubscribe):
+        page.goto(url)
+        assert page.locator("h1").count() == 1, url
+        assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), url
+        for control in page.locator("input:not([type=hidden]), select").all():
+            assert control.evaluate("e => e.labels.length > 0"), url
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent.trim()") == "Unsubscribe":
+            break
+    page.keyboard.press("Enter")
+    page.wait_for_load_state()
+    assert page.locator("h1").inner_text() == "You are unsubscribed"
