@@ -290,3 +290,16 @@ def test_unsubscribe_page_offers_the_preference_page_first(client, runtime) -> N
     page = client.get(runtime.unsubscribe_url(public_id, BUNDLE).removeprefix(runtime.settings.base_url)).data.decode()
     href = re.search(r'href="(/preferences/[^"]+)">pause them or get fewer', page).group(1)
     assert client.get(href).status_code == 200 and b"Your email preferences" in client.get(href).data
+
+
+def test_an_unsubscribed_reader_keeps_only_the_data_section(client, runtime) -> None:
+    """After leaving everything the page says so and offers export/erase only; other changes answer 409."""
+    sid = enroll(runtime, "late@example.org")
+    path = prefs_path(runtime, sid)
+    assert client.post(f"{path}/leave-all", headers=SITE).status_code == 303
+    page = client.get(path).data.decode()
+    assert "You are unsubscribed" in page and "Download my data" in page and "Pause emails" not in page
+    assert client.post(f"{path}/snooze", data={"weeks": "2"}, headers=SITE).status_code == 409
+    with runtime.sessions() as s:
+        assert s.get(Subscriber, sid).snoozed_until is None
+    assert client.post(f"{path}/export", headers=SITE).status_code == 200
