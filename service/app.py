@@ -61,11 +61,12 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             h.setdefault("Cache-Control", "no-store")
         return response
 
-    from .web import admin, api, public, tracking, webhooks
+    from .web import admin, api, public, reader, tracking, webhooks
 
     app.register_blueprint(public.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(webhooks.bp)  # issue 4
     app.register_blueprint(tracking.bp)  # issue 4
+    app.register_blueprint(reader.bp)  # issue 9: preference page, view in browser
     return app

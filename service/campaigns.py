@@ -81,6 +81,10 @@ class Campaign:
     resources: dict[str, str] = field(default_factory=dict)
     directory: Path = Path(".")
     reply_to: str = ""  # optional `reply_to` key: where replies go, when not to the From address
+    # Issue 9: `digest` names a campaign readers may switch to instead (e.g. weekly -> monthly), and
+    # `utm = {source, medium, campaign}` tags the campaign's resource links; both optional.
+    digest: str = ""
+    utm: dict[str, str] = field(default_factory=dict)
 
     @property
     def sender_name(self) -> str:
@@ -126,6 +130,10 @@ def load_campaigns(templates_dir: Path) -> dict[str, Campaign]:
         campaigns[campaign.key] = campaign
     if not campaigns:
         raise CampaignError(f"no campaign files found under {templates_dir}/<campaign>/campaign.toml")
+    for campaign in campaigns.values():
+        if campaign.digest and (campaign.digest not in campaigns or campaign.digest == campaign.key):
+            raise CampaignError(f"{campaign.directory / 'campaign.toml'}: digest {campaign.digest!r} is not "
+                                "another campaign")
     return campaigns
 
 
@@ -176,7 +184,23 @@ def load_campaign(path: Path) -> Campaign:
         resources=dict(resources),
         directory=path.parent,
         reply_to=reply_to,
+        digest=text("digest", required=False),
+        utm=_load_utm(data.get("utm", {}), where),
     )
+
+
+UTM_KEYS = ("source", "medium", "campaign")
+
+
+def _load_utm(raw: object, where: str) -> dict[str, str]:
+    """`utm = {source = "...", medium = "...", campaign = "..."}`: all three, short plain values."""
+    if raw == {}:
+        return {}
+    if not (isinstance(raw, dict) and set(raw) == set(UTM_KEYS) and all(
+            isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9._~-]{1,64}", v) for v in raw.values())):
+        raise CampaignError(f"{where}: utm must be {{source=..., medium=..., campaign=...}} with values of "
+                            "letters, digits, '.', '_', '~' or '-'")
+    return {k: raw[k] for k in UTM_KEYS}
 
 
 def _load_steps(raw: object, where: str, directory: Path) -> tuple[Step, ...]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import email.policy
 import email.utils
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import css_inline
 from email_validator import EmailNotValidError, validate_email
@@ -44,6 +45,7 @@ class ComposeJob:
     name: str
     unsubscribe_url: str
     now: datetime
+    public_id: str = ""  # issue 9: the subscriber's public id, for the preference link
 
 
 def one_line(text: str) -> str:
@@ -82,6 +84,10 @@ ALLOWED_HEADERS = frozenset({
 
 
 class Composer:
+    # Issue 9: (public_id, message_pk) -> {"preferences_url", "view_url"}; the runtime sets it (it holds the
+    # secret key). Unset (previews, lint) the links point at sample pages.
+    reader_links: Callable[[str, int], dict[str, str]] | None = None
+
     def __init__(self, *, templates_dir: Path, base_url: str, postal_address: str, from_override: str | None = None,
                  unsubscribe_mailto: str | None = None, dkim_keys: tuple[DkimKey, ...] = (),
                  feedback_id_sender: str | None = None, bounce_domain: str | None = None,
@@ -132,7 +138,18 @@ class Composer:
             "why": campaign.why,
             "base_url": self.base_url,
             "preheader": step.preheader,
+            **self.reader_context(job),
         }
+
+    def reader_context(self, job: ComposeJob) -> dict:
+        """Issue 9: the footer's preference and view-in-browser links, and resource links with the
+        campaign's UTM parameters (later keys of `context` win, so `resources` here replaces the raw ones)."""
+        if self.reader_links is not None and job.public_id:
+            links = self.reader_links(job.public_id, job.message_pk)
+        else:
+            links = {"preferences_url": f"{self.base_url}/preferences/sample",
+                     "view_url": f"{self.base_url}/view/sample"}
+        return {**links, "resources": {k: with_utm(v, job.campaign.utm) for k, v in job.campaign.resources.items()}}
 
     def render_subject(self, job: ComposeJob, ctx: dict) -> str:
         key = (job.campaign.key, job.step.key)
@@ -217,6 +234,18 @@ class Composer:
     def sign_message(self, raw: bytes) -> bytes:
         """The serialised message with its DKIM signature(s); every transport sends these bytes."""
         return dkim_sign(raw, self.dkim_keys) if self.dkim_keys else raw
+
+
+def with_utm(url: str, utm: dict[str, str]) -> str:
+    """`url` with utm_source/utm_medium/utm_campaign appended (issue 9), keeping any it already has. Only
+    resource links go through here: unsubscribe, preference and view links stay untagged."""
+    if not utm:
+        return url
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    present = {k for k, _ in query}
+    query += [(f"utm_{k}", v) for k, v in utm.items() if f"utm_{k}" not in present]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def new_message_id(from_address: str, message_pk: int, nonce: str) -> str:

@@ -90,6 +90,13 @@ class RetryPolicy:
             first_attempt_at is not None and now - first_attempt_at >= self.give_up_after)
 
 
+def not_snoozed(subscriber_id, now: datetime):  # noqa: ANN001, ANN201
+    """Issue 9: rows whose reader is not snoozed at `now` (a preference-page pause). Nothing is cancelled or
+    shifted: queued mail and due steps simply wait, and when the snooze ends each enrollment resumes with
+    its next step; the step after it is scheduled from that send, so there is no burst."""
+    return subscriber_id.notin_(select(Subscriber.id).where(Subscriber.snoozed_until > now).correlate(None))
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
 
@@ -168,6 +175,7 @@ class Dispatcher:
                 .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
                 .where(Enrollment.status == "active", Enrollment.next_due_at <= now,
                        Enrollment.campaign.not_in(_paused_campaigns()))
+                .where(not_snoozed(Subscriber.id, now))  # issue 9: a snoozed reader's steps wait
                 .order_by(Enrollment.next_due_at, Enrollment.id)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True, of=Enrollment)
@@ -237,6 +245,7 @@ class Dispatcher:
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True)
             )
+            query = query.where(not_snoozed(Message.subscriber_id, now))  # issue 9: held while snoozed
             if self.limits is not None:  # issue 8: domains at their limit wait; the others still go
                 if full := self._campaigns_at_limit(session, now):
                     query = query.where(Message.campaign.notin_(full))
@@ -334,6 +343,7 @@ class Dispatcher:
                     message_pk=message.id, message_id=message.message_id or "", campaign=campaign, step=step,
                     to_email=message.to_email, name=subscriber.name,
                     unsubscribe_url=self.unsubscribe_url(subscriber.public_id, campaign.key), now=now,
+                    public_id=subscriber.public_id,  # issue 9: the footer's preference link
                 ))
         return jobs
 

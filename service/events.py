@@ -37,6 +37,8 @@ EVENT_TYPES = frozenset({
     "delivered", "complained", "unsubscribed", "resubscribed", "enrollment_stopped", "enrollment_completed",
     "erased",  # anonymous: a subscriber was erased (GDPR); only the address's hash is in `data`
     "soft_bounce", "opened", "clicked", "sending_paused", "sending_resumed",  # issue 4
+    # issue 9: the reader's own changes on the preference page
+    "left_campaign", "snoozed", "snooze_ended", "profile_updated", "switched_to_digest", "data_exported",
 })
 
 

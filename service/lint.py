@@ -13,7 +13,7 @@ from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
 from .campaigns import Campaign, Step
-from .compose import ComposeJob, Composer
+from .compose import ComposeJob, Composer, with_utm
 
 GMAIL_CLIP_BYTES = 102 * 1024  # Gmail shows "[Message clipped]" past ~102 KB of HTML, hiding the footer
 MAX_SUBJECT = 78
@@ -43,6 +43,7 @@ class _Html(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.links: list[str] = []
         self.images = 0
+        self.missing_alt = 0  # issue 9: <img> without an alt attribute
         self.text: list[str] = []
         self._hidden = 0
 
@@ -52,6 +53,7 @@ class _Html(HTMLParser):
             self.links.append(values["href"].strip())
         elif tag == "img":
             self.images += 1
+            self.missing_alt += "alt" not in values
         elif tag in ("style", "script", "head", "title"):
             self._hidden += 1
 
@@ -105,6 +107,8 @@ def lint_step(campaign: Campaign, subject: str, text: str, html: str, unsubscrib
     if parsed.images and len(visible) < MIN_TEXT_CHARS:
         found.append(("error", f"image-only email: {parsed.images} image(s) and {len(visible)} characters of "
                       "text; spam filters read that as an image spam"))
+    if parsed.missing_alt:  # issue 9: screen readers and image-blocking clients need the alt text
+        found.append(("error", f"{parsed.missing_alt} image(s) without alt text (use alt=\"\" for decoration)"))
     if not any(link == unsubscribe_url for link in parsed.links):
         found.append(("error", "the HTML body has no unsubscribe link (use {{ unsubscribe_url }})"))
     if unsubscribe_url not in text:
@@ -126,6 +130,7 @@ def _subject(subject: str) -> list[tuple[str, str]]:
 def _links(campaign: Campaign, links: list[str], unsubscribe_url: str, base_url: str) -> list[tuple[str, str]]:
     """Shorteners, and any http(s) link that is not a [resources] URL, the unsubscribe URL or on the base URL."""
     allowed = {_plain(url) for url in campaign.resources.values()}
+    allowed |= {_plain(with_utm(url, campaign.utm)) for url in campaign.resources.values()}  # issue 9: UTM-tagged
     found: list[tuple[str, str]] = []
     for link in dict.fromkeys(links):  # each link once, in order
         scheme = urlsplit(link).scheme.lower()

@@ -88,6 +88,9 @@ class Subscriber(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     unsubscribed_at: Mapped[datetime | None]
+    # Issue 9: the reader paused all their email until this moment (the dispatcher neither queues nor
+    # claims their mail before it); None when not snoozed.
+    snoozed_until: Mapped[datetime | None]
 
     enrollments: Mapped[list[Enrollment]] = relationship(back_populates="subscriber")
 

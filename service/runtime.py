@@ -18,7 +18,7 @@ from .db import make_sessionmaker
 from .delivery import Policy
 from .dispatch import Dispatcher, RetryPolicy
 from .dkim import load_keys
-from .tokens import make_unsubscribe_token
+from .tokens import make_preferences_token, make_unsubscribe_token, make_view_token
 from .transports import make_transport
 
 
@@ -37,6 +37,12 @@ class Runtime:
         s = self.settings
         return Policy(soft_threshold=s.soft_bounce_threshold, soft_window=timedelta(days=s.soft_bounce_window_days),
                       deferred_deadline=timedelta(hours=s.deferred_deadline_hours))
+
+    def reader_links(self, public_id: str, message_pk: int) -> dict[str, str]:
+        """Issue 9: the preference page and view-in-browser links in every email's footer."""
+        key, base = self.settings.secret_key, self.settings.base_url
+        return {"preferences_url": f"{base}/preferences/{make_preferences_token(key, public_id=public_id)}",
+                "view_url": f"{base}/view/{make_view_token(key, message_pk=message_pk)}"}
 
     def dispatcher(self, **overrides) -> Dispatcher:  # noqa: ANN003
         s = self.settings
@@ -66,5 +72,7 @@ def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:
                         unsubscribe_mailto=settings.unsubscribe_mailto, dkim_keys=load_keys(settings),
                         feedback_id_sender=settings.feedback_id_sender, bounce_domain=settings.bounce_domain,
                         reply_to=settings.reply_to, secret_key=settings.secret_key, tracking=settings.tracking)
-    return Runtime(settings=settings, sessions=make_sessionmaker(settings, pool_size=pool_size),
-                   campaigns=campaigns, composer=composer)
+    rt = Runtime(settings=settings, sessions=make_sessionmaker(settings, pool_size=pool_size),
+                 campaigns=campaigns, composer=composer)
+    composer.reader_links = rt.reader_links  # issue 9
+    return rt

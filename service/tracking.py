@@ -56,10 +56,11 @@ def _wrap(url: str, unsubscribe_url: str) -> bool:
 
 
 def rewrite_html(html: str, *, secret: str, base_url: str, message_pk: int, unsubscribe_url: str) -> str:
-    """Wrap every http(s) link except unsubscribe links, and add the open pixel before </body>."""
+    """Wrap every http(s) link except unsubscribe links and Drip's own pages (preferences, view in browser:
+    they carry their own signed tokens), and add the open pixel before </body>."""
     def replace(m: re.Match[str]) -> str:
         url = htmllib.unescape(m.group(3)).strip()
-        if not _wrap(url, unsubscribe_url):
+        if not _wrap(url, unsubscribe_url) or url.startswith(base_url.rstrip("/") + "/"):
             return m.group(0)
         tracked = f"{base_url}/t/c/{click_token(secret, message_pk, url)}"
         return f"{m.group(1)}{m.group(2)}{htmllib.escape(tracked)}{m.group(2)}"

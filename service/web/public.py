@@ -15,7 +15,7 @@ from ..db import utcnow
 from ..metrics import render_metrics
 from ..sending import paused_reason
 from ..signups import ConsentMeta, SignupError, parse_signup, signup
-from ..tokens import BadToken, read_unsubscribe_token
+from ..tokens import BadToken, make_preferences_token, read_unsubscribe_token
 from ..unsubscribe import find_subscriber, unsubscribe
 from . import db, runtime, wants_json
 
@@ -161,7 +161,14 @@ def unsubscribe_page(token: str):  # noqa: ANN201
         return render_template("unsubscribe.html", state="invalid", campaign=None), 404
     campaign = runtime().campaigns.get(claim.campaign)
     state = "ask" if subscriber.status == "active" else "done"
-    return render_template("unsubscribe.html", state=state, campaign=campaign, token=token)
+    return render_template("unsubscribe.html", state=state, campaign=campaign, token=token,
+                           preferences_path=_preferences_path(subscriber.public_id))
+
+
+def _preferences_path(public_id: str) -> str:
+    """Issue 9: the unsubscribe page offers "fewer emails or a pause" on the preference page first."""
+    token = make_preferences_token(runtime().settings.secret_key, public_id=public_id)
+    return url_for("reader.preferences_page", token=token)
 
 
 @bp.post("/unsubscribe/<token>")
