@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+ALL_DAYS = frozenset(range(7))
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DELAY_RE = re.compile(r"^\s*(\d+)\s*([wdhm]?)\s*$")
 
@@ -64,6 +66,9 @@ class Step:
     subject: str
     template: str
     preheader: str = ""
+    # Send window overrides (issue 5): None means "use the campaign's".
+    send_hour: int | None = None
+    send_days: frozenset[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,10 @@ class Campaign:
     resources: dict[str, str] = field(default_factory=dict)
     directory: Path = Path(".")
     reply_to: str = ""  # optional `reply_to` key: where replies go, when not to the From address
+    # Issue 5: after the last step the reader continues into another campaign's shared sequence.
+    continue_into: str = ""
+    continue_at: str = ""
+    send_days: frozenset[int] = ALL_DAYS  # weekday numbers (Monday = 0) on which day-based steps may land
 
     @property
     def sender_name(self) -> str:
@@ -89,12 +98,22 @@ class Campaign:
     def step(self, index: int) -> Step | None:
         return self.steps[index] if 0 <= index < len(self.steps) else None
 
+    def step_by_key(self, key: str) -> Step | None:
+        return next((s for s in self.steps if s.key == key), None)
 
-def due_at(*, delay: Delay, after: datetime, tz_name: str, send_hour: int) -> datetime:
+    def window(self, step: Step) -> tuple[int, frozenset[int]]:
+        """The (send hour, allowed weekdays) for `step`: the step's own, else the campaign's."""
+        hour = step.send_hour if step.send_hour is not None else self.send_hour
+        return hour, step.send_days if step.send_days is not None else self.send_days
+
+
+def due_at(*, delay: Delay, after: datetime, tz_name: str, send_hour: int,
+           send_days: frozenset[int] = ALL_DAYS) -> datetime:
     """When a step is due: `delay` after `after` (the previous step's actual send, UTC).
 
     Day-based delays count calendar days in the reader's zone and land on the send hour there, so a
-    weekly email keeps its weekday and local hour across daylight-saving changes. The result is UTC.
+    weekly email keeps its weekday and local hour across daylight-saving changes. A day outside
+    `send_days` (weekday numbers, Monday = 0) moves on to the next allowed day. The result is UTC.
     """
     after = after.astimezone(UTC)
     if delay.immediate:
@@ -103,6 +122,8 @@ def due_at(*, delay: Delay, after: datetime, tz_name: str, send_hour: int) -> da
         return after + timedelta(seconds=delay.seconds)
     tz = ZoneInfo(tz_name)
     local_day: date = after.astimezone(tz).date() + timedelta(days=delay.days)
+    while local_day.weekday() not in send_days:  # send_days is never empty (checked at load)
+        local_day += timedelta(days=1)
     local = datetime.combine(local_day, time(hour=send_hour), tzinfo=tz)
     # A send hour inside a spring-forward gap does not exist; zoneinfo maps it forward, which we keep.
     return local.astimezone(UTC) + timedelta(seconds=delay.seconds)
@@ -126,7 +147,43 @@ def load_campaigns(templates_dir: Path) -> dict[str, Campaign]:
         campaigns[campaign.key] = campaign
     if not campaigns:
         raise CampaignError(f"no campaign files found under {templates_dir}/<campaign>/campaign.toml")
+    for campaign in campaigns.values():
+        check_continuation(campaign, campaigns)
     return campaigns
+
+
+def check_continuation(campaign: Campaign, campaigns: dict[str, Campaign]) -> None:
+    """`continue_into` names another loaded campaign and `continue_at` one of its step keys."""
+    where = str(campaign.directory / "campaign.toml")
+    if not campaign.continue_into:
+        if campaign.continue_at:
+            raise CampaignError(f"{where}: 'continue_at' needs 'continue_into'")
+        return
+    target = campaigns.get(campaign.continue_into)
+    if target is None or target.key == campaign.key:
+        raise CampaignError(f"{where}: continue_into {campaign.continue_into!r} is not another campaign "
+                            f"(have: {', '.join(sorted(k for k in campaigns if k != campaign.key))})")
+    at = campaign.continue_at or target.steps[0].key
+    if target.step_by_key(at) is None:
+        raise CampaignError(f"{where}: continue_at {at!r} is not a step of {target.key!r} "
+                            f"(steps: {', '.join(s.key for s in target.steps)})")
+
+
+def parse_days(value: object, where: str) -> frozenset[int]:
+    """`send_days = ["mon", "wed"]` -> weekday numbers; an empty or unknown list is an error."""
+    if not isinstance(value, list) or not value or not all(isinstance(d, str) for d in value):
+        raise CampaignError(f"{where}: send_days must be a non-empty list such as [\"mon\", \"thu\"]")
+    days = [d.strip().lower() for d in value]
+    unknown = [d for d in days if d not in DAY_NAMES]
+    if unknown:
+        raise CampaignError(f"{where}: send_days: unknown day {unknown[0]!r} (use {', '.join(DAY_NAMES)})")
+    return frozenset(DAY_NAMES.index(d) for d in days)
+
+
+def parse_hour(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 23:
+        raise CampaignError(f"{where}: send_hour must be an integer 0-23, got {value!r}")
+    return value
 
 
 def load_campaign(path: Path) -> Campaign:
@@ -150,9 +207,8 @@ def load_campaign(path: Path) -> Campaign:
     tz = text("timezone")
     if not valid_timezone(tz):
         raise CampaignError(f"{where}: timezone {tz!r} is not an IANA time zone")
-    send_hour = data.get("send_hour", 9)
-    if not isinstance(send_hour, int) or not 0 <= send_hour <= 23:
-        raise CampaignError(f"{where}: send_hour must be an integer 0-23, got {send_hour!r}")
+    send_hour = parse_hour(data.get("send_hour", 9), where)
+    send_days = parse_days(data["send_days"], where) if "send_days" in data else ALL_DAYS
     resources = data.get("resources", {})
     if not isinstance(resources, dict) or not all(
         isinstance(v, str) and v.startswith(("https://", "http://")) for v in resources.values()
@@ -176,6 +232,9 @@ def load_campaign(path: Path) -> Campaign:
         resources=dict(resources),
         directory=path.parent,
         reply_to=reply_to,
+        continue_into=text("continue_into", required=False),
+        continue_at=text("continue_at", required=False),
+        send_days=send_days,
     )
 
 
@@ -204,8 +263,11 @@ def _load_steps(raw: object, where: str, directory: Path) -> tuple[Step, ...]:
         subject = entry.get("subject")
         if not isinstance(subject, str) or not subject.strip() or "\n" in subject or "\r" in subject:
             raise CampaignError(f"{where}: step {key!r} needs a one-line subject")
+        at = f"{where}: step {key!r}"
         steps.append(Step(key=key, index=i, delay=delay, subject=subject.strip(), template=template,
-                          preheader=str(entry.get("preheader", "")).strip()))
+                          preheader=str(entry.get("preheader", "")).strip(),
+                          send_hour=parse_hour(entry["send_hour"], at) if "send_hour" in entry else None,
+                          send_days=parse_days(entry["send_days"], at) if "send_days" in entry else None))
     return tuple(steps)
 
 

@@ -44,6 +44,7 @@ class ComposeJob:
     name: str
     unsubscribe_url: str
     now: datetime
+    why: str = ""  # issue 5: the footer's "why" of the campaign the reader signed up for, when not this one
 
 
 def one_line(text: str) -> str:
@@ -126,7 +127,7 @@ class Composer:
             "resources": campaign.resources,
             "unsubscribe_url": job.unsubscribe_url,
             "postal_address": self.postal_address,
-            "why": campaign.why,
+            "why": job.why or campaign.why,  # issue 5: a continued enrollment names its lead magnet
             "base_url": self.base_url,
             "preheader": step.preheader,
         }

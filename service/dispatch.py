@@ -38,6 +38,7 @@ from . import events, sendlimits
 from .campaigns import Campaign, Step, due_at
 from .compose import ComposeJob, Composer, new_message_id
 from .config import SendLimits
+from .continuation import continue_enrollment, origin_why
 from .db import utcnow
 from .models import Enrollment, Message, Subscriber
 from .suppression import is_suppressed, stop_subscriber, suppress_address
@@ -144,6 +145,8 @@ class Dispatcher:
                 step = campaign.step(enrollment.next_step)
                 if step is None or subscriber.status != "active":
                     self._finish_enrollment(session, enrollment, now, completed=step is None, summary=summary)
+                    if step is None and subscriber.status == "active":  # issue 5
+                        self._continue_into(session, enrollment, subscriber, campaign, now)
                     continue
                 result = session.execute(
                     insert(Message).values(
@@ -290,6 +293,7 @@ class Dispatcher:
                     message_pk=message.id, message_id=message.message_id or "", campaign=campaign, step=step,
                     to_email=message.to_email, name=subscriber.name,
                     unsubscribe_url=self.unsubscribe_url(subscriber.public_id, campaign.key), now=now,
+                    why=origin_why(enrollment, campaign, self.campaigns),  # issue 5: continued enrollments
                 ))
         return jobs
 
@@ -472,6 +476,17 @@ class Dispatcher:
             enrollment.next_due_at = None
             events.record(session, type="enrollment_completed", now=now, subscriber_id=subscriber.id,
                           detail=campaign.key)
+            self._continue_into(session, enrollment, subscriber, campaign, now)
             return
+        hour, days = campaign.window(nxt)  # issue 5: per-step send hour and allowed weekdays
         enrollment.next_due_at = due_at(delay=nxt.delay, after=now, tz_name=subscriber.timezone or campaign.timezone,
-                                        send_hour=campaign.send_hour)
+                                        send_hour=hour, send_days=days)
+
+    # -- continuation (issue 5) ------------------------------------------------------------------
+    def _continue_into(self, session: Session, enrollment: Enrollment, subscriber: Subscriber,
+                       campaign: Campaign, now: datetime) -> None:
+        """A completed lead magnet leads into its shared sequence (see service/continuation.py)."""
+        if continue_enrollment(session, enrollment=enrollment, subscriber=subscriber, campaign=campaign,
+                               campaigns=self.campaigns, now=now) is not None:
+            log.info("enrollment %s completed %s; continued into %s", enrollment.id, campaign.key,
+                     campaign.continue_into)

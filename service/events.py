@@ -33,6 +33,7 @@ ALLOWED: dict[str, frozenset[str]] = {
 EVENT_TYPES = frozenset({
     "signup", "queued", "attempt", "sent", "deferred", "failed", "bounced", "suppressed", "reclaimed",
     "delivered", "complained", "unsubscribed", "resubscribed", "enrollment_stopped", "enrollment_completed",
+    "continued",  # issue 5: a completed lead magnet led into its shared sequence
 })
 
 

@@ -123,6 +123,9 @@ class Enrollment(Base):
     next_due_at: Mapped[datetime | None]
     last_sent_at: Mapped[datetime | None]
     stopped_reason: Mapped[str | None] = mapped_column(String(64))
+    # Issue 5: set when the reader arrived here by continuing from another campaign (a lead magnet);
+    # the footer's "why" names that campaign, which is the one they actually signed up for.
+    origin_campaign: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

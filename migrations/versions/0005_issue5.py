@@ -1,0 +1,22 @@
+"""issue 5: enrollments.origin_campaign (continued enrollments remember the lead magnet they came from)
+
+Revision ID: 0005_issue5
+Revises: 0008_issue8 (the head on this branch; the integrator re-chains)
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005_issue5"
+down_revision = "0008_issue8"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("enrollments") as batch:
+        batch.add_column(sa.Column("origin_campaign", sa.String(length=64), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("enrollments") as batch:
+        batch.drop_column("origin_campaign")
