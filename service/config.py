@@ -122,6 +122,8 @@ class Settings:
     reply_to: str | None = None
     send_limits: SendLimits | None = None
     dns_server: tuple[str, int] | None = None
+    # Issue 5: most Drip emails per reader per local day across all campaigns (0 = no cap); welcomes exempt.
+    max_emails_per_day: int = 1
 
     @property
     def postal_address_is_placeholder(self) -> bool:
@@ -180,6 +182,7 @@ class Settings:
             reply_to=_one_line(env["DRIP_REPLY_TO"]) if env.get("DRIP_REPLY_TO") else None,
             send_limits=SendLimits.parse(env.get("DRIP_SEND_LIMITS", ""), env.get("DRIP_WARMUP", "")),
             dns_server=_dns_server(env.get("DRIP_DNS_SERVER", "")),
+            max_emails_per_day=int(_number(env, "DRIP_MAX_EMAILS_PER_DAY", 1, minimum=0)),
         )
         from .dkim import load_keys
 

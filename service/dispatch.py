@@ -28,14 +28,16 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import events, sendlimits
-from .campaigns import Campaign, Step, due_at
+from .campaigns import Campaign, Delay, Step, due_at
 from .compose import ComposeJob, Composer, new_message_id
 from .config import SendLimits
 from .continuation import continue_enrollment, origin_why
@@ -102,6 +104,7 @@ class Dispatcher:
     recheck_seconds: float = 1.0
     real_clock: Callable[[], datetime] = utcnow
     limits: SendLimits | None = None  # per-domain hourly/daily caps and warm-up (issue 8)
+    max_per_day: int = 0  # issue 5: most emails per reader per local day across campaigns; 0 = no cap
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
 
@@ -204,7 +207,8 @@ class Dispatcher:
             if self.limits is not None:  # issue 8: domains at their limit wait; the others still go
                 if full := self._campaigns_at_limit(session, now):
                     query = query.where(Message.campaign.notin_(full))
-            messages = self._within_limits(session, session.scalars(query).all(), now)
+            candidates = self._frequency_cap(session, session.scalars(query).all(), now)  # issue 5
+            messages = self._within_limits(session, candidates, now)
             for m in messages:
                 if m.status == "sending":
                     summary.reclaimed += 1
@@ -217,6 +221,50 @@ class Dispatcher:
                 m.claimed_by = self.worker_id
                 m.first_attempt_at = m.first_attempt_at or now
             return [m.id for m in messages]
+
+    # -- per-reader daily cap (issue 5) ----------------------------------------------------------
+    def _frequency_cap(self, session: Session, messages: Sequence[Message], now: datetime) -> list[Message]:
+        """The claimable messages minus those over a reader's daily cap. A reader's local day (their zone,
+        else the campaign's) holds at most `max_per_day` emails across all campaigns, counting those sent
+        or being sent that day; the first step of a campaign (the welcome the reader just asked for) is
+        exempt and not counted. A held message stays queued with `next_attempt_at` moved to the next
+        allowed day at its send hour; held messages keep their (next_attempt_at, id) order, so they go
+        one per day in the order they were queued. Reclaimed `sending` rows are never held."""
+        capped = [m for m in messages if m.status != "sending" and m.step_index != 0]
+        if not self.max_per_day or not capped:
+            return list(messages)
+        zones = dict(session.execute(select(Subscriber.id, Subscriber.timezone)
+                                     .where(Subscriber.id.in_({m.subscriber_id for m in capped}))).all())
+        held: set[int] = set()
+        room: dict[int, int] = {}
+        for m in capped:  # in claim order: (next_attempt_at, id)
+            campaign = self.campaigns.get(m.campaign)
+            if campaign is None:
+                continue
+            tz = zones.get(m.subscriber_id) or campaign.timezone
+            if m.subscriber_id not in room:
+                room[m.subscriber_id] = self.max_per_day - self._sent_today(session, m.subscriber_id, tz, now)
+            if room[m.subscriber_id] > 0:
+                room[m.subscriber_id] -= 1
+                continue
+            held.add(m.id)
+            step = campaign.step(m.step_index)
+            hour, days = campaign.window(step) if step is not None else (campaign.send_hour, campaign.send_days)
+            m.next_attempt_at = due_at(delay=Delay(days=1), after=now, tz_name=tz, send_hour=hour, send_days=days)
+            events.record(session, type="held", now=now, subscriber_id=m.subscriber_id, message_id=m.id,
+                          detail=f"daily cap of {self.max_per_day} reached; "
+                                 f"next try {m.next_attempt_at:%Y-%m-%d %H:%M} UTC")
+        return [m for m in messages if m.id not in held]
+
+    def _sent_today(self, session: Session, subscriber_id: int, tz_name: str, now: datetime) -> int:
+        """Non-welcome emails sent (or in flight) to this reader since local midnight in `tz_name`."""
+        local = now.astimezone(ZoneInfo(tz_name))
+        midnight = datetime.combine(local.date(), dtime(0), tzinfo=local.tzinfo).astimezone(UTC)
+        return session.scalar(
+            select(func.count(Message.id)).where(
+                Message.subscriber_id == subscriber_id, Message.step_index != 0,
+                or_(Message.sent_at >= midnight, and_(Message.status == "sending", Message.updated_at >= midnight)))
+        ) or 0
 
     # -- send limits (issue 8) -------------------------------------------------------------------
     def _sending_domain(self, campaign_key: str) -> str | None:

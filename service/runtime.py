@@ -41,6 +41,7 @@ class Runtime:
             retry=RetryPolicy(base_seconds=s.retry_base_seconds, cap_seconds=s.retry_cap_seconds,
                               max_attempts=s.max_attempts),
             limits=s.send_limits,
+            max_per_day=s.max_emails_per_day,
         )
         kwargs.update(overrides)
         return Dispatcher(**kwargs)

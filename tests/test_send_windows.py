@@ -76,7 +76,7 @@ def test_monday_only_sequence_walks_across_dst_with_a_frozen_clock(runtime, smtp
     assert d.run_pass(start).sent == 1  # the welcome goes at once: windows apply to day-based delays only
     tz = ZoneInfo(zone)
     weeks = len(rt.campaigns["back-pain-bundle"].steps) - 1
-    for week in range(weeks):
+    for _week in range(weeks):
         with rt.sessions() as s:
             due = s.scalars(select(Enrollment.next_due_at)).one()
         assert d.run_pass(due - timedelta(minutes=1)).sent == 0  # frozen just before: nothing yet
