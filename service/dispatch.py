@@ -36,7 +36,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import events, sendlimits
+from . import events, live_edits, sendlimits
 from .campaigns import Campaign, Delay, Step, due_at
 from .compose import ComposeJob, Composer, new_message_id
 from .config import SendLimits
@@ -107,11 +107,16 @@ class Dispatcher:
     max_per_day: int = 0  # issue 5: most emails per reader per local day across campaigns; 0 = no cap
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
+    _reactivated: bool = field(default=False, init=False, repr=False)
 
     # -- the pass --------------------------------------------------------------------------------
     def run_pass(self, now: datetime | None = None) -> PassSummary:
         clock: Callable[[], datetime] = (lambda: now) if now is not None else utcnow
         summary = PassSummary()
+        if not self._reactivated:  # issue 5: once per loaded campaign set, appended steps reach finished readers
+            with self.sessions() as session, session.begin():
+                live_edits.reactivate_grown(session, self.campaigns, clock())
+            self._reactivated = True
         while (n := self.queue_due(clock(), summary)) >= self.batch_size:
             pass
         del n
@@ -138,6 +143,7 @@ class Dispatcher:
                 .with_for_update(skip_locked=True, of=Enrollment)
             ).all()
             insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+            had = live_edits.sent_keys(session, [e.id for e, _s in rows])  # issue 5: place by step keys
             for enrollment, subscriber in rows:
                 campaign = self.campaigns.get(enrollment.campaign)
                 if campaign is None:
@@ -145,7 +151,7 @@ class Dispatcher:
                                 enrollment.campaign)
                     enrollment.next_due_at = now + timedelta(hours=1)
                     continue
-                step = campaign.step(enrollment.next_step)
+                step = live_edits.next_step(campaign, enrollment, had[enrollment.id])  # issue 5: safe edits
                 if step is None or subscriber.status != "active":
                     self._finish_enrollment(session, enrollment, now, completed=step is None, summary=summary)
                     if step is None and subscriber.status == "active":  # issue 5
@@ -329,8 +335,9 @@ class Dispatcher:
                 if self._drop_if_unwanted(session, message, subscriber, enrollment, now, summary):
                     continue
                 campaign = self.campaigns.get(message.campaign)
-                step = campaign.step(message.step_index) if campaign else None
-                if campaign is None or step is None or step.key != message.step_key:
+                # issue 5: found by key, so a step that moved in the file since it was queued still goes
+                step = campaign.step_by_key(message.step_key) if campaign else None
+                if campaign is None or step is None:
                     self._unfinished.discard(message.id)
                     events.transition(session, message, "failed", now=now,
                                       detail=f"campaign step {message.campaign}/{message.step_key} no longer exists")
@@ -515,7 +522,9 @@ class Dispatcher:
         """The next step is due its delay after this one finished, at the send hour in the reader's zone."""
         if enrollment.status != "active" or campaign is None:
             return
-        enrollment.next_step = max(enrollment.next_step, message.step_index + 1)
+        here = campaign.step_by_key(message.step_key)  # issue 5: the step's place in the current file
+        enrollment.next_step = here.index + 1 if here is not None else max(enrollment.next_step,
+                                                                           message.step_index + 1)
         enrollment.last_sent_at = now
         enrollment.updated_at = now
         nxt = campaign.step(enrollment.next_step)

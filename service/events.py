@@ -34,6 +34,7 @@ EVENT_TYPES = frozenset({
     "signup", "queued", "attempt", "sent", "deferred", "failed", "bounced", "suppressed", "reclaimed",
     "delivered", "complained", "unsubscribed", "resubscribed", "enrollment_stopped", "enrollment_completed",
     "continued",  # issue 5: a completed lead magnet led into its shared sequence
+    "reactivated",  # issue 5: a completed enrollment whose campaign gained steps
     "held",  # issue 5: the per-reader daily cap moved a message to the next allowed day
 })
 
