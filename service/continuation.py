@@ -40,7 +40,7 @@ def continue_enrollment(session: Session, *, enrollment: Enrollment, subscriber:
     new_id = session.execute(
         insert(Enrollment)
         .values(subscriber_id=subscriber.id, campaign=target.key, status="active", next_step=step.index,
-                next_due_at=due, origin_campaign=origin, created_at=now, updated_at=now)
+                next_step_key=step.key, next_due_at=due, origin_campaign=origin, created_at=now, updated_at=now)
         .on_conflict_do_nothing(index_elements=["subscriber_id", "campaign"])
         .returning(Enrollment.id)
     ).scalar()

@@ -528,6 +528,7 @@ class Dispatcher:
         enrollment.last_sent_at = now
         enrollment.updated_at = now
         nxt = campaign.step(enrollment.next_step)
+        enrollment.next_step_key = nxt.key if nxt is not None else None  # issue 5: for `campaigns diff`
         if nxt is None:
             enrollment.status = "completed"
             enrollment.next_due_at = None

@@ -86,7 +86,7 @@ def reactivate_grown(session: Session, campaigns: Mapping[str, Campaign], now: d
 @dataclass(frozen=True)
 class DiffLine:
     campaign: str
-    change: str  # "removed", "appended", "moved", "unchanged"
+    change: str  # "removed", "appended", "moved", joined by "+", or "unchanged"
     readers: int
     detail: str
 
@@ -96,28 +96,32 @@ class DiffLine:
 
 def diff(session: Session, campaigns: Mapping[str, Campaign]) -> list[DiffLine]:
     """For every campaign: enrolled readers (active or completed) grouped by what the current files do to
-    them. A reader is "removed" when their last step is gone from the file, "appended" when they
-    completed but the file now has steps after theirs, "moved" when the key-based position differs from
-    the stored index (steps were inserted, removed or reordered before them), else "unchanged"."""
+    them (see `_changes`) and by the step each gets next. Reads only."""
     lines: list[DiffLine] = []
     for campaign in campaigns.values():
         rows = session.scalars(select(Enrollment).where(Enrollment.campaign == campaign.key,
                                                         Enrollment.status.in_(("active", "completed")))).all()
         had = sent_keys(session, [e.id for e in rows])
         groups: Counter[tuple[str, str]] = Counter()
-        keys = {s.key for s in campaign.steps}
         for e in rows:
             step = next_step(campaign, e, had[e.id])
             gets = f"next: {step.key}" if step is not None else "next: nothing (done)"
-            if had[e.id] - keys:
-                change = "removed"
-                gets = f"their step(s) {', '.join(sorted(had[e.id] - keys))} left the file; {gets}"
-            elif e.status == "completed" and step is not None:
-                change = "appended"
-            elif e.status == "active" and position(campaign, e, had[e.id]) != e.next_step:
-                change = "moved"
-            else:
-                change = "unchanged"
-            groups[(change, gets)] += 1
+            groups[(_changes(campaign, e, had[e.id], step), gets)] += 1
         lines += [DiffLine(campaign.key, c, n, g) for (c, g), n in sorted(groups.items())]
     return lines
+
+
+def _changes(campaign: Campaign, e: Enrollment, had: set[str], step: Step | None) -> str:
+    """What the current file changes for this reader: "removed" (a step they had, or were due next, is
+    gone), "appended" (they completed, and there is more now), "moved" (their next step is not the one
+    they were pointed at: steps were inserted or reordered before it), joined by "+"; else "unchanged"."""
+    keys = {s.key for s in campaign.steps}
+    tags: list[str] = []
+    pointed = e.next_step_key or (campaign.steps[0].key if e.next_step == 0 else None)
+    if had - keys or (e.status == "active" and pointed is not None and pointed not in keys):
+        tags.append("removed")
+    if e.status == "completed" and step is not None:
+        tags.append("appended")
+    elif e.status == "active" and not tags and step is not None and pointed not in (None, step.key):
+        tags.append("moved")
+    return "+".join(tags) or "unchanged"

@@ -126,6 +126,9 @@ class Enrollment(Base):
     # Issue 5: set when the reader arrived here by continuing from another campaign (a lead magnet);
     # the footer's "why" names that campaign, which is the one they actually signed up for.
     origin_campaign: Mapped[str | None] = mapped_column(String(64))
+    # Issue 5: the key of the step `next_step` pointed at when it was set, so `drip campaigns diff` can tell
+    # a reader whose next step was removed or moved from the file (None: the campaign's first step).
+    next_step_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
