@@ -66,4 +66,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(public.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
+    from .web import confirm  # issue 5: double opt-in confirm links
+
+    app.register_blueprint(confirm.bp)
     return app

@@ -90,6 +90,9 @@ class Campaign:
     continue_into: str = ""
     continue_at: str = ""
     send_days: frozenset[int] = ALL_DAYS  # weekday numbers (Monday = 0) on which day-based steps may land
+    # Issue 5: double opt-in: the welcome waits until the reader clicks the link in a confirmation email.
+    double_opt_in: bool = False
+    confirm_subject: str = "Please confirm your email address"
 
     @property
     def sender_name(self) -> str:
@@ -235,7 +238,16 @@ def load_campaign(path: Path) -> Campaign:
         continue_into=text("continue_into", required=False),
         continue_at=text("continue_at", required=False),
         send_days=send_days,
+        double_opt_in=_flag(data, "double_opt_in", where),
+        confirm_subject=text("confirm_subject", required=False) or "Please confirm your email address",
     )
+
+
+def _flag(data: dict, name: str, where: str) -> bool:
+    value = data.get(name, False)
+    if not isinstance(value, bool):
+        raise CampaignError(f"{where}: {name!r} must be true or false, got {value!r}")
+    return value
 
 
 def _load_steps(raw: object, where: str, directory: Path) -> tuple[Step, ...]:

@@ -204,6 +204,48 @@ class Composer:
         return dkim_sign(raw, self.dkim_keys) if self.dkim_keys else raw
 
 
+# -- double opt-in confirmations (issue 5) -----------------------------------------------------------
+def compose_confirmation(composer: Composer, *, campaign: Campaign, to_email: str, name: str, confirm_url: str,
+                         unsubscribe_url: str, now: datetime, pending_id: int, expiry_days: int) -> OutboundEmail:
+    """The confirmation email of a double opt-in campaign: `<campaign>/confirm.*` when the campaign has its
+    own, else `_base/confirm.*`. A transactional email: no List-Unsubscribe headers, not in the message
+    log; its footer still names why it came and links the unsubscribe page."""
+    import secrets
+
+    first = one_line(name).split(" ")[0] if one_line(name) else ""
+    subject = header_text(campaign.confirm_subject)[:250]
+    ctx = {
+        "greeting": f"Hi {first}," if first else "Hi there,", "subject": subject, "confirm_url": confirm_url,
+        "campaign": {"key": campaign.key, "title": campaign.title, "sender_name": campaign.sender_name},
+        "unsubscribe_url": unsubscribe_url, "postal_address": composer.postal_address, "base_url": composer.base_url,
+        "why": f"You're getting this email because this address was entered to get the {campaign.title}.",
+        "preheader": "Please confirm your email address", "expiry_days": expiry_days,
+    }
+    base = campaign.key if (campaign.directory / "confirm.html").is_file() else "_base"
+    text = composer.env.get_template(f"{base}/confirm.txt").render(ctx).strip() + "\n"
+    html = composer.inliner.inline(composer.env.get_template(f"{base}/confirm.html").render(ctx))
+    from_header = composer.from_header(campaign)
+    sender = email.utils.parseaddr(from_header)[1]
+    recipient = ascii_address(to_email)
+    headers = (("Message-ID", new_message_id(from_header, -pending_id, secrets.token_hex(10))),
+               ("Date", email.utils.format_datetime(now)))
+    msg = EmailMessage(policy=MIME_POLICY)
+    msg["From"] = from_header
+    local, _, rdomain = recipient.rpartition("@")
+    msg["To"] = Address(display_name=header_text(name), username=local, domain=rdomain)
+    msg["Subject"] = subject
+    for key, value in headers:
+        msg[key] = value
+    msg.set_content(text, cte="quoted-printable")
+    msg.add_alternative(html, subtype="html", cte="quoted-printable")
+    raw = msg.as_bytes()
+    check_header_block(raw, ALLOWED_HEADERS)
+    return OutboundEmail(message_pk=-pending_id, envelope_from=composer.envelope_sender(sender), recipient=recipient,
+                         from_header=from_header, to_header=str(msg["To"]), subject=subject, text=text, html=html,
+                         headers=headers, raw=composer.sign_message(raw),
+                         idempotency_key=f"drip-confirm-{pending_id}-{secrets.token_hex(4)}")
+
+
 def new_message_id(from_address: str, message_pk: int, nonce: str) -> str:
     domain = email.utils.parseaddr(from_address)[1].rpartition("@")[2] or "drip.invalid"
     return f"<drip.{message_pk}.{nonce}@{domain}>"

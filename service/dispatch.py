@@ -36,9 +36,9 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import events, live_edits, sendlimits
+from . import events, live_edits, optin, sendlimits
 from .campaigns import Campaign, Delay, Step, due_at
-from .compose import ComposeJob, Composer, new_message_id
+from .compose import ComposeJob, Composer, compose_confirmation, new_message_id
 from .config import SendLimits
 from .continuation import continue_enrollment, origin_why
 from .db import utcnow
@@ -105,6 +105,9 @@ class Dispatcher:
     real_clock: Callable[[], datetime] = utcnow
     limits: SendLimits | None = None  # per-domain hourly/daily caps and warm-up (issue 8)
     max_per_day: int = 0  # issue 5: most emails per reader per local day across campaigns; 0 = no cap
+    # Issue 5 double opt-in: (public_id, campaign) -> confirm URL; None disables confirmation sending.
+    confirm_url: Callable[[str, str], str] | None = None
+    confirm_expiry: timedelta = timedelta(days=7)
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
     _reactivated: bool = field(default=False, init=False, repr=False)
@@ -117,6 +120,7 @@ class Dispatcher:
             with self.sessions() as session, session.begin():
                 live_edits.reactivate_grown(session, self.campaigns, clock())
             self._reactivated = True
+        self._send_confirmations(clock())  # issue 5: double opt-in, outside the message log
         while (n := self.queue_due(clock(), summary)) >= self.batch_size:
             pass
         del n
@@ -539,6 +543,23 @@ class Dispatcher:
         hour, days = campaign.window(nxt)  # issue 5: per-step send hour and allowed weekdays
         enrollment.next_due_at = due_at(delay=nxt.delay, after=now, tz_name=subscriber.timezone or campaign.timezone,
                                         send_hour=hour, send_days=days)
+
+    # -- double opt-in confirmations (issue 5) ---------------------------------------------------
+    def _send_confirmations(self, now: datetime) -> int:
+        """Granted confirmation emails go first; see service/optin.py."""
+        if self.confirm_url is None:
+            return 0
+        days = max(1, self.confirm_expiry.days)
+
+        def compose(job: optin.ConfirmJob) -> OutboundEmail:
+            return compose_confirmation(
+                self.composer, campaign=job.campaign, to_email=job.to_email, name=job.name,
+                confirm_url=self.confirm_url(job.public_id, job.campaign.key),
+                unsubscribe_url=self.unsubscribe_url(job.public_id, job.campaign.key), now=now,
+                pending_id=job.pending_id, expiry_days=days)
+        return optin.send_due(self.sessions, campaigns=self.campaigns, now=now, real_now=self.real_clock(),
+                              compose=compose, transport_factory=self.transport_factory, lease=self.lease,
+                              max_age=self.confirm_expiry)
 
     # -- continuation (issue 5) ------------------------------------------------------------------
     def _continue_into(self, session: Session, enrollment: Enrollment, subscriber: Subscriber,

@@ -35,6 +35,7 @@ EVENT_TYPES = frozenset({
     "delivered", "complained", "unsubscribed", "resubscribed", "enrollment_stopped", "enrollment_completed",
     "continued",  # issue 5: a completed lead magnet led into its shared sequence
     "reactivated",  # issue 5: a completed enrollment whose campaign gained steps
+    "confirmed",  # issue 5: a double opt-in link was clicked
     "held",  # issue 5: the per-reader daily cap moved a message to the next allowed day
 })
 

@@ -249,3 +249,21 @@ class SendCounter(Base):
     window: Mapped[str] = mapped_column(String(4), primary_key=True)  # "hour" or "day"
     window_start: Mapped[datetime] = mapped_column(primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PendingConfirmation(Base):
+    """Issue 5 double opt-in: a signup waiting for its confirm link to be clicked. One per (subscriber,
+    campaign); the enrollment is created only on confirmation. `requested_at` is when a confirmation
+    email was last granted (the cooldown counts from it); `send_pending` is set until that email is sent."""
+
+    __tablename__ = "pending_confirmations"
+    __table_args__ = (UniqueConstraint("subscriber_id", "campaign"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    campaign: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    requested_at: Mapped[datetime]
+    send_pending: Mapped[bool]
+    sending_until: Mapped[datetime | None]  # a worker's lease on sending it
+    sends: Mapped[int] = mapped_column(Integer, default=0)

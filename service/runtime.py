@@ -17,7 +17,7 @@ from .config import Settings
 from .db import make_sessionmaker
 from .dispatch import Dispatcher, RetryPolicy
 from .dkim import load_keys
-from .tokens import make_unsubscribe_token
+from .tokens import make_confirm_token, make_unsubscribe_token
 from .transports import make_transport
 
 
@@ -32,6 +32,11 @@ class Runtime:
         token = make_unsubscribe_token(self.settings.secret_key, public_id=public_id, campaign=campaign)
         return f"{self.settings.base_url}/unsubscribe/{token}"
 
+    def confirm_url(self, public_id: str, campaign: str) -> str:
+        """Issue 5 double opt-in: the signed link in a confirmation email."""
+        token = make_confirm_token(self.settings.secret_key, public_id=public_id, campaign=campaign)
+        return f"{self.settings.base_url}/confirm/{token}"
+
     def dispatcher(self, **overrides) -> Dispatcher:  # noqa: ANN003
         s = self.settings
         kwargs = dict(
@@ -42,6 +47,7 @@ class Runtime:
                               max_attempts=s.max_attempts),
             limits=s.send_limits,
             max_per_day=s.max_emails_per_day,
+            confirm_url=self.confirm_url, confirm_expiry=timedelta(days=s.confirm_expiry_days),
         )
         kwargs.update(overrides)
         return Dispatcher(**kwargs)
