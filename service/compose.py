@@ -45,6 +45,7 @@ class ComposeJob:
     unsubscribe_url: str
     now: datetime
     why: str = ""  # issue 5: the footer's "why" of the campaign the reader signed up for, when not this one
+    test: bool = False  # issue 5 `drip send-test`: "[TEST] " subject prefix and an X-Drip-Test: 1 header
 
 
 def one_line(text: str) -> str:
@@ -79,6 +80,7 @@ def ascii_address(address: str) -> str:
 ALLOWED_HEADERS = frozenset({
     "from", "to", "subject", "message-id", "date", "list-unsubscribe", "list-unsubscribe-post", "list-id",
     "mime-version", "content-type", "content-transfer-encoding", "feedback-id", "reply-to", "dkim-signature",
+    "x-drip-test",  # issue 5: only on `drip send-test` emails
 })
 
 
@@ -163,6 +165,9 @@ class Composer:
             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
             ("List-Id", f"{one_line(job.campaign.title)} <{job.campaign.key}.{domain}>"),
         ) + self.deliverability_headers(job, domain)
+        if job.test:  # issue 5: a test send is marked as such in the inbox and in the headers
+            subject = header_text(f"[TEST] {subject}")[:250]
+            headers += (("X-Drip-Test", "1"),)
         msg = EmailMessage(policy=MIME_POLICY)
         msg["From"] = from_header
         local, _, rdomain = recipient.rpartition("@")
