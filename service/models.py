@@ -98,7 +98,8 @@ class Consent(Base):
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
     campaign: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
-    source: Mapped[str] = mapped_column(String(16))  # "form" or "json"
+    # "form", "json", "confirmed", "continuation" or "import:<file name>" (issue 5 widened it from 16)
+    source: Mapped[str] = mapped_column(String(100))
     source_url: Mapped[str | None] = mapped_column(String(2000))
     user_agent: Mapped[str | None] = mapped_column(String(500))
     ip: Mapped[str | None] = mapped_column(String(64))

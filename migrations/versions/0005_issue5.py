@@ -1,6 +1,6 @@
 """issue 5: enrollments.origin_campaign (the lead magnet a continued enrollment came from) and
 enrollments.next_step_key (the key the step pointer was set to, for `drip campaigns diff`), and
-pending_confirmations (double opt-in)
+pending_confirmations (double opt-in); consents.source widened to 100 for "import:<file name>"
 
 Revision ID: 0005_issue5
 Revises: 0008_issue8 (the head on this branch; the integrator re-chains)
@@ -30,6 +30,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pending_confirmations")),
         sa.UniqueConstraint("subscriber_id", "campaign", name=op.f("uq_pending_confirmations_subscriber_id_campaign")),
     )
+    with op.batch_alter_table("consents") as batch:  # room for "import:<file name>"
+        batch.alter_column("source", existing_type=sa.String(length=16), type_=sa.String(length=100),
+                           existing_nullable=False)
     with op.batch_alter_table("enrollments") as batch:
         batch.add_column(sa.Column("origin_campaign", sa.String(length=64), nullable=True))
         batch.add_column(sa.Column("next_step_key", sa.String(length=64), nullable=True))
@@ -40,3 +43,6 @@ def downgrade() -> None:
     with op.batch_alter_table("enrollments") as batch:
         batch.drop_column("next_step_key")
         batch.drop_column("origin_campaign")
+    with op.batch_alter_table("consents") as batch:
+        batch.alter_column("source", existing_type=sa.String(length=100), type_=sa.String(length=16),
+                           existing_nullable=False)
