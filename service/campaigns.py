@@ -157,7 +157,11 @@ def load_campaigns(templates_dir: Path) -> dict[str, Campaign]:
 
 def check_continuation(campaign: Campaign, campaigns: dict[str, Campaign]) -> None:
     """`continue_into` names another loaded campaign and `continue_at` one of its step keys."""
-    where = str(campaign.directory / "campaign.toml")
+    path = campaign.directory / "campaign.toml"
+    source = path.read_text(encoding="utf-8") if path.is_file() else ""
+    target_ok = campaign.continue_into in campaigns and campaign.continue_into != campaign.key
+    n = toml_line(source, "continue_at" if not campaign.continue_into or target_ok else "continue_into")
+    where = f"{path}:{n}" if n else str(path)
     if not campaign.continue_into:
         if campaign.continue_at:
             raise CampaignError(f"{where}: 'continue_at' needs 'continue_into'")
@@ -192,8 +196,9 @@ def parse_hour(value: object, where: str) -> int:
 def load_campaign(path: Path) -> Campaign:
     key = path.parent.name
     where = str(path)
+    source = path.read_text(encoding="utf-8")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:
         raise CampaignError(f"{where}: {exc}") from None
     if not KEY_RE.match(key):
@@ -208,10 +213,14 @@ def load_campaign(path: Path) -> Campaign:
     from_address = text("from")
     _check_from(from_address, where)
     tz = text("timezone")
+    def top(field: str) -> str:  # issue 5: "file:line" of a top-level key
+        n = toml_line(source, field)
+        return f"{where}:{n}" if n else where
+
     if not valid_timezone(tz):
-        raise CampaignError(f"{where}: timezone {tz!r} is not an IANA time zone")
-    send_hour = parse_hour(data.get("send_hour", 9), where)
-    send_days = parse_days(data["send_days"], where) if "send_days" in data else ALL_DAYS
+        raise CampaignError(f"{top('timezone')}: timezone {tz!r} is not an IANA time zone")
+    send_hour = parse_hour(data.get("send_hour", 9), top("send_hour"))
+    send_days = parse_days(data["send_days"], top("send_days")) if "send_days" in data else ALL_DAYS
     resources = data.get("resources", {})
     if not isinstance(resources, dict) or not all(
         isinstance(v, str) and v.startswith(("https://", "http://")) for v in resources.values()
@@ -231,7 +240,7 @@ def load_campaign(path: Path) -> Campaign:
         why=text("why"),
         thank_you_title=text("title", thank_you, required=False) or "Thank you!",
         thank_you_body=text("body", thank_you, required=False) or "Please check your inbox.",
-        steps=_load_steps(data.get("steps"), where, path.parent),
+        steps=_load_steps(data.get("steps"), where, path.parent, source),
         resources=dict(resources),
         directory=path.parent,
         reply_to=reply_to,
@@ -250,32 +259,55 @@ def _flag(data: dict, name: str, where: str) -> bool:
     return value
 
 
-def _load_steps(raw: object, where: str, directory: Path) -> tuple[Step, ...]:
+def toml_line(text: str, field: str, step: int | None = None) -> int | None:
+    """1-based line of `field = ...` at the top level (step None) or in the step-th [[steps]] table
+    (0-based); the table's own header line when the field is not written there. For error messages."""
+    lines = text.splitlines()
+    tables = [n for n, line in enumerate(lines) if line.strip().startswith("[")]
+    if step is None:
+        start, end = 0, tables[0] if tables else len(lines)
+    else:
+        heads = [n for n in tables if lines[n].strip() == "[[steps]]"]
+        if step >= len(heads):
+            return None
+        start = heads[step]
+        end = next((n for n in tables if n > start), len(lines))
+    pattern = re.compile(rf"^\s*{re.escape(field)}\s*=")
+    found = next((n for n in range(start, end) if pattern.match(lines[n])), None)
+    return found + 1 if found is not None else (start + 1 if step is not None else None)
+
+
+def _load_steps(raw: object, where: str, directory: Path, text: str = "") -> tuple[Step, ...]:
     if not isinstance(raw, list) or not raw:
         raise CampaignError(f"{where}: at least one [[steps]] entry is required")
     steps: list[Step] = []
     seen: set[str] = set()
     for i, entry in enumerate(raw):
+        def line(field: str, i: int = i) -> str:  # issue 5: "file:line" for each error
+            n = toml_line(text, field, i)
+            return f"{where}:{n}" if n else where
+
         if not isinstance(entry, dict):
             raise CampaignError(f"{where}: step {i + 1} must be a table")
         key = entry.get("key")
         if not isinstance(key, str) or not KEY_RE.match(key):
-            raise CampaignError(f"{where}: step {i + 1} needs a key of a-z, 0-9 and -")
+            raise CampaignError(f"{line('key')}: step {i + 1} needs a key of a-z, 0-9 and -")
         if key in seen:
-            raise CampaignError(f"{where}: duplicate step key {key!r}")
+            raise CampaignError(f"{line('key')}: duplicate step key {key!r}")
         seen.add(key)
         try:
             delay = Delay.parse(entry.get("delay", "7d"))
         except ValueError as exc:
-            raise CampaignError(f"{where}: step {key!r}: {exc}") from None
+            raise CampaignError(f"{line('delay')}: step {key!r}: {exc}") from None
         template = entry.get("template", key)
         for ext in ("html", "txt"):
             if not (directory / f"{template}.{ext}").is_file():
-                raise CampaignError(f"{where}: step {key!r}: missing template {directory / f'{template}.{ext}'}")
+                raise CampaignError(f"{line('template')}: step {key!r}: missing template "
+                                    f"{directory / f'{template}.{ext}'}")
         subject = entry.get("subject")
         if not isinstance(subject, str) or not subject.strip() or "\n" in subject or "\r" in subject:
-            raise CampaignError(f"{where}: step {key!r} needs a one-line subject")
-        at = f"{where}: step {key!r}"
+            raise CampaignError(f"{line('subject')}: step {key!r} needs a one-line subject")
+        at = f"{line('send_days' if 'send_days' in entry else 'send_hour')}: step {key!r}"
         steps.append(Step(key=key, index=i, delay=delay, subject=subject.strip(), template=template,
                           preheader=str(entry.get("preheader", "")).strip(),
                           send_hour=parse_hour(entry["send_hour"], at) if "send_hour" in entry else None,
