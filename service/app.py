@@ -66,7 +66,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(public.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
-    from .web import confirm  # issue 5: double opt-in confirm links
+    from .web import campaign_preview, confirm  # issue 5: double opt-in links; the console's campaign pages
 
     app.register_blueprint(confirm.bp)
+    app.register_blueprint(campaign_preview.bp)
     return app
