@@ -85,8 +85,8 @@ def lint_campaign(campaign: Campaign, composer: Composer) -> list[Problem]:
             subject, text, html = composer.render(job)
         except Exception as exc:  # a template error is a finding here, not a crash of the command
             at = template_location(exc)  # issue 5: the template file and line
-            problems.append(Problem("error", where, f"does not render{f' at {at}' if at else ''}: "
-                                    f"{exc.__class__.__name__}: {exc}"))
+            problems.append(Problem("error", where, f"does not render: {exc.__class__.__name__}: {exc}"
+                                    + (f" (at {at})" if at else "")))
             continue
         problems += [Problem(level, where, _with_location(campaign, step, message)) for level, message in
                      lint_step(campaign, subject, text, html, job.unsubscribe_url, composer.base_url)]
