@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -83,6 +83,12 @@ class RetryPolicy:
     def exhausted(self, attempts: int, first_attempt_at: datetime | None, now: datetime) -> bool:
         return attempts >= self.max_attempts or (
             first_attempt_at is not None and now - first_attempt_at >= self.give_up_after)
+
+
+def _local_midnight(now: datetime, tz_name: str) -> datetime:
+    """The start (UTC) of `now`'s calendar day in `tz_name` (issue 5 daily cap)."""
+    local = now.astimezone(ZoneInfo(tz_name))
+    return datetime.combine(local.date(), dtime(0), tzinfo=local.tzinfo).astimezone(UTC)
 
 
 def worker_name() -> str:
@@ -245,6 +251,7 @@ class Dispatcher:
             return list(messages)
         zones = dict(session.execute(select(Subscriber.id, Subscriber.timezone)
                                      .where(Subscriber.id.in_({m.subscriber_id for m in capped}))).all())
+        recent = self._recent_sends(session, {m.subscriber_id for m in capped}, now)
         held: set[int] = set()
         room: dict[int, int] = {}
         for m in capped:  # in claim order: (next_attempt_at, id)
@@ -253,12 +260,13 @@ class Dispatcher:
                 continue
             tz = zones.get(m.subscriber_id) or campaign.timezone
             if m.subscriber_id not in room:
-                room[m.subscriber_id] = self.max_per_day - self._sent_today(session, m.subscriber_id, tz, now)
+                midnight = _local_midnight(now, tz)
+                room[m.subscriber_id] = self.max_per_day - sum(t >= midnight for t in recent.get(m.subscriber_id, ()))
             if room[m.subscriber_id] > 0:
                 room[m.subscriber_id] -= 1
                 continue
             held.add(m.id)
-            step = campaign.step(m.step_index)
+            step = campaign.step_by_key(m.step_key)
             hour, days = campaign.window(step) if step is not None else (campaign.send_hour, campaign.send_days)
             m.next_attempt_at = due_at(delay=Delay(days=1), after=now, tz_name=tz, send_hour=hour, send_days=days)
             events.record(session, type="held", now=now, subscriber_id=m.subscriber_id, message_id=m.id,
@@ -266,15 +274,18 @@ class Dispatcher:
                                  f"next try {m.next_attempt_at:%Y-%m-%d %H:%M} UTC")
         return [m for m in messages if m.id not in held]
 
-    def _sent_today(self, session: Session, subscriber_id: int, tz_name: str, now: datetime) -> int:
-        """Non-welcome emails sent (or in flight) to this reader since local midnight in `tz_name`."""
-        local = now.astimezone(ZoneInfo(tz_name))
-        midnight = datetime.combine(local.date(), dtime(0), tzinfo=local.tzinfo).astimezone(UTC)
-        return session.scalar(
-            select(func.count(Message.id)).where(
-                Message.subscriber_id == subscriber_id, Message.step_index != 0,
-                or_(Message.sent_at >= midnight, and_(Message.status == "sending", Message.updated_at >= midnight)))
-        ) or 0
+    def _recent_sends(self, session: Session, subscriber_ids: set[int], now: datetime) -> dict[int, list[datetime]]:
+        """When each reader's non-welcome emails of the last 30 hours went (or, in flight, were claimed):
+        one query for the batch; each reader's local midnight is applied in Python."""
+        since = now - timedelta(hours=30)
+        out: dict[int, list[datetime]] = {}
+        for sid, sent_at, updated_at, status in session.execute(
+            select(Message.subscriber_id, Message.sent_at, Message.updated_at, Message.status).where(
+                Message.subscriber_id.in_(subscriber_ids), Message.step_index != 0,
+                or_(Message.sent_at >= since, and_(Message.status == "sending", Message.updated_at >= since)))
+        ):
+            out.setdefault(sid, []).append(sent_at if sent_at is not None and status != "sending" else updated_at)
+        return out
 
     # -- send limits (issue 8) -------------------------------------------------------------------
     def _sending_domain(self, campaign_key: str) -> str | None:
