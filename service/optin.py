@@ -91,8 +91,10 @@ def confirm(session: Session, *, public_id: str, campaign: Campaign, now: dateti
 
 
 def expire(session: Session, *, now: datetime, max_age: timedelta) -> int:
-    """Deletes pending signups older than `max_age`; their links stop working at the same age."""
-    return session.execute(delete(PendingConfirmation).where(PendingConfirmation.created_at < now - max_age)).rowcount
+    """Deletes pending signups whose last confirmation email was granted more than `max_age` ago; the
+    links in those emails stop working at the same age (a re-sent link gets the full time)."""
+    return session.execute(delete(PendingConfirmation)
+                           .where(PendingConfirmation.requested_at < now - max_age)).rowcount
 
 
 @dataclass(frozen=True)
