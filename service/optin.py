@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -92,9 +92,17 @@ def confirm(session: Session, *, public_id: str, campaign: Campaign, now: dateti
 
 def expire(session: Session, *, now: datetime, max_age: timedelta) -> int:
     """Deletes pending signups whose last confirmation email was granted more than `max_age` ago; the
-    links in those emails stop working at the same age (a re-sent link gets the full time)."""
-    return session.execute(delete(PendingConfirmation)
-                           .where(PendingConfirmation.requested_at < now - max_age)).rowcount
+    links in those emails stop working at the same age (a re-sent link gets the full time). An address
+    that never confirmed anything (no enrollment, nothing else pending) is forgotten with its consent
+    and events (ON DELETE CASCADE): we keep no one who did not confirm."""
+    gone = session.scalars(delete(PendingConfirmation).where(PendingConfirmation.requested_at < now - max_age)
+                           .returning(PendingConfirmation.subscriber_id)).all()
+    if gone:
+        session.execute(delete(Subscriber).where(
+            Subscriber.id.in_(set(gone)),
+            ~exists().where(Enrollment.subscriber_id == Subscriber.id),
+            ~exists().where(PendingConfirmation.subscriber_id == Subscriber.id)))
+    return len(gone)
 
 
 @dataclass(frozen=True)

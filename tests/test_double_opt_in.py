@@ -110,7 +110,8 @@ def test_fifty_submissions_send_one_confirmation_per_cooldown(rt, web, smtp):  #
 
 
 def test_unconfirmed_signups_expire(rt, web, smtp):  # noqa: ANN001
-    """After DRIP_CONFIRM_EXPIRY_DAYS (7) the pending signup is gone and its link says so (410)."""
+    """After DRIP_CONFIRM_EXPIRY_DAYS (7) the pending signup and the unconfirmed address are gone, and the
+    link says so (410)."""
     t0 = at("2026-05-04T12:00:00")
     data = parse_signup({"email": "late@example.org"}, campaigns=rt.campaigns, default_campaign=CAMPAIGN,
                         campaign_in_path=CAMPAIGN)
@@ -123,6 +124,7 @@ def test_unconfirmed_signups_expire(rt, web, smtp):  # noqa: ANN001
     assert count(rt, PendingConfirmation) == 1
     d.run_pass(t0 + timedelta(days=7, minutes=1))
     assert count(rt, PendingConfirmation) == 0
+    assert count(rt, Subscriber) == 0 and count(rt, Consent) == 0  # an unconfirmed address is not kept
     gone = web.post(path)
     assert gone.status_code == 410 and b"expired" in gone.data
     assert count(rt, Enrollment) == 0
