@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from . import events, optin
 from .campaigns import Campaign, valid_timezone
-from .models import Consent, Enrollment, Subscriber
+from .compose import new_message_id
+from .models import Consent, Enrollment, Message, Subscriber
 from .suppression import is_suppressed
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
         .returning(Enrollment.id)
     ).scalar()
     if inserted is None:
+        _welcome_a_continued_reader(session, subscriber, campaign, meta=meta, now=now, record_ip=record_ip)
         return SignupResult("existing", subscriber.id)
     if not subscriber.name and data.name:
         subscriber.name = data.name
@@ -185,3 +187,35 @@ def _request_confirmation(session: Session, subscriber: Subscriber, data: Signup
     events.record(session, type="signup", now=now, subscriber_id=subscriber.id,
                   detail=f"asked for {campaign.key} via {meta.source}; confirmation email granted")
     return SignupResult("pending", subscriber.id)
+
+
+def _welcome_a_continued_reader(session: Session, subscriber: Subscriber, campaign: Campaign, *, meta: ConsentMeta,
+                                now: datetime, record_ip: bool) -> None:
+    """Issue 5: a reader who reached this campaign by continuation from a lead magnet and now signs up for
+    it directly still gets what this form promises: its first step (the welcome) is queued once, the
+    direct consent is recorded, and footers name this campaign from now on. Their place in the shared
+    sequence is kept; no step is ever queued twice (unique (enrollment, step))."""
+    enrollment = session.scalars(select(Enrollment).where(Enrollment.subscriber_id == subscriber.id,
+                                                          Enrollment.campaign == campaign.key)).one_or_none()
+    if enrollment is None or enrollment.origin_campaign is None or enrollment.status == "stopped":
+        return
+    welcome = campaign.steps[0]
+    message_id = session.execute(
+        _insert(session)(Message)
+        .values(enrollment_id=enrollment.id, subscriber_id=subscriber.id, campaign=campaign.key,
+                step_key=welcome.key, step_index=welcome.index, to_email=subscriber.email, status="queued",
+                attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
+                message_id=new_message_id(campaign.from_address, enrollment.id, secrets.token_hex(10)))
+        .on_conflict_do_nothing(index_elements=["enrollment_id", "step_key"])
+        .returning(Message.id)
+    ).scalar()
+    enrollment.origin_campaign = None
+    enrollment.updated_at = now
+    session.add(Consent(
+        subscriber_id=subscriber.id, campaign=campaign.key, created_at=now, source=meta.source,
+        source_url=(meta.source_url or "")[:MAX_URL] or None,
+        user_agent=(meta.user_agent or "")[:MAX_USER_AGENT] or None,
+        ip=meta.ip if record_ip else None, wording=campaign.consent,
+    ))
+    events.record(session, type="signup", now=now, subscriber_id=subscriber.id, message_id=message_id,
+                  detail=f"signed up for {campaign.key} directly (was continued into it); welcome queued")

@@ -59,26 +59,36 @@ def test_lead_magnet_continues_into_week_01_with_consent_and_its_own_why(runtime
 
 
 def test_two_lead_magnets_and_the_bundle_send_each_coaching_email_once(runtime, smtp):  # noqa: ANN001
-    """glute-guide, then leaner-you, then the bundle itself: three welcomes, and week-01..09 once each."""
+    """glute-guide, then leaner-you, then (after two coaching weeks) the bundle itself: three welcomes,
+    week-01..09 once each, and from the bundle signup on the footer names the bundle."""
     assert join(runtime, "r@example.org", "glute-guide", T0) == "created"
     runtime.dispatcher().run_pass(T0)
     assert join(runtime, "r@example.org", "leaner-you", T0 + timedelta(days=2)) == "created"
-    runtime.dispatcher().run_pass(T0 + timedelta(days=2))
-    # The bundle enrollment exists already (by continuation), so the form post adds nothing.
-    assert join(runtime, "r@example.org", BUNDLE, T0 + timedelta(days=3)) == "existing"
-    walk(runtime, T0 + timedelta(days=3), 80)
-    subjects = Counter(m["Subject"] for m in smtp.handler.messages(to="r@example.org"))
+    walk(runtime, T0 + timedelta(days=2), 15)  # leaner-you's welcome, week-01 and week-02
+    # The bundle enrollment exists already (by continuation): the bundle's welcome is queued into it once.
+    assert join(runtime, "r@example.org", BUNDLE, T0 + timedelta(days=17)) == "existing"
+    walk(runtime, T0 + timedelta(days=17), 80)
+    assert join(runtime, "r@example.org", BUNDLE, T0 + timedelta(days=97)) == "existing"
+    walk(runtime, T0 + timedelta(days=97), 2)
+    mails = smtp.handler.messages(to="r@example.org")
+    subjects = Counter(m["Subject"] for m in mails)
     bundle = runtime.campaigns[BUNDLE]
-    for step in bundle.steps[1:]:
+    for step in bundle.steps:
         assert subjects[step.subject] == 1, step.key
     assert subjects[runtime.campaigns["glute-guide"].steps[0].subject] == 1
     assert subjects[runtime.campaigns["leaner-you"].steps[0].subject] == 1
-    assert sum(subjects.values()) == 2 + len(bundle.steps) - 1
+    assert sum(subjects.values()) == 2 + len(bundle.steps)
+    order = [m["Subject"] for m in mails]
+    assert order.index(bundle.steps[0].subject) > order.index(bundle.steps[2].subject)  # after week-02
+    last = " ".join(mails[-1].get_body(("plain",)).get_content().split())
+    assert "free back-pain resource bundle" in last and "glute" not in last.split("You're getting")[-1]
     with runtime.sessions() as s:
         rows = s.scalars(select(Message).where(Message.campaign == BUNDLE)).all()
         assert len({r.step_key for r in rows}) == len(rows)
         enrollments = s.scalars(select(Enrollment).where(Enrollment.campaign == BUNDLE)).all()
-    assert [e.origin_campaign for e in enrollments] == ["glute-guide"]
+        sources = s.scalars(select(Consent.source).where(Consent.campaign == BUNDLE).order_by(Consent.id)).all()
+    assert [e.origin_campaign for e in enrollments] == [None]  # the direct signup: footers name the bundle
+    assert sources == ["continuation", "form"]
 
 
 def test_every_lead_magnet_continues_into_the_bundle(runtime):  # noqa: ANN001
