@@ -65,6 +65,7 @@ def reactivate_grown(session: Session, campaigns: Mapping[str, Campaign], now: d
             .where(Enrollment.campaign == campaign.key, Enrollment.status == "completed",
                    Subscriber.status == "active",
                    ~exists().where(Message.enrollment_id == Enrollment.id, Message.step_key == last))
+            .with_for_update(skip_locked=True, of=Enrollment)  # two workers starting at once: one does it
         ).all()
         had = sent_keys(session, [e.id for e, _s in rows])
         for enrollment, subscriber in rows:
