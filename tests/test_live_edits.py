@@ -150,3 +150,28 @@ def test_campaigns_diff_counts_readers_per_change(runtime, smtp, tmp_path, monke
         statuses = {e: st for e, st in s.execute(select(Subscriber.email, Enrollment.status).join(Enrollment))}
     assert statuses["done@example.org"] == "completed"  # diff changed nothing
     rt.sessions.kw["bind"].dispose()
+
+
+def test_a_queued_message_whose_step_moved_still_goes(runtime, smtp, tmp_path):  # noqa: ANN001
+    """A message queued for week-04 before week-02 was removed (so week-04's position changed) is sent as
+    week-04, found by its key; the reader then continues at week-05."""
+    from service.dispatch import PassSummary
+
+    readers_at_three_places(runtime)
+    d = runtime.dispatcher(max_per_day=0)
+    with runtime.sessions() as s:
+        due = s.scalar(select(Enrollment.next_due_at).join(Subscriber)
+                       .where(Subscriber.email == "mid@example.org"))
+    d.queue_due(due, PassSummary())  # week-04 queued, not sent yet
+
+    def remove_week_02(folder: Path) -> None:
+        toml = folder / "campaign.toml"
+        toml.write_text(re.sub(r'\[\[steps\]\]\nkey = "week-02".*?(?=\n\[\[steps\]\])', "", toml.read_text(),
+                               flags=re.S))
+    rt = edited(runtime, tmp_path, remove_week_02)
+    rt.dispatcher(max_per_day=0).run_pass(due)
+    assert got(rt)["mid"][-1] == "week-04"
+    with rt.sessions() as s:
+        e = s.scalars(select(Enrollment).join(Subscriber).where(Subscriber.email == "mid@example.org")).one()
+        assert (e.next_step_key, rt.campaigns[BUNDLE].steps[e.next_step].key) == ("week-05", "week-05")
+    rt.sessions.kw["bind"].dispose()
