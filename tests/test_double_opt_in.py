@@ -149,3 +149,20 @@ def test_double_opt_in_must_be_a_boolean(tmp_path: Path) -> None:
     with pytest.raises(CampaignError, match="double_opt_in.*true or false") as err:
         load_campaigns(templates(tmp_path, '"yes"'))
     assert CAMPAIGN in str(err.value)
+
+
+def test_every_campaign_can_render_its_confirmation(tmp_path: Path) -> None:
+    """The shared confirmation template renders for every shipped campaign, with the link and footer."""
+    from datetime import UTC, datetime
+
+    from service.compose import Composer, compose_confirmation
+
+    campaigns = load_campaigns(ROOT / "email_templates")
+    composer = Composer(templates_dir=ROOT / "email_templates", base_url="https://d.example",
+                        postal_address="1 Main St")
+    for campaign in campaigns.values():
+        out = compose_confirmation(composer, campaign=campaign, to_email="a@example.org", name="",
+                                   now=datetime.now(UTC), confirm_url="https://d.example/confirm/T", unsubscribe_url="https://d.example/u",
+                                   pending_id=1, expiry_days=7)
+        for part in (out.text, out.html):
+            assert "https://d.example/confirm/T" in part and "1 Main St" in part and campaign.title in part
