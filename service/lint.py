@@ -90,7 +90,25 @@ def lint_campaign(campaign: Campaign, composer: Composer) -> list[Problem]:
             continue
         problems += [Problem(level, where, _with_location(campaign, step, message)) for level, message in
                      lint_step(campaign, subject, text, html, job.unsubscribe_url, composer.base_url)]
+    if campaign.double_opt_in:
+        problems += _lint_confirmation(campaign, composer)
     return problems
+
+
+def _lint_confirmation(campaign: Campaign, composer: Composer) -> list[Problem]:
+    """Issue 5: a double opt-in campaign's confirmation email must render too."""
+    from .compose import compose_confirmation
+
+    try:
+        compose_confirmation(composer, campaign=campaign, to_email="sample.reader@example.com", name="Sample Reader",
+                             confirm_url=f"{composer.base_url}/confirm/sample", now=datetime.now(UTC),
+                             unsubscribe_url=f"{composer.base_url}/{SAMPLE_UNSUBSCRIBE_PATH}", pending_id=1,
+                             expiry_days=7)
+    except Exception as exc:  # reported like a step that does not render
+        at = template_location(exc)
+        return [Problem("error", f"{campaign.directory / 'campaign.toml'}: confirmation email",
+                        f"does not render: {exc.__class__.__name__}: {exc}" + (f" (at {at})" if at else ""))]
+    return []
 
 
 def template_location(exc: BaseException) -> str | None:

@@ -80,3 +80,17 @@ def test_bad_send_days_names_its_line(tmp_path: Path) -> None:
     env = {"DRIP_SECRET_KEY": "k" * 32, "DRIP_TEMPLATES_DIR": str(tmp_path / "templates")}
     result = CliRunner().invoke(main, ["campaigns", "check"], env=env)
     assert result.exit_code == 1 and f"{toml}:4: send_days: unknown day 'funday'" in result.output
+
+
+def test_a_broken_confirmation_template_is_reported(tmp_path: Path) -> None:
+    """For a double opt-in campaign, check also renders its own confirm.* and names the file and line."""
+    _, folder = run(tmp_path)
+    toml = folder / "campaign.toml"
+    toml.write_text(toml.read_text().replace('timezone = "UTC"\n', 'timezone = "UTC"\ndouble_opt_in = true\n'))
+    (folder / "confirm.html").write_text("<p>{{ confirm_url }}</p>\n<p>{{ no_such_thing }}</p>\n")
+    (folder / "confirm.txt").write_text("{{ confirm_url }}\n")
+    env = {"DRIP_SECRET_KEY": "k" * 32, "DRIP_TEMPLATES_DIR": str(tmp_path / "templates")}
+    result = CliRunner().invoke(main, ["campaigns", "check"], env=env)
+    assert result.exit_code == 1
+    assert "confirmation email: error: does not render" in result.output
+    assert f"{folder / 'confirm.html'}:2" in result.output
