@@ -69,4 +69,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(webhooks.bp)  # issue 4
     app.register_blueprint(tracking.bp)  # issue 4
     app.register_blueprint(reader.bp)  # issue 9: preference page, view in browser
+    from .web import campaign_preview, confirm  # issue 5: double opt-in links; the console's campaign pages
+
+    app.register_blueprint(confirm.bp)
+    app.register_blueprint(campaign_preview.bp)
     return app

@@ -46,6 +46,8 @@ class ComposeJob:
     unsubscribe_url: str
     now: datetime
     public_id: str = ""  # issue 9: the subscriber's public id, for the preference link
+    why: str = ""  # issue 5: the footer's "why" of the campaign the reader signed up for, when not this one
+    test: bool = False  # issue 5 `drip send-test`: "[TEST] " subject prefix and an X-Drip-Test: 1 header
 
 
 def one_line(text: str) -> str:
@@ -80,6 +82,7 @@ def ascii_address(address: str) -> str:
 ALLOWED_HEADERS = frozenset({
     "from", "to", "subject", "message-id", "date", "list-unsubscribe", "list-unsubscribe-post", "list-id",
     "mime-version", "content-type", "content-transfer-encoding", "feedback-id", "reply-to", "dkim-signature",
+    "x-drip-test",  # issue 5: only on `drip send-test` emails
 })
 
 
@@ -135,7 +138,7 @@ class Composer:
             "resources": campaign.resources,
             "unsubscribe_url": job.unsubscribe_url,
             "postal_address": self.postal_address,
-            "why": campaign.why,
+            "why": job.why or campaign.why,  # issue 5: a continued enrollment names its lead magnet
             "base_url": self.base_url,
             "preheader": step.preheader,
             **self.reader_context(job),
@@ -196,6 +199,9 @@ class Composer:
             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
             ("List-Id", f"{one_line(job.campaign.title)} <{job.campaign.key}.{domain}>"),
         ) + self.deliverability_headers(job, domain)
+        if job.test:  # issue 5: a test send is marked as such in the inbox and in the headers
+            subject = header_text(f"[TEST] {subject}")[:250]
+            headers += (("X-Drip-Test", "1"),)
         msg = EmailMessage(policy=MIME_POLICY)
         msg["From"] = from_header
         local, _, rdomain = recipient.rpartition("@")
@@ -246,6 +252,48 @@ def with_utm(url: str, utm: dict[str, str]) -> str:
     present = {k for k, _ in query}
     query += [(f"utm_{k}", v) for k, v in utm.items() if f"utm_{k}" not in present]
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+# -- double opt-in confirmations (issue 5) -----------------------------------------------------------
+def compose_confirmation(composer: Composer, *, campaign: Campaign, to_email: str, name: str, confirm_url: str,
+                         unsubscribe_url: str, now: datetime, pending_id: int, expiry_days: int) -> OutboundEmail:
+    """The confirmation email of a double opt-in campaign: `<campaign>/confirm.*` when the campaign has its
+    own, else `_base/confirm.*`. A transactional email: no List-Unsubscribe headers, not in the message
+    log; its footer still names why it came and links the unsubscribe page."""
+    import secrets
+
+    first = one_line(name).split(" ")[0] if one_line(name) else ""
+    subject = header_text(campaign.confirm_subject)[:250]
+    ctx = {
+        "greeting": f"Hi {first}," if first else "Hi there,", "subject": subject, "confirm_url": confirm_url,
+        "campaign": {"key": campaign.key, "title": campaign.title, "sender_name": campaign.sender_name},
+        "unsubscribe_url": unsubscribe_url, "postal_address": composer.postal_address, "base_url": composer.base_url,
+        "why": f"You're getting this email because this address was entered to get the {campaign.title}.",
+        "preheader": "Please confirm your email address", "expiry_days": expiry_days,
+    }
+    base = campaign.key if (campaign.directory / "confirm.html").is_file() else "_base"
+    text = composer.env.get_template(f"{base}/confirm.txt").render(ctx).strip() + "\n"
+    html = composer.inliner.inline(composer.env.get_template(f"{base}/confirm.html").render(ctx))
+    from_header = composer.from_header(campaign)
+    sender = email.utils.parseaddr(from_header)[1]
+    recipient = ascii_address(to_email)
+    headers = (("Message-ID", new_message_id(from_header, -pending_id, secrets.token_hex(10))),
+               ("Date", email.utils.format_datetime(now)))
+    msg = EmailMessage(policy=MIME_POLICY)
+    msg["From"] = from_header
+    local, _, rdomain = recipient.rpartition("@")
+    msg["To"] = Address(display_name=header_text(name), username=local, domain=rdomain)
+    msg["Subject"] = subject
+    for key, value in headers:
+        msg[key] = value
+    msg.set_content(text, cte="quoted-printable")
+    msg.add_alternative(html, subtype="html", cte="quoted-printable")
+    raw = msg.as_bytes()
+    check_header_block(raw, ALLOWED_HEADERS)
+    return OutboundEmail(message_pk=-pending_id, envelope_from=composer.envelope_sender(sender), recipient=recipient,
+                         from_header=from_header, to_header=str(msg["To"]), subject=subject, text=text, html=html,
+                         headers=headers, raw=composer.sign_message(raw),
+                         idempotency_key=f"drip-confirm-{pending_id}-{secrets.token_hex(4)}")
 
 
 def new_message_id(from_address: str, message_pk: int, nonce: str) -> str:

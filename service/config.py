@@ -134,6 +134,11 @@ class Settings:
     resend_webhook_secret: str | None = field(default=None, repr=False)
     sns_topic_arns: tuple[str, ...] = ()
     sns_cert_hosts: tuple[str, ...] = ()  # extra certificate hosts (tests, proxies); AWS hosts always allowed
+    # Issue 5: most Drip emails per reader per local day across all campaigns (0 = no cap); welcomes exempt.
+    max_emails_per_day: int = 1
+    # Issue 5 double opt-in: unconfirmed signups expire; a form re-sends the confirmation once per cooldown.
+    confirm_expiry_days: int = 7
+    confirm_cooldown_minutes: int = 60
 
     @property
     def postal_address_is_placeholder(self) -> bool:
@@ -192,6 +197,9 @@ class Settings:
             send_limits=SendLimits.parse(env.get("DRIP_SEND_LIMITS", ""), env.get("DRIP_WARMUP", "")),
             dns_server=_dns_server(env.get("DRIP_DNS_SERVER", "")),
             **_delivery_settings(env),
+            max_emails_per_day=int(_number(env, "DRIP_MAX_EMAILS_PER_DAY", 1, minimum=0)),
+            confirm_expiry_days=int(_number(env, "DRIP_CONFIRM_EXPIRY_DAYS", 7, minimum=1)),
+            confirm_cooldown_minutes=int(_number(env, "DRIP_CONFIRM_COOLDOWN_MINUTES", 60, minimum=1)),
         )
         from .dkim import load_keys
 

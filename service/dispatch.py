@@ -28,16 +28,19 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import delivery, events, sending, sendlimits
-from .campaigns import Campaign, Step, due_at
-from .compose import ComposeJob, Composer, new_message_id
+from . import delivery, events, live_edits, optin, sending, sendlimits
+from .campaigns import Campaign, Delay, Step, due_at
+from .compose import ComposeJob, Composer, compose_confirmation, new_message_id
 from .config import SendLimits
+from .continuation import continue_enrollment, origin_why
 from .db import utcnow
 from .models import CampaignState, DispatchPass, Enrollment, Message, MessageContent, Subscriber
 from .suppression import is_suppressed, stop_subscriber, suppress_address
@@ -97,6 +100,12 @@ def not_snoozed(subscriber_id, now: datetime):  # noqa: ANN001, ANN201
     return subscriber_id.notin_(select(Subscriber.id).where(Subscriber.snoozed_until > now).correlate(None))
 
 
+def _local_midnight(now: datetime, tz_name: str) -> datetime:
+    """The start (UTC) of `now`'s calendar day in `tz_name` (issue 5 daily cap)."""
+    local = now.astimezone(ZoneInfo(tz_name))
+    return datetime.combine(local.date(), dtime(0), tzinfo=local.tzinfo).astimezone(UTC)
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
 
@@ -117,10 +126,15 @@ class Dispatcher:
     real_clock: Callable[[], datetime] = utcnow
     limits: SendLimits | None = None  # per-domain hourly/daily caps and warm-up (issue 8)
     delivery_policy: delivery.Policy = field(default_factory=delivery.Policy)
+    max_per_day: int = 0  # issue 5: most emails per reader per local day across campaigns; 0 = no cap
+    # Issue 5 double opt-in: (public_id, campaign) -> confirm URL; None disables confirmation sending.
+    confirm_url: Callable[[str, str], str] | None = None
+    confirm_expiry: timedelta = timedelta(days=7)
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
     _sent_this_pass: int = field(default=0, init=False, repr=False)
     _raw: dict[int, bytes] = field(default_factory=dict, init=False, repr=False)
+    _reactivated: bool = field(default=False, init=False, repr=False)
 
     # -- the pass --------------------------------------------------------------------------------
     def run_pass(self, now: datetime | None = None) -> PassSummary:
@@ -145,6 +159,11 @@ class Dispatcher:
         clock: Callable[[], datetime] = (lambda: now) if now is not None else utcnow
         summary = PassSummary()
         self._sent_this_pass = 0
+        if not self._reactivated:  # issue 5: once per loaded campaign set, appended steps reach finished readers
+            with self.sessions() as session, session.begin():
+                live_edits.reactivate_grown(session, self.campaigns, clock())
+            self._reactivated = True
+        self._send_confirmations(clock())  # issue 5: double opt-in, outside the message log
         while (n := self.queue_due(clock(), summary)) >= self.batch_size:
             pass
         del n
@@ -181,6 +200,7 @@ class Dispatcher:
                 .with_for_update(skip_locked=True, of=Enrollment)
             ).all()
             insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+            had = live_edits.sent_keys(session, [e.id for e, _s in rows])  # issue 5: place by step keys
             for enrollment, subscriber in rows:
                 campaign = self.campaigns.get(enrollment.campaign)
                 if campaign is None:
@@ -188,9 +208,11 @@ class Dispatcher:
                                 enrollment.campaign)
                     enrollment.next_due_at = now + timedelta(hours=1)
                     continue
-                step = campaign.step(enrollment.next_step)
+                step = live_edits.next_step(campaign, enrollment, had[enrollment.id])  # issue 5: safe edits
                 if step is None or subscriber.status != "active":
                     self._finish_enrollment(session, enrollment, now, completed=step is None, summary=summary)
+                    if step is None and subscriber.status == "active":  # issue 5
+                        self._continue_into(session, enrollment, subscriber, campaign, now)
                     continue
                 result = session.execute(
                     insert(Message).values(
@@ -249,7 +271,8 @@ class Dispatcher:
             if self.limits is not None:  # issue 8: domains at their limit wait; the others still go
                 if full := self._campaigns_at_limit(session, now):
                     query = query.where(Message.campaign.notin_(full))
-            messages = self._within_limits(session, session.scalars(query).all(), now)
+            candidates = self._frequency_cap(session, session.scalars(query).all(), now)  # issue 5
+            messages = self._within_limits(session, candidates, now)
             for m in messages:
                 if m.status == "sending":
                     summary.reclaimed += 1
@@ -262,6 +285,55 @@ class Dispatcher:
                 m.claimed_by = self.worker_id
                 m.first_attempt_at = m.first_attempt_at or now
             return [m.id for m in messages]
+
+    # -- per-reader daily cap (issue 5) ----------------------------------------------------------
+    def _frequency_cap(self, session: Session, messages: Sequence[Message], now: datetime) -> list[Message]:
+        """The claimable messages minus those over a reader's daily cap. A reader's local day (their zone,
+        else the campaign's) holds at most `max_per_day` emails across all campaigns, counting those sent
+        or being sent that day; the first step of a campaign (the welcome the reader just asked for) is
+        exempt and not counted. A held message stays queued with `next_attempt_at` moved to the next
+        allowed day at its send hour; held messages keep their (next_attempt_at, id) order, so they go
+        one per day in the order they were queued. Reclaimed `sending` rows are never held."""
+        capped = [m for m in messages if m.status != "sending" and m.step_index != 0]
+        if not self.max_per_day or not capped:
+            return list(messages)
+        zones = dict(session.execute(select(Subscriber.id, Subscriber.timezone)
+                                     .where(Subscriber.id.in_({m.subscriber_id for m in capped}))).all())
+        recent = self._recent_sends(session, {m.subscriber_id for m in capped}, now)
+        held: set[int] = set()
+        room: dict[int, int] = {}
+        for m in capped:  # in claim order: (next_attempt_at, id)
+            campaign = self.campaigns.get(m.campaign)
+            if campaign is None:
+                continue
+            tz = zones.get(m.subscriber_id) or campaign.timezone
+            if m.subscriber_id not in room:
+                midnight = _local_midnight(now, tz)
+                room[m.subscriber_id] = self.max_per_day - sum(t >= midnight for t in recent.get(m.subscriber_id, ()))
+            if room[m.subscriber_id] > 0:
+                room[m.subscriber_id] -= 1
+                continue
+            held.add(m.id)
+            step = campaign.step_by_key(m.step_key)
+            hour, days = campaign.window(step) if step is not None else (campaign.send_hour, campaign.send_days)
+            m.next_attempt_at = due_at(delay=Delay(days=1), after=now, tz_name=tz, send_hour=hour, send_days=days)
+            events.record(session, type="held", now=now, subscriber_id=m.subscriber_id, message_id=m.id,
+                          detail=f"daily cap of {self.max_per_day} reached; "
+                                 f"next try {m.next_attempt_at:%Y-%m-%d %H:%M} UTC")
+        return [m for m in messages if m.id not in held]
+
+    def _recent_sends(self, session: Session, subscriber_ids: set[int], now: datetime) -> dict[int, list[datetime]]:
+        """When each reader's non-welcome emails of the last 30 hours went (or, in flight, were claimed):
+        one query for the batch; each reader's local midnight is applied in Python."""
+        since = now - timedelta(hours=30)
+        out: dict[int, list[datetime]] = {}
+        for sid, sent_at, updated_at, status in session.execute(
+            select(Message.subscriber_id, Message.sent_at, Message.updated_at, Message.status).where(
+                Message.subscriber_id.in_(subscriber_ids), Message.step_index != 0,
+                or_(Message.sent_at >= since, and_(Message.status == "sending", Message.updated_at >= since)))
+        ):
+            out.setdefault(sid, []).append(sent_at if sent_at is not None and status != "sending" else updated_at)
+        return out
 
     # -- send limits (issue 8) -------------------------------------------------------------------
     def _sending_domain(self, campaign_key: str) -> str | None:
@@ -331,8 +403,9 @@ class Dispatcher:
                 if self._drop_if_unwanted(session, message, subscriber, enrollment, now, summary):
                     continue
                 campaign = self.campaigns.get(message.campaign)
-                step = campaign.step(message.step_index) if campaign else None
-                if campaign is None or step is None or step.key != message.step_key:
+                # issue 5: found by key, so a step that moved in the file since it was queued still goes
+                step = campaign.step_by_key(message.step_key) if campaign else None
+                if campaign is None or step is None:
                     self._unfinished.discard(message.id)
                     events.transition(session, message, "failed", now=now,
                                       detail=f"campaign step {message.campaign}/{message.step_key} no longer exists")
@@ -344,6 +417,7 @@ class Dispatcher:
                     to_email=message.to_email, name=subscriber.name,
                     unsubscribe_url=self.unsubscribe_url(subscriber.public_id, campaign.key), now=now,
                     public_id=subscriber.public_id,  # issue 9: the footer's preference link
+                    why=origin_why(enrollment, campaign, self.campaigns),  # issue 5: continued enrollments
                 ))
         return jobs
 
@@ -544,15 +618,46 @@ class Dispatcher:
         """The next step is due its delay after this one finished, at the send hour in the reader's zone."""
         if enrollment.status != "active" or campaign is None:
             return
-        enrollment.next_step = max(enrollment.next_step, message.step_index + 1)
+        here = campaign.step_by_key(message.step_key)  # issue 5: the step's place in the current file
+        enrollment.next_step = here.index + 1 if here is not None else max(enrollment.next_step,
+                                                                           message.step_index + 1)
         enrollment.last_sent_at = now
         enrollment.updated_at = now
         nxt = campaign.step(enrollment.next_step)
+        enrollment.next_step_key = nxt.key if nxt is not None else None  # issue 5: for `campaigns diff`
         if nxt is None:
             enrollment.status = "completed"
             enrollment.next_due_at = None
             events.record(session, type="enrollment_completed", now=now, subscriber_id=subscriber.id,
                           detail=campaign.key)
+            self._continue_into(session, enrollment, subscriber, campaign, now)
             return
+        hour, days = campaign.window(nxt)  # issue 5: per-step send hour and allowed weekdays
         enrollment.next_due_at = due_at(delay=nxt.delay, after=now, tz_name=subscriber.timezone or campaign.timezone,
-                                        send_hour=campaign.send_hour)
+                                        send_hour=hour, send_days=days)
+
+    # -- double opt-in confirmations (issue 5) ---------------------------------------------------
+    def _send_confirmations(self, now: datetime) -> int:
+        """Granted confirmation emails go first; see service/optin.py."""
+        if self.confirm_url is None:
+            return 0
+        days = max(1, self.confirm_expiry.days)
+
+        def compose(job: optin.ConfirmJob) -> OutboundEmail:
+            return compose_confirmation(
+                self.composer, campaign=job.campaign, to_email=job.to_email, name=job.name,
+                confirm_url=self.confirm_url(job.public_id, job.campaign.key),
+                unsubscribe_url=self.unsubscribe_url(job.public_id, job.campaign.key), now=now,
+                pending_id=job.pending_id, expiry_days=days)
+        return optin.send_due(self.sessions, campaigns=self.campaigns, now=now, real_now=self.real_clock(),
+                              compose=compose, transport_factory=self.transport_factory, lease=self.lease,
+                              max_age=self.confirm_expiry)
+
+    # -- continuation (issue 5) ------------------------------------------------------------------
+    def _continue_into(self, session: Session, enrollment: Enrollment, subscriber: Subscriber,
+                       campaign: Campaign, now: datetime) -> None:
+        """A completed lead magnet leads into its shared sequence (see service/continuation.py)."""
+        if continue_enrollment(session, enrollment=enrollment, subscriber=subscriber, campaign=campaign,
+                               campaigns=self.campaigns, now=now) is not None:
+            log.info("enrollment %s completed %s; continued into %s", enrollment.id, campaign.key,
+                     campaign.continue_into)

@@ -39,6 +39,10 @@ EVENT_TYPES = frozenset({
     "soft_bounce", "opened", "clicked", "sending_paused", "sending_resumed",  # issue 4
     # issue 9: the reader's own changes on the preference page
     "left_campaign", "snoozed", "snooze_ended", "profile_updated", "switched_to_digest", "data_exported",
+    "continued",  # issue 5: a completed lead magnet led into its shared sequence
+    "reactivated",  # issue 5: a completed enrollment whose campaign gained steps
+    "confirmed",  # issue 5: a double opt-in link was clicked
+    "held",  # issue 5: the per-reader daily cap moved a message to the next allowed day
 })
 
 

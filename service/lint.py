@@ -7,10 +7,13 @@ warnings are listed.
 from __future__ import annotations
 
 import re
+import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
+
+from jinja2 import TemplateSyntaxError
 
 from .campaigns import Campaign, Step
 from .compose import ComposeJob, Composer, with_utm
@@ -83,11 +86,54 @@ def lint_campaign(campaign: Campaign, composer: Composer) -> list[Problem]:
         try:
             subject, text, html = composer.render(job)
         except Exception as exc:  # a template error is a finding here, not a crash of the command
-            problems.append(Problem("error", where, f"does not render: {exc.__class__.__name__}: {exc}"))
+            at = template_location(exc)  # issue 5: the template file and line
+            problems.append(Problem("error", where, f"does not render: {exc.__class__.__name__}: {exc}"
+                                    + (f" (at {at})" if at else "")))
             continue
-        problems += [Problem(level, where, message) for level, message in
+        problems += [Problem(level, where, _with_location(campaign, step, message)) for level, message in
                      lint_step(campaign, subject, text, html, job.unsubscribe_url, composer.base_url)]
+    if campaign.double_opt_in:
+        problems += _lint_confirmation(campaign, composer)
     return problems
+
+
+def _lint_confirmation(campaign: Campaign, composer: Composer) -> list[Problem]:
+    """Issue 5: a double opt-in campaign's confirmation email must render too."""
+    from .compose import compose_confirmation
+
+    try:
+        compose_confirmation(composer, campaign=campaign, to_email="sample.reader@example.com", name="Sample Reader",
+                             confirm_url=f"{composer.base_url}/confirm/sample", now=datetime.now(UTC),
+                             unsubscribe_url=f"{composer.base_url}/{SAMPLE_UNSUBSCRIBE_PATH}", pending_id=1,
+                             expiry_days=7)
+    except Exception as exc:  # reported like a step that does not render
+        at = template_location(exc)
+        return [Problem("error", f"{campaign.directory / 'campaign.toml'}: confirmation email",
+                        f"does not render: {exc.__class__.__name__}: {exc}" + (f" (at {at})" if at else ""))]
+    return []
+
+
+def template_location(exc: BaseException) -> str | None:
+    """"file:line" of a template error: syntax errors carry it; a runtime error (an unknown variable under
+    StrictUndefined) has it in the traceback, whose frames Jinja2 rewrites to template files and lines."""
+    if isinstance(exc, TemplateSyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith((".html", ".txt"))]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
+
+
+def _with_location(campaign: Campaign, step: Step, message: str) -> str:
+    """A finding about a link, with the template file and line where that URL is written (issue 5)."""
+    m = re.match(r"link (?:to the URL shortener \S+: )?(\S+)", message)
+    if not m:
+        return message
+    url = m.group(1)
+    for ext in ("html", "txt"):
+        path = campaign.directory / f"{step.template}.{ext}"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if url in line:
+                return f"{path}:{n}: {message}"
+    return message
 
 
 def lint_step(campaign: Campaign, subject: str, text: str, html: str, unsubscribe_url: str,

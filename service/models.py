@@ -104,7 +104,8 @@ class Consent(Base):
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
     campaign: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
-    source: Mapped[str] = mapped_column(String(16))  # "form" or "json"
+    # "form", "json", "confirmed", "continuation" or "import:<file name>" (issue 5 widened it from 16)
+    source: Mapped[str] = mapped_column(String(100))
     source_url: Mapped[str | None] = mapped_column(String(2000))
     user_agent: Mapped[str | None] = mapped_column(String(500))
     ip: Mapped[str | None] = mapped_column(String(64))
@@ -129,6 +130,12 @@ class Enrollment(Base):
     next_due_at: Mapped[datetime | None]
     last_sent_at: Mapped[datetime | None]
     stopped_reason: Mapped[str | None] = mapped_column(String(64))
+    # Issue 5: set when the reader arrived here by continuing from another campaign (a lead magnet);
+    # the footer's "why" names that campaign, which is the one they actually signed up for.
+    origin_campaign: Mapped[str | None] = mapped_column(String(64))
+    # Issue 5: the key of the step `next_step` pointed at when it was set, so `drip campaigns diff` can tell
+    # a reader whose next step was removed or moved from the file (None: the campaign's first step).
+    next_step_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -307,3 +314,21 @@ class DispatchPass(Base):
     started_at: Mapped[datetime]
     duration_seconds: Mapped[float] = mapped_column(Float)
     sent: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PendingConfirmation(Base):
+    """Issue 5 double opt-in: a signup waiting for its confirm link to be clicked. One per (subscriber,
+    campaign); the enrollment is created only on confirmation. `requested_at` is when a confirmation
+    email was last granted (the cooldown counts from it); `send_pending` is set until that email is sent."""
+
+    __tablename__ = "pending_confirmations"
+    __table_args__ = (UniqueConstraint("subscriber_id", "campaign"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    campaign: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    requested_at: Mapped[datetime]
+    send_pending: Mapped[bool]
+    sending_until: Mapped[datetime | None]  # a worker's lease on sending it
+    sends: Mapped[int] = mapped_column(Integer, default=0)

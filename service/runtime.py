@@ -18,7 +18,7 @@ from .db import make_sessionmaker
 from .delivery import Policy
 from .dispatch import Dispatcher, RetryPolicy
 from .dkim import load_keys
-from .tokens import make_preferences_token, make_unsubscribe_token, make_view_token
+from .tokens import make_confirm_token, make_preferences_token, make_unsubscribe_token, make_view_token
 from .transports import make_transport
 
 
@@ -44,6 +44,11 @@ class Runtime:
         return {"preferences_url": f"{base}/preferences/{make_preferences_token(key, public_id=public_id)}",
                 "view_url": f"{base}/view/{make_view_token(key, message_pk=message_pk)}"}
 
+    def confirm_url(self, public_id: str, campaign: str) -> str:
+        """Issue 5 double opt-in: the signed link in a confirmation email."""
+        token = make_confirm_token(self.settings.secret_key, public_id=public_id, campaign=campaign)
+        return f"{self.settings.base_url}/confirm/{token}"
+
     def dispatcher(self, **overrides) -> Dispatcher:  # noqa: ANN003
         s = self.settings
         kwargs = dict(
@@ -54,6 +59,8 @@ class Runtime:
                               max_attempts=s.max_attempts),
             limits=s.send_limits,
             delivery_policy=self.delivery_policy(),
+            max_per_day=s.max_emails_per_day,
+            confirm_url=self.confirm_url, confirm_expiry=timedelta(days=s.confirm_expiry_days),
         )
         kwargs.update(overrides)
         return Dispatcher(**kwargs)

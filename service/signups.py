@@ -12,16 +12,17 @@ import secrets
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from . import events
+from . import events, optin
 from .campaigns import Campaign, valid_timezone
-from .models import Consent, Enrollment, Subscriber
+from .compose import new_message_id
+from .models import Consent, Enrollment, Message, Subscriber
 from .suppression import is_suppressed
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ class ConsentMeta:
 
 @dataclass(frozen=True)
 class SignupResult:
-    status: str  # "created", "existing", "inactive" (unsubscribed/bounced) or "suppressed"
+    # "created", "existing", "inactive" (unsubscribed/bounced), "suppressed", or for a double opt-in
+    # campaign "pending" (a confirmation email was granted) / "pending_cooldown" (one went out recently)
+    status: str
     subscriber_id: int | None
 
     @property
@@ -117,7 +120,7 @@ def _insert(session: Session):  # noqa: ANN202
 
 
 def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,
-           record_ip: bool = False) -> SignupResult:
+           record_ip: bool = False, confirm_cooldown: timedelta = timedelta(minutes=60)) -> SignupResult:
     """Upsert the subscriber and enrollment; the caller commits. The welcome is due at `now`."""
     if is_suppressed(session, data.email_key):
         log.info("signup for a suppressed address ignored (campaign %s)", data.campaign)
@@ -134,6 +137,9 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
         # Someone who unsubscribed or bounced is not re-enrolled by a form post (a bot could do that);
         # an operator resubscribes them with a recorded reason.
         return SignupResult("inactive", subscriber.id)
+    if campaign.double_opt_in:  # issue 5: no enrollment until the emailed link is confirmed
+        return _request_confirmation(session, subscriber, data, campaign=campaign, meta=meta, now=now,
+                                     record_ip=record_ip, cooldown=confirm_cooldown)
     inserted = session.execute(
         insert(Enrollment)
         .values(subscriber_id=subscriber.id, campaign=data.campaign, status="active", next_step=0,
@@ -142,6 +148,7 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
         .returning(Enrollment.id)
     ).scalar()
     if inserted is None:
+        _welcome_a_continued_reader(session, subscriber, campaign, meta=meta, now=now, record_ip=record_ip)
         return SignupResult("existing", subscriber.id)
     if not subscriber.name and data.name:
         subscriber.name = data.name
@@ -156,3 +163,59 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
     events.record(session, type="signup", now=now, subscriber_id=subscriber.id,
                   detail=f"signed up for {data.campaign} via {meta.source}")
     return SignupResult("created", subscriber.id)
+
+
+def _request_confirmation(session: Session, subscriber: Subscriber, data: SignupInput, *, campaign: Campaign,
+                          meta: ConsentMeta, now: datetime, record_ip: bool, cooldown: timedelta) -> SignupResult:
+    """Issue 5 double opt-in: a pending signup; the confirmation email at most once per cooldown."""
+    enrolled = session.scalar(select(Enrollment.id).where(Enrollment.subscriber_id == subscriber.id,
+                                                          Enrollment.campaign == campaign.key))
+    if enrolled is not None:
+        return SignupResult("existing", subscriber.id)
+    if not optin.request(session, subscriber=subscriber, campaign=campaign, now=now, cooldown=cooldown):
+        return SignupResult("pending_cooldown", subscriber.id)
+    if not subscriber.name and data.name:
+        subscriber.name = data.name
+    if not subscriber.timezone and data.timezone:
+        subscriber.timezone = data.timezone
+    session.add(Consent(  # what the form said when they asked; "confirmed" is recorded on the click
+        subscriber_id=subscriber.id, campaign=campaign.key, created_at=now, source=meta.source,
+        source_url=(meta.source_url or "")[:MAX_URL] or None,
+        user_agent=(meta.user_agent or "")[:MAX_USER_AGENT] or None,
+        ip=meta.ip if record_ip else None, wording=campaign.consent,
+    ))
+    events.record(session, type="signup", now=now, subscriber_id=subscriber.id,
+                  detail=f"asked for {campaign.key} via {meta.source}; confirmation email granted")
+    return SignupResult("pending", subscriber.id)
+
+
+def _welcome_a_continued_reader(session: Session, subscriber: Subscriber, campaign: Campaign, *, meta: ConsentMeta,
+                                now: datetime, record_ip: bool) -> None:
+    """Issue 5: a reader who reached this campaign by continuation from a lead magnet and now signs up for
+    it directly still gets what this form promises: its first step (the welcome) is queued once, the
+    direct consent is recorded, and footers name this campaign from now on. Their place in the shared
+    sequence is kept; no step is ever queued twice (unique (enrollment, step))."""
+    enrollment = session.scalars(select(Enrollment).where(Enrollment.subscriber_id == subscriber.id,
+                                                          Enrollment.campaign == campaign.key)).one_or_none()
+    if enrollment is None or enrollment.origin_campaign is None or enrollment.status == "stopped":
+        return
+    welcome = campaign.steps[0]
+    message_id = session.execute(
+        _insert(session)(Message)
+        .values(enrollment_id=enrollment.id, subscriber_id=subscriber.id, campaign=campaign.key,
+                step_key=welcome.key, step_index=welcome.index, to_email=subscriber.email, status="queued",
+                attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
+                message_id=new_message_id(campaign.from_address, enrollment.id, secrets.token_hex(10)))
+        .on_conflict_do_nothing(index_elements=["enrollment_id", "step_key"])
+        .returning(Message.id)
+    ).scalar()
+    enrollment.origin_campaign = None
+    enrollment.updated_at = now
+    session.add(Consent(
+        subscriber_id=subscriber.id, campaign=campaign.key, created_at=now, source=meta.source,
+        source_url=(meta.source_url or "")[:MAX_URL] or None,
+        user_agent=(meta.user_agent or "")[:MAX_USER_AGENT] or None,
+        ip=meta.ip if record_ip else None, wording=campaign.consent,
+    ))
+    events.record(session, type="signup", now=now, subscriber_id=subscriber.id, message_id=message_id,
+                  detail=f"signed up for {campaign.key} directly (was continued into it); welcome queued")

@@ -73,3 +73,24 @@ def read_view_token(secret_key: str, token: str, *, max_age_days: int) -> int:
     if not (isinstance(data, list) and len(data) == 1 and isinstance(data[0], int) and not isinstance(data[0], bool)):
         raise BadToken("malformed token")
     return data[0]
+
+
+# Issue 5 double opt-in: its own salt, so an unsubscribe token can never confirm a signup (or the reverse).
+CONFIRM_SALT = "drip.confirm.v1"
+
+
+def make_confirm_token(secret_key: str, *, public_id: str, campaign: str) -> str:
+    return URLSafeTimedSerializer(secret_key, salt=CONFIRM_SALT).dumps([public_id, campaign])
+
+
+def read_confirm_token(secret_key: str, token: str, *, max_age_days: int) -> UnsubscribeClaim:
+    """(public id, campaign) of a confirm link; BadToken when forged, malformed or older than the expiry."""
+    if len(token) > 400:
+        raise BadToken("token too long")
+    try:
+        data = URLSafeTimedSerializer(secret_key, salt=CONFIRM_SALT).loads(token, max_age=max_age_days * 86400)
+    except BadSignature as exc:
+        raise BadToken(str(exc)) from None
+    if not (isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data)):
+        raise BadToken("malformed token")
+    return UnsubscribeClaim(public_id=data[0], campaign=data[1])

@@ -41,7 +41,8 @@ def subscriber_id(runtime, address: str) -> int:  # noqa: ANN001
 
 
 def _fill(rule) -> str:  # noqa: ANN001
-    values = {"message_id": 1, "subscriber_id": 1, "key": CAMPAIGN, "name": "x.eml", "filename": "drip.css"}
+    values = {"message_id": 1, "subscriber_id": 1, "key": CAMPAIGN, "name": "x.eml", "filename": "drip.css",
+              "campaign_key": CAMPAIGN, "step_key": "welcome"}
     return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), rule.rule)
 
 

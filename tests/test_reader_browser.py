@@ -252,5 +252,7 @@ def test_public_pages_fit_a_phone_and_work_from_the_keyboard(drip, page, smtp) -
         if page.evaluate("document.activeElement.textContent.trim()") == "Unsubscribe":
             break
     page.keyboard.press("Enter")
-    page.wait_for_load_state()
+    # The POST navigates to the same URL: wait for the new heading rather than a load state that may
+    # already be reached before the navigation starts.
+    page.locator("h1", has_text="You are unsubscribed").wait_for(timeout=15000)
     assert page.locator("h1").inner_text() == "You are unsubscribed"

@@ -41,3 +41,24 @@ def check() -> None:
     click.echo(f"campaigns check: {len(loaded)} campaign(s), {steps} step(s): {errors} error(s), "
                f"{len(problems) - errors} warning(s)")
     sys.exit(1 if errors else 0)
+
+
+@campaigns.command("diff")
+def diff_command() -> None:
+    """Before deploying an edit: how many enrolled readers each change affects and what each gets next.
+
+    Compares the campaign files in DRIP_TEMPLATES_DIR with where enrolled readers stand in the database
+    (see docs/campaigns.md, "Editing a live campaign"). Changes nothing."""
+    from ..live_edits import diff
+    from ..runtime import build_runtime
+
+    try:
+        rt = build_runtime(Settings.from_env(), pool_size=1)
+    except (ConfigError, CampaignError) as exc:
+        raise click.ClickException(str(exc)) from None
+    with rt.sessions() as session:
+        lines = diff(session, rt.campaigns)
+    for line in lines:
+        click.echo(line.line())
+    changed = sum(line.readers for line in lines if line.change != "unchanged")
+    click.echo(f"campaigns diff: {changed} enrolled reader(s) affected by the files as they are now")

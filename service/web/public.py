@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import text
@@ -80,14 +81,17 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
                        source_url=_str(data.get("source_url")) or request.headers.get("Referer"),
                        user_agent=request.headers.get("User-Agent"), ip=request.remote_addr)
     result = signup(session, parsed, campaign=rt.campaigns[parsed.campaign], meta=meta, now=now,
-                    record_ip=rt.settings.record_ip)
+                    record_ip=rt.settings.record_ip,
+                    confirm_cooldown=timedelta(minutes=rt.settings.confirm_cooldown_minutes))
     session.commit()
-    if result.created:
+    if result.status in ("created", "pending"):  # issue 5: a granted confirmation email goes at once too
         runtime_wake()
     if not as_json:
         return redirect(url_for("public.thanks", campaign=parsed.campaign), code=303)
     body = {"status": "subscribed" if result.status in ("created", "existing") else "not_subscribed",
             "campaign": parsed.campaign, "email": parsed.email}
+    if result.status.startswith("pending"):  # issue 5 double opt-in: the same answer, sent or cooling down
+        body["status"] = "confirmation_sent"
     if result.status in ("inactive", "suppressed"):
         body["detail"] = "this address has unsubscribed or bounced; it is not re-enrolled by a signup"
     return jsonify(body), 201 if result.created else 200
