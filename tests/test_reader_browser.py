@@ -171,8 +171,7 @@ def test_view_in_browser_link_shows_the_same_email_and_its_links_work(drip, page
     assert page.locator("h1").inner_text() == heading
     assert page.locator("td.inner").inner_text() == body
     page.get_by_role("link", name="Manage your emails").click()
-    page.wait_for_load_state()
-    assert page.get_by_role("heading", level=1).inner_text() == "Your email preferences"
+    page.get_by_role("heading", level=1, name="Your email preferences").wait_for(timeout=15000)
 
 
 def test_preference_walk_then_the_clock_decides_what_arrives(drip, page, smtp, runtime) -> None:
