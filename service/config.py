@@ -27,21 +27,22 @@ class RateLimit:
     seconds: int
 
     @classmethod
-    def parse(cls, text: str) -> RateLimit | None:
+    def parse(cls, text: str, name: str = "DRIP_SIGNUP_RATE_LIMIT") -> RateLimit | None:
         text = text.strip().lower()
         if text in ("off", "none", "0", ""):
             return None
         m = re.fullmatch(r"(\d+)\s*/\s*(second|minute|hour|day)", text)
         if not m:
-            raise ConfigError(f"DRIP_SIGNUP_RATE_LIMIT: expected e.g. '10/minute' or 'off', got {text!r}")
+            raise ConfigError(f"{name}: expected e.g. '10/minute' or 'off', got {text!r}")
         unit = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}[m.group(2)]
         return cls(int(m.group(1)), unit)
 
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str
-    email_url: str
+    # Issue 7: URLs may carry passwords; keep them out of repr() (and so out of logs and tracebacks).
+    database_url: str = field(repr=False)
+    email_url: str = field(repr=False)
     base_url: str
     secret_key: str = field(repr=False)
     postal_address: str
@@ -63,6 +64,10 @@ class Settings:
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_key_file: str | None = None
+    # Issue 7 (hardening): per-address signup limit, where limit counters live, and CORS origins for /signup.
+    signup_address_rate_limit: RateLimit | None = RateLimit(10, 3600)
+    rate_limit_storage: str = "database"  # or redis://host:port/db
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def postal_address_is_placeholder(self) -> bool:
@@ -102,6 +107,10 @@ class Settings:
             dkim_domain=env.get("DRIP_DKIM_DOMAIN") or None,
             dkim_selector=env.get("DRIP_DKIM_SELECTOR") or None,
             dkim_key_file=env.get("DRIP_DKIM_KEY_FILE") or None,
+            signup_address_rate_limit=RateLimit.parse(env.get("DRIP_SIGNUP_ADDRESS_RATE_LIMIT", "10/hour"),
+                                                      "DRIP_SIGNUP_ADDRESS_RATE_LIMIT"),
+            rate_limit_storage=_rate_limit_storage(env.get("DRIP_RATE_LIMIT_STORAGE") or "database"),
+            cors_origins=_origins(env.get("DRIP_CORS_ORIGINS", "")),
         )
 
 
@@ -155,6 +164,24 @@ def _base_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"DRIP_BASE_URL: expected an http(s) URL, got {url!r}")
     return url.rstrip("/")
+
+
+def _rate_limit_storage(value: str) -> str:
+    if value == "database" or urlsplit(value).scheme in ("redis", "rediss", "unix"):
+        return value
+    raise ConfigError(f"DRIP_RATE_LIMIT_STORAGE: expected 'database' or redis://host:port/db, got {value!r}")
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    """Exact origins only: a wildcard would let any site drive signups from its visitors' browsers."""
+    out = []
+    for item in filter(None, (part.strip().rstrip("/") for part in text.split(","))):
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or "*" in item or parts.path:
+            raise ConfigError(f"DRIP_CORS_ORIGINS: expected comma-separated origins like https://example.org "
+                              f"(no wildcard, no path), got {item!r}")
+        out.append(item)
+    return tuple(out)
 
 
 def _one_line(text: str) -> str:

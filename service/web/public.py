@@ -9,16 +9,18 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .. import ratelimit
 from ..db import utcnow
 from ..metrics import render_metrics
 from ..signups import ConsentMeta, SignupError, parse_signup, signup
 from ..tokens import BadToken, read_unsubscribe_token
 from ..unsubscribe import find_subscriber, unsubscribe
-from . import db, runtime, wants_json
+from . import abuse, db, runtime, wants_json
 
 log = logging.getLogger(__name__)
 bp = Blueprint("public", __name__)
+# Issue 7: CORS preflight and response headers for /signup, only for DRIP_CORS_ORIGINS (see web/abuse.py).
+bp.before_request(abuse.cors_preflight)
+bp.after_request(abuse.cors_headers)
 
 
 def error(code: str, message: str, field: str | None, status: int) -> tuple[Response, int]:
@@ -54,15 +56,12 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
     except SignupError as exc:
         return _signup_error(exc, as_json, data, campaign, 404 if exc.code == "unknown_campaign" and campaign else 400)
 
+    if abuse.honeypot_filled(data):  # issue 7: look like success, store and send nothing
+        return _looks_accepted(as_json, parsed)
+    refused = abuse.limited(parsed.email_key)  # issue 7: per-IP and per-address limits
+    if refused is not None:
+        return refused
     session, now = db(), utcnow()
-    limit = rt.settings.signup_rate_limit
-    if limit is not None:
-        verdict = ratelimit.hit(session, f"signup-ip:{request.remote_addr}", limit, now)
-        session.commit()
-        if not verdict.allowed:
-            resp, status = error("rate_limited", "too many signups from this address; try again later", None, 429)
-            resp.headers["Retry-After"] = str(verdict.retry_after)
-            return resp, status
     meta = ConsentMeta(source="json" if request.is_json else "form",
                        source_url=_str(data.get("source_url")) or request.headers.get("Referer"),
                        user_agent=request.headers.get("User-Agent"), ip=request.remote_addr)
@@ -78,6 +77,12 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
     if result.status in ("inactive", "suppressed"):
         body["detail"] = "this address has unsubscribed or bounced; it is not re-enrolled by a signup"
     return jsonify(body), 201 if result.created else 200
+
+
+def _looks_accepted(as_json: bool, parsed):  # noqa: ANN001, ANN202
+    if not as_json:
+        return redirect(url_for("public.thanks", campaign=parsed.campaign), code=303)
+    return jsonify({"status": "subscribed", "campaign": parsed.campaign, "email": parsed.email}), 201
 
 
 def runtime_wake() -> None:
