@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -18,7 +19,7 @@ from .config import RateLimit
 from .models import RateHit
 
 log = logging.getLogger(__name__)
-_redis_clients: dict[str, object] = {}
+_redis_clients: dict[str, tuple] = {}
 
 
 @dataclass(frozen=True)
@@ -58,16 +59,28 @@ def hit(session: Session, key: str, limit: RateLimit, now: datetime) -> Verdict:
     return Verdict(False, retry_after=retry)
 
 
+def _redis(url: str):  # noqa: ANN202
+    """One client per URL and process, made lazily so each forked gunicorn worker has its own pool.
+    `?prefix=NAME` (default "drip") lets several deployments share one Redis without sharing counters."""
+    import redis
+
+    if url not in _redis_clients:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        prefix = (query.pop("prefix", None) or ["drip"])[-1]
+        plain = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+        _redis_clients[url] = (redis.Redis.from_url(plain, socket_timeout=2, socket_connect_timeout=2), prefix)
+    return _redis_clients[url]
+
+
 def redis_hit(url: str, key: str, limit: RateLimit, now: datetime) -> Verdict:
     """INCR the window's counter; the first hit sets its expiry. Redis down fails open, loudly: refusing
     every signup because a counter store is away would be worse than a few minutes without a limit."""
     import redis
 
-    client = _redis_clients.get(url)
-    if client is None:  # made lazily, so each forked gunicorn worker gets its own connection pool
-        client = _redis_clients[url] = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    client, prefix = _redis(url)
     start, retry = _window(limit, now)
-    name = f"drip:rl:{key[:200]}:{int(start.timestamp())}"
+    name = f"{prefix}:rl:{key[:200]}:{int(start.timestamp())}"
     try:
         pipe = client.pipeline()
         pipe.incr(name)

@@ -22,7 +22,8 @@ from service.models import Consent, Enrollment, Message, Subscriber
 from service.runtime import build_runtime
 from service.signups import ConsentMeta, parse_signup, signup
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+# A prefix per test session: counters of an earlier run (same minute, same 127.0.0.1) never leak in.
+REDIS_URL = f"redis://127.0.0.1:6379/0?prefix=drip-test-{secrets.token_hex(4)}"
 
 
 def count(runtime, model) -> int:  # noqa: ANN001
@@ -204,3 +205,34 @@ def test_secrets_never_in_logs_metrics_or_pages(runtime, smtp, caplog) -> None: 
     assert "authentication" in bodies[3].lower()  # the failure is shown to the operator ...
     for text in bodies:
         assert password not in text  # ... the password never is
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["database", "redis"])
+def test_limits_are_shared_by_four_gunicorn_workers(database_url: str, smtp, tmp_path, storage: str) -> None:  # noqa: ANN001
+    """Under `drip web --workers 4` the per-IP limit (5/minute) and the per-address limit (2/hour) hold in
+    total, not per worker: 20 distinct signups from loopback get exactly 5 accepted, then one address posted
+    again is refused past 2 (Retry-After is checked in the in-process tests)."""
+    from test_concurrency import Drip, post_burst
+
+    drip = Drip(database_url, smtp.url, tmp_path)
+    if storage == "redis":  # fresh counters for this test (every request comes from 127.0.0.1)
+        storage = f"redis://127.0.0.1:6379/0?prefix=drip-test-{secrets.token_hex(4)}"
+    drip.env.update(DRIP_SIGNUP_RATE_LIMIT="5/minute", DRIP_SIGNUP_ADDRESS_RATE_LIMIT="2/hour",
+                    DRIP_RATE_LIMIT_STORAGE=storage)
+    try:
+        drip.web(workers=4)
+        tag = secrets.token_hex(4)
+        results = post_burst(f"{drip.base_url}/signup", [f"w{i}-{tag}@example.org" for i in range(20)])
+        codes = sorted(code for code, _ in results)
+        # /healthz polls do not count; the window may roll over once during the burst, so allow one extra 5.
+        assert codes.count(201) in (5, 10) and set(codes) == {201, 429}, codes
+        drip.stop_all()
+        drip.env.update(DRIP_SIGNUP_RATE_LIMIT="off")
+        drip.web(workers=4)
+        results = post_burst(f"{drip.base_url}/signup", [f"same-{tag}@example.org"] * 12)
+        codes = sorted(code for code, _ in results)
+        assert codes == [200, 201] + [429] * 10, codes
+        assert all("rate_limited" in body for code, body in results if code == 429)
+    finally:
+        drip.stop_all()
