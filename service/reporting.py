@@ -33,9 +33,11 @@ class MessageFilter:
 
         def num(name: str, default: int | None) -> int | None:
             try:
-                return int(args.get(name, ""))
+                value = int(args.get(name, ""))
             except ValueError:
                 return default
+            # Issue 7 (schemathesis): past 64 bits the database driver overflows; treat as absent.
+            return value if 0 <= value < 2**62 else default
 
         status = opt("status")
         return cls(status=status if status in MESSAGE_STATUSES else None, campaign=opt("campaign"),

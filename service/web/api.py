@@ -46,7 +46,8 @@ def messages():  # noqa: ANN201
     if status and status not in MESSAGE_STATUSES:
         return _error(400, "invalid_status", f"status must be one of {', '.join(MESSAGE_STATUSES)}", "status")
     for name in ("limit", "before"):
-        if args.get(name) and not args[name].isdigit():
+        # ASCII digits only, at most 18 (a 64-bit id); found by schemathesis (issue 7).
+        if args.get(name) and not (args[name].isascii() and args[name].isdigit() and len(args[name]) <= 18):
             return _error(400, f"invalid_{name}", f"{name} must be a positive integer", name)
     flt = MessageFilter.from_args(args)
     page = list_messages(db(), flt)
