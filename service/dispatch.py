@@ -19,6 +19,7 @@ import os
 import random
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +92,9 @@ class Dispatcher:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     worker_id: str = field(default_factory=worker_name)
     flush_seconds: float = 0.1
+    # Issue 7: set on SIGTERM; the pass finishes the batch it holds and claims no more, so a restart
+    # never waits for the whole backlog and never leaves leased rows behind.
+    stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
 
@@ -103,7 +107,7 @@ class Dispatcher:
         del n
         transport: Transport | None = None
         try:
-            while claimed := self.claim(clock(), summary):
+            while not self.stopping.is_set() and (claimed := self.claim(clock(), summary)):
                 if transport is None:
                     transport = self.transport_factory()
                 self.send_claimed(claimed, transport, clock, summary)
