@@ -236,3 +236,13 @@ def test_limits_are_shared_by_four_gunicorn_workers(database_url: str, smtp, tmp
         assert all("rate_limited" in body for code, body in results if code == 429)
     finally:
         drip.stop_all()
+
+
+def test_html_in_user_fields_is_escaped_on_pages(client) -> None:  # noqa: ANN001
+    """Markup in the name and email fields comes back escaped on the form's error page (the operator pages
+    show no names; HTML emails are checked in test_dispatch)."""
+    xss = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    r = client.post("/signup", data={"email": f"{xss}@x", "name": xss}, headers={"Accept": "text/html"})
+    assert r.status_code == 400
+    assert b"<script>alert(1)" not in r.data and b"<img src=x" not in r.data
+    assert r.data.count(b"&lt;script&gt;alert(1)&lt;/script&gt;") == 2  # both values echoed back, escaped
