@@ -28,7 +28,8 @@ class MessageFilter:
     def from_args(cls, args: Mapping[str, str]) -> MessageFilter:
         """Lenient parsing for pages; the API validates strictly with `parse_api_args`."""
         def opt(name: str) -> str | None:
-            value = (args.get(name) or "").strip()
+            # Issue 7 (schemathesis): drop control characters; PostgreSQL refuses NUL in text parameters.
+            value = "".join(ch for ch in (args.get(name) or "") if ch >= " " and ch != "\x7f").strip()
             return value[:320] or None
 
         def num(name: str, default: int | None) -> int | None:

@@ -112,6 +112,11 @@ def parse_signup(data: Mapping[str, object], *, campaigns: Mapping[str, Campaign
                        timezone=tz.strip() if isinstance(tz, str) else None)
 
 
+def _meta_text(value: str | None, limit: int) -> str | None:
+    """Free text kept with the consent: control characters dropped (PostgreSQL refuses NUL), bounded."""
+    return _CONTROL.sub("", value or "")[:limit] or None
+
+
 def _insert(session: Session):  # noqa: ANN202
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
@@ -149,8 +154,7 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
         subscriber.timezone = data.timezone
     session.add(Consent(
         subscriber_id=subscriber.id, campaign=data.campaign, created_at=now, source=meta.source,
-        source_url=(meta.source_url or "")[:MAX_URL] or None,
-        user_agent=(meta.user_agent or "")[:MAX_USER_AGENT] or None,
+        source_url=_meta_text(meta.source_url, MAX_URL), user_agent=_meta_text(meta.user_agent, MAX_USER_AGENT),
         ip=meta.ip if record_ip else None, wording=campaign.consent,
     ))
     events.record(session, type="signup", now=now, subscriber_id=subscriber.id,

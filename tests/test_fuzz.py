@@ -219,3 +219,22 @@ def test_signup_never_answers_5xx(client, body: dict, as_form: bool, path: str) 
         raw = json.dumps(body).encode("utf-8", "surrogatepass")
         r = client.post(path, data=raw, content_type="application/json")
     assert r.status_code < 500, (body, r.get_data(as_text=True)[:300])
+
+
+def test_nul_bytes_found_by_fuzzing_are_refused_cleanly(app, client, runtime) -> None:  # noqa: ANN001
+    """Regression for what schemathesis found on PostgreSQL: a NUL in an API filter or in a signup's
+    source_url answered 500 (PostgreSQL refuses NUL in text); now the filter ignores it and the consent
+    keeps the URL without it."""
+    with runtime.sessions() as s, s.begin():
+        token = create_token(s, "nul", now=utcnow())
+    auth = {"Authorization": f"Bearer {token}"}
+    for query in ("campaign=%00", "email=a%00b", "step=%00", "status=%00", "before=99999999999999999999"):
+        assert client.get(f"/api/v1/messages?{query}", headers=auth).status_code < 500, query
+    r = client.post("/signup", data=json.dumps({"email": "nul@example.org", "source_url": "https://a\x00b"}),
+                    content_type="application/json")
+    assert r.status_code == 201
+    from sqlalchemy import select
+
+    from service.models import Consent
+    with runtime.sessions() as s:
+        assert s.scalar(select(Consent.source_url)) == "https://ab"
