@@ -76,7 +76,8 @@ def clean_name(raw: object) -> str:
         raise SignupError("invalid_name", "name must be a string", "name")
     text = unicodedata.normalize("NFC", raw)
     text = _CONTROL.sub(" ", text)
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    # Format characters (bidi, zero-width) and lone surrogates (JSON "\ud800": not encodable, issue 7).
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cs"))
     text = " ".join(text.split())
     if len(text) > MAX_NAME:
         raise SignupError("name_too_long", f"name must be at most {MAX_NAME} characters", "name")
