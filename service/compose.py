@@ -27,7 +27,8 @@ from .dkim import DkimKey
 from .dkim import sign as dkim_sign
 from .transports.base import OutboundEmail
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Issue 7: lone surrogates too (hypothesis found them crashing the UTF-8 encode of a header).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # CRLF line ends; fold only past RFC 5322's hard limit, so long List-Unsubscribe URLs are never
 # RFC 2047-encoded (mailbox providers do not decode them there).
 MIME_POLICY = email.policy.SMTP.clone(max_line_length=998)

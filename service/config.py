@@ -29,13 +29,13 @@ class RateLimit:
     seconds: int
 
     @classmethod
-    def parse(cls, text: str) -> RateLimit | None:
+    def parse(cls, text: str, name: str = "DRIP_SIGNUP_RATE_LIMIT") -> RateLimit | None:
         text = text.strip().lower()
         if text in ("off", "none", "0", ""):
             return None
         m = re.fullmatch(r"(\d+)\s*/\s*(second|minute|hour|day)", text)
         if not m:
-            raise ConfigError(f"DRIP_SIGNUP_RATE_LIMIT: expected e.g. '10/minute' or 'off', got {text!r}")
+            raise ConfigError(f"{name}: expected e.g. '10/minute' or 'off', got {text!r}")
         unit = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}[m.group(2)]
         return cls(int(m.group(1)), unit)
 
@@ -89,6 +89,7 @@ class SendLimits:
 
 @dataclass(frozen=True)
 class Settings:
+    # Issue 7: URLs may carry passwords; keep them out of repr() (and so out of logs and tracebacks).
     database_url: str = field(repr=False)
     email_url: str = field(repr=False)
     base_url: str
@@ -139,6 +140,10 @@ class Settings:
     # Issue 5 double opt-in: unconfirmed signups expire; a form re-sends the confirmation once per cooldown.
     confirm_expiry_days: int = 7
     confirm_cooldown_minutes: int = 60
+    # Issue 7 (hardening): per-address signup limit, where limit counters live, and CORS origins for /signup.
+    signup_address_rate_limit: RateLimit | None = RateLimit(10, 3600)
+    rate_limit_storage: str = "database"  # or redis://host:port/db
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def postal_address_is_placeholder(self) -> bool:
@@ -200,6 +205,10 @@ class Settings:
             max_emails_per_day=int(_number(env, "DRIP_MAX_EMAILS_PER_DAY", 1, minimum=0)),
             confirm_expiry_days=int(_number(env, "DRIP_CONFIRM_EXPIRY_DAYS", 7, minimum=1)),
             confirm_cooldown_minutes=int(_number(env, "DRIP_CONFIRM_COOLDOWN_MINUTES", 60, minimum=1)),
+            signup_address_rate_limit=RateLimit.parse(env.get("DRIP_SIGNUP_ADDRESS_RATE_LIMIT", "10/hour"),
+                                                      "DRIP_SIGNUP_ADDRESS_RATE_LIMIT"),
+            rate_limit_storage=_rate_limit_storage(env.get("DRIP_RATE_LIMIT_STORAGE") or "database"),
+            cors_origins=_origins(env.get("DRIP_CORS_ORIGINS", "")),
         )
         from .dkim import load_keys
 
@@ -328,6 +337,22 @@ def _dns_server(text: str) -> tuple[str, int] | None:
         return host.strip("[]"), int(port)
     except ValueError:
         raise ConfigError(f"DRIP_DNS_SERVER: expected IP or IP:PORT such as 127.0.0.1:5353, got {text!r}") from None
+def _rate_limit_storage(value: str) -> str:
+    if value == "database" or urlsplit(value).scheme in ("redis", "rediss", "unix"):
+        return value
+    raise ConfigError(f"DRIP_RATE_LIMIT_STORAGE: expected 'database' or redis://host:port/db, got {value!r}")
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    """Exact origins only: a wildcard would let any site drive signups from its visitors' browsers."""
+    out = []
+    for item in filter(None, (part.strip().rstrip("/") for part in text.split(","))):
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or "*" in item or parts.path:
+            raise ConfigError(f"DRIP_CORS_ORIGINS: expected comma-separated origins like https://example.org "
+                              f"(no wildcard, no path), got {item!r}")
+        out.append(item)
+    return tuple(out)
 
 
 def _one_line(text: str) -> str:

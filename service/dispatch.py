@@ -25,6 +25,7 @@ import os
 import random
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +131,9 @@ class Dispatcher:
     # Issue 5 double opt-in: (public_id, campaign) -> confirm URL; None disables confirmation sending.
     confirm_url: Callable[[str, str], str] | None = None
     confirm_expiry: timedelta = timedelta(days=7)
+    # Issue 7: set on SIGTERM; the pass finishes the batch it holds and claims no more, so a restart
+    # never waits for the whole backlog and never leaves leased rows behind.
+    stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
     _sent_this_pass: int = field(default=0, init=False, repr=False)
@@ -177,7 +181,7 @@ class Dispatcher:
             return summary
         transport: Transport | None = None
         try:
-            while not summary.paused and (claimed := self.claim(clock(), summary)):
+            while not summary.paused and not self.stopping.is_set() and (claimed := self.claim(clock(), summary)):
                 if transport is None:
                     transport = self.transport_factory()
                 self.send_claimed(claimed, transport, clock, summary)

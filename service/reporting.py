@@ -28,8 +28,8 @@ class MessageFilter:
     def from_args(cls, args: Mapping[str, str]) -> MessageFilter:
         """Lenient parsing for pages; the API validates strictly with `parse_api_args`."""
         def opt(name: str) -> str | None:
-            # NUL is refused by PostgreSQL in any string; it cannot be part of an address or a key anyway.
-            value = (args.get(name) or "").replace("\x00", "").strip()
+            # Issue 7 (schemathesis): drop control characters; PostgreSQL refuses NUL in text parameters.
+            value = "".join(ch for ch in (args.get(name) or "") if ch >= " " and ch != "\x7f").strip()
             return value[:320] or None
 
         def num(name: str, default: int | None) -> int | None:
@@ -37,7 +37,8 @@ class MessageFilter:
                 value = int(args.get(name, ""))
             except ValueError:
                 return default
-            return value if 0 < value <= 2**63 - 1 else default
+            # Issue 7 (schemathesis): past 64 bits the database driver overflows; treat as absent.
+            return value if 0 <= value < 2**62 else default
 
         status = opt("status")
         return cls(status=status if status in MESSAGE_STATUSES else None, campaign=opt("campaign"),

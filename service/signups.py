@@ -79,7 +79,8 @@ def clean_name(raw: object) -> str:
         raise SignupError("invalid_name", "name must be a string", "name")
     text = unicodedata.normalize("NFC", raw)
     text = _CONTROL.sub(" ", text)
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    # Format characters (bidi, zero-width) and lone surrogates (JSON "\ud800": not encodable, issue 7).
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cs"))
     text = " ".join(text.split())
     if len(text) > MAX_NAME:
         raise SignupError("name_too_long", f"name must be at most {MAX_NAME} characters", "name")
@@ -113,6 +114,11 @@ def parse_signup(data: Mapping[str, object], *, campaigns: Mapping[str, Campaign
         raise SignupError("invalid_timezone", "timezone must be an IANA name such as Europe/Paris", "timezone")
     return SignupInput(email=email, email_key=key, name=name, campaign=campaign,
                        timezone=tz.strip() if isinstance(tz, str) else None)
+
+
+def _meta_text(value: str | None, limit: int) -> str | None:
+    """Free text kept with the consent: control characters dropped (PostgreSQL refuses NUL), bounded."""
+    return _CONTROL.sub("", value or "")[:limit] or None
 
 
 def _insert(session: Session):  # noqa: ANN202
@@ -156,8 +162,7 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
         subscriber.timezone = data.timezone
     session.add(Consent(
         subscriber_id=subscriber.id, campaign=data.campaign, created_at=now, source=meta.source,
-        source_url=(meta.source_url or "")[:MAX_URL] or None,
-        user_agent=(meta.user_agent or "")[:MAX_USER_AGENT] or None,
+        source_url=_meta_text(meta.source_url, MAX_URL), user_agent=_meta_text(meta.user_agent, MAX_USER_AGENT),
         ip=meta.ip if record_ip else None, wording=campaign.consent,
     ))
     events.record(session, type="signup", now=now, subscriber_id=subscriber.id,

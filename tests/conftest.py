@@ -194,6 +194,7 @@ def settings(database_url: str, smtp: SmtpServer, tmp_path: Path) -> Settings:
         postal_address="Back Pain Warriors, 12 Test Street, Springfield",
         instance_dir=tmp_path / "instance",
         signup_rate_limit=None,
+        signup_address_rate_limit=None,  # tests of the limits switch them on themselves
     )
 
 

@@ -107,7 +107,8 @@ class Drip:
         self.base_url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DRIP_") and k != "DATABASE_URL"}
         env.update(DATABASE_URL=database_url, DRIP_EMAIL_URL=smtp_url, DRIP_SECRET_KEY=SECRET_KEY,
-                   DRIP_BASE_URL=self.base_url, DRIP_POSTAL_ADDRESS=POSTAL_ADDRESS, DRIP_SIGNUP_RATE_LIMIT="off")
+                   DRIP_BASE_URL=self.base_url, DRIP_POSTAL_ADDRESS=POSTAL_ADDRESS, DRIP_SIGNUP_RATE_LIMIT="off",
+                   DRIP_SIGNUP_ADDRESS_RATE_LIMIT="off")  # issue 7: 30 posts of one address on purpose
         self.env = env
         self.procs: list[Proc] = []
 

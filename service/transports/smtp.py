@@ -15,7 +15,7 @@ import re
 import smtplib
 import ssl
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .base import OutboundEmail, SendResult, TransportError
@@ -35,7 +35,7 @@ class SmtpConfig:
     implicit_tls: bool = False
     starttls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, log or traceback
     timeout: float = 30.0
     verify: bool = True
     local_hostname: str | None = None

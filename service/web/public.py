@@ -10,7 +10,6 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .. import ratelimit
 from ..campaigns import valid_timezone
 from ..db import utcnow
 from ..metrics import render_metrics
@@ -18,10 +17,13 @@ from ..sending import paused_reason
 from ..signups import ConsentMeta, SignupError, parse_signup, signup
 from ..tokens import BadToken, make_preferences_token, read_unsubscribe_token
 from ..unsubscribe import find_subscriber, unsubscribe
-from . import db, runtime, wants_json
+from . import abuse, db, runtime, wants_json
 
 log = logging.getLogger(__name__)
 bp = Blueprint("public", __name__)
+# Issue 7: CORS preflight and response headers for /signup, only for DRIP_CORS_ORIGINS (see web/abuse.py).
+bp.before_request(abuse.cors_preflight)
+bp.after_request(abuse.cors_headers)
 
 
 def error(code: str, message: str, field: str | None, status: int) -> tuple[Response, int]:
@@ -62,21 +64,21 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
     except SignupError as exc:
         return _signup_error(exc, as_json, data, campaign, 404 if exc.code == "unknown_campaign" and campaign else 400)
 
+    if abuse.honeypot_filled(data):  # issue 7: look like success, store and send nothing
+        return _looks_accepted(as_json, parsed)
+    refused = abuse.limited(parsed.email_key)  # issue 7: per-IP and per-address limits
+    if refused is not None:
+        if as_json:
+            return refused
+        # A browser gets the form again with the message (and the same Retry-After), not a JSON blob.
+        resp, status = refused
+        message = resp.get_json()["error"]["message"]
+        page, _ = _signup_error(SignupError("rate_limited", message[:1].upper() + message[1:] + ".", None),
+                                False, data, campaign, 429)
+        html = current_app.make_response(page)
+        html.headers["Retry-After"] = resp.headers["Retry-After"]
+        return html, status
     session, now = db(), utcnow()
-    limit = rt.settings.signup_rate_limit
-    if limit is not None:
-        verdict = ratelimit.hit(session, f"signup-ip:{request.remote_addr}", limit, now)
-        session.commit()
-        if not verdict.allowed:
-            message = "Too many signups from this address; please try again in a minute."
-            if as_json:
-                resp, status = error("rate_limited", message, None, 429)
-            else:
-                exc = SignupError("rate_limited", message, None)
-                resp, status = _signup_error(exc, False, data, campaign, 429)
-                resp = current_app.make_response(resp)
-            resp.headers["Retry-After"] = str(verdict.retry_after)
-            return resp, status
     meta = ConsentMeta(source="json" if request.is_json else "form",
                        source_url=_str(data.get("source_url")) or request.headers.get("Referer"),
                        user_agent=request.headers.get("User-Agent"), ip=request.remote_addr)
@@ -95,6 +97,12 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
     if result.status in ("inactive", "suppressed"):
         body["detail"] = "this address has unsubscribed or bounced; it is not re-enrolled by a signup"
     return jsonify(body), 201 if result.created else 200
+
+
+def _looks_accepted(as_json: bool, parsed):  # noqa: ANN001, ANN202
+    if not as_json:
+        return redirect(url_for("public.thanks", campaign=parsed.campaign), code=303)
+    return jsonify({"status": "subscribed", "campaign": parsed.campaign, "email": parsed.email}), 201
 
 
 def runtime_wake() -> None:
