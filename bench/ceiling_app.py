@@ -61,5 +61,5 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # gunicorn parses argv too
-    Server(Settings.from_env({"DATABASE_URL": os.environ["DATABASE_URL"], "DRIP_SECRET_KEY": "x"},
+    Server(Settings.from_env({"DATABASE_URL": os.environ["DATABASE_URL"], "DRIP_SECRET_KEY": "k" * 32},
                              dotenv=None).database_url, args.port).run()

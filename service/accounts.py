@@ -112,3 +112,22 @@ def check_token(session: Session, token: str, *, now: datetime) -> ApiToken | No
     if row is not None:
         row.last_used_at = now
     return row
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
+
+
+def revoke_token(session: Session, name_or_id: str, *, now: datetime) -> list[ApiToken]:
+    """Revoke the token with this id, or every live token with this name. Returns those revoked now.
+
+    Revocation is immediate for every process: `check_token` reads `revoked_at` on each request.
+    """
+    ref = name_or_id.strip()
+    q = select(ApiToken).where(ApiToken.revoked_at.is_(None))
+    q = q.where(ApiToken.id == int(ref)) if ref.isdigit() and len(ref) < 10 else q.where(ApiToken.name == ref)
+    rows = list(session.scalars(q))
+    for row in rows:
+        row.revoked_at = now
+    session.flush()
+    return rows

@@ -32,6 +32,13 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         SESSION_COOKIE_NAME="drip_session",
         PERMANENT_SESSION_LIFETIME=12 * 3600,
     )
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # Behind N proxies the client is the Nth address from the right of X-Forwarded-For; without
+        # this every reader would share the proxy's address (one rate-limit bucket, wrong consent IP).
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
     app.extensions["drip"] = runtime
     app.extensions["drip.wake"] = wake or (lambda: None)
 
@@ -54,9 +61,16 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             h.setdefault("Cache-Control", "no-store")
         return response
 
-    from .web import admin, api, public
+    from .web import admin, api, public, reader, tracking, webhooks
 
     app.register_blueprint(public.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(webhooks.bp)  # issue 4
+    app.register_blueprint(tracking.bp)  # issue 4
+    app.register_blueprint(reader.bp)  # issue 9: preference page, view in browser
+    from .web import campaign_preview, confirm  # issue 5: double opt-in links; the console's campaign pages
+
+    app.register_blueprint(confirm.bp)
+    app.register_blueprint(campaign_preview.bp)
     return app

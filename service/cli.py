@@ -32,8 +32,11 @@ def _runtime(settings: Settings, **kw):  # noqa: ANN003, ANN202
 
 
 def masked(url: str) -> str:
-    """A URL safe to print: the password replaced by ***."""
+    """A URL safe to print: the password replaced by ***, and so is an API key in the user part
+    (postmark://TOKEN@, sendgrid://KEY@, mailgun://KEY@domain, resend://KEY@)."""
     parts = urlsplit(url)
+    if parts.username and not parts.password and parts.scheme not in ("smtp", "smtps"):
+        return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         return urlunsplit(parts._replace(netloc=netloc))
@@ -57,11 +60,15 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply Alembic migrations (idempotent)."""
+    from .config import database_url_from_env
     from .migrate import upgrade
 
-    settings = _settings()
-    upgrade(settings.database_url)
-    click.echo(f"database at head: {masked(settings.database_url)}")
+    try:
+        url = database_url_from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    upgrade(url)
+    click.echo(f"database at head: {masked(url)}")
 
 
 def _warn_placeholders(settings: Settings) -> None:

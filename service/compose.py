@@ -2,18 +2,21 @@
 
 Templates are compiled once per Composer. HTML is autoescaped and rendered with StrictUndefined, so an
 unknown variable is an error, never a blank; CSS is inlined (media queries stay in <style>). Every
-header is written by the lean MIME writer (service/mime.py: RFC 2047 for non-ASCII, never a line over
-998 octets, so long List-Unsubscribe URLs are never encoded), every user-supplied value is stripped of
-control characters first, and the finished header block is checked, so no field can inject a header.
+header is built through the email package, and every user-supplied value is stripped of control
+characters first, so no field can inject a header.
 """
 from __future__ import annotations
 
+import email.policy
 import email.utils
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import css_inline
 from email_validator import EmailNotValidError, validate_email
@@ -21,9 +24,15 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from . import mime
 from .campaigns import Campaign, Step
+from .dkim import DkimKey
+from .dkim import sign as dkim_sign
 from .transports.base import OutboundEmail
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Issue 7: lone surrogates too (hypothesis found them crashing the UTF-8 encode of a header).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# CRLF line ends; fold only past RFC 5322's hard limit, so long List-Unsubscribe URLs are never
+# RFC 2047-encoded (mailbox providers do not decode them there).
+MIME_POLICY = email.policy.SMTP.clone(max_line_length=998)
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,9 @@ class ComposeJob:
     name: str
     unsubscribe_url: str
     now: datetime
+    public_id: str = ""  # issue 9: the subscriber's public id, for the preference link
+    why: str = ""  # issue 5: the footer's "why" of the campaign the reader signed up for, when not this one
+    test: bool = False  # issue 5 `drip send-test`: "[TEST] " subject prefix and an X-Drip-Test: 1 header
 
 
 def one_line(text: str) -> str:
@@ -63,8 +75,6 @@ def check_header_block(raw: bytes, allowed: frozenset[str]) -> None:
 
 def ascii_address(address: str) -> str:
     """The envelope/header form: IDN domains in Punycode (the local part is ASCII by signup policy)."""
-    if address.isascii():
-        return address  # already the ASCII form; validate_email costs ~50 us per call on the send path
     try:
         return validate_email(address, check_deliverability=False, test_environment=True).ascii_email or address
     except EmailNotValidError:
@@ -73,13 +83,20 @@ def ascii_address(address: str) -> str:
 
 ALLOWED_HEADERS = frozenset({
     "from", "to", "subject", "message-id", "date", "list-unsubscribe", "list-unsubscribe-post", "list-id",
-    "mime-version", "content-type", "content-transfer-encoding",
+    "mime-version", "content-type", "content-transfer-encoding", "feedback-id", "reply-to", "dkim-signature",
+    "x-drip-test",  # issue 5: only on `drip send-test` emails
 })
 
 
 class Composer:
+    # Issue 9: (public_id, message_pk) -> {"preferences_url", "view_url"}; the runtime sets it (it holds the
+    # secret key). Unset (previews, lint) the links point at sample pages.
+    reader_links: Callable[[str, int], dict[str, str]] | None = None
+
     def __init__(self, *, templates_dir: Path, base_url: str, postal_address: str, from_override: str | None = None,
-                 unsubscribe_mailto: str | None = None) -> None:
+                 unsubscribe_mailto: str | None = None, dkim_keys: tuple[DkimKey, ...] = (),
+                 feedback_id_sender: str | None = None, bounce_domain: str | None = None,
+                 reply_to: str | None = None, secret_key: str | None = None, tracking: bool = False) -> None:
         self.env = Environment(
             loader=FileSystemLoader(str(templates_dir)),
             undefined=StrictUndefined,
@@ -95,7 +112,14 @@ class Composer:
         self.unsubscribe_mailto = unsubscribe_mailto
         self.inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
         self._subjects: dict[tuple[str, str], object] = {}
-        self._senders: dict[str, tuple[str, str, str]] = {}
+        # Deliverability (issue 8): see deliverability_headers, envelope_sender and sign_message.
+        self.dkim_keys = dkim_keys
+        self.feedback_id_sender = feedback_id_sender
+        self.reply_to = reply_to
+        # issue 4: VERP envelope senders (DRIP_BOUNCE_DOMAIN) and open/click tracking (DRIP_TRACKING=on)
+        self.bounce_domain = bounce_domain
+        self.secret_key = secret_key
+        self.tracking = tracking and secret_key is not None
 
     def from_header(self, campaign: Campaign) -> str:
         """DRIP_FROM replaces the campaign's address; without a display name of its own it keeps the campaign's."""
@@ -116,10 +140,21 @@ class Composer:
             "resources": campaign.resources,
             "unsubscribe_url": job.unsubscribe_url,
             "postal_address": self.postal_address,
-            "why": campaign.why,
+            "why": job.why or campaign.why,  # issue 5: a continued enrollment names its lead magnet
             "base_url": self.base_url,
             "preheader": step.preheader,
+            **self.reader_context(job),
         }
+
+    def reader_context(self, job: ComposeJob) -> dict:
+        """Issue 9: the footer's preference and view-in-browser links, and resource links with the
+        campaign's UTM parameters (later keys of `context` win, so `resources` here replaces the raw ones)."""
+        if self.reader_links is not None and job.public_id:
+            links = self.reader_links(job.public_id, job.message_pk)
+        else:
+            links = {"preferences_url": f"{self.base_url}/preferences/sample",
+                     "view_url": f"{self.base_url}/view/sample"}
+        return {**links, "resources": {k: with_utm(v, job.campaign.utm) for k, v in job.campaign.resources.items()}}
 
     def render_subject(self, job: ComposeJob, ctx: dict) -> str:
         key = (job.campaign.key, job.step.key)
@@ -137,18 +172,24 @@ class Composer:
         html = self.inliner.inline(self.env.get_template(f"{base}.html").render(ctx))
         return subject, text, html
 
-    def sender(self, campaign: Campaign) -> tuple[str, str, str]:
-        """(From header value as configured, display name, ASCII address), parsed once per campaign."""
-        cached = self._senders.get(campaign.key)
-        if cached is None:
-            from_header = self.from_header(campaign)
-            name, addr = email.utils.parseaddr(from_header)
-            cached = self._senders[campaign.key] = (from_header, header_text(name), ascii_address(addr))
-        return cached
+    def delivery_tracking(self, job: ComposeJob, html: str, sender: str) -> tuple[str, str]:
+        """Issue 4, after rendering: the VERP envelope sender, and tracked links when tracking is on."""
+        from .tracking import rewrite_html
+        from .verp import verp_address
+
+        envelope = self.envelope_sender(sender)
+        if self.bounce_domain and self.secret_key is not None:
+            envelope = verp_address(self.secret_key, job.message_pk, self.bounce_domain)
+        if self.tracking and self.secret_key is not None:
+            html = rewrite_html(html, secret=self.secret_key, base_url=self.base_url,
+                                message_pk=job.message_pk, unsubscribe_url=job.unsubscribe_url)
+        return envelope, html
 
     def compose(self, job: ComposeJob) -> OutboundEmail:
         subject, text, html = self.render(job)
-        from_header, from_name, sender = self.sender(job.campaign)
+        from_header = self.from_header(job.campaign)
+        sender = email.utils.parseaddr(from_header)[1]
+        envelope_from, html = self.delivery_tracking(job, html, sender)
         domain = sender.rpartition("@")[2]
         recipient = ascii_address(job.to_email)
         mailto = self.unsubscribe_mailto or f"unsubscribe@{domain}"
@@ -158,21 +199,118 @@ class Composer:
             ("Date", email.utils.format_datetime(job.now)),
             ("List-Unsubscribe", f"<{job.unsubscribe_url}>, <mailto:{mailto}?subject={quote('unsubscribe ' + token)}>"),
             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
-            ("List-Id", f"{mime.phrase(one_line(job.campaign.title))} <{job.campaign.key}.{domain}>"),
-        )
+            ("List-Id", f"{one_line(job.campaign.title)} <{job.campaign.key}.{domain}>"),
+        ) + self.deliverability_headers(job, domain)
+        if job.test:  # issue 5: a test send is marked as such in the inbox and in the headers
+            subject = header_text(f"[TEST] {subject}")[:250]
+            headers += (("X-Drip-Test", "1"),)
         to_name = header_text(job.name)
         # The lean writer (service/mime.py) instead of EmailMessage: ~0.1 ms instead of ~3 ms per email,
-        # the largest single cost of a send once the database work is batched.
+        # the largest single cost of composing. Values are made ASCII here (RFC 2047 where needed).
         raw = mime.multipart_alternative(
-            (("From", mime.address(from_name, sender)), ("To", mime.address(to_name, recipient)),
-             ("Subject", mime.unstructured(subject)), *headers), text, html)
+            (("From", self.from_value(from_header)), ("To", mime.address(to_name, recipient)),
+             ("Subject", mime.unstructured(subject)), *(_ascii_header(n, v) for n, v in headers)), text, html)
         check_header_block(raw, ALLOWED_HEADERS)
+        raw = self.sign_message(raw)
         return OutboundEmail(
-            message_pk=job.message_pk, envelope_from=sender, recipient=recipient, from_header=from_header,
+            message_pk=job.message_pk, envelope_from=envelope_from, recipient=recipient, from_header=from_header,
             to_header=email.utils.formataddr((to_name, recipient)) if to_name.isascii() else f"{to_name} <{recipient}>",
             subject=subject, text=text, html=html, headers=headers,
             raw=raw, idempotency_key=f"drip-message-{job.message_pk}",
         )
+
+    # -- deliverability (issue 8) ----------------------------------------------------------------
+    def deliverability_headers(self, job: ComposeJob, domain: str) -> tuple[tuple[str, str], ...]:
+        """Feedback-ID for Gmail's complaint loop (campaign:step:sender) and Reply-To when configured.
+        No `Precedence: bulk`: Google advises against it and it suppresses auto-replies only."""
+        sender_id = self.feedback_id_sender or domain
+        headers: list[tuple[str, str]] = [("Feedback-ID", f"{job.campaign.key}:{job.step.key}:{one_line(sender_id)}")]
+        reply_to = job.campaign.reply_to or self.reply_to
+        if reply_to:
+            headers.append(("Reply-To", header_text(reply_to)))
+        return tuple(headers)
+
+    def from_value(self, from_header: str) -> str:
+        """The From header as written on the wire: display name in RFC 2047 when not ASCII."""
+        name, addr = email.utils.parseaddr(from_header)
+        return mime.address(header_text(name), ascii_address(addr))
+
+    def envelope_sender(self, sender: str) -> str:
+        """The envelope sender (it becomes Return-Path at the receiver): bounces@DRIP_BOUNCE_DOMAIN when
+        set, so bounces reach a mailbox made for them, else the From address. (Issue 4 refines this into
+        a VERP address, bounces+token@DRIP_BOUNCE_DOMAIN.)"""
+        return f"bounces@{self.bounce_domain}" if self.bounce_domain else sender
+
+    def sign_message(self, raw: bytes) -> bytes:
+        """The serialised message with its DKIM signature(s); every transport sends these bytes."""
+        return dkim_sign(raw, self.dkim_keys) if self.dkim_keys else raw
+
+
+def _ascii_header(name: str, value: str) -> tuple[str, str]:
+    """Our own headers are ASCII already but for display names (List-Id's title, Reply-To's name)."""
+    if value.isascii():
+        return name, value
+    if name == "Reply-To":
+        display, addr = email.utils.parseaddr(value)
+        return name, mime.address(header_text(display), ascii_address(addr))
+    if name == "List-Id":
+        phrase, _, rest = value.rpartition(" <")
+        return name, f"{mime.phrase(phrase)} <{rest}"
+    return name, mime.unstructured(value)
+
+
+def with_utm(url: str, utm: dict[str, str]) -> str:
+    """`url` with utm_source/utm_medium/utm_campaign appended (issue 9), keeping any it already has. Only
+    resource links go through here: unsubscribe, preference and view links stay untagged."""
+    if not utm:
+        return url
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    present = {k for k, _ in query}
+    query += [(f"utm_{k}", v) for k, v in utm.items() if f"utm_{k}" not in present]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+# -- double opt-in confirmations (issue 5) -----------------------------------------------------------
+def compose_confirmation(composer: Composer, *, campaign: Campaign, to_email: str, name: str, confirm_url: str,
+                         unsubscribe_url: str, now: datetime, pending_id: int, expiry_days: int) -> OutboundEmail:
+    """The confirmation email of a double opt-in campaign: `<campaign>/confirm.*` when the campaign has its
+    own, else `_base/confirm.*`. A transactional email: no List-Unsubscribe headers, not in the message
+    log; its footer still names why it came and links the unsubscribe page."""
+    import secrets
+
+    first = one_line(name).split(" ")[0] if one_line(name) else ""
+    subject = header_text(campaign.confirm_subject)[:250]
+    ctx = {
+        "greeting": f"Hi {first}," if first else "Hi there,", "subject": subject, "confirm_url": confirm_url,
+        "campaign": {"key": campaign.key, "title": campaign.title, "sender_name": campaign.sender_name},
+        "unsubscribe_url": unsubscribe_url, "postal_address": composer.postal_address, "base_url": composer.base_url,
+        "why": f"You're getting this email because this address was entered to get the {campaign.title}.",
+        "preheader": "Please confirm your email address", "expiry_days": expiry_days,
+    }
+    base = campaign.key if (campaign.directory / "confirm.html").is_file() else "_base"
+    text = composer.env.get_template(f"{base}/confirm.txt").render(ctx).strip() + "\n"
+    html = composer.inliner.inline(composer.env.get_template(f"{base}/confirm.html").render(ctx))
+    from_header = composer.from_header(campaign)
+    sender = email.utils.parseaddr(from_header)[1]
+    recipient = ascii_address(to_email)
+    headers = (("Message-ID", new_message_id(from_header, -pending_id, secrets.token_hex(10))),
+               ("Date", email.utils.format_datetime(now)))
+    msg = EmailMessage(policy=MIME_POLICY)
+    msg["From"] = from_header
+    local, _, rdomain = recipient.rpartition("@")
+    msg["To"] = Address(display_name=header_text(name), username=local, domain=rdomain)
+    msg["Subject"] = subject
+    for key, value in headers:
+        msg[key] = value
+    msg.set_content(text, cte="quoted-printable")
+    msg.add_alternative(html, subtype="html", cte="quoted-printable")
+    raw = msg.as_bytes()
+    check_header_block(raw, ALLOWED_HEADERS)
+    return OutboundEmail(message_pk=-pending_id, envelope_from=composer.envelope_sender(sender), recipient=recipient,
+                         from_header=from_header, to_header=str(msg["To"]), subject=subject, text=text, html=html,
+                         headers=headers, raw=composer.sign_message(raw),
+                         idempotency_key=f"drip-confirm-{pending_id}-{secrets.token_hex(4)}")
 
 
 def new_message_id(from_address: str, message_pk: int, nonce: str) -> str:

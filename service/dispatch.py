@@ -5,43 +5,59 @@ Record, then send, then record:
    enrollment and step), and stops being due until that message is finished;
 2. claim: due messages move to `sending` with a lease, in their own committed transaction
    (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite runs one writer at a time);
-3. send outside any transaction, re-checking just before each chunk that the reader is still
-   subscribed; outcomes are written back every `flush_seconds` and at the end.
+3. send outside any transaction; emails are handed to the transport one at a time, and at most
+   `recheck_seconds` before each one the dispatcher re-checks that the reader is still subscribed and
+   that this worker still holds the message; outcomes are written back every `flush_seconds`.
 
 A worker killed mid-pass leaves `sending` rows whose lease expires; the next pass anywhere reclaims
 them. The only email that can go out twice is one the dead worker had handed to the server but not
 yet recorded, and that reclaim is written in the message's history.
+
+Two clocks: `now` (the pass's clock, which `drip tick --now` sets) decides what is due and when a retry
+is due; leases always run on the real clock, so a look-ahead tick can neither steal a live worker's
+claim nor leave rows locked until the date it pretended to be.
 """
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
 import random
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Row, bindparam, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import events
-from .campaigns import Campaign, due_at
-from .compose import ComposeJob, Composer, new_message_id
+from . import delivery, events, live_edits, optin, sending, sendlimits
+from .campaigns import Campaign, Delay, Step, due_at
+from .compose import ComposeJob, Composer, compose_confirmation, new_message_id
+from .config import SendLimits
+from .continuation import continue_enrollment, origin_why
 from .db import utcnow
-from .models import Enrollment, Message, Subscriber, Suppression
-from .suppression import email_hash, stop_subscriber, suppress_address
-from .transports.base import SendResult, Transport, TransportError
+from .models import CampaignState, DispatchPass, Enrollment, Message, MessageContent, Subscriber
+from .suppression import is_suppressed, stop_subscriber, suppress_address
+from .transports.base import OutboundEmail, SendResult, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
-# Emails re-checked, composed and sent per step. 100 at ~1,000 emails/s re-checks a reader at most ~0.1 s
-# before sending; each chunk costs a fixed few statements, so 50 spent twice as many round trips per email.
-CHUNK = 100
+CHUNK = 50
 GIVE_UP_AFTER = timedelta(days=3)
+PASS_HISTORY = timedelta(hours=1)  # dispatch_passes rows kept for the metrics
+
+
+def _paused_campaigns():  # noqa: ANN202
+    # Issue 3 (pause/resume): a paused campaign's enrollments are not queued and its messages are not
+    # claimed; both wait exactly where they are until the operator resumes it.
+    return select(CampaignState.campaign).where(CampaignState.paused.is_(True))
 
 
 @dataclass
@@ -54,6 +70,7 @@ class PassSummary:
     suppressed: int = 0
     reclaimed: int = 0
     completed: int = 0
+    paused: int = 0  # 1 when sending is paused (issue 4: a provider refused our credentials)
 
     def line(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in vars(self).items())
@@ -77,6 +94,19 @@ class RetryPolicy:
             first_attempt_at is not None and now - first_attempt_at >= self.give_up_after)
 
 
+def not_snoozed(subscriber_id, now: datetime):  # noqa: ANN001, ANN201
+    """Issue 9: rows whose reader is not snoozed at `now` (a preference-page pause). Nothing is cancelled or
+    shifted: queued mail and due steps simply wait, and when the snooze ends each enrollment resumes with
+    its next step; the step after it is scheduled from that send, so there is no burst."""
+    return subscriber_id.notin_(select(Subscriber.id).where(Subscriber.snoozed_until > now).correlate(None))
+
+
+def _local_midnight(now: datetime, tz_name: str) -> datetime:
+    """The start (UTC) of `now`'s calendar day in `tz_name` (issue 5 daily cap)."""
+    local = now.astimezone(ZoneInfo(tz_name))
+    return datetime.combine(local.date(), dtime(0), tzinfo=local.tzinfo).astimezone(UTC)
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
 
@@ -93,19 +123,65 @@ class Dispatcher:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     worker_id: str = field(default_factory=worker_name)
     flush_seconds: float = 0.1
+    recheck_seconds: float = 1.0
+    real_clock: Callable[[], datetime] = utcnow
+    limits: SendLimits | None = None  # per-domain hourly/daily caps and warm-up (issue 8)
+    delivery_policy: delivery.Policy = field(default_factory=delivery.Policy)
+    max_per_day: int = 0  # issue 5: most emails per reader per local day across campaigns; 0 = no cap
+    # Issue 5 double opt-in: (public_id, campaign) -> confirm URL; None disables confirmation sending.
+    confirm_url: Callable[[str, str], str] | None = None
+    confirm_expiry: timedelta = timedelta(days=7)
+    # Issue 7: set on SIGTERM; the pass finishes the batch it holds and claims no more, so a restart
+    # never waits for the whole backlog and never leaves leased rows behind.
+    stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
+    _sent_this_pass: int = field(default=0, init=False, repr=False)
+    _raw: dict[int, bytes] = field(default_factory=dict, init=False, repr=False)
+    _reactivated: bool = field(default=False, init=False, repr=False)
 
     # -- the pass --------------------------------------------------------------------------------
     def run_pass(self, now: datetime | None = None) -> PassSummary:
+        started, started_at = time.monotonic(), utcnow()
+        try:
+            return self._run_pass(now)
+        finally:
+            self._record_pass(started_at, time.monotonic() - started)
+
+    def _record_pass(self, started_at: datetime, seconds: float) -> None:
+        """Issue 3 (metrics): every pass's wall-clock duration goes to the database, so /metrics in any
+        process reports every worker's passes. Old rows are pruned in the same transaction."""
+        try:
+            with self.sessions() as session, session.begin():
+                session.add(DispatchPass(worker=self.worker_id[:80], started_at=started_at,
+                                         duration_seconds=seconds, sent=self._sent_this_pass))
+                session.execute(delete(DispatchPass).where(DispatchPass.started_at < started_at - PASS_HISTORY))
+        except Exception:  # a metric must never fail a pass that has already sent its emails
+            log.exception("could not record the pass duration")
+
+    def _run_pass(self, now: datetime | None) -> PassSummary:
         clock: Callable[[], datetime] = (lambda: now) if now is not None else utcnow
         summary = PassSummary()
+        self._sent_this_pass = 0
+        if not self._reactivated:  # issue 5: once per loaded campaign set, appended steps reach finished readers
+            with self.sessions() as session, session.begin():
+                live_edits.reactivate_grown(session, self.campaigns, clock())
+            self._reactivated = True
+        self._send_confirmations(clock())  # issue 5: double opt-in, outside the message log
         while (n := self.queue_due(clock(), summary)) >= self.batch_size:
             pass
         del n
+        # Issue 4: messages a provider keeps deferring fail at a deadline; a paused service claims nothing.
+        with self.sessions() as session, session.begin():
+            summary.failed += delivery.expire_deferred(session, now=clock(), policy=self.delivery_policy)
+            reason = sending.paused_reason(session)
+        if reason:
+            log.error("sending is paused (%s); nothing claimed. Run `drip sending resume` once fixed.", reason)
+            summary.paused = 1
+            return summary
         transport: Transport | None = None
         try:
-            while claimed := self.claim(clock(), summary):
+            while not summary.paused and not self.stopping.is_set() and (claimed := self.claim(clock(), summary)):
                 if transport is None:
                     transport = self.transport_factory()
                 self.send_claimed(claimed, transport, clock, summary)
@@ -116,111 +192,179 @@ class Dispatcher:
 
     # -- 1. queue --------------------------------------------------------------------------------
     def queue_due(self, now: datetime, summary: PassSummary) -> int:
-        """Give each due enrollment of one batch its message row. Set-based: one locked SELECT, one
-        multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING, one UPDATE and one events INSERT per batch
-        (per-row ORM work here was half the cost of a pass in bench/send.py)."""
         with self.sessions() as session, session.begin():
             rows = session.execute(
-                select(Enrollment.id, Enrollment.subscriber_id, Enrollment.campaign, Enrollment.next_step,
-                       Subscriber.status, Subscriber.email)
+                select(Enrollment, Subscriber)
                 .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
-                .where(Enrollment.status == "active", Enrollment.next_due_at <= now)
+                .where(Enrollment.status == "active", Enrollment.next_due_at <= now,
+                       Enrollment.campaign.not_in(_paused_campaigns()))
+                .where(not_snoozed(Subscriber.id, now))  # issue 9: a snoozed reader's steps wait
                 .order_by(Enrollment.next_due_at, Enrollment.id)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True, of=Enrollment)
             ).all()
-            new_messages, waiting, finished = [], [], []
-            domains: dict[str, str] = {}  # Message-ID domain per campaign: parseaddr once per batch, not per row
-            for row in rows:
-                campaign = self.campaigns.get(row.campaign)
+            insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+            had = live_edits.sent_keys(session, [e.id for e, _s in rows])  # issue 5: place by step keys
+            for enrollment, subscriber in rows:
+                campaign = self.campaigns.get(enrollment.campaign)
                 if campaign is None:
-                    log.warning("enrollment %s: campaign %r is not loaded; left waiting", row.id, row.campaign)
-                    waiting.append(row.id)
+                    log.warning("enrollment %s: campaign %r is not loaded; left waiting", enrollment.id,
+                                enrollment.campaign)
+                    enrollment.next_due_at = now + timedelta(hours=1)
                     continue
-                step = campaign.step(row.next_step)
-                if step is None or row.status != "active":
-                    finished.append((row, step is None))
+                step = live_edits.next_step(campaign, enrollment, had[enrollment.id])  # issue 5: safe edits
+                if step is None or subscriber.status != "active":
+                    self._finish_enrollment(session, enrollment, now, completed=step is None, summary=summary)
+                    if step is None and subscriber.status == "active":  # issue 5
+                        self._continue_into(session, enrollment, subscriber, campaign, now)
                     continue
-                new_messages.append(dict(
-                    enrollment_id=row.id, subscriber_id=row.subscriber_id, campaign=campaign.key, step_key=step.key,
-                    step_index=step.index, to_email=row.email, status="queued", attempts=0, next_attempt_at=now,
-                    created_at=now, updated_at=now,
-                    message_id=new_message_id(domains.get(campaign.key) or domains.setdefault(
-                        campaign.key, self.composer.from_header(campaign)), row.id, secrets.token_hex(10))))
-            if waiting:
-                session.execute(update(Enrollment).where(Enrollment.id.in_(waiting))
-                                .values(next_due_at=now + timedelta(hours=1)))
-            self._finish_enrollments(session, finished, now, summary)
-            self._insert_messages(session, new_messages, now, summary)
+                result = session.execute(
+                    insert(Message).values(
+                        enrollment_id=enrollment.id, subscriber_id=subscriber.id, campaign=campaign.key,
+                        step_key=step.key, step_index=step.index, to_email=subscriber.email, status="queued",
+                        attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
+                        message_id=new_message_id(self.composer.from_header(campaign), enrollment.id,
+                                                  secrets.token_hex(10)),
+                    ).on_conflict_do_nothing(index_elements=["enrollment_id", "step_key"])
+                    .returning(Message.id)
+                ).scalar()
+                enrollment.next_due_at = None
+                enrollment.updated_at = now
+                if result is None:
+                    self._step_already_queued(session, enrollment, step, now)
+                else:
+                    summary.queued += 1
+                    events.record(session, type="queued", now=now, subscriber_id=subscriber.id, message_id=result,
+                                  detail=f"{campaign.key}/{step.key} queued")
             return len(rows)
 
-    def _insert_messages(self, session: Session, values: list[dict], now: datetime, summary: PassSummary) -> None:
-        """The message rows, unique per (enrollment, step): a row another pass already made is left alone.
-        Either way the enrollment stops being due until that message is finished."""
-        if not values:
-            return
-        session.execute(update(Enrollment).where(Enrollment.id.in_([v["enrollment_id"] for v in values]))
-                        .values(next_due_at=None, updated_at=now))
-        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        # executemany of one cached statement (SQLAlchemy batches it into multi-row INSERTs itself);
-        # compiling a fresh 200-row VALUES clause per batch cost more than running it.
-        table = Message.__table__
-        inserted = session.execute(
-            insert(table).on_conflict_do_nothing(index_elements=["enrollment_id", "step_key"])
-            .returning(table.c.id, table.c.subscriber_id, table.c.campaign, table.c.step_key), values
-        ).all()
-        summary.queued += len(inserted)
-        events.record_many(session, ({"type": "queued", "subscriber_id": m.subscriber_id, "message_id": m.id,
-                                      "detail": f"{m.campaign}/{m.step_key} queued"} for m in inserted), now=now)
+    def _step_already_queued(self, session: Session, enrollment: Enrollment, step: Step, now: datetime) -> None:
+        """The step's message exists already (a race, or an operator moved the pointer back). If it is
+        still in flight the enrollment waits for it; if it is finished the enrollment moves past it."""
+        status = session.scalar(select(Message.status).where(Message.enrollment_id == enrollment.id,
+                                                             Message.step_key == step.key))
+        if status not in ("queued", "deferred", "sending"):
+            enrollment.next_step = max(enrollment.next_step, step.index + 1)
+            enrollment.next_due_at = now
 
-    def _finish_enrollments(self, session: Session, finished: list[tuple[Row, bool]], now: datetime,
-                            summary: PassSummary) -> None:
-        """Enrollments past their last step complete; those of inactive readers stop."""
-        for completed in (True, False):
-            rows = [row for row, done in finished if done is completed]
-            if not rows:
-                continue
-            session.execute(
-                update(Enrollment).where(Enrollment.id.in_([r.id for r in rows]))
-                .values(status="completed" if completed else "stopped", next_due_at=None, updated_at=now,
-                        stopped_reason=None if completed else "subscriber inactive"))
-            summary.completed += len(rows) if completed else 0
-            events.record_many(session, ({"type": "enrollment_completed" if completed else "enrollment_stopped",
-                                          "subscriber_id": r.subscriber_id, "detail": r.campaign} for r in rows),
-                               now=now)
+    def _finish_enrollment(self, session: Session, enrollment: Enrollment, now: datetime, *, completed: bool,
+                           summary: PassSummary) -> None:
+        enrollment.status = "completed" if completed else "stopped"
+        enrollment.stopped_reason = None if completed else "subscriber inactive"
+        enrollment.next_due_at = None
+        enrollment.updated_at = now
+        summary.completed += completed
+        events.record(session, type="enrollment_completed" if completed else "enrollment_stopped", now=now,
+                      subscriber_id=enrollment.subscriber_id, detail=enrollment.campaign)
 
     # -- 2. claim --------------------------------------------------------------------------------
     def claim(self, now: datetime, summary: PassSummary) -> list[int]:
-        """Move one batch of due messages to `sending` under this worker's lease, in its own committed
-        transaction: one locked SELECT, one executemany UPDATE, one events INSERT."""
+        real_now = self.real_clock()
         with self.sessions() as session, session.begin():
-            rows = session.execute(
-                select(Message.id, Message.subscriber_id, Message.status, Message.claimed_by, Message.attempts,
-                       Message.first_attempt_at)
-                # Due queued/deferred messages, and `sending` ones whose lease expired. Written as one range
-                # on next_attempt_at (a `sending` row always has next_attempt_at <= now: it was claimed
-                # because it was due, and only a deferral moves that time, to later, as `deferred`), so
-                # PostgreSQL walks ix_messages_pending in ORDER BY order and stops after one batch; the
-                # equivalent OR form made it bitmap-scan and sort every pending row for each batch.
-                .where(Message.status.in_(("queued", "deferred", "sending")), Message.next_attempt_at <= now,
-                       or_(Message.status != "sending", Message.lease_until < now))
+            query = (
+                select(Message)
+                .where(or_(
+                    and_(Message.status.in_(("queued", "deferred")), Message.next_attempt_at <= now),
+                    and_(Message.status == "sending", Message.lease_until < real_now),
+                ), Message.campaign.not_in(_paused_campaigns()))
                 .order_by(Message.next_attempt_at, Message.id)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True)
-            ).all()
-            reclaimed = [r for r in rows if r.status == "sending"]
-            summary.reclaimed += len(reclaimed)
-            events.record_many(session, (
-                {"type": "reclaimed", "subscriber_id": r.subscriber_id, "message_id": r.id,
-                 "detail": f"lease of {r.claimed_by} expired; that attempt's outcome is unknown"} for r in reclaimed),
-                now=now)
-            events.transition_many(session, [
-                events.Move(r.id, r.subscriber_id, r.status, "sending", event_type="attempt",
-                            detail=f"attempt {r.attempts + 1} by {self.worker_id}",
-                            values={"attempts": r.attempts + 1, "lease_until": now + self.lease,
-                                    "claimed_by": self.worker_id, "first_attempt_at": r.first_attempt_at or now})
-                for r in rows], now=now)
-            return [r.id for r in rows]
+            )
+            query = query.where(not_snoozed(Message.subscriber_id, now))  # issue 9: held while snoozed
+            if self.limits is not None:  # issue 8: domains at their limit wait; the others still go
+                if full := self._campaigns_at_limit(session, now):
+                    query = query.where(Message.campaign.notin_(full))
+            candidates = self._frequency_cap(session, session.scalars(query).all(), now)  # issue 5
+            messages = self._within_limits(session, candidates, now)
+            for m in messages:
+                if m.status == "sending":
+                    summary.reclaimed += 1
+                    events.record(session, type="reclaimed", now=now, subscriber_id=m.subscriber_id, message_id=m.id,
+                                  detail=f"lease of {m.claimed_by} expired; that attempt's outcome is unknown")
+                events.transition(session, m, "sending", now=now, event_type="attempt",
+                                  detail=f"attempt {m.attempts + 1} by {self.worker_id}")
+                m.attempts += 1
+                m.lease_until = real_now + self.lease
+                m.claimed_by = self.worker_id
+                m.first_attempt_at = m.first_attempt_at or now
+            return [m.id for m in messages]
+
+    # -- per-reader daily cap (issue 5) ----------------------------------------------------------
+    def _frequency_cap(self, session: Session, messages: Sequence[Message], now: datetime) -> list[Message]:
+        """The claimable messages minus those over a reader's daily cap. A reader's local day (their zone,
+        else the campaign's) holds at most `max_per_day` emails across all campaigns, counting those sent
+        or being sent that day; the first step of a campaign (the welcome the reader just asked for) is
+        exempt and not counted. A held message stays queued with `next_attempt_at` moved to the next
+        allowed day at its send hour; held messages keep their (next_attempt_at, id) order, so they go
+        one per day in the order they were queued. Reclaimed `sending` rows are never held."""
+        capped = [m for m in messages if m.status != "sending" and m.step_index != 0]
+        if not self.max_per_day or not capped:
+            return list(messages)
+        zones = dict(session.execute(select(Subscriber.id, Subscriber.timezone)
+                                     .where(Subscriber.id.in_({m.subscriber_id for m in capped}))).all())
+        recent = self._recent_sends(session, {m.subscriber_id for m in capped}, now)
+        held: set[int] = set()
+        room: dict[int, int] = {}
+        for m in capped:  # in claim order: (next_attempt_at, id)
+            campaign = self.campaigns.get(m.campaign)
+            if campaign is None:
+                continue
+            tz = zones.get(m.subscriber_id) or campaign.timezone
+            if m.subscriber_id not in room:
+                midnight = _local_midnight(now, tz)
+                room[m.subscriber_id] = self.max_per_day - sum(t >= midnight for t in recent.get(m.subscriber_id, ()))
+            if room[m.subscriber_id] > 0:
+                room[m.subscriber_id] -= 1
+                continue
+            held.add(m.id)
+            step = campaign.step_by_key(m.step_key)
+            hour, days = campaign.window(step) if step is not None else (campaign.send_hour, campaign.send_days)
+            m.next_attempt_at = due_at(delay=Delay(days=1), after=now, tz_name=tz, send_hour=hour, send_days=days)
+            events.record(session, type="held", now=now, subscriber_id=m.subscriber_id, message_id=m.id,
+                          detail=f"daily cap of {self.max_per_day} reached; "
+                                 f"next try {m.next_attempt_at:%Y-%m-%d %H:%M} UTC")
+        return [m for m in messages if m.id not in held]
+
+    def _recent_sends(self, session: Session, subscriber_ids: set[int], now: datetime) -> dict[int, list[datetime]]:
+        """When each reader's non-welcome emails of the last 30 hours went (or, in flight, were claimed):
+        one query for the batch; each reader's local midnight is applied in Python."""
+        since = now - timedelta(hours=30)
+        out: dict[int, list[datetime]] = {}
+        for sid, sent_at, updated_at, status in session.execute(
+            select(Message.subscriber_id, Message.sent_at, Message.updated_at, Message.status).where(
+                Message.subscriber_id.in_(subscriber_ids), Message.step_index != 0,
+                or_(Message.sent_at >= since, and_(Message.status == "sending", Message.updated_at >= since)))
+        ):
+            out.setdefault(sid, []).append(sent_at if sent_at is not None and status != "sending" else updated_at)
+        return out
+
+    # -- send limits (issue 8) -------------------------------------------------------------------
+    def _sending_domain(self, campaign_key: str) -> str | None:
+        campaign = self.campaigns.get(campaign_key)
+        if campaign is None:
+            return None
+        return email.utils.parseaddr(self.composer.from_header(campaign))[1].rpartition("@")[2].lower() or None
+
+    def _campaigns_at_limit(self, session: Session, now: datetime) -> list[str]:
+        assert self.limits is not None
+        return [key for key in self.campaigns if (domain := self._sending_domain(key)) is not None
+                and sendlimits.remaining(session, domain, self.limits, now) == 0]
+
+    def _within_limits(self, session: Session, messages: Sequence[Message], now: datetime) -> list[Message]:
+        """The claimable messages, in order, that their domain's hourly/daily allowance still covers; the
+        allowance is taken now. The rest are left exactly as they were: queued, no attempt counted."""
+        if self.limits is None:
+            return list(messages)
+        by_domain: dict[str | None, list[Message]] = {}
+        for m in messages:
+            by_domain.setdefault(self._sending_domain(m.campaign), []).append(m)
+        keep: set[int] = set()
+        for domain, group in by_domain.items():
+            granted = len(group) if domain is None else sendlimits.reserve(session, domain, len(group),
+                                                                           self.limits, now)
+            keep.update(m.id for m in group[:granted])
+        return [m for m in messages if m.id in keep]
 
     # -- 3. send and record ----------------------------------------------------------------------
     def send_claimed(self, ids: Sequence[int], transport: Transport, clock: Callable[[], datetime],
@@ -230,85 +374,97 @@ class Dispatcher:
         broken: TransportError | None = None
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start:start + CHUNK]
+            if broken is not None and broken.auth_failed:
+                self.release(chunk, clock())
+                continue
             if broken is not None:
-                self.record(clock(), [(i, SendResult(ok=False, error=str(broken), retry_after=broken.retry_after))
-                                      for i in chunk], summary)
+                failed = SendResult(ok=False, error=str(broken), retry_after=broken.retry_after, transport=True)
+                self.record(clock(), [(i, failed) for i in chunk], summary)
                 continue
             jobs = self.prepare(chunk, clock(), summary)
             broken = self.send_chunk(jobs, transport, clock, summary)
         self._unfinished = set()
+        if broken is not None and broken.auth_failed:
+            summary.paused = 1
 
-    def keep_lease(self, now: datetime) -> None:
+    def keep_lease(self) -> None:
         """Renew the lease of every message this worker still holds, well before it can expire, so no
-        other worker takes over a message that is still being sent."""
+        other worker takes over a message that is still being sent. Messages whose lease was lost
+        anyway (the database was unreachable for a whole lease) are dropped from this pass."""
         if self._unfinished and time.monotonic() - self._lease_renewed >= self.lease.total_seconds() / 3:
-            self.renew_lease(sorted(self._unfinished), now)
+            held = self.renew_lease(sorted(self._unfinished))
+            lost = self._unfinished - held
+            if lost:
+                log.warning("lost the lease of %d messages; another worker will send them", len(lost))
+            self._unfinished = held
             self._lease_renewed = time.monotonic()
 
     def prepare(self, ids: Sequence[int], now: datetime, summary: PassSummary) -> list[ComposeJob]:
-        """Re-check each reader just before sending and compose the emails of those still wanted.
-        One joined SELECT and one suppression lookup per chunk, instead of ORM objects and a query per row."""
+        """Drop readers no longer wanted and compose-ready jobs for the rest."""
         jobs: list[ComposeJob] = []
         with self.sessions() as session, session.begin():
-            rows = session.execute(
-                select(Message.id, Message.status, Message.claimed_by, Message.subscriber_id, Message.campaign,
-                       Message.step_index, Message.step_key, Message.message_id, Message.to_email,
-                       Subscriber.status.label("subscriber_status"), Subscriber.email_key, Subscriber.name,
-                       Subscriber.public_id, Enrollment.status.label("enrollment_status"))
-                .join(Subscriber, Subscriber.id == Message.subscriber_id)
-                .join(Enrollment, Enrollment.id == Message.enrollment_id)
-                .where(Message.id.in_(ids))
-                .order_by(Message.id)
-                .with_for_update(of=Message)
-            ).all()
-            mine = [r for r in rows if r.status == "sending" and r.claimed_by == self.worker_id]
-            suppressed = set(session.scalars(select(Suppression.email_hash).where(
-                Suppression.email_hash.in_({email_hash(r.email_key) for r in mine}))))
-            unwanted, missing = [], []
-            for r in mine:
-                reason = self._unwanted(r, suppressed)
-                campaign = self.campaigns.get(r.campaign)
-                step = campaign.step(r.step_index) if campaign else None
-                if reason:
-                    unwanted.append(events.Move(r.id, r.subscriber_id, r.status, "suppressed", detail=reason,
-                                                values={"lease_until": None}))
-                elif campaign is None or step is None or step.key != r.step_key:
-                    missing.append(r.id)
-                else:
-                    jobs.append(ComposeJob(
-                        message_pk=r.id, message_id=r.message_id or "", campaign=campaign, step=step,
-                        to_email=r.to_email, name=r.name,
-                        unsubscribe_url=self.unsubscribe_url(r.public_id, campaign.key), now=now))
-            events.transition_many(session, unwanted, now=now)
-            summary.suppressed += len(unwanted)
-            self._unfinished.difference_update(m.message_id for m in unwanted)
-            self._fail_missing_steps(session, missing, now, summary)
+            for message, subscriber, enrollment in self._load(session, ids):
+                if self._drop_if_unwanted(session, message, subscriber, enrollment, now, summary):
+                    continue
+                campaign = self.campaigns.get(message.campaign)
+                # issue 5: found by key, so a step that moved in the file since it was queued still goes
+                step = campaign.step_by_key(message.step_key) if campaign else None
+                if campaign is None or step is None:
+                    self._unfinished.discard(message.id)
+                    events.transition(session, message, "failed", now=now,
+                                      detail=f"campaign step {message.campaign}/{message.step_key} no longer exists")
+                    self._advance(session, enrollment, subscriber, campaign, message, now)
+                    summary.failed += 1
+                    continue
+                jobs.append(ComposeJob(
+                    message_pk=message.id, message_id=message.message_id or "", campaign=campaign, step=step,
+                    to_email=message.to_email, name=subscriber.name,
+                    unsubscribe_url=self.unsubscribe_url(subscriber.public_id, campaign.key), now=now,
+                    public_id=subscriber.public_id,  # issue 9: the footer's preference link
+                    why=origin_why(enrollment, campaign, self.campaigns),  # issue 5: continued enrollments
+                ))
         return jobs
 
-    @staticmethod
-    def _unwanted(row: Row, suppressed: set[str]) -> str | None:
-        if row.subscriber_status != "active":
-            return f"subscriber is {row.subscriber_status}"
-        if row.enrollment_status != "active":
-            return f"enrollment is {row.enrollment_status}"
-        if email_hash(row.email_key) in suppressed:
+    def recheck(self, ids: Sequence[int], now: datetime, summary: PassSummary) -> set[int]:
+        """Of `ids`, those still held by this worker and still wanted; the unwanted become `suppressed`."""
+        keep: set[int] = set()
+        with self.sessions() as session, session.begin():
+            for message, subscriber, enrollment in self._load(session, ids):
+                if not self._drop_if_unwanted(session, message, subscriber, enrollment, now, summary):
+                    keep.add(message.id)
+        return keep
+
+    def _load(self, session: Session, ids: Sequence[int]):  # noqa: ANN202
+        return session.execute(
+            select(Message, Subscriber, Enrollment)
+            .join(Subscriber, Subscriber.id == Message.subscriber_id)
+            .join(Enrollment, Enrollment.id == Message.enrollment_id)
+            .where(Message.id.in_(ids))
+            .order_by(Message.id)
+        ).all()
+
+    def _drop_if_unwanted(self, session: Session, message: Message, subscriber: Subscriber,
+                          enrollment: Enrollment, now: datetime, summary: PassSummary) -> bool:
+        if message.status != "sending" or message.claimed_by != self.worker_id:
+            self._unfinished.discard(message.id)  # another worker holds it now
+            return True
+        reason = self._unwanted(session, subscriber, enrollment)
+        if reason is None:
+            return False
+        self._unfinished.discard(message.id)
+        events.transition(session, message, "suppressed", now=now, detail=reason)
+        message.lease_until = None
+        summary.suppressed += 1
+        return True
+
+    def _unwanted(self, session: Session, subscriber: Subscriber, enrollment: Enrollment) -> str | None:
+        if subscriber.status != "active":
+            return f"subscriber is {subscriber.status}"
+        if enrollment.status == "stopped":  # "completed" still sends: an operator may retry its last step
+            return f"enrollment is {enrollment.status}"
+        if is_suppressed(session, subscriber.email_key):
             return "address is on the suppression list"
         return None
-
-    def _fail_missing_steps(self, session: Session, ids: list[int], now: datetime, summary: PassSummary) -> None:
-        """A step removed from its campaign file since queueing (rare: row by row, through the ORM)."""
-        if not ids:
-            return
-        for message, subscriber, enrollment in session.execute(
-                select(Message, Subscriber, Enrollment)
-                .join(Subscriber, Subscriber.id == Message.subscriber_id)
-                .join(Enrollment, Enrollment.id == Message.enrollment_id)
-                .where(Message.id.in_(ids))):
-            self._unfinished.discard(message.id)
-            events.transition(session, message, "failed", now=now,
-                              detail=f"campaign step {message.campaign}/{message.step_key} no longer exists")
-            self._advance(session, enrollment, subscriber, self.campaigns.get(message.campaign), message, now)
-            summary.failed += 1
 
     def send_chunk(self, jobs: list[ComposeJob], transport: Transport, clock: Callable[[], datetime],
                    summary: PassSummary) -> TransportError | None:
@@ -325,118 +481,110 @@ class Dispatcher:
         if not outbound:
             return None
         subjects = {item.message_pk: item.subject for item in outbound}
-        results = transport.send(outbound)
-        last_flush = time.monotonic()
-        done = 0
+        self._raw = {item.message_pk: item.raw for item in outbound}  # issue 3: kept "as sent" by record()
+        handed: list[OutboundEmail] = []  # result n belongs to handed[n]
+        results = transport.send(self._feed(outbound, handed, clock, summary))
+        last_flush, n = time.monotonic(), 0
         try:
-            for item, result in zip(outbound, results, strict=False):
-                outcomes.append((item.message_pk, result))
-                done += 1
-                self.keep_lease(clock())
+            for result in results:
+                outcomes.append((handed[n].message_pk, result))
+                n += 1
+                self.keep_lease()
                 if time.monotonic() - last_flush >= self.flush_seconds:
                     self.record(clock(), outcomes, summary, subjects)
                     outcomes, last_flush = [], time.monotonic()
         except TransportError as exc:
+            if exc.auth_failed:  # issue 4: bad credentials pause sending; no message is failed or charged
+                self.record(clock(), outcomes, summary, subjects)
+                answered = {item.message_pk for item in handed[:n]}
+                self.release([item.message_pk for item in outbound if item.message_pk not in answered],
+                             clock(), pause_reason=str(exc))
+                return exc
             log.warning("transport unavailable: %s", exc)
-            outcomes.extend((item.message_pk, SendResult(ok=False, error=str(exc), retry_after=exc.retry_after))
-                            for item in outbound[done:])
+            failed = SendResult(ok=False, error=str(exc), retry_after=exc.retry_after, transport=True)
+            answered = {item.message_pk for item in handed[:n]}
+            outcomes.extend((item.message_pk, failed) for item in outbound
+                            if item.message_pk not in answered and item.message_pk in self._unfinished)
             self.record(clock(), outcomes, summary, subjects)
             return exc
         self.record(clock(), outcomes, summary, subjects)
         return None
 
-    def renew_lease(self, ids: Sequence[int], now: datetime) -> None:
+    def _feed(self, outbound: list[OutboundEmail], handed: list[OutboundEmail], clock: Callable[[], datetime],
+              summary: PassSummary) -> Iterator[OutboundEmail]:
+        """Hands emails to the transport one by one. When more than `recheck_seconds` have passed since
+        the last check, the rest of the chunk is re-checked first: an unsubscribe that arrives while a
+        slow relay works through the chunk still stops the emails not yet handed over."""
+        checked = time.monotonic()
+        wanted = {item.message_pk for item in outbound}
+        for i, item in enumerate(outbound):
+            if time.monotonic() - checked >= self.recheck_seconds:
+                wanted = self.recheck([o.message_pk for o in outbound[i:]], clock(), summary)
+                checked = time.monotonic()
+            if item.message_pk not in wanted or item.message_pk not in self._unfinished:
+                continue
+            handed.append(item)
+            yield item
+
+    def release(self, ids: Sequence[int], now: datetime, *, pause_reason: str | None = None) -> None:
+        """Hand claimed messages back untouched (attempt not counted, due now) and optionally pause sending.
+        Used when the provider refused our credentials: the messages are fine, our configuration is not."""
+        self._unfinished.difference_update(ids)
         with self.sessions() as session, session.begin():
-            session.execute(
+            if pause_reason:
+                sending.pause(session, pause_reason, now=now)
+            for m in session.scalars(select(Message).where(Message.id.in_(ids)).with_for_update()):
+                if m.status != "sending" or m.claimed_by != self.worker_id:
+                    continue
+                events.transition(session, m, "deferred", now=now, detail="sending paused; attempt not counted")
+                m.attempts = max(0, m.attempts - 1)
+                m.first_attempt_at = m.first_attempt_at if m.attempts else None
+                m.next_attempt_at, m.lease_until, m.claimed_by = now, None, None
+
+    def renew_lease(self, ids: Sequence[int]) -> set[int]:
+        """Extends this worker's lease on `ids`; returns the ids it still holds."""
+        with self.sessions() as session, session.begin():
+            held = session.scalars(
                 update(Message)
                 .where(Message.id.in_(ids), Message.status == "sending", Message.claimed_by == self.worker_id)
-                .values(lease_until=now + self.lease)
-            )
+                .values(lease_until=self.real_clock() + self.lease)
+                .returning(Message.id)
+            ).all()
+        return set(held)
 
     def record(self, now: datetime, outcomes: Sequence[tuple[int, SendResult]], summary: PassSummary,
                subjects: Mapping[int, str] | None = None) -> None:
-        """Write outcomes back, only for rows still `sending` and claimed by this worker. Accepted emails
-        (nearly all of them) are written set-based; refusals and retries go through the ORM row by row."""
         if not outcomes:
             return
         by_id = dict(outcomes)
         self._unfinished.difference_update(by_id)
         with self.sessions() as session, session.begin():
             rows = session.execute(
-                select(Message.id, Message.status, Message.claimed_by, Message.subscriber_id, Message.enrollment_id,
-                       Message.campaign, Message.step_index, Enrollment.status.label("enrollment_status"),
-                       Subscriber.timezone)
+                select(Message, Subscriber, Enrollment)
                 .join(Subscriber, Subscriber.id == Message.subscriber_id)
                 .join(Enrollment, Enrollment.id == Message.enrollment_id)
                 .where(Message.id.in_(by_id))
                 .with_for_update(of=Message)
             ).all()
-            sent, others = [], []
-            for row in rows:
-                if row.status != "sending" or row.claimed_by != self.worker_id:
-                    log.warning("message %s was reclaimed by %s before our outcome was recorded", row.id,
-                                row.claimed_by)
+            for message, subscriber, enrollment in rows:
+                if message.status != "sending" or message.claimed_by != self.worker_id:
+                    log.warning("message %s was reclaimed by %s before our outcome was recorded", message.id,
+                                message.claimed_by)
                     continue
-                (sent if by_id[row.id].ok else others).append(row)
-            self._record_sent(session, sent, by_id, subjects or {}, now, summary)
-            self._record_refused(session, [r.id for r in others], by_id, subjects or {}, now, summary)
-
-    def _record_sent(self, session: Session, rows: list[Row], by_id: Mapping[int, SendResult],
-                     subjects: Mapping[int, str], now: datetime, summary: PassSummary) -> None:
-        events.transition_many(session, [
-            events.Move(r.id, r.subscriber_id, r.status, "sent",
-                        detail=by_id[r.id].error or f"accepted ({by_id[r.id].code or 'ok'})",
-                        values={"lease_until": None, "last_error": by_id[r.id].error or None, "sent_at": now,
-                                "provider_message_id": by_id[r.id].provider_id, "subject": subjects.get(r.id)})
-            for r in rows], now=now)
-        summary.sent += len(rows)
-        self._advance_many(session, rows, now)
-
-    def _advance_many(self, session: Session, rows: list[Row], now: datetime) -> None:
-        """`_advance` for a batch of sent messages: one executemany UPDATE for the enrollments that go on,
-        one for those that complete. `status = 'active'` in the WHERE: an unsubscribe that stopped the
-        enrollment meanwhile is never undone."""
-        table = Enrollment.__table__
-        going, done = [], []
-        for r in rows:
-            campaign = self.campaigns.get(r.campaign)
-            if r.enrollment_status != "active" or campaign is None:
-                continue
-            nxt = campaign.step(r.step_index + 1)
-            params = {"eid": r.enrollment_id, "next_step": r.step_index + 1, "now": now, "due": None}
-            if nxt is None:
-                done.append((r, params))
-            else:
-                params["due"] = due_at(delay=nxt.delay, after=now, tz_name=r.timezone or campaign.timezone,
-                                       send_hour=campaign.send_hour)
-                going.append(params)
-        for params, status in ((going, "active"), ([p for _r, p in done], "completed")):
-            if params:
-                session.execute(
-                    update(table).where(table.c.id == bindparam("eid"), table.c.status == "active")
-                    .values(next_step=bindparam("next_step"), last_sent_at=bindparam("now"),
-                            updated_at=bindparam("now"), next_due_at=bindparam("due"), status=status), params)
-        events.record_many(session, ({"type": "enrollment_completed", "subscriber_id": r.subscriber_id,
-                                      "detail": r.campaign} for r, _p in done), now=now)
-
-    def _record_refused(self, session: Session, ids: list[int], by_id: Mapping[int, SendResult],
-                        subjects: Mapping[int, str], now: datetime, summary: PassSummary) -> None:
-        if not ids:
-            return
-        for message, subscriber, enrollment in session.execute(
-                select(Message, Subscriber, Enrollment)
-                .join(Subscriber, Subscriber.id == Message.subscriber_id)
-                .join(Enrollment, Enrollment.id == Message.enrollment_id)
-                .where(Message.id.in_(ids))):
-            if message.id in subjects:
-                message.subject = subjects[message.id]
-            self._apply(session, message, subscriber, enrollment, by_id[message.id], now, summary)
+                if subjects and message.id in subjects:
+                    message.subject = subjects[message.id]
+                raw = self._raw.pop(message.id, None)
+                if raw is not None:
+                    # Issue 3: the bytes handed to the transport, for the operator's "as sent" view.
+                    session.merge(MessageContent(message_id=message.id, raw=raw, created_at=now))
+                self._apply(session, message, subscriber, enrollment, by_id[message.id], now, summary)
 
     def _apply(self, session: Session, message: Message, subscriber: Subscriber, enrollment: Enrollment,
                result: SendResult, now: datetime, summary: PassSummary) -> None:
         message.lease_until = None
         message.last_error = result.error or None
         if result.ok:
+            self._sent_this_pass += 1
             message.sent_at = now
             message.provider_message_id = result.provider_id
             events.transition(session, message, "sent", now=now,
@@ -448,6 +596,14 @@ class Dispatcher:
             suppress_address(session, subscriber.email_key, reason="hard_bounce", now=now, detail=result.error)
             summary.suppressed += stop_subscriber(session, subscriber, status="bounced", reason="hard bounce", now=now)
             summary.bounced += 1
+        elif result.transport:
+            # Not the reader's fault: the attempt does not count and the message is never given up.
+            message.attempts = max(0, message.attempts - 1)
+            delay = self.retry.delay(max(1, message.attempts), result.retry_after)
+            message.next_attempt_at = now + timedelta(seconds=delay)
+            events.transition(session, message, "deferred", now=now,
+                              detail=f"{result.error}; transport problem, retry in {int(delay)} s")
+            summary.deferred += 1
         elif result.permanent or self.retry.exhausted(message.attempts, message.first_attempt_at, now):
             detail = result.error if result.permanent else f"gave up after {message.attempts} attempts: {result.error}"
             message.last_error = detail
@@ -466,15 +622,46 @@ class Dispatcher:
         """The next step is due its delay after this one finished, at the send hour in the reader's zone."""
         if enrollment.status != "active" or campaign is None:
             return
-        enrollment.next_step = message.step_index + 1
+        here = campaign.step_by_key(message.step_key)  # issue 5: the step's place in the current file
+        enrollment.next_step = here.index + 1 if here is not None else max(enrollment.next_step,
+                                                                           message.step_index + 1)
         enrollment.last_sent_at = now
         enrollment.updated_at = now
         nxt = campaign.step(enrollment.next_step)
+        enrollment.next_step_key = nxt.key if nxt is not None else None  # issue 5: for `campaigns diff`
         if nxt is None:
             enrollment.status = "completed"
             enrollment.next_due_at = None
             events.record(session, type="enrollment_completed", now=now, subscriber_id=subscriber.id,
                           detail=campaign.key)
+            self._continue_into(session, enrollment, subscriber, campaign, now)
             return
+        hour, days = campaign.window(nxt)  # issue 5: per-step send hour and allowed weekdays
         enrollment.next_due_at = due_at(delay=nxt.delay, after=now, tz_name=subscriber.timezone or campaign.timezone,
-                                        send_hour=campaign.send_hour)
+                                        send_hour=hour, send_days=days)
+
+    # -- double opt-in confirmations (issue 5) ---------------------------------------------------
+    def _send_confirmations(self, now: datetime) -> int:
+        """Granted confirmation emails go first; see service/optin.py."""
+        if self.confirm_url is None:
+            return 0
+        days = max(1, self.confirm_expiry.days)
+
+        def compose(job: optin.ConfirmJob) -> OutboundEmail:
+            return compose_confirmation(
+                self.composer, campaign=job.campaign, to_email=job.to_email, name=job.name,
+                confirm_url=self.confirm_url(job.public_id, job.campaign.key),
+                unsubscribe_url=self.unsubscribe_url(job.public_id, job.campaign.key), now=now,
+                pending_id=job.pending_id, expiry_days=days)
+        return optin.send_due(self.sessions, campaigns=self.campaigns, now=now, real_now=self.real_clock(),
+                              compose=compose, transport_factory=self.transport_factory, lease=self.lease,
+                              max_age=self.confirm_expiry)
+
+    # -- continuation (issue 5) ------------------------------------------------------------------
+    def _continue_into(self, session: Session, enrollment: Enrollment, subscriber: Subscriber,
+                       campaign: Campaign, now: datetime) -> None:
+        """A completed lead magnet leads into its shared sequence (see service/continuation.py)."""
+        if continue_enrollment(session, enrollment=enrollment, subscriber=subscriber, campaign=campaign,
+                               campaigns=self.campaigns, now=now) is not None:
+            log.info("enrollment %s completed %s; continued into %s", enrollment.id, campaign.key,
+                     campaign.continue_into)

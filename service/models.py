@@ -13,11 +13,14 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -90,6 +93,9 @@ class Subscriber(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     unsubscribed_at: Mapped[datetime | None]
+    # Issue 9: the reader paused all their email until this moment (the dispatcher neither queues nor
+    # claims their mail before it); None when not snoozed.
+    snoozed_until: Mapped[datetime | None]
 
     enrollments: Mapped[list[Enrollment]] = relationship(back_populates="subscriber")
 
@@ -103,7 +109,8 @@ class Consent(Base):
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
     campaign: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
-    source: Mapped[str] = mapped_column(String(16))  # "form" or "json"
+    # "form", "json", "confirmed", "continuation" or "import:<file name>" (issue 5 widened it from 16)
+    source: Mapped[str] = mapped_column(String(100))
     source_url: Mapped[str | None] = mapped_column(String(2000))
     user_agent: Mapped[str | None] = mapped_column(String(500))
     ip: Mapped[str | None] = mapped_column(String(64))
@@ -130,6 +137,12 @@ class Enrollment(Base):
     next_due_at: Mapped[datetime | None]
     last_sent_at: Mapped[datetime | None]
     stopped_reason: Mapped[str | None] = mapped_column(String(64))
+    # Issue 5: set when the reader arrived here by continuing from another campaign (a lead magnet);
+    # the footer's "why" names that campaign, which is the one they actually signed up for.
+    origin_campaign: Mapped[str | None] = mapped_column(String(64))
+    # Issue 5: the key of the step `next_step` pointed at when it was set, so `drip campaigns diff` can tell
+    # a reader whose next step was removed or moved from the file (None: the campaign's first step).
+    next_step_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -200,6 +213,26 @@ class Suppression(Base):
     created_at: Mapped[datetime]
 
 
+class SendingState(Base):
+    """One row (id 1) saying whether sending is paused, e.g. after a provider refused our API key."""
+
+    __tablename__ = "sending_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    changed_at: Mapped[datetime]
+
+
+class WebhookToken(Base):
+    """Webhook tokens already seen (Mailgun signs only timestamp + token, so a token must be used once)."""
+
+    __tablename__ = "webhook_tokens"
+
+    token: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -241,3 +274,71 @@ class RateHit(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SendCounter(Base):
+    """Sends per sending domain per clock hour / UTC day (issue 8 send limits and warm-up), counted at claim
+    time in the claim's transaction, so every worker shares one allowance."""
+
+    __tablename__ = "send_counters"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    window: Mapped[str] = mapped_column(String(4), primary_key=True)  # "hour" or "day"
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MessageContent(Base):
+    """The email exactly as it was handed to the transport (RFC 5322 bytes), for the operator's "as sent" view.
+
+    Written with the outcome of each attempt (the last attempt wins); erased with the message.
+    """
+
+    __tablename__ = "message_contents"
+
+    message_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class CampaignState(Base):
+    """Operator switches per campaign. A paused campaign queues no new step and claims none of its messages."""
+
+    __tablename__ = "campaign_states"
+
+    campaign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    paused_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+class DispatchPass(Base):
+    """One row per dispatch pass (any worker), kept for an hour: the source of the pass-duration metrics."""
+
+    __tablename__ = "dispatch_passes"
+    __table_args__ = (Index("ix_dispatch_passes_started", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(80))
+    started_at: Mapped[datetime]
+    duration_seconds: Mapped[float] = mapped_column(Float)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PendingConfirmation(Base):
+    """Issue 5 double opt-in: a signup waiting for its confirm link to be clicked. One per (subscriber,
+    campaign); the enrollment is created only on confirmation. `requested_at` is when a confirmation
+    email was last granted (the cooldown counts from it); `send_pending` is set until that email is sent."""
+
+    __tablename__ = "pending_confirmations"
+    __table_args__ = (UniqueConstraint("subscriber_id", "campaign"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    campaign: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    requested_at: Mapped[datetime]
+    send_pending: Mapped[bool]
+    sending_until: Mapped[datetime | None]  # a worker's lease on sending it
+    sends: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,9 +1,9 @@
 """Read models for the operator: the send log with filters and keyset paging (newest first)."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,38 +28,44 @@ class MessageFilter:
     def from_args(cls, args: Mapping[str, str]) -> MessageFilter:
         """Lenient parsing for pages; the API validates strictly with `parse_api_args`."""
         def opt(name: str) -> str | None:
-            value = (args.get(name) or "").strip()
+            # Issue 7 (schemathesis): drop control characters; PostgreSQL refuses NUL in text parameters.
+            value = "".join(ch for ch in (args.get(name) or "") if ch >= " " and ch != "\x7f").strip()
             return value[:320] or None
 
         def num(name: str, default: int | None) -> int | None:
             try:
-                return int(args.get(name, ""))
+                value = int(args.get(name, ""))
             except ValueError:
                 return default
+            # Issue 7 (schemathesis): past 64 bits the database driver overflows; treat as absent.
+            return value if 0 <= value < 2**62 else default
 
         status = opt("status")
         return cls(status=status if status in MESSAGE_STATUSES else None, campaign=opt("campaign"),
-                   step=opt("step"), email=opt("email"), since=_date(opt("since")), until=_date(opt("until")),
+                   step=opt("step"), email=opt("email"), since=_date(opt("since")),
+                   until=_date(opt("until"), end_of_day=True),
                    before=num("before", None), limit=max(1, min(MAX_LIMIT, num("limit", 50) or 50)))
 
     def query_args(self, **changes: object) -> dict:
         values = {k: v for k, v in asdict(self).items() if v not in (None, "")}
         values.update(changes)
-        for key in ("since", "until"):
-            if isinstance(values.get(key), datetime):
-                values[key] = values[key].date().isoformat()
+        if isinstance(values.get("since"), datetime):
+            values["since"] = values["since"].date().isoformat()
+        if isinstance(values.get("until"), datetime):  # stored as the next midnight (see _date)
+            values["until"] = (values["until"] - timedelta(microseconds=1)).date().isoformat()
         return {k: v for k, v in values.items() if v is not None}
 
 
-def _date(text: str | None) -> datetime | None:
+def _date(text: str | None, *, end_of_day: bool = False) -> datetime | None:
+    """A UTC moment from ISO text. A bare date given as `until` means "through that day": the next midnight."""
     if not text:
         return None
     try:
         value = datetime.fromisoformat(text)
-    except ValueError:
+        if end_of_day and len(text) == 10:
+            value += timedelta(days=1)
+    except (ValueError, OverflowError):
         return None
-    from datetime import UTC
-
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
@@ -93,6 +99,31 @@ def list_messages(session: Session, flt: MessageFilter) -> MessagePage:
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+CSV_COLUMNS = ("id", "created_at", "sent_at", "to", "campaign", "step", "status", "attempts", "subject",
+               "last_error", "message_id")
+
+
+def iter_messages(session: Session, flt: MessageFilter, *, page_size: int = MAX_LIMIT) -> Iterator[Message]:
+    """Every message matching the filter (ignoring its limit), newest first, fetched a page at a time."""
+    before = flt.before
+    while True:
+        page = list_messages(session, replace(flt, before=before, limit=page_size))
+        yield from page.rows
+        if page.next_before is None:
+            return
+        before = page.next_before
+
+
+def csv_row(m: Message) -> list[str]:
+    d = message_dict(m)
+    return ["" if d.get(c) is None else _csv_safe(str(d[c])) for c in CSV_COLUMNS]
+
+
+def _csv_safe(text: str) -> str:
+    """Spreadsheets run cells that start with = + - @ as formulas; an address or subject must stay text."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def message_dict(m: Message) -> dict:

@@ -15,8 +15,10 @@ from .campaigns import Campaign, load_campaigns
 from .compose import Composer
 from .config import Settings
 from .db import make_sessionmaker
+from .delivery import Policy
 from .dispatch import Dispatcher, RetryPolicy
-from .tokens import make_unsubscribe_token
+from .dkim import load_keys
+from .tokens import make_confirm_token, make_preferences_token, make_unsubscribe_token, make_view_token
 from .transports import make_transport
 
 
@@ -31,6 +33,22 @@ class Runtime:
         token = make_unsubscribe_token(self.settings.secret_key, public_id=public_id, campaign=campaign)
         return f"{self.settings.base_url}/unsubscribe/{token}"
 
+    def delivery_policy(self) -> Policy:
+        s = self.settings
+        return Policy(soft_threshold=s.soft_bounce_threshold, soft_window=timedelta(days=s.soft_bounce_window_days),
+                      deferred_deadline=timedelta(hours=s.deferred_deadline_hours))
+
+    def reader_links(self, public_id: str, message_pk: int) -> dict[str, str]:
+        """Issue 9: the preference page and view-in-browser links in every email's footer."""
+        key, base = self.settings.secret_key, self.settings.base_url
+        return {"preferences_url": f"{base}/preferences/{make_preferences_token(key, public_id=public_id)}",
+                "view_url": f"{base}/view/{make_view_token(key, message_pk=message_pk)}"}
+
+    def confirm_url(self, public_id: str, campaign: str) -> str:
+        """Issue 5 double opt-in: the signed link in a confirmation email."""
+        token = make_confirm_token(self.settings.secret_key, public_id=public_id, campaign=campaign)
+        return f"{self.settings.base_url}/confirm/{token}"
+
     def dispatcher(self, **overrides) -> Dispatcher:  # noqa: ANN003
         s = self.settings
         kwargs = dict(
@@ -39,6 +57,10 @@ class Runtime:
             lease=timedelta(seconds=s.lease_seconds), batch_size=s.batch_size,
             retry=RetryPolicy(base_seconds=s.retry_base_seconds, cap_seconds=s.retry_cap_seconds,
                               max_attempts=s.max_attempts),
+            limits=s.send_limits,
+            delivery_policy=self.delivery_policy(),
+            max_per_day=s.max_emails_per_day,
+            confirm_url=self.confirm_url, confirm_expiry=timedelta(days=s.confirm_expiry_days),
         )
         kwargs.update(overrides)
         return Dispatcher(**kwargs)
@@ -51,8 +73,13 @@ def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:
 
         raise CampaignError(f"DRIP_DEFAULT_CAMPAIGN: no campaign named {settings.default_campaign!r} "
                             f"(have: {', '.join(sorted(campaigns))})")
+    make_transport(settings.email_url).close()  # a malformed DRIP_EMAIL_URL fails at start, naming the variable
     composer = Composer(templates_dir=Path(settings.templates_dir), base_url=settings.base_url,
                         postal_address=settings.postal_address, from_override=settings.from_address,
-                        unsubscribe_mailto=settings.unsubscribe_mailto)
-    return Runtime(settings=settings, sessions=make_sessionmaker(settings, pool_size=pool_size),
-                   campaigns=campaigns, composer=composer)
+                        unsubscribe_mailto=settings.unsubscribe_mailto, dkim_keys=load_keys(settings),
+                        feedback_id_sender=settings.feedback_id_sender, bounce_domain=settings.bounce_domain,
+                        reply_to=settings.reply_to, secret_key=settings.secret_key, tracking=settings.tracking)
+    rt = Runtime(settings=settings, sessions=make_sessionmaker(settings, pool_size=pool_size),
+                 campaigns=campaigns, composer=composer)
+    composer.reader_links = rt.reader_links  # issue 9
+    return rt

@@ -64,7 +64,8 @@ def run_blocking(dispatcher: Dispatcher, seconds: float) -> None:
     _add_job(scheduler, PassRunner(dispatcher), seconds)
 
     def stop(signum, _frame):  # noqa: ANN001
-        log.info("signal %s: finishing the current pass, then stopping", signum)
+        log.info("signal %s: finishing the current batch, then stopping", signum)
+        dispatcher.stopping.set()  # issue 7: claim nothing more
         threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)

@@ -6,23 +6,23 @@ one enrollment and one consent record; exactly one caller learns it was new.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import secrets
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import Insert, insert, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from . import events
+from . import events, optin
 from .campaigns import Campaign, valid_timezone
-from .models import Consent, Enrollment, Subscriber
+from .compose import new_message_id
+from .models import Consent, Enrollment, Message, Subscriber
 from .suppression import is_suppressed
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ class ConsentMeta:
 
 @dataclass(frozen=True)
 class SignupResult:
-    status: str  # "created", "existing", "inactive" (unsubscribed/bounced) or "suppressed"
+    # "created", "existing", "inactive" (unsubscribed/bounced), "suppressed", or for a double opt-in
+    # campaign "pending" (a confirmation email was granted) / "pending_cooldown" (one went out recently)
+    status: str
     subscriber_id: int | None
 
     @property
@@ -77,7 +79,8 @@ def clean_name(raw: object) -> str:
         raise SignupError("invalid_name", "name must be a string", "name")
     text = unicodedata.normalize("NFC", raw)
     text = _CONTROL.sub(" ", text)
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    # Format characters (bidi, zero-width) and lone surrogates (JSON "\ud800": not encodable, issue 7).
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cs"))
     text = " ".join(text.split())
     if len(text) > MAX_NAME:
         raise SignupError("name_too_long", f"name must be at most {MAX_NAME} characters", "name")
@@ -113,56 +116,111 @@ def parse_signup(data: Mapping[str, object], *, campaigns: Mapping[str, Campaign
                        timezone=tz.strip() if isinstance(tz, str) else None)
 
 
-@functools.cache
-def _upserts(dialect: str) -> tuple[Insert, Insert]:
-    """The two upserts, built once per dialect with the values as parameters: SQLAlchemy then compiles
-    each once, where `.values(...)` per request recompiled them every time (a fifth of a signup's CPU,
-    measured with bench/signup.py)."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    subscribers, enrollments = Subscriber.__table__, Enrollment.__table__
-    return (
-        insert(subscribers).on_conflict_do_nothing(index_elements=["email_key"]).returning(subscribers.c.id),
-        insert(enrollments).on_conflict_do_nothing(index_elements=["subscriber_id", "campaign"])
-        .returning(enrollments.c.id),
-    )
+def _meta_text(value: str | None, limit: int) -> str | None:
+    """Free text kept with the consent: control characters dropped (PostgreSQL refuses NUL), bounded."""
+    return _CONTROL.sub("", value or "")[:limit] or None
+
+
+def _insert(session: Session):  # noqa: ANN202
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,
-           record_ip: bool = False) -> SignupResult:
+           record_ip: bool = False, confirm_cooldown: timedelta = timedelta(minutes=60)) -> SignupResult:
     """Upsert the subscriber and enrollment; the caller commits. The welcome is due at `now`."""
     if is_suppressed(session, data.email_key):
         log.info("signup for a suppressed address ignored (campaign %s)", data.campaign)
         return SignupResult("suppressed", None)
-    new_subscriber, new_enrollment = _upserts(session.get_bind().dialect.name)
-    subscriber_id = session.execute(new_subscriber, dict(
-        public_id=secrets.token_urlsafe(16), email=data.email, email_key=data.email_key, name=data.name,
-        timezone=data.timezone, status="active", created_at=now, updated_at=now)).scalar()
-    subscriber: Subscriber | None = None
-    if subscriber_id is None:
-        # A known address: read it. (A new one skips this read: RETURNING already said it is ours and
-        # active, one round trip less on the signup path, bench/signup.py.)
-        subscriber = session.scalars(select(Subscriber).where(Subscriber.email_key == data.email_key)).one()
-        if subscriber.status != "active":
-            # Someone who unsubscribed or bounced is not re-enrolled by a form post (a bot could do that);
-            # an operator resubscribes them with a recorded reason.
-            return SignupResult("inactive", subscriber.id)
-        subscriber_id = subscriber.id
-    inserted = session.execute(new_enrollment, dict(
-        subscriber_id=subscriber_id, campaign=data.campaign, status="active", next_step=0, next_due_at=now,
-        created_at=now, updated_at=now)).scalar()
+    insert = _insert(session)
+    session.execute(
+        insert(Subscriber)
+        .values(public_id=secrets.token_urlsafe(16), email=data.email, email_key=data.email_key, name=data.name,
+                timezone=data.timezone, status="active", created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["email_key"])
+    )
+    subscriber = session.scalars(select(Subscriber).where(Subscriber.email_key == data.email_key)).one()
+    if subscriber.status != "active":
+        # Someone who unsubscribed or bounced is not re-enrolled by a form post (a bot could do that);
+        # an operator resubscribes them with a recorded reason.
+        return SignupResult("inactive", subscriber.id)
+    if campaign.double_opt_in:  # issue 5: no enrollment until the emailed link is confirmed
+        return _request_confirmation(session, subscriber, data, campaign=campaign, meta=meta, now=now,
+                                     record_ip=record_ip, cooldown=confirm_cooldown)
+    inserted = session.execute(
+        insert(Enrollment)
+        .values(subscriber_id=subscriber.id, campaign=data.campaign, status="active", next_step=0,
+                next_due_at=now, created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["subscriber_id", "campaign"])
+        .returning(Enrollment.id)
+    ).scalar()
     if inserted is None:
-        return SignupResult("existing", subscriber_id)
-    if subscriber is not None and not subscriber.name and data.name:
+        _welcome_a_continued_reader(session, subscriber, campaign, meta=meta, now=now, record_ip=record_ip)
+        return SignupResult("existing", subscriber.id)
+    if not subscriber.name and data.name:
         subscriber.name = data.name
-    if subscriber is not None and not subscriber.timezone and data.timezone:
+    if not subscriber.timezone and data.timezone:
         subscriber.timezone = data.timezone
-    # Core inserts of append-only rows: no ORM unit of work to flush at commit (bench/signup.py).
-    session.execute(insert(Consent.__table__), dict(
-        subscriber_id=subscriber_id, campaign=data.campaign, created_at=now, source=meta.source,
+    session.add(Consent(
+        subscriber_id=subscriber.id, campaign=data.campaign, created_at=now, source=meta.source,
+        source_url=_meta_text(meta.source_url, MAX_URL), user_agent=_meta_text(meta.user_agent, MAX_USER_AGENT),
+        ip=meta.ip if record_ip else None, wording=campaign.consent,
+    ))
+    events.record(session, type="signup", now=now, subscriber_id=subscriber.id,
+                  detail=f"signed up for {data.campaign} via {meta.source}")
+    return SignupResult("created", subscriber.id)
+
+
+def _request_confirmation(session: Session, subscriber: Subscriber, data: SignupInput, *, campaign: Campaign,
+                          meta: ConsentMeta, now: datetime, record_ip: bool, cooldown: timedelta) -> SignupResult:
+    """Issue 5 double opt-in: a pending signup; the confirmation email at most once per cooldown."""
+    enrolled = session.scalar(select(Enrollment.id).where(Enrollment.subscriber_id == subscriber.id,
+                                                          Enrollment.campaign == campaign.key))
+    if enrolled is not None:
+        return SignupResult("existing", subscriber.id)
+    if not optin.request(session, subscriber=subscriber, campaign=campaign, now=now, cooldown=cooldown):
+        return SignupResult("pending_cooldown", subscriber.id)
+    if not subscriber.name and data.name:
+        subscriber.name = data.name
+    if not subscriber.timezone and data.timezone:
+        subscriber.timezone = data.timezone
+    session.add(Consent(  # what the form said when they asked; "confirmed" is recorded on the click
+        subscriber_id=subscriber.id, campaign=campaign.key, created_at=now, source=meta.source,
         source_url=(meta.source_url or "")[:MAX_URL] or None,
         user_agent=(meta.user_agent or "")[:MAX_USER_AGENT] or None,
         ip=meta.ip if record_ip else None, wording=campaign.consent,
     ))
-    events.record_many(session, [{"type": "signup", "subscriber_id": subscriber_id,
-                                  "detail": f"signed up for {data.campaign} via {meta.source}"}], now=now)
-    return SignupResult("created", subscriber_id)
+    events.record(session, type="signup", now=now, subscriber_id=subscriber.id,
+                  detail=f"asked for {campaign.key} via {meta.source}; confirmation email granted")
+    return SignupResult("pending", subscriber.id)
+
+
+def _welcome_a_continued_reader(session: Session, subscriber: Subscriber, campaign: Campaign, *, meta: ConsentMeta,
+                                now: datetime, record_ip: bool) -> None:
+    """Issue 5: a reader who reached this campaign by continuation from a lead magnet and now signs up for
+    it directly still gets what this form promises: its first step (the welcome) is queued once, the
+    direct consent is recorded, and footers name this campaign from now on. Their place in the shared
+    sequence is kept; no step is ever queued twice (unique (enrollment, step))."""
+    enrollment = session.scalars(select(Enrollment).where(Enrollment.subscriber_id == subscriber.id,
+                                                          Enrollment.campaign == campaign.key)).one_or_none()
+    if enrollment is None or enrollment.origin_campaign is None or enrollment.status == "stopped":
+        return
+    welcome = campaign.steps[0]
+    message_id = session.execute(
+        _insert(session)(Message)
+        .values(enrollment_id=enrollment.id, subscriber_id=subscriber.id, campaign=campaign.key,
+                step_key=welcome.key, step_index=welcome.index, to_email=subscriber.email, status="queued",
+                attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
+                message_id=new_message_id(campaign.from_address, enrollment.id, secrets.token_hex(10)))
+        .on_conflict_do_nothing(index_elements=["enrollment_id", "step_key"])
+        .returning(Message.id)
+    ).scalar()
+    enrollment.origin_campaign = None
+    enrollment.updated_at = now
+    session.add(Consent(
+        subscriber_id=subscriber.id, campaign=campaign.key, created_at=now, source=meta.source,
+        source_url=(meta.source_url or "")[:MAX_URL] or None,
+        user_agent=(meta.user_agent or "")[:MAX_USER_AGENT] or None,
+        ip=meta.ip if record_ip else None, wording=campaign.consent,
+    ))
+    events.record(session, type="signup", now=now, subscriber_id=subscriber.id, message_id=message_id,
+                  detail=f"signed up for {campaign.key} directly (was continued into it); welcome queued")

@@ -46,9 +46,15 @@ def stop_subscriber(session: Session, subscriber: Subscriber, *, status: str, re
         .where(Enrollment.subscriber_id == subscriber.id, Enrollment.status == "active")
         .values(status="stopped", stopped_reason=reason, next_due_at=None, updated_at=now)
     )
-    pending = session.scalars(
-        select(Message).where(Message.subscriber_id == subscriber.id, Message.status.in_(PENDING))
+    # A conditional UPDATE, not read-then-write: a message a worker claimed a moment ago is `sending` and
+    # stays untouched (the worker's pre-send check catches it), so a real outcome is never overwritten.
+    cancelled = session.scalars(
+        update(Message)
+        .where(Message.subscriber_id == subscriber.id, Message.status.in_(PENDING))
+        .values(status="suppressed", updated_at=now, last_error=f"cancelled: {reason}")
+        .returning(Message.id)
     ).all()
-    for message in pending:
-        events.transition(session, message, "suppressed", now=now, detail=f"cancelled: {reason}")
-    return len(pending)
+    for message_id in cancelled:
+        events.record(session, type="suppressed", now=now, subscriber_id=subscriber.id, message_id=message_id,
+                      detail=f"cancelled: {reason}")
+    return len(cancelled)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 UNSUBSCRIBE_SALT = "drip.unsubscribe.v1"
+PREFERENCES_SALT = "drip.preferences.v1"  # issue 9: [public_id]
+VIEW_SALT = "drip.view.v1"  # issue 9: [message primary key]
 
 
 class BadToken(ValueError):
@@ -32,6 +34,62 @@ def read_unsubscribe_token(secret_key: str, token: str, *, max_age_days: int) ->
     try:
         data = URLSafeTimedSerializer(secret_key, salt=UNSUBSCRIBE_SALT).loads(token, max_age=max_age_days * 86400)
     except BadSignature as exc:  # includes SignatureExpired
+        raise BadToken(str(exc)) from None
+    if not (isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data)):
+        raise BadToken("malformed token")
+    return UnsubscribeClaim(public_id=data[0], campaign=data[1])
+
+
+# -- the reader's side (issue 9) -----------------------------------------------------------------------
+def _loads(secret_key: str, salt: str, token: str, max_age_days: int) -> object:
+    if len(token) > 400:
+        raise BadToken("token too long")
+    try:
+        return URLSafeTimedSerializer(secret_key, salt=salt).loads(token, max_age=max_age_days * 86400)
+    except BadSignature as exc:  # includes SignatureExpired
+        raise BadToken(str(exc)) from None
+
+
+def make_preferences_token(secret_key: str, *, public_id: str) -> str:
+    """The preference page link: whoever holds it manages this subscriber, like the unsubscribe link."""
+    return URLSafeTimedSerializer(secret_key, salt=PREFERENCES_SALT).dumps([public_id])
+
+
+def read_preferences_token(secret_key: str, token: str, *, max_age_days: int) -> str:
+    """The subscriber's public id, or BadToken."""
+    data = _loads(secret_key, PREFERENCES_SALT, token, max_age_days)
+    if not (isinstance(data, list) and len(data) == 1 and isinstance(data[0], str)):
+        raise BadToken("malformed token")
+    return data[0]
+
+
+def make_view_token(secret_key: str, *, message_pk: int) -> str:
+    """The view-in-browser link of one message."""
+    return URLSafeTimedSerializer(secret_key, salt=VIEW_SALT).dumps([message_pk])
+
+
+def read_view_token(secret_key: str, token: str, *, max_age_days: int) -> int:
+    data = _loads(secret_key, VIEW_SALT, token, max_age_days)
+    if not (isinstance(data, list) and len(data) == 1 and isinstance(data[0], int) and not isinstance(data[0], bool)):
+        raise BadToken("malformed token")
+    return data[0]
+
+
+# Issue 5 double opt-in: its own salt, so an unsubscribe token can never confirm a signup (or the reverse).
+CONFIRM_SALT = "drip.confirm.v1"
+
+
+def make_confirm_token(secret_key: str, *, public_id: str, campaign: str) -> str:
+    return URLSafeTimedSerializer(secret_key, salt=CONFIRM_SALT).dumps([public_id, campaign])
+
+
+def read_confirm_token(secret_key: str, token: str, *, max_age_days: int) -> UnsubscribeClaim:
+    """(public id, campaign) of a confirm link; BadToken when forged, malformed or older than the expiry."""
+    if len(token) > 400:
+        raise BadToken("token too long")
+    try:
+        data = URLSafeTimedSerializer(secret_key, salt=CONFIRM_SALT).loads(token, max_age=max_age_days * 86400)
+    except BadSignature as exc:
         raise BadToken(str(exc)) from None
     if not (isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data)):
         raise BadToken("malformed token")

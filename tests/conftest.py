@@ -109,6 +109,14 @@ class SmtpRecorder:
             queue = self._script.get((address.lower(), stage))
             return queue.pop(0) if queue else None
 
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: ANN001, ANN201, N802
+        reply = self._next("", "MAIL")  # script("", "MAIL", reply) refuses the next envelope sender
+        if reply:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001, ANN201, N802
         reply = self._next(address, "RCPT")
         if reply:
@@ -179,13 +187,14 @@ def smtp() -> Iterator[SmtpServer]:
 @pytest.fixture
 def settings(database_url: str, smtp: SmtpServer, tmp_path: Path) -> Settings:
     return Settings(
-        database_url=Settings.from_env({"DATABASE_URL": database_url, "DRIP_SECRET_KEY": "x"}).database_url,
+        database_url=Settings.from_env({"DATABASE_URL": database_url, "DRIP_SECRET_KEY": "k" * 32}).database_url,
         email_url=smtp.url,
         base_url="https://drip.example.org",
         secret_key="test-" + secrets.token_hex(16),
         postal_address="Back Pain Warriors, 12 Test Street, Springfield",
         instance_dir=tmp_path / "instance",
         signup_rate_limit=None,
+        signup_address_rate_limit=None,  # tests of the limits switch them on themselves
     )
 
 

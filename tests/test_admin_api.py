@@ -143,3 +143,12 @@ def test_cli_users_and_tokens(runtime, tmp_path, monkeypatch):  # noqa: ANN001
     assert client.get("/api/v1/messages", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     r = runner.invoke(main, ["tick", "--now", "not-a-date"], env=env)
     assert r.exit_code != 0 and "ISO-8601" in r.output
+
+
+@pytest.mark.parametrize("target", ["//evil.example/admin", "https://evil.example/admin", "/\\\\evil.example",
+                                    "/adminx", "javascript:alert(1)"])
+def test_login_never_redirects_off_site(client, operator, target):  # noqa: ANN001
+    """The `next` parameter after login only ever leads to a page under /admin on this site."""
+    token = csrf(client)
+    r = client.post(f"/admin/login?next={target}", data={"email": operator, "password": PASSWORD, "csrf": token})
+    assert r.status_code == 302 and r.headers["Location"] == "/admin/messages"

@@ -162,12 +162,55 @@ def test_smtp_down_then_back(runtime, smtp):  # noqa: ANN001
     rows = message_rows(runtime)
     assert all(r.status == "deferred" and "cannot connect" in r.last_error for r in rows)
     assert d.run_pass(T0 + timedelta(minutes=3)).deferred == 2
-    assert {r.attempts for r in message_rows(runtime)} == {2}
+    assert {r.attempts for r in message_rows(runtime)} == {0}  # the relay's outage is not the readers' fault
     smtp.start()
     assert d.run_pass(T0 + timedelta(minutes=30)).sent == 2
     assert sorted(m["To"].addresses[0].addr_spec for m in smtp.handler.messages()) == ["a@example.org", "b@example.org"]
     with runtime.sessions() as s:
         assert set(s.scalars(select(Subscriber.status))) == {"active"}
+
+
+def test_a_relay_down_for_days_never_gives_readers_up(runtime, smtp):  # noqa: ANN001
+    """Days of refused connections leave the welcome waiting, no attempt burned; it goes out once the relay is back."""
+    enroll(runtime, "patient@example.org")
+    smtp.stop()
+    d = runtime.dispatcher()
+    now = T0
+    for _ in range(40):
+        d.run_pass(now)
+        now += timedelta(hours=3)
+    [row] = message_rows(runtime)
+    assert (row.status, row.attempts) == ("deferred", 0)
+    with runtime.sessions() as s:
+        assert s.scalars(select(Enrollment.next_step)).one() == 0
+    smtp.start()
+    assert d.run_pass(now + timedelta(hours=7)).sent == 1
+    assert [m["Subject"] for m in smtp.handler.messages()] == [steps(runtime)[0].subject]
+
+
+def test_refused_sender_is_a_configuration_problem_not_a_bounce(runtime, smtp):  # noqa: ANN001
+    """A 5xx to our own MAIL FROM defers the message without counting an attempt or suppressing anyone."""
+    enroll(runtime, "fine@example.org")
+    smtp.handler.script("", "MAIL", "553 5.7.1 Sender address rejected")
+    s = runtime.dispatcher().run_pass(T0)
+    assert (s.bounced, s.failed, s.deferred) == (0, 0, 1)
+    [row] = message_rows(runtime)
+    assert row.attempts == 0 and "refused" in row.last_error
+    with runtime.sessions() as ses:
+        assert not is_suppressed(ses, "fine@example.org")
+
+
+def test_replies_about_the_message_do_not_suppress_the_reader(runtime, smtp):  # noqa: ANN001
+    """5.3.4 (too big) and a bare 'relay not permitted' fail the email but leave the address alone."""
+    enroll(runtime, "big@example.org")
+    enroll(runtime, "relay@example.org")
+    smtp.handler.script("big@example.org", "DATA", "552 5.3.4 Message size exceeds fixed limit")
+    smtp.handler.script("relay@example.org", "RCPT", "550 relay not permitted")
+    s = runtime.dispatcher().run_pass(T0)
+    assert (s.failed, s.bounced) == (2, 0)
+    with runtime.sessions() as ses:
+        assert not is_suppressed(ses, "big@example.org") and not is_suppressed(ses, "relay@example.org")
+        assert set(ses.scalars(select(Subscriber.status))) == {"active"}
 
 
 def test_persistent_4xx_gives_up_as_failed(runtime, smtp):  # noqa: ANN001
@@ -270,3 +313,44 @@ def test_one_message_row_per_enrollment_and_step(runtime, smtp):  # noqa: ANN001
         assert s.scalar(select(func.count()).select_from(Message)) == 1
     assert d.run_pass(T0).sent == 1
     assert len(smtp.handler.messages()) == 1
+
+
+def test_unsubscribe_while_a_slow_relay_works_through_the_chunk(runtime, smtp):  # noqa: ANN001
+    """Readers are re-checked about a second before each send, so an unsubscribe mid-chunk still counts."""
+    import threading
+    import time
+
+    ids = [enroll(runtime, f"slow{i}@example.org", now=T0) for i in range(6)]
+    smtp.handler.data_delay = 0.4
+    d = runtime.dispatcher(recheck_seconds=0.3)
+
+    def unsubscribe_the_last() -> None:
+        while not smtp.handler.accepted:
+            time.sleep(0.02)
+        with runtime.sessions() as s, s.begin():
+            unsubscribe(s, UnsubscribeClaim(s.get(Subscriber, ids[-1]).public_id, "back-pain-bundle"), now=T0,
+                        method="one-click")
+
+    t = threading.Thread(target=unsubscribe_the_last)
+    t.start()
+    summary = d.run_pass(T0)
+    t.join()
+    assert (summary.sent, summary.suppressed) == (5, 1)
+    assert smtp.handler.messages(to="slow5@example.org") == []
+
+
+def test_a_look_ahead_tick_leases_on_the_real_clock(runtime, smtp):  # noqa: ANN001
+    """`tick --now` in the past or future decides what is due, but leases run on real time: no live worker
+    can take over its claim at once, and a killed look-ahead tick does not lock rows until that date."""
+    from service.db import utcnow
+    from service.dispatch import PassSummary
+
+    enroll(runtime, "past@example.org", now=T0)
+    d = runtime.dispatcher()
+    d.queue_due(T0, PassSummary())
+    before = utcnow()
+    d.claim(T0, PassSummary())  # T0 is months before the real now
+    [row] = message_rows(runtime)
+    assert before + d.lease - timedelta(seconds=5) <= row.lease_until <= utcnow() + d.lease
+    far = utcnow() + timedelta(days=3650)
+    assert runtime.dispatcher().claim(far, PassSummary()) == []  # a far-future tick cannot steal the live lease

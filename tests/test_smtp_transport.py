@@ -3,9 +3,8 @@ bad credentials, and a server that hangs past the timeout."""
 from __future__ import annotations
 
 import socket
-import ssl
-import subprocess
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from conftest import SmtpRecorder, free_port
+from tlshelp import make_cert, server_context
 
 from service.transports import make_transport
 from service.transports.base import OutboundEmail, TransportError
@@ -20,12 +20,7 @@ from service.transports.base import OutboundEmail, TransportError
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("tls")
-    key, crt = d / "key.pem", d / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(crt), "-days", "2"],
-                   check=True, capture_output=True)
-    return crt, key
+    return make_cert(tmp_path_factory.mktemp("tls"))
 
 
 def outbound(n: int, to: str = "reader@example.org") -> OutboundEmail:
@@ -55,52 +50,42 @@ def authenticator(logins: list[str]):  # noqa: ANN201
     return check
 
 
-def test_starttls_auth_and_one_connection_for_the_batch(cert) -> None:  # noqa: ANN001
-    """STARTTLS upgrades, AUTH logs in (password URL-encoded), and three emails share one connection."""
-    crt, key = cert
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(crt, key)
+@pytest.fixture
+def auth_relay(cert) -> Iterator[tuple[int, CountingRecorder]]:  # noqa: ANN001
+    """A relay that demands STARTTLS and then AUTH (user drip, password 's3cret pass')."""
     handler = CountingRecorder()
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True,
-                            authenticator=authenticator(handler.logins), auth_required=True)
+    controller = Controller(handler, hostname="127.0.0.1", port=port, tls_context=server_context(cert),
+                            require_starttls=True, authenticator=authenticator(handler.logins), auth_required=True)
     controller.start()
-    try:
-        transport = make_transport(f"smtp://drip:s3cret%20pass@127.0.0.1:{port}?starttls=true&verify=false")
-        results = list(transport.send([outbound(1), outbound(2), outbound(3)]))
-        transport.close()
-    finally:
-        controller.stop()
+    yield port, handler
+    controller.stop()
+
+
+def test_starttls_auth_and_one_connection_for_the_batch(auth_relay) -> None:  # noqa: ANN001
+    """STARTTLS upgrades, AUTH logs in (password URL-encoded), and three emails share one connection."""
+    port, handler = auth_relay
+    transport = make_transport(f"smtp://drip:s3cret%20pass@127.0.0.1:{port}?starttls=true&verify=false")
+    results = list(transport.send([outbound(1), outbound(2), outbound(3)]))
+    transport.close()
     assert [r.ok for r in results] == [True, True, True]
     assert len(handler.accepted) == 3
     assert handler.logins == ["drip"]
     assert handler.ehlos == 2  # once in clear, once after STARTTLS: one connection
 
 
-def test_wrong_password_is_a_transport_error_not_a_bounce(cert) -> None:  # noqa: ANN001
+def test_wrong_password_is_a_transport_error_not_a_bounce(auth_relay) -> None:  # noqa: ANN001
     """Bad credentials fail the transport (retry later, operator told), never the recipients."""
-    crt, key = cert
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(crt, key)
-    handler = CountingRecorder()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True,
-                            authenticator=authenticator(handler.logins), auth_required=True)
-    controller.start()
-    try:
-        transport = make_transport(f"smtp://drip:wrong@127.0.0.1:{port}?starttls=true&verify=false")
-        with pytest.raises(TransportError, match="authentication"):
-            list(transport.send([outbound(1)]))
-    finally:
-        controller.stop()
+    port, handler = auth_relay
+    transport = make_transport(f"smtp://drip:wrong@127.0.0.1:{port}?starttls=true&verify=false")
+    with pytest.raises(TransportError, match="authentication"):
+        list(transport.send([outbound(1)]))
     assert handler.accepted == []
 
 
 def test_smtps_implicit_tls(cert) -> None:  # noqa: ANN001
     """smtps:// speaks TLS from the first byte."""
-    crt, key = cert
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(crt, key)
+    ctx = server_context(cert)
     handler = SmtpRecorder()
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port, ssl_context=ctx)
@@ -116,9 +101,7 @@ def test_smtps_implicit_tls(cert) -> None:  # noqa: ANN001
 
 def test_certificate_is_verified_by_default(cert) -> None:  # noqa: ANN001
     """Without verify=false a self-signed certificate is refused: no mail over an unverified TLS link."""
-    crt, key = cert
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(crt, key)
+    ctx = server_context(cert)
     port = free_port()
     controller = Controller(SmtpRecorder(), hostname="127.0.0.1", port=port, ssl_context=ctx)
     controller.start()
@@ -144,3 +127,20 @@ def test_a_hanging_server_times_out() -> None:
     listener.close()
     for s in held:
         s.close()
+
+
+def test_password_is_never_sent_without_tls() -> None:
+    """A relay without TLS gets no AUTH: the transport refuses rather than send the password in clear."""
+    handler = CountingRecorder()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, auth_require_tls=False,
+                            authenticator=authenticator(handler.logins))
+    controller.start()
+    try:
+        with pytest.raises(TransportError, match="TLS"):
+            list(make_transport(f"smtp://drip:s3cret%20pass@127.0.0.1:{port}").send([outbound(1)]))
+        assert handler.logins == []
+        ok = list(make_transport(f"smtp://drip:s3cret%20pass@127.0.0.1:{port}?plain_auth=true").send([outbound(2)]))
+        assert [r.ok for r in ok] == [True] and handler.logins == ["drip"]
+    finally:
+        controller.stop()

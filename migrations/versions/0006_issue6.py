@@ -7,13 +7,13 @@
   queue query's range scan and ORDER BY in one index, without completed or waiting-on-a-message rows.
 
 Revision ID: 0006_issue6
-Revises: 0001
+Revises: 0005_issue5
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_issue6"
-down_revision = "0001"
+down_revision = "0005_issue5"
 branch_labels = None
 depends_on = None
 

@@ -1,4 +1,5 @@
-"""Transports, chosen by DRIP_EMAIL_URL: file (the default) and smtp/smtps."""
+"""Transports, chosen by DRIP_EMAIL_URL: file (the default), smtp/smtps, and the HTTP APIs of Postmark,
+SendGrid, Mailgun, Amazon SES and Resend (docs/providers.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,4 +23,22 @@ def make_transport(url: str) -> Transport:
         from .smtp import SmtpConfig, SmtpTransport
 
         return SmtpTransport(SmtpConfig.from_url(url))
-    raise ConfigError(f"DRIP_EMAIL_URL: unknown transport {scheme!r} (use file://, smtp:// or smtps://)")
+    if scheme in API_TRANSPORTS:
+        import importlib
+
+        from .http import ApiUrl
+
+        module_name, class_name = API_TRANSPORTS[scheme]
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        return getattr(module, class_name)(ApiUrl.parse(url))
+    raise ConfigError(f"DRIP_EMAIL_URL: unknown transport {scheme!r} (use file://, smtp://, smtps://, "
+                      f"{', '.join(s + '://' for s in API_TRANSPORTS)})")
+
+
+API_TRANSPORTS = {
+    "postmark": ("postmark", "PostmarkTransport"),
+    "sendgrid": ("sendgrid", "SendGridTransport"),
+    "mailgun": ("mailgun", "MailgunTransport"),
+    "ses": ("ses", "SesTransport"),
+    "resend": ("resend", "ResendTransport"),
+}

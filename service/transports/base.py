@@ -5,7 +5,7 @@ dispatcher can record outcomes while the batch is still going.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,22 +39,31 @@ class SendResult:
     provider_id: str | None = None
     retry_after: float | None = None  # seconds, when the server said so
     suppress: bool = False  # the address itself is bad: suppress it
+    # The failure was the transport's (relay unreachable, our credentials or sender refused), not this
+    # recipient's: it never counts as an attempt and never gives the message up.
+    transport: bool = False
 
 
 class TransportError(Exception):
     """A failure of the whole transport (cannot connect, bad credentials), not of one recipient."""
 
-    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None,
+                 auth_failed: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.retry_after = retry_after
+        # The provider refused our credentials (HTTP 401/403): pause all sending, fail no message.
+        self.auth_failed = auth_failed
 
 
 class Transport(Protocol):
     name: str
 
-    def send(self, batch: Sequence[OutboundEmail]) -> Iterator[SendResult]:
-        """Send each email; yield a result per email in order. Raise TransportError only before the first."""
+    def send(self, batch: Iterable[OutboundEmail]) -> Iterator[SendResult]:
+        """Send each email; yield a result per email in order. Raise TransportError only before the first.
+
+        `batch` may be a lazy iterable: take each email only when about to send it (the dispatcher
+        re-checks readers while it hands them over), and never call len() on it."""
         ...
 
     def close(self) -> None: ...

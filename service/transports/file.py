@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .base import OutboundEmail, SendResult
+from .base import OutboundEmail, SendResult, TransportError
 
 
 class FileTransport:
@@ -19,8 +19,11 @@ class FileTransport:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def send(self, batch: Sequence[OutboundEmail]) -> Iterator[SendResult]:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def send(self, batch: Iterable[OutboundEmail]) -> Iterator[SendResult]:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # issue 7: an unusable folder defers the batch instead of crashing the pass
+            raise TransportError(f"cannot use outbox folder {self.directory}: {exc.strerror or exc}") from None
         for item in batch:
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
             final = self.directory / f"{stamp}-{item.message_pk:08d}.eml"

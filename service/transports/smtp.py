@@ -1,15 +1,12 @@
 """SMTP and SMTPS: one connection for the whole batch, STARTTLS, AUTH, timeouts.
 
 Replies are classified the RFC 5321 way: 4xx and dropped connections are transient (retry later);
-5xx refusals of a recipient are permanent (a bounce). A 5.7.x policy refusal is permanent for the
-message but says nothing about the mailbox, so it does not suppress the address. Failing to connect
-or to authenticate is a failure of the transport, not of any recipient: the batch is retried later.
-
-When the server announces PIPELINING (RFC 2920), MAIL FROM, RCPT TO and DATA go out in one write and
-their three replies are read together: two round trips per email instead of smtplib's four, which is
-most of the transport's cost on a fast relay (bench/send.py). Each reply is still classified on its
-own, so every recipient gets its own result exactly as without pipelining. `?pipelining=false` in
-DRIP_EMAIL_URL turns it off.
+5xx is permanent for that email. Only a refusal that is about the mailbox suppresses the address:
+an RFC 3463 code 5.1.x (addressing) or 5.2.x (mailbox, except 5.2.3 message too big), or a bare
+550/551/553 at RCPT. Everything else permanent (5.3.4 too big, 5.6.x content, 5.7.x policy, relay
+denied) fails the email without blaming the reader. Failing to connect, to authenticate, or having our
+own envelope sender refused is the transport's failure, not any recipient's: the batch waits and
+retries without counting attempts.
 """
 from __future__ import annotations
 
@@ -17,14 +14,18 @@ import logging
 import re
 import smtplib
 import ssl
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .base import OutboundEmail, SendResult, TransportError
 
 log = logging.getLogger(__name__)
 ENHANCED = re.compile(rb"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+class _PlainAuthRefused(Exception):
+    pass
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,11 @@ class SmtpConfig:
     implicit_tls: bool = False
     starttls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, log or traceback
     timeout: float = 30.0
     verify: bool = True
     local_hostname: str | None = None
-    pipelining: bool = True
+    plain_auth: bool = False  # allow AUTH without TLS (loopback relays only)
 
     @classmethod
     def from_url(cls, url: str) -> SmtpConfig:
@@ -55,20 +56,26 @@ class SmtpConfig:
             timeout=float(query.get("timeout", 30)),
             verify=query.get("verify", "true").lower() not in ("0", "false", "no"),
             local_hostname=query.get("helo"),
-            pipelining=query.get("pipelining", "true").lower() not in ("0", "false", "no"),
+            plain_auth=query.get("plain_auth", "false").lower() in ("1", "true", "yes"),
         )
 
 
-def classify(code: int, message: bytes | str) -> SendResult:
+def classify(code: int, message: bytes | str, *, stage: str = "DATA") -> SendResult:
     raw = message if isinstance(message, bytes) else str(message).encode()
     text = f"{code} {raw.decode('utf-8', 'replace')}".strip()
     if 200 <= code < 300:
         return SendResult(ok=True, code=code)
     if code >= 500:
-        m = ENHANCED.search(raw)
-        policy = bool(m and m.group(1) == b"5" and m.group(2) in (b"6", b"7"))
-        return SendResult(ok=False, permanent=True, code=code, error=text, suppress=not policy)
+        return SendResult(ok=False, permanent=True, code=code, error=text, suppress=_about_mailbox(code, raw, stage))
     return SendResult(ok=False, code=code, error=text)
+
+
+def _about_mailbox(code: int, raw: bytes, stage: str) -> bool:
+    m = ENHANCED.search(raw)
+    if m:
+        subject, detail = m.group(2), m.group(3)
+        return subject == b"1" or (subject == b"2" and detail != b"3")
+    return stage == "RCPT" and code in (550, 551, 553) and b"relay" not in raw.lower()
 
 
 class SmtpTransport:
@@ -94,15 +101,24 @@ class SmtpTransport:
             else:
                 conn = smtplib.SMTP(c.host, c.port, timeout=c.timeout, local_hostname=c.local_hostname)
             conn.ehlo()
-            if c.starttls and not c.implicit_tls:
+            wants_tls = c.starttls or (c.username is not None and conn.has_extn("starttls"))
+            if wants_tls and not c.implicit_tls:
                 conn.starttls(context=self._context())
                 conn.ehlo()
             if c.username:
+                if not (c.implicit_tls or wants_tls or c.plain_auth):
+                    conn.close()
+                    raise _PlainAuthRefused(
+                        f"SMTP server {c.host}:{c.port} offers no TLS: refusing to send the password in clear "
+                        "(use smtps://, a server with STARTTLS, or ?plain_auth=true on a trusted network)")
                 conn.login(c.username, c.password or "")
         except smtplib.SMTPAuthenticationError as exc:
             log.error("SMTP login to %s:%s refused (%s): check the credentials in DRIP_EMAIL_URL",
                       c.host, c.port, exc.smtp_code)
             raise TransportError(f"SMTP authentication failed: {exc.smtp_code}") from None
+        except _PlainAuthRefused as exc:
+            log.error("%s", exc)
+            raise TransportError(str(exc)) from None
         except (OSError, smtplib.SMTPException) as exc:
             raise TransportError(f"cannot connect to SMTP server {c.host}:{c.port}: {exc}") from None
         return conn
@@ -115,7 +131,7 @@ class SmtpTransport:
                 pass
         self._conn = None
 
-    def send(self, batch: Sequence[OutboundEmail]) -> Iterator[SendResult]:
+    def send(self, batch: Iterable[OutboundEmail]) -> Iterator[SendResult]:
         if self._conn is None:
             self._conn = self._connect()  # a TransportError here defers the whole batch
         for item in batch:
@@ -123,7 +139,7 @@ class SmtpTransport:
                 try:
                     self._conn = self._connect()
                 except TransportError as exc:
-                    yield SendResult(ok=False, error=str(exc))
+                    yield SendResult(ok=False, error=str(exc), transport=True)
                     continue
             yield self._send_one(item)
 
@@ -131,19 +147,21 @@ class SmtpTransport:
         conn = self._conn
         assert conn is not None
         try:
-            if self.config.pipelining and conn.does_esmtp and conn.has_extn("pipelining"):
-                return self._pipelined(conn, item)
             refused = conn.sendmail(item.envelope_from, [item.recipient], item.raw)
         except smtplib.SMTPRecipientsRefused as exc:
             code, msg = next(iter(exc.recipients.values()))
-            result = classify(code, msg)
-        except smtplib.SMTPResponseException as exc:  # sender refused, data error, 421 ...
+            result = classify(code, msg, stage="RCPT")
+        except smtplib.SMTPSenderRefused as exc:
+            # Our own envelope sender was refused: configuration, not any recipient's fault.
+            self._drop()
+            reply = classify(exc.smtp_code, exc.smtp_error).error
+            log.error("SMTP server refused our envelope sender %s: %s", item.envelope_from, reply)
+            return SendResult(ok=False, code=exc.smtp_code, transport=True,
+                              error=f"sender {item.envelope_from} refused: {reply}")
+        except smtplib.SMTPResponseException as exc:  # data error, 421 ...
             result = classify(exc.smtp_code, exc.smtp_error)
-            if exc.smtp_code == 421 or isinstance(exc, smtplib.SMTPSenderRefused):
+            if exc.smtp_code == 421:
                 self._drop()
-                if isinstance(exc, smtplib.SMTPSenderRefused) and result.permanent:
-                    # Our own envelope sender was refused: a configuration problem, not a bounce.
-                    result = SendResult(ok=False, permanent=True, code=exc.smtp_code, error=result.error)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._drop()
             return SendResult(ok=False, error=f"connection lost: {exc or type(exc).__name__}")
@@ -153,47 +171,9 @@ class SmtpTransport:
         else:
             if refused:
                 code, msg = next(iter(refused.values()))
-                return classify(code, msg)
+                return classify(code, msg, stage="RCPT")
             return SendResult(ok=True, code=250)
         return result
-
-    def _pipelined(self, conn: smtplib.SMTP, item: OutboundEmail) -> SendResult:
-        """One email with MAIL, RCPT and DATA in one write (RFC 2920), then the content after the 354.
-
-        Raises what smtplib raises for a lost connection; the caller maps it as for `sendmail`."""
-        conn.send(f"MAIL FROM:<{item.envelope_from}>\r\nRCPT TO:<{item.recipient}>\r\nDATA\r\n".encode("ascii"))
-        replies = [conn.getreply() for _ in range(3)]  # always read all three, to stay in step
-        (mail_code, mail_msg), (rcpt_code, rcpt_msg), (data_code, data_msg) = replies
-        if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
-            conn.send(b".\r\n")  # a server that opened DATA anyway gets an empty message, then RSET
-            conn.getreply()
-        if any(code == 421 for code, _msg in replies):
-            self._drop()
-            return classify(421, next(msg for code, msg in replies if code == 421))
-        if mail_code != 250:
-            self._rset(conn)
-            result = classify(mail_code, mail_msg)
-            # Our own envelope sender was refused: a configuration problem, never a bounce.
-            return SendResult(ok=False, permanent=result.permanent, code=mail_code, error=result.error)
-        if rcpt_code not in (250, 251):
-            self._rset(conn)
-            return classify(rcpt_code, rcpt_msg)
-        if data_code != 354:
-            self._rset(conn)
-            return classify(data_code, data_msg)
-        # Same framing as smtplib.SMTP.data: dot-stuffing, CRLF before the final dot.
-        body = smtplib._quote_periods(item.raw)
-        conn.send(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
-        code, msg = conn.getreply()
-        if code == 421:
-            self._drop()
-        return classify(code, msg)
-
-    def _rset(self, conn: smtplib.SMTP) -> None:
-        try:
-            conn.rset()
-        except (OSError, smtplib.SMTPException):
-            self._drop()
 
     def close(self) -> None:
         if self._conn is not None:

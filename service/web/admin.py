@@ -1,17 +1,37 @@
-"""The operator's console: login/logout and the send log. Everything here needs a logged-in session."""
+"""The operator's console: login/logout and the send log. Everything here needs a logged-in session.
+
+Subscribers, campaigns and the outbox viewer add their routes to this blueprint from their own modules
+(imported at the bottom), so they share the login guard and the CSRF check.
+"""
 from __future__ import annotations
 
+import csv
 import hmac
+import io
 import secrets
+from dataclasses import replace
+from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    stream_with_context,
+    url_for,
+)
 from sqlalchemy import select
 
 from ..accounts import authenticate
 from ..db import utcnow
-from ..models import Event, Message, Subscriber, User
-from ..reporting import MessageFilter, list_messages
-from . import db
+from ..mailview import parse_email
+from ..models import Event, Message, MessageContent, Subscriber, User
+from ..reporting import CSV_COLUMNS, MAX_LIMIT, MessageFilter, csv_row, list_messages
+from . import db, runtime
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -24,7 +44,31 @@ def csrf_token() -> str:
 
 @bp.app_context_processor
 def _inject() -> dict:
-    return {"csrf_token": csrf_token}
+    return {"csrf_token": csrf_token, "outbox_enabled": outbox_dir() is not None}
+
+
+def outbox_dir():  # noqa: ANN201
+    """The file transport's folder, or None when emails go elsewhere."""
+    from pathlib import Path
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(runtime().settings.email_url)
+    if parts.scheme != "file":
+        return None
+    return Path(unquote(parts.netloc + parts.path) or "outbox").resolve()
+
+
+# Email HTML is shown in a sandboxed frame from its own response: no script, no form, no plugin, and
+# no access to the admin origin (sandbox without allow-same-origin), whatever the email contains.
+EMAIL_FRAME_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; "
+                   "font-src data:; frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
+
+
+def email_frame(html: str) -> Response:
+    resp = Response(html, content_type="text/html; charset=utf-8")
+    resp.headers["Content-Security-Policy"] = EMAIL_FRAME_CSP
+    resp.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return resp
 
 
 @bp.before_request
@@ -55,10 +99,19 @@ def login():  # noqa: ANN201
             session.clear()
             session["user_id"] = user.id
             session.permanent = True
-            target = request.args.get("next") or ""
-            return redirect(target if target.startswith("/admin") else url_for("admin.messages"))
+            return redirect(_safe_next(request.args.get("next")) or url_for("admin.messages"))
         error = "Wrong email or password, or too many attempts: wait a few minutes and try again."
     return render_template("admin/login.html", error=error), 401 if error else 200
+
+
+def _safe_next(target: str | None) -> str | None:
+    """Only a path inside /admin on this site: no scheme, no host, no `//` or backslash tricks."""
+    if not target or "\\" in target:
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not (parts.path == "/admin" or parts.path.startswith("/admin/")):
+        return None
+    return target
 
 
 @bp.post("/logout")
@@ -82,9 +135,55 @@ def messages():  # noqa: ANN201
 @bp.get("/messages/<int:message_id>")
 def message(message_id: int):  # noqa: ANN201
     s = db()
-    m = s.get(Message, message_id)
+    m = s.get(Message, message_id) if message_id < 2**63 else None
     if m is None:
         abort(404)
     subscriber = s.get(Subscriber, m.subscriber_id)
     history = s.scalars(select(Event).where(Event.message_id == m.id).order_by(Event.created_at, Event.id)).all()
-    return render_template("admin/message.html", m=m, subscriber=subscriber, history=history)
+    content = s.get(MessageContent, m.id)
+    view = parse_email(content.raw) if content else None
+    return render_template("admin/message.html", m=m, subscriber=subscriber, history=history, view=view)
+
+
+@bp.get("/messages/<int:message_id>/html")
+def message_html(message_id: int):  # noqa: ANN201
+    """The HTML part as sent, for the sandboxed frame on the message page."""
+    content = db().get(MessageContent, message_id) if message_id < 2**63 else None
+    view = parse_email(content.raw) if content else None
+    if view is None or view.html is None:
+        abort(404)
+    return email_frame(view.html)
+
+
+def _csv_line(values) -> str:  # noqa: ANN001
+    buf = io.StringIO()
+    csv.writer(buf).writerow(values)
+    return buf.getvalue()
+
+
+@bp.get("/messages.csv")
+def messages_csv():  # noqa: ANN201
+    """The filtered send log as CSV (every matching row, not just one page), streamed."""
+    flt = MessageFilter.from_args(request.args)
+    s = db()
+
+    def rows():  # noqa: ANN202
+        # One short transaction per page, ended before the bytes go out: on SQLite every transaction holds
+        # the write lock, and a slow download must not stall the dispatcher.
+        yield _csv_line(CSV_COLUMNS)
+        before = flt.before
+        while True:
+            page = list_messages(s, replace(flt, before=before, limit=MAX_LIMIT))
+            chunk = "".join(_csv_line(csv_row(m)) for m in page.rows)
+            s.rollback()
+            yield chunk
+            if page.next_before is None:
+                return
+            before = page.next_before
+
+    stamp = utcnow().strftime("%Y%m%d-%H%M%S")
+    return Response(stream_with_context(rows()), content_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="drip-send-log-{stamp}.csv"'})
+
+
+from . import admin_campaigns, admin_outbox, admin_subscribers  # noqa: E402, F401  (routes on this blueprint)

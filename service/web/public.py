@@ -3,22 +3,27 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import timedelta
 
-from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .. import ratelimit
+from ..campaigns import valid_timezone
 from ..db import utcnow
 from ..metrics import render_metrics
+from ..sending import paused_reason
 from ..signups import ConsentMeta, SignupError, parse_signup, signup
-from ..tokens import BadToken, read_unsubscribe_token
+from ..tokens import BadToken, make_preferences_token, read_unsubscribe_token
 from ..unsubscribe import find_subscriber, unsubscribe
-from . import db, runtime, wants_json
+from . import abuse, db, runtime, wants_json
 
 log = logging.getLogger(__name__)
 bp = Blueprint("public", __name__)
+# Issue 7: CORS preflight and response headers for /signup, only for DRIP_CORS_ORIGINS (see web/abuse.py).
+bp.before_request(abuse.cors_preflight)
+bp.after_request(abuse.cors_headers)
 
 
 def error(code: str, message: str, field: str | None, status: int) -> tuple[Response, int]:
@@ -48,41 +53,59 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
     except SignupError as exc:
         return _signup_error(exc, as_json, {}, campaign, 400 if exc.code != "unsupported_media_type" else 415)
     rt = runtime()
+    if not as_json and data.get("timezone") and not valid_timezone(str(data.get("timezone"))):
+        # The hidden field is filled by the reader's browser; they cannot fix it, so fall back to the
+        # campaign's zone instead of refusing the signup.
+        log.info("ignoring unknown browser time zone %r", str(data.get("timezone"))[:64])
+        data = {k: v for k, v in data.items() if k != "timezone"}
     try:
         parsed = parse_signup(data, campaigns=rt.campaigns, default_campaign=rt.settings.default_campaign,
                               campaign_in_path=campaign)
     except SignupError as exc:
         return _signup_error(exc, as_json, data, campaign, 404 if exc.code == "unknown_campaign" and campaign else 400)
 
+    if abuse.honeypot_filled(data):  # issue 7: look like success, store and send nothing
+        return _looks_accepted(as_json, parsed)
+    refused = abuse.limited(parsed.email_key)  # issue 7: per-IP and per-address limits
+    if refused is not None:
+        if as_json:
+            return refused
+        # A browser gets the form again with the message (and the same Retry-After), not a JSON blob.
+        resp, status = refused
+        message = resp.get_json()["error"]["message"]
+        page, _ = _signup_error(SignupError("rate_limited", message[:1].upper() + message[1:] + ".", None),
+                                False, data, campaign, 429)
+        html = current_app.make_response(page)
+        html.headers["Retry-After"] = resp.headers["Retry-After"]
+        return html, status
     session, now = db(), utcnow()
-    limit = rt.settings.signup_rate_limit
-    if limit is not None:
-        verdict = ratelimit.hit(session, f"signup-ip:{request.remote_addr}", limit, now)
-        session.commit()
-        if not verdict.allowed:
-            resp, status = error("rate_limited", "too many signups from this address; try again later", None, 429)
-            resp.headers["Retry-After"] = str(verdict.retry_after)
-            return resp, status
     meta = ConsentMeta(source="json" if request.is_json else "form",
                        source_url=_str(data.get("source_url")) or request.headers.get("Referer"),
                        user_agent=request.headers.get("User-Agent"), ip=request.remote_addr)
     result = signup(session, parsed, campaign=rt.campaigns[parsed.campaign], meta=meta, now=now,
-                    record_ip=rt.settings.record_ip)
+                    record_ip=rt.settings.record_ip,
+                    confirm_cooldown=timedelta(minutes=rt.settings.confirm_cooldown_minutes))
     session.commit()
-    if result.created:
+    if result.status in ("created", "pending"):  # issue 5: a granted confirmation email goes at once too
         runtime_wake()
     if not as_json:
         return redirect(url_for("public.thanks", campaign=parsed.campaign), code=303)
     body = {"status": "subscribed" if result.status in ("created", "existing") else "not_subscribed",
             "campaign": parsed.campaign, "email": parsed.email}
+    if result.status.startswith("pending"):  # issue 5 double opt-in: the same answer, sent or cooling down
+        body["status"] = "confirmation_sent"
     if result.status in ("inactive", "suppressed"):
         body["detail"] = "this address has unsubscribed or bounced; it is not re-enrolled by a signup"
     return jsonify(body), 201 if result.created else 200
 
 
-def runtime_wake() -> None:
-    from flask import current_app
+def _looks_accepted(as_json: bool, parsed):  # noqa: ANN001, ANN202
+    if not as_json:
+        return redirect(url_for("public.thanks", campaign=parsed.campaign), code=303)
+    return jsonify({"status": "subscribed", "campaign": parsed.campaign, "email": parsed.email}), 201
 
+
+def runtime_wake() -> None:
     try:
         current_app.extensions["drip.wake"]()
     except Exception:  # waking the scheduler early is a courtesy; the next tick sends anyway
@@ -150,7 +173,14 @@ def unsubscribe_page(token: str):  # noqa: ANN201
         return render_template("unsubscribe.html", state="invalid", campaign=None), 404
     campaign = runtime().campaigns.get(claim.campaign)
     state = "ask" if subscriber.status == "active" else "done"
-    return render_template("unsubscribe.html", state=state, campaign=campaign, token=token)
+    return render_template("unsubscribe.html", state=state, campaign=campaign, token=token,
+                           preferences_path=_preferences_path(subscriber.public_id))
+
+
+def _preferences_path(public_id: str) -> str:
+    """Issue 9: the unsubscribe page offers "fewer emails or a pause" on the preference page first."""
+    token = make_preferences_token(runtime().settings.secret_key, public_id=public_id)
+    return url_for("reader.preferences_page", token=token)
 
 
 @bp.post("/unsubscribe/<token>")
@@ -179,6 +209,9 @@ def healthz():  # noqa: ANN201
         db().execute(text("SELECT 1"))
     except SQLAlchemyError:
         return jsonify({"status": "error", "database": "unreachable"}), 503
+    paused = paused_reason(db())  # issue 4: a provider refused our key; the app is up, sending is not
+    if paused:
+        return jsonify({"status": "degraded", "sending": "paused", "reason": paused})
     return jsonify({"status": "ok"})
 
 

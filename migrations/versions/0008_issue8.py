@@ -1,0 +1,27 @@
+"""issue 8: send_counters (per-domain hourly and daily send limits, warm-up)
+
+Revision ID: 0008_issue8
+Revises: 0001
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008_issue8"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "send_counters",
+        sa.Column("domain", sa.String(length=253), nullable=False),
+        sa.Column("window", sa.String(length=4), nullable=False),
+        sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("domain", "window", "window_start", name=op.f("pk_send_counters")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("send_counters")

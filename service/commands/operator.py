@@ -1,0 +1,78 @@
+"""`drip log` (the send log as a table, with the admin page's filters) and `drip stats` (campaign health)."""
+from __future__ import annotations
+
+import json
+
+import click
+
+STATUSES = ("queued", "sending", "sent", "deferred", "failed", "bounced", "suppressed", "delivered", "complained")
+
+
+def _cell(text: object, width: int) -> str:
+    value = " ".join(str(text if text is not None else "").split())
+    return (value[: width - 1] + "…" if len(value) > width else value).ljust(width)
+
+
+def register(main: click.Group) -> None:
+    from ..cli import _runtime, _settings
+
+    @main.command("log")
+    @click.option("--status", type=click.Choice(STATUSES))
+    @click.option("--campaign")
+    @click.option("--step")
+    @click.option("--email", help="substring of the address")
+    @click.option("--since", help="created on or after this UTC day (YYYY-MM-DD)")
+    @click.option("--until", help="created on or before this UTC day (YYYY-MM-DD)")
+    @click.option("--before", type=int, help="only messages with a smaller id (paging)")
+    @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+    @click.option("--json", "as_json", is_flag=True, help="one JSON object per line instead of a table")
+    def log_cmd(as_json: bool, **filters: object) -> None:
+        """The send log, newest first."""
+        from ..reporting import MessageFilter, list_messages, message_dict
+
+        for name in ("since", "until"):
+            value = filters.get(name)
+            if value and getattr(MessageFilter.from_args({name: str(value)}), name) is None:
+                raise click.BadParameter(f"not a date: {value!r}", param_hint=f"--{name}")
+        args = {k: str(v) for k, v in filters.items() if v is not None}
+        rt = _runtime(_settings())
+        with rt.sessions() as session:
+            page = list_messages(session, MessageFilter.from_args(args))
+            rows = [message_dict(m) for m in page.rows]
+        if as_json:
+            for row in rows:
+                click.echo(json.dumps(row))
+            return
+        cols = (("id", 7), ("created_at", 17), ("to", 30), ("campaign", 20), ("step", 14), ("status", 10),
+                ("attempts", 3), ("last_error", 40))
+        click.echo(" ".join(_cell(h if h != "attempts" else "try", w) for h, w in cols).rstrip())
+        for row in rows:
+            row["created_at"] = (row["created_at"] or "")[:16].replace("T", " ")
+            click.echo(" ".join(_cell(row[h], w) for h, w in cols).rstrip())
+        if page.next_before:
+            click.echo(f"(more: --before {page.next_before})")
+
+    @main.command("stats")
+    @click.option("--json", "as_json", is_flag=True, help="JSON, the shape of GET /api/v1/campaigns")
+    def stats_cmd(as_json: bool) -> None:
+        """Campaign health: enrollments, and per step what was sent, delivered, bounced, failed, unsubscribed."""
+        from ..campaign_stats import all_stats, stats_dict
+        from ..db import utcnow
+
+        rt = _runtime(_settings())
+        with rt.sessions() as session:
+            stats = all_stats(session, rt.campaigns, now=utcnow())
+        if as_json:
+            click.echo(json.dumps([stats_dict(c) for c in stats], indent=2))
+            return
+        for c in stats:
+            state = "PAUSED" if c.paused else "running"
+            e = c.enrollments
+            click.echo(f"{c.key} ({state}): {e.get('active', 0)} active, {e.get('completed', 0)} completed, "
+                       f"{e.get('stopped', 0)} stopped")
+            click.echo("  " + " ".join(_cell(h, w) for h, w in (("step", 22), ("wait", 6), ("sent", 6),
+                       ("deliv", 6), ("bounce", 6), ("compl", 6), ("failed", 6), ("unsub", 6))).rstrip())
+            for s in c.steps:
+                cells = ((f"{s.index + 1}. {s.key}", 22), (s.pending, 6), (s.sent, 6), (s.delivered, 6),
+                         (s.bounced, 6), (s.complained, 6), (s.failed, 6), (s.unsubscribed_after, 6))
+                click.echo("  " + " ".join(_cell(v, w) for v, w in cells).rstrip())

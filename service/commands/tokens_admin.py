@@ -1,0 +1,44 @@
+"""`drip tokens list` and `drip tokens revoke NAME|ID`, added to the `tokens` group of cli.py."""
+from __future__ import annotations
+
+import click
+
+
+def register(main: click.Group) -> None:
+    from ..cli import _runtime, _settings
+
+    group = main.commands["tokens"]
+    assert isinstance(group, click.Group)
+
+    @click.command("list")
+    def tokens_list() -> None:
+        """Every API token: id, name, created, last used, revoked (never the token itself)."""
+        from ..accounts import list_tokens
+
+        rt = _runtime(_settings())
+        with rt.sessions() as session:
+            rows = list_tokens(session)
+            click.echo(f"{'id':>4}  {'name':<24} {'created (UTC)':<17} {'last used':<17} revoked")
+            for t in rows:
+                def fmt(v):  # noqa: ANN001, ANN202
+                    return v.strftime("%Y-%m-%d %H:%M") if v else "-"
+                click.echo(f"{t.id:>4}  {t.name[:24]:<24} {fmt(t.created_at):<17} {fmt(t.last_used_at):<17} "
+                           f"{fmt(t.revoked_at)}")
+
+    @click.command("revoke")
+    @click.argument("ref", metavar="NAME|ID")
+    def tokens_revoke(ref: str) -> None:
+        """Revoke the token with this id, or every live token with this name; effective at once."""
+        from ..accounts import revoke_token
+        from ..db import utcnow
+
+        rt = _runtime(_settings())
+        with rt.sessions() as session, session.begin():
+            revoked = revoke_token(session, ref, now=utcnow())
+        if not revoked:
+            raise click.ClickException(f"no live token named or numbered {ref!r} (see `drip tokens list`)")
+        for t in revoked:
+            click.echo(f"revoked token {t.id} ({t.name})")
+
+    group.add_command(tokens_list)
+    group.add_command(tokens_revoke)

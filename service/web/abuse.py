@@ -1,0 +1,75 @@
+"""Abuse defences for the public signup routes (issue 7): CORS for configured origins, the honeypot,
+and the per-IP / per-address rate limits. public.py calls these; the rules live here.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Response, jsonify, request
+
+from .. import ratelimit
+from ..db import utcnow
+from . import db, runtime
+
+log = logging.getLogger(__name__)
+
+HONEYPOT_FIELD = "website"  # hidden on the form; people leave it empty, form-filling bots do not
+SIGNUP_ENDPOINT = "public.signup_webhook"
+
+
+def _allowed_origin() -> str | None:
+    origin = request.headers.get("Origin")
+    return origin if origin and origin in runtime().settings.cors_origins else None
+
+
+def cors_preflight() -> Response | None:
+    """Answer the browser's OPTIONS preflight for /signup: only for a configured origin, never with
+    credentials (the signup needs no cookie), never with a wildcard."""
+    if request.method != "OPTIONS" or request.endpoint != SIGNUP_ENDPOINT:
+        return None
+    origin = _allowed_origin()
+    if origin is None:
+        return Response(status=403)
+    resp = Response(status=204)
+    resp.headers.update({"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": "POST",
+                         "Access-Control-Allow-Headers": "Content-Type", "Access-Control-Max-Age": "600",
+                         "Vary": "Origin"})
+    return resp
+
+
+def cors_headers(response: Response) -> Response:
+    """On the signup response itself, tell a configured origin it may read the answer."""
+    if request.endpoint == SIGNUP_ENDPOINT and request.method == "POST":
+        response.vary.add("Origin")
+        origin = _allowed_origin()
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+    return response
+
+
+def honeypot_filled(data: dict) -> bool:
+    value = data.get(HONEYPOT_FIELD)
+    if value in (None, ""):
+        return False
+    log.warning("signup honeypot filled from %s; answered as usual, nothing stored or sent", request.remote_addr)
+    return True
+
+
+def limited(email_key: str) -> tuple[Response, int] | None:
+    """Count this signup against the per-IP and the per-address limits; a 429 with Retry-After past either.
+    The per-address limit stops one inbox being bombed through many IPs."""
+    settings, session, now = runtime().settings, db(), utcnow()
+    checks = [(settings.signup_rate_limit, f"signup-ip:{request.remote_addr}",
+               "too many signups from this address; try again later"),
+              (settings.signup_address_rate_limit, f"signup-email:{email_key}",
+               "too many signups for this email address; try again later")]
+    for limit, key, message in checks:
+        if limit is None:
+            continue
+        verdict = ratelimit.check(session, settings.rate_limit_storage, key, limit, now)
+        session.commit()
+        if not verdict.allowed:
+            resp = jsonify({"error": {"code": "rate_limited", "message": message, "field": None}})
+            resp.headers["Retry-After"] = str(verdict.retry_after)
+            return resp, 429
+    return None

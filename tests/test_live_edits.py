@@ -1,0 +1,177 @@
+"""Issue 5: editing a live campaign is safe: removed steps are skipped, appended steps reach readers who had
+finished, reordering and delay changes have their documented effect, and `drip campaigns diff` shows it."""
+from __future__ import annotations
+
+import re
+import shutil
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+from click.testing import CliRunner
+from conftest import ROOT, at, with_settings
+from sqlalchemy import select
+
+from service.cli import main
+from service.models import Enrollment, Message, Subscriber
+from service.signups import ConsentMeta, parse_signup, signup
+
+T0 = at("2026-06-01T20:00:00")  # a Monday; readers joined 0, 3 and 12 weeks before
+BUNDLE = "back-pain-bundle"
+
+
+def join(rt, email: str, now) -> None:  # noqa: ANN001
+    data = parse_signup({"email": email}, campaigns=rt.campaigns, default_campaign=BUNDLE)
+    with rt.sessions() as s, s.begin():
+        signup(s, data, campaign=rt.campaigns[BUNDLE], meta=ConsentMeta("json"), now=now)
+
+
+def walk(rt, start, days: int) -> None:  # noqa: ANN001
+    d = rt.dispatcher(max_per_day=0)
+    for n in range(days + 1):
+        d.run_pass(start + timedelta(days=n))
+
+
+def readers_at_three_places(rt) -> None:  # noqa: ANN001
+    """new@ got the welcome only; mid@ got welcome..week-03; done@ completed the sequence."""
+    join(rt, "done@example.org", T0 - timedelta(weeks=12))
+    join(rt, "mid@example.org", T0 - timedelta(weeks=3))
+    join(rt, "new@example.org", T0)
+    walk(rt, T0 - timedelta(weeks=12), 12 * 7)
+
+
+def edited(rt, tmp_path: Path, edit) -> object:  # noqa: ANN001
+    root = tmp_path / "edited"
+    shutil.copytree(ROOT / "email_templates", root)
+    edit(root / BUNDLE)
+    return with_settings(rt, templates_dir=root)
+
+
+def got(rt) -> dict[str, list[str]]:  # noqa: ANN001
+    with rt.sessions() as s:
+        rows = s.execute(select(Message.to_email, Message.step_key, Message.status).order_by(Message.sent_at)).all()
+    out: dict[str, list[str]] = {}
+    for email, key, status in rows:
+        assert status == "sent"
+        out.setdefault(email.split("@")[0], []).append(key)
+    return out
+
+
+def remove_week_04_and_append_week_10(folder: Path) -> None:
+    toml = folder / "campaign.toml"
+    text = re.sub(r'\[\[steps\]\]\nkey = "week-04".*?(?=\n\[\[steps\]\])', "", toml.read_text(), flags=re.S)
+    text += ('\n[[steps]]\nkey = "week-10"\ndelay = "7d"\nsubject = "One more thing for your back"\n'
+             'template = "week-09"\n')
+    toml.write_text(text)
+
+
+def test_removed_step_is_skipped_and_appended_step_reaches_finished_readers(runtime, smtp, tmp_path):  # noqa: ANN001
+    """With week-04 removed and week-10 appended: new@ and mid@ skip week-04 (mid@ was due it next) and
+    get week-10; done@ (completed) is reactivated and gets only week-10; nobody gets anything twice."""
+    readers_at_three_places(runtime)
+    before = got(runtime)
+    assert before["mid"] == ["welcome", "week-01", "week-02", "week-03"]
+    assert before["done"][-1] == "week-09" and before["new"] == ["welcome"]
+    rt = edited(runtime, tmp_path, remove_week_04_and_append_week_10)
+    walk(rt, T0, 12 * 7)
+    after = got(rt)
+    weeks = [f"week-{n:02d}" for n in range(1, 11) if n != 4]
+    assert after["new"] == ["welcome", *weeks]
+    assert after["mid"] == ["welcome", "week-01", "week-02", "week-03", *weeks[3:]]
+    assert after["done"] == before["done"] + ["week-10"]
+    for keys in after.values():
+        assert len(keys) == len(set(keys))
+    with rt.sessions() as s:
+        assert set(s.scalars(select(Enrollment.status))) == {"completed"}
+    rt.sessions.kw["bind"].dispose()
+
+
+def test_diff_shows_moved_readers(runtime, smtp, tmp_path):  # noqa: ANN001
+    """A step inserted before a reader's next step: `diff` reports them as moved, with what comes next."""
+    from service.live_edits import diff
+
+    readers_at_three_places(runtime)
+
+    def insert_before_week_04(folder: Path) -> None:
+        toml = folder / "campaign.toml"
+        toml.write_text(toml.read_text().replace('[[steps]]\nkey = "week-04"', '[[steps]]\nkey = "extra"\n'
+                        'delay = "7d"\nsubject = "An extra one"\ntemplate = "week-09"\n\n[[steps]]\nkey = "week-04"'))
+    rt = edited(runtime, tmp_path, insert_before_week_04)
+    with rt.sessions() as s:
+        lines = {d.line() for d in diff(s, rt.campaigns)}
+    assert f"{BUNDLE}: moved: 1 reader(s): next: extra" in lines  # mid@ was pointed at week-04
+    rt.sessions.kw["bind"].dispose()
+
+
+def test_reorder_and_delay_change(runtime, smtp, tmp_path):  # noqa: ANN001
+    """week-06 and week-07 swapped, and week-05 made 3 days: mid@ (at week-04 next) gets week-05 three days
+    after week-04, then week-07, week-06, week-08; new@ too; done@ gets nothing more."""
+    readers_at_three_places(runtime)
+
+    def edit(folder: Path) -> None:
+        toml = folder / "campaign.toml"
+        text = toml.read_text()
+        blocks = text.split("[[steps]]")
+        i6 = next(i for i, b in enumerate(blocks) if 'key = "week-06"' in b)
+        blocks[i6], blocks[i6 + 1] = blocks[i6 + 1], blocks[i6]
+        i5 = next(i for i, b in enumerate(blocks) if 'key = "week-05"' in b)
+        blocks[i5] = blocks[i5].replace('delay = "7d"', 'delay = "3d"')
+        toml.write_text("[[steps]]".join(blocks))
+    rt = edited(runtime, tmp_path, edit)
+    walk(rt, T0, 12 * 7)
+    after = got(rt)
+    order = ["welcome", "week-01", "week-02", "week-03", "week-04", "week-05", "week-07", "week-06", "week-08",
+             "week-09"]
+    assert after["mid"] == order and after["new"] == order
+    assert Counter(after["done"]) == Counter(order)  # unchanged: it had them all, once
+    with rt.sessions() as s:
+        sent = {k: t for k, t in s.execute(select(Message.step_key, Message.sent_at)
+                                           .where(Message.to_email == "mid@example.org"))}
+    assert (sent["week-05"] - sent["week-04"]).days in (2, 3)  # 3 local days, landing on the send hour
+    rt.sessions.kw["bind"].dispose()
+
+
+def test_campaigns_diff_counts_readers_per_change(runtime, smtp, tmp_path, monkeypatch):  # noqa: ANN001
+    """`drip campaigns diff` against the edited files (week-04 removed, week-10 appended): mid@ was due the
+    removed step and gets week-05 next, done@ gets week-10, new@ is unaffected; the database is untouched."""
+    readers_at_three_places(runtime)
+    rt = edited(runtime, tmp_path, remove_week_04_and_append_week_10)
+    monkeypatch.chdir(tmp_path)
+    env = {"DATABASE_URL": runtime.settings.database_url, "DRIP_SECRET_KEY": runtime.settings.secret_key,
+           "DRIP_TEMPLATES_DIR": str(tmp_path / "edited")}
+    result = CliRunner().invoke(main, ["campaigns", "diff"], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert f"{BUNDLE}: removed+appended: 1 reader(s): next: week-10" in lines  # done@ had week-04
+    assert f"{BUNDLE}: removed: 1 reader(s): next: week-05" in lines  # mid@ was due week-04 next
+    assert f"{BUNDLE}: unchanged: 1 reader(s): next: week-01" in lines  # new@
+    assert lines[-1] == "campaigns diff: 2 enrolled reader(s) affected by the files as they are now"
+    with rt.sessions() as s:
+        statuses = {e: st for e, st in s.execute(select(Subscriber.email, Enrollment.status).join(Enrollment))}
+    assert statuses["done@example.org"] == "completed"  # diff changed nothing
+    rt.sessions.kw["bind"].dispose()
+
+
+def test_a_queued_message_whose_step_moved_still_goes(runtime, smtp, tmp_path):  # noqa: ANN001
+    """A message queued for week-04 before week-02 was removed (so week-04's position changed) is sent as
+    week-04, found by its key; the reader then continues at week-05."""
+    from service.dispatch import PassSummary
+
+    readers_at_three_places(runtime)
+    d = runtime.dispatcher(max_per_day=0)
+    with runtime.sessions() as s:
+        due = s.scalar(select(Enrollment.next_due_at).join(Subscriber)
+                       .where(Subscriber.email == "mid@example.org"))
+    d.queue_due(due, PassSummary())  # week-04 queued, not sent yet
+
+    def remove_week_02(folder: Path) -> None:
+        toml = folder / "campaign.toml"
+        toml.write_text(re.sub(r'\[\[steps\]\]\nkey = "week-02".*?(?=\n\[\[steps\]\])', "", toml.read_text(),
+                               flags=re.S))
+    rt = edited(runtime, tmp_path, remove_week_02)
+    rt.dispatcher(max_per_day=0).run_pass(due)
+    assert got(rt)["mid"][-1] == "week-04"
+    with rt.sessions() as s:
+        e = s.scalars(select(Enrollment).join(Subscriber).where(Subscriber.email == "mid@example.org")).one()
+        assert (e.next_step_key, rt.campaigns[BUNDLE].steps[e.next_step].key) == ("week-05", "week-05")
+    rt.sessions.kw["bind"].dispose()

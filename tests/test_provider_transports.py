@@ -1,0 +1,267 @@
+"""Sending through the five provider APIs, each against a local server speaking its documented API:
+request shapes, provider ids, 429 waits, timeouts after accepting, validation errors and bad keys."""
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import time
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner
+from conftest import at, with_settings
+from fakes import FakeProvider, Reply, transport_url
+from sqlalchemy import select
+
+from service.models import Event, Message, Subscriber
+from service.signups import ConsentMeta, parse_signup, signup
+from service.suppression import is_suppressed
+
+T0 = at("2026-03-02T15:00:00")
+PROVIDERS = ["postmark", "sendgrid", "mailgun", "ses", "resend"]
+
+
+def enroll(rt, address: str, name: str = "Ada Lovelace") -> int:  # noqa: ANN001
+    data = parse_signup({"email": address, "name": name}, campaigns=rt.campaigns,
+                        default_campaign=rt.settings.default_campaign)
+    with rt.sessions() as s, s.begin():
+        return signup(s, data, campaign=rt.campaigns[data.campaign], meta=ConsentMeta("json"), now=T0).subscriber_id
+
+
+def only_message(rt) -> Message:  # noqa: ANN001
+    with rt.sessions() as s:
+        [m] = s.scalars(select(Message)).all()
+        s.expunge(m)
+        return m
+
+
+@pytest.fixture
+def fake(request: pytest.FixtureRequest):  # noqa: ANN201
+    server = FakeProvider(getattr(request, "param", "postmark"))
+    yield server
+    server.close()
+
+
+def provider_runtime(runtime, fake: FakeProvider, **query: str):  # noqa: ANN001, ANN201
+    return with_settings(runtime, email_url=transport_url(fake.provider, fake, **query))
+
+
+def check_shape(provider: str, seen, rt) -> None:  # noqa: ANN001
+    """Each provider's documented request: path, auth header, body fields, our List-Unsubscribe."""
+    h = {k.lower(): v for k, v in seen.headers.items()}
+    if provider == "postmark":
+        body = seen.json()
+        assert seen.path == "/email" and h["x-postmark-server-token"] == "pm-token"
+        assert body["MessageStream"] == "broadcast" and body["To"].endswith("<ada@example.com>")
+        assert body["TextBody"] and body["HtmlBody"] and body["Subject"]
+        names = {x["Name"] for x in body["Headers"]}
+        assert {"List-Unsubscribe", "List-Unsubscribe-Post", "List-Id"} <= names
+    elif provider == "sendgrid":
+        body = seen.json()
+        assert seen.path == "/v3/mail/send" and h["authorization"] == "Bearer SG.key"
+        [p] = body["personalizations"]
+        assert p["to"] == [{"email": "ada@example.com", "name": "Ada Lovelace"}] and p["custom_args"]["drip_message"]
+        assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
+        assert "List-Unsubscribe" in body["headers"] and body["from"]["email"]
+    elif provider == "mailgun":
+        assert seen.path == "/v3/mg.example.org/messages.mime"
+        assert base64.b64decode(h["authorization"].split()[1]) == b"api:mg-key"
+        assert h["content-type"].startswith("multipart/form-data")
+        assert b'name="to"' in seen.body and b"ada@example.com" in seen.body and b'name="v:drip-message"' in seen.body
+        assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in seen.body
+    elif provider == "ses":
+        body = seen.json()
+        assert seen.path == "/v2/email/outbound-emails"
+        assert h["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+        assert "/us-east-1/ses/aws4_request" in h["authorization"] and "x-amz-date" in h
+        assert body["Destination"] == {"ToAddresses": ["ada@example.com"]}
+        mime = email.message_from_bytes(base64.b64decode(body["Content"]["Raw"]["Data"]), policy=email.policy.default)
+        assert mime["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click" and mime["To"].addresses
+    else:
+        body = seen.json()
+        assert seen.path == "/emails" and h["authorization"] == "Bearer re_key"
+        assert h["idempotency-key"] == f"drip-message-{only_message(rt).id}"
+        assert body["to"] == ["Ada Lovelace <ada@example.com>"] and "List-Unsubscribe" in body["headers"]
+        assert body["tags"] == [{"name": "drip_message", "value": str(only_message(rt).id)}]
+
+
+@pytest.mark.parametrize("fake", PROVIDERS, indirect=True)
+def test_each_provider_gets_its_documented_request_and_its_id_is_stored(runtime, fake) -> None:  # noqa: ANN001
+    """One welcome email per provider: the request has the provider's shape, the provider's id lands on the row."""
+    rt = provider_runtime(runtime, fake)
+    enroll(rt, "ada@example.com")
+    summary = rt.dispatcher().run_pass(T0)
+    assert summary.sent == 1, summary.line()
+    [seen] = fake.posts()
+    check_shape(fake.provider, seen, rt)
+    m = only_message(rt)
+    assert m.status == "sent" and m.provider_message_id
+
+
+@pytest.mark.parametrize(("fake", "headers", "floor"), [
+    ("resend", {"retry-after": "300"}, 300),
+    ("sendgrid", {"X-RateLimit-Reset": "EPOCH+600"}, 590),
+    ("resend", {"ratelimit-reset": "400"}, 400),
+    ("postmark", {}, 0),
+], indirect=["fake"])
+def test_429_waits_as_told_or_backs_off_then_sends_once(runtime, fake, headers, floor) -> None:  # noqa: ANN001
+    """A 429 defers the message at least as long as the provider's header says (Postmark sends none:
+    backoff with jitter); no second request before then; the next pass after it sends it once."""
+    headers = {k: str(int(time.time()) + 600) if v == "EPOCH+600" else v for k, v in headers.items()}
+    fake.script.append(Reply(429, {"message": "too many requests"}, headers))
+    rt = provider_runtime(runtime, fake)
+    enroll(rt, "ada@example.com")
+    d = rt.dispatcher()
+    assert d.run_pass(T0).deferred == 1
+    m = only_message(rt)
+    wait = (m.next_attempt_at - T0).total_seconds()
+    assert m.status == "deferred" and wait >= floor
+    if not headers:
+        assert 48 <= wait <= 72  # base 60 s +-20 % jitter
+    assert d.run_pass(T0 + timedelta(seconds=wait - 1)).sent == 0 and len(fake.posts()) == 1
+    assert d.run_pass(T0 + timedelta(seconds=wait + 1)).sent == 1
+    assert len(fake.posts()) == 2 and fake.sends == 1 and only_message(rt).attempts == 2
+
+
+@pytest.mark.parametrize("fake", ["resend"], indirect=True)
+def test_resend_timeout_after_accepting_retries_with_the_same_idempotency_key(runtime, fake) -> None:  # noqa: ANN001
+    """The first request is accepted but answered too late: the retry carries the same key and the fake
+    (like Resend) answers it without a second send."""
+    fake.script.append(Reply(200, delay=1.5))
+    rt = provider_runtime(runtime, fake, timeout="0.5")
+    enroll(rt, "ada@example.com")
+    d = rt.dispatcher()
+    assert d.run_pass(T0).deferred == 1
+    assert "outcome unknown" in only_message(rt).last_error
+    assert d.run_pass(T0 + timedelta(hours=1)).sent == 1
+    first, second = fake.posts()
+    assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"]
+    assert fake.sends == 1 and only_message(rt).provider_message_id
+
+
+@pytest.mark.parametrize("fake", ["postmark", "sendgrid", "mailgun", "ses"], indirect=True)
+def test_timeout_without_idempotency_is_retried_once_and_may_duplicate(runtime, fake) -> None:  # noqa: ANN001
+    """Pinned policy for APIs without an idempotency key: an ambiguous timeout is retried (at most one
+    possible duplicate, preferred over a lost email), and the history says the outcome was unknown."""
+    fake.script.append(Reply(200, delay=1.5))
+    rt = provider_runtime(runtime, fake, timeout="0.5")
+    enroll(rt, "ada@example.com")
+    d = rt.dispatcher()
+    assert d.run_pass(T0).deferred == 1
+    assert d.run_pass(T0 + timedelta(hours=1)).sent == 1
+    assert len(fake.posts()) == 2 and fake.sends == 2
+    with rt.sessions() as s:
+        details = s.scalars(select(Event.detail).where(Event.type == "deferred")).all()
+    assert any("outcome unknown" in d for d in details)
+
+
+@pytest.mark.parametrize(("fake", "status", "body"), [
+    ("sendgrid", 400, {"errors": [{"message": "Does not contain a valid address.", "field": "personalizations"}]}),
+    ("resend", 422, {"name": "validation_error", "message": "Invalid `to` field."}),
+    ("postmark", 422, {"ErrorCode": 300, "Message": "Invalid email request"}),
+    ("mailgun", 400, {"message": "to parameter is not a valid address"}),
+    ("ses", 400, {"message": "Email address is not verified."}),
+], indirect=["fake"])
+def test_validation_errors_fail_without_retry_or_suppression(runtime, fake, status, body) -> None:  # noqa: ANN001
+    """400/422 fail that message for good; the reader is neither bounced nor suppressed."""
+    fake.script.append(Reply(status, body))
+    rt = provider_runtime(runtime, fake)
+    sid = enroll(rt, "ada@example.com")
+    d = rt.dispatcher()
+    assert d.run_pass(T0).failed == 1
+    d.run_pass(T0 + timedelta(days=1))
+    assert len(fake.posts()) == 1  # never retried
+    m = only_message(rt)
+    assert m.status == "failed" and str(status) in m.last_error
+    with rt.sessions() as s:
+        assert s.get(Subscriber, sid).status == "active" and not is_suppressed(s, "ada@example.com")
+
+
+@pytest.mark.parametrize("fake", ["postmark"], indirect=True)
+def test_postmark_inactive_recipient_406_suppresses(runtime, fake) -> None:  # noqa: ANN001
+    """Postmark ErrorCode 406 means the address already hard-bounced or complained: bounced and suppressed."""
+    fake.script.append(Reply(422, {"ErrorCode": 406, "Message": "You tried to send to a recipient that has been "
+                                   "marked as inactive."}))
+    rt = provider_runtime(runtime, fake)
+    sid = enroll(rt, "ada@example.com")
+    assert rt.dispatcher().run_pass(T0).bounced == 1
+    with rt.sessions() as s:
+        assert s.get(Subscriber, sid).status == "bounced" and is_suppressed(s, "ada@example.com")
+
+
+@pytest.mark.parametrize(("fake", "status"), [("postmark", 401), ("sendgrid", 403), ("resend", 401),
+                                              ("mailgun", 401), ("ses", 403)], indirect=["fake"])
+def test_bad_key_pauses_sending_and_leaves_the_queue_untouched(runtime, fake, status, caplog) -> None:  # noqa: ANN001
+    """401/403: no message fails or bounces, no attempt is charged; sending pauses for every worker, an ERROR
+    is logged, /healthz says degraded, metrics say paused; `drip sending resume` lets the next pass send."""
+    fake.script.append(Reply(status, {"message": "invalid API key"}))
+    rt = provider_runtime(runtime, fake)
+    for i in range(3):
+        enroll(rt, f"r{i}@example.com")
+    d = rt.dispatcher()
+    summary = d.run_pass(T0)
+    assert (summary.paused, summary.sent, summary.failed, summary.bounced) == (1, 0, 0, 0)
+    assert any(r.levelname == "ERROR" and "SENDING PAUSED" in r.getMessage() for r in caplog.records)
+    with rt.sessions() as s:
+        rows = s.scalars(select(Message)).all()
+        assert {(m.status, m.attempts) for m in rows} == {("deferred", 0)}
+        assert {x.status for x in s.scalars(select(Subscriber))} == {"active"}
+    assert rt.dispatcher().run_pass(T0 + timedelta(hours=1)).paused == 1
+    assert len(fake.posts()) == 1  # nothing more was tried while paused
+
+    from service.app import create_app
+    client = create_app(runtime=rt).test_client()
+    health = client.get("/healthz").get_json()
+    assert health["status"] == "degraded" and health["sending"] == "paused"
+    assert "drip_sending_paused 1.0" in client.get("/metrics").get_data(as_text=True)
+
+    from service.cli import main
+    env = {"DATABASE_URL": rt.settings.database_url, "DRIP_SECRET_KEY": rt.settings.secret_key,
+           "DRIP_EMAIL_URL": rt.settings.email_url, "DRIP_INSTANCE_DIR": str(rt.settings.instance_dir)}
+    out = CliRunner().invoke(main, ["sending", "resume"], env=env)
+    assert out.exit_code == 0 and "sending resumed" in out.output
+    assert rt.dispatcher().run_pass(T0 + timedelta(hours=2)).sent == 3
+    assert "drip_sending_paused 0.0" in client.get("/metrics").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("fake", ["sendgrid"], indirect=True)
+def test_server_errors_and_unreachable_api_are_transient(runtime, fake) -> None:  # noqa: ANN001
+    """A 503 defers with backoff; an API that refuses connections defers too; neither fails the message."""
+    fake.script.append(Reply(503, {"errors": [{"message": "unavailable"}]}))
+    rt = provider_runtime(runtime, fake)
+    enroll(rt, "ada@example.com")
+    assert rt.dispatcher().run_pass(T0).deferred == 1
+    url = fake.url
+    fake.close()
+    down = with_settings(runtime, email_url=f"sendgrid://k@?endpoint={url}&timeout=2")
+    assert down.dispatcher().run_pass(T0 + timedelta(hours=1)).deferred == 1
+    assert only_message(rt).status == "deferred" and "cannot reach" in only_message(rt).last_error
+
+
+def test_malformed_provider_urls_fail_fast_and_keys_are_never_printed() -> None:
+    """A provider URL missing its key, domain or region names DRIP_EMAIL_URL; `masked` hides API keys."""
+    from service.cli import masked
+    from service.config import ConfigError
+    from service.transports import make_transport
+
+    for url in ("postmark://", "sendgrid://@", "mailgun://key@", "ses://AKID@us-east-1", "ses://AKID:s@",
+                "resend://", "resend://k@?endpoint=ftp://x", "sparkpost://k@"):
+        with pytest.raises(ConfigError, match="DRIP_EMAIL_URL"):
+            make_transport(url)
+    for url in ("postmark://pm-token@?stream=broadcast", "mailgun://mg-key@mg.example.org", "resend://re_key@",
+                "ses://AKID:secret%2Fkey@us-east-1", "sendgrid://SG.key@?region=eu"):
+        shown = masked(url)
+        assert not any(secret in shown for secret in ("pm-token", "mg-key", "re_key", "secret", "SG.key")), shown
+
+
+@pytest.mark.parametrize("fake", ["ses"], indirect=True)
+def test_ses_account_suspended_pauses_like_a_bad_key(runtime, fake) -> None:  # noqa: ANN001
+    """SES answers 400 AccountSuspendedException when the account may not send: no message fails, sending pauses."""
+    fake.script.append(Reply(400, {"message": "Account suspended"},
+                             {"x-amzn-ErrorType": "AccountSuspendedException:http://internal.amazon.com/"}))
+    rt = provider_runtime(runtime, fake)
+    enroll(rt, "ada@example.com")
+    assert rt.dispatcher().run_pass(T0).paused == 1
+    m = only_message(rt)
+    assert (m.status, m.attempts) == ("deferred", 0)
