@@ -111,6 +111,8 @@ class Settings:
     unsubscribe_max_age_days: int = 400
     unsubscribe_mailto: str | None = None
     max_body_bytes: int = 64 * 1024
+    # Events (and stored email bytes) older than this are deleted; None keeps them. Opt-out evidence stays.
+    event_retention_days: int | None = None
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_key_file: str | None = None
@@ -191,6 +193,7 @@ class Settings:
             lease_seconds=int(_number(env, "DRIP_LEASE_SECONDS", 300, minimum=5)),
             batch_size=int(_number(env, "DRIP_BATCH_SIZE", 200, minimum=1)),
             max_attempts=int(_number(env, "DRIP_MAX_ATTEMPTS", 12, minimum=1)),
+            event_retention_days=int(_number(env, "DRIP_EVENT_RETENTION_DAYS", 0, minimum=0)) or None,
             unsubscribe_mailto=env.get("DRIP_UNSUBSCRIBE_MAILTO") or None,
             dkim_domain=env.get("DRIP_DKIM_DOMAIN") or None,
             dkim_selector=env.get("DRIP_DKIM_SELECTOR") or None,

@@ -37,7 +37,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import delivery, events, live_edits, optin, sending, sendlimits
+from . import delivery, events, live_edits, optin, retention, sending, sendlimits
 from .campaigns import Campaign, Delay, Step, due_at
 from .compose import ComposeJob, Composer, compose_confirmation, new_message_id
 from .config import SendLimits
@@ -134,6 +134,8 @@ class Dispatcher:
     # Issue 7: set on SIGTERM; the pass finishes the batch it holds and claims no more, so a restart
     # never waits for the whole backlog and never leaves leased rows behind.
     stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    event_retention_days: int | None = None  # issue 7: see service/retention.py
+    _pruned_at: float = field(default=float("-inf"), init=False, repr=False)
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
     _sent_this_pass: int = field(default=0, init=False, repr=False)
@@ -147,6 +149,20 @@ class Dispatcher:
             return self._run_pass(now)
         finally:
             self._record_pass(started_at, time.monotonic() - started)
+            self._prune()
+
+    def _prune(self) -> None:
+        """Issue 7 retention: at most once an hour per worker, old events and stored emails go."""
+        if not self.event_retention_days or time.monotonic() - self._pruned_at < 3600:
+            return
+        self._pruned_at = time.monotonic()
+        try:
+            with self.sessions() as session, session.begin():
+                pruned = retention.prune(session, now=utcnow(), days=self.event_retention_days)
+            if pruned.events or pruned.contents:
+                log.info("retention: %d events and %d stored emails deleted", pruned.events, pruned.contents)
+        except Exception:  # housekeeping must never fail a pass
+            log.exception("retention pruning failed")
 
     def _record_pass(self, started_at: datetime, seconds: float) -> None:
         """Issue 3 (metrics): every pass's wall-clock duration goes to the database, so /metrics in any

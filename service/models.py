@@ -189,7 +189,8 @@ class Event(Base):
     """Append-only history: one row per attempt, outcome, signup, unsubscribe or provider event."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_subscriber", "subscriber_id", "created_at"),)
+    __table_args__ = (Index("ix_events_subscriber", "subscriber_id", "created_at"),
+                      Index("ix_events_created", "created_at"))  # retention pruning (DRIP_EVENT_RETENTION_DAYS)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))

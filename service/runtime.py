@@ -54,6 +54,7 @@ class Runtime:
         kwargs = dict(
             sessions=self.sessions, campaigns=self.campaigns, composer=self.composer,
             transport_factory=partial(make_transport, s.email_url), unsubscribe_url=self.unsubscribe_url,
+            event_retention_days=s.event_retention_days,
             lease=timedelta(seconds=s.lease_seconds), batch_size=s.batch_size,
             retry=RetryPolicy(base_seconds=s.retry_base_seconds, cap_seconds=s.retry_cap_seconds,
                               max_attempts=s.max_attempts),

@@ -1,0 +1,24 @@
+"""`drip prune`: apply DRIP_EVENT_RETENTION_DAYS now (workers also do it once an hour)."""
+from __future__ import annotations
+
+import click
+
+
+def register(main: click.Group) -> None:
+    @main.command()
+    @click.option("--days", type=click.IntRange(min=1), default=None,
+                  help="retention in days (default: DRIP_EVENT_RETENTION_DAYS)")
+    def prune(days: int | None) -> None:
+        """Delete events and stored email bytes older than the retention period."""
+        from ..cli import _runtime, _settings
+        from ..db import utcnow
+        from ..retention import prune as do_prune
+
+        settings = _settings()
+        days = days or settings.event_retention_days
+        if not days:
+            raise click.ClickException("no retention set: pass --days N or set DRIP_EVENT_RETENTION_DAYS")
+        rt = _runtime(settings)
+        with rt.sessions() as session, session.begin():
+            pruned = do_prune(session, now=utcnow(), days=days)
+        click.echo(f"prune: {pruned.events} events and {pruned.contents} stored emails older than {days} days deleted")

@@ -1,0 +1,46 @@
+"""Data retention (issue 7): DRIP_EVENT_RETENTION_DAYS deletes old history and stored emails, keeps opt-out evidence."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from click.testing import CliRunner
+from conftest import at
+from sqlalchemy import func, select
+
+from service import events
+from service.cli import main
+from service.models import Event, MessageContent
+from service.retention import prune
+from service.signups import ConsentMeta, parse_signup, signup
+
+T0 = at("2026-01-05T10:00:00")
+
+
+def test_old_events_and_stored_emails_go_evidence_stays(runtime, smtp):  # noqa: ANN001
+    """After the retention period the send history and stored bytes are deleted; an unsubscribe record is not."""
+    data = parse_signup({"email": "old@example.org"}, campaigns=runtime.campaigns, default_campaign="back-pain-bundle")
+    with runtime.sessions() as s, s.begin():
+        sub_id = signup(s, data, campaign=runtime.campaigns["back-pain-bundle"], meta=ConsentMeta("json"),
+                        now=T0).subscriber_id
+    assert runtime.dispatcher().run_pass(T0).sent == 1
+    with runtime.sessions() as s, s.begin():
+        events.record(s, type="unsubscribed", now=T0, subscriber_id=sub_id, detail="one-click")
+        assert s.scalar(select(func.count()).select_from(MessageContent)) == 1
+    later = T0 + timedelta(days=400)
+    with runtime.sessions() as s, s.begin():
+        assert prune(s, now=T0 + timedelta(days=10), days=365).events == 0  # nothing old enough yet
+        pruned = prune(s, now=later, days=365)
+    assert pruned.events >= 3 and pruned.contents == 1
+    with runtime.sessions() as s:
+        assert s.scalars(select(Event.type)).all() == ["unsubscribed"]
+        assert s.scalar(select(func.count()).select_from(MessageContent)) == 0
+
+
+def test_prune_command_needs_a_period(runtime, monkeypatch, tmp_path):  # noqa: ANN001
+    """`drip prune` refuses to run without a retention period rather than guess one."""
+    monkeypatch.chdir(tmp_path)
+    env = {"DATABASE_URL": runtime.settings.database_url, "DRIP_SECRET_KEY": runtime.settings.secret_key}
+    r = CliRunner().invoke(main, ["prune"], env=env)
+    assert r.exit_code != 0 and "DRIP_EVENT_RETENTION_DAYS" in r.output
+    r = CliRunner().invoke(main, ["prune", "--days", "30"], env=env)
+    assert r.exit_code == 0 and r.output.startswith("prune: ")
