@@ -36,7 +36,20 @@ ROOT = Path(__file__).resolve().parent.parent
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         backends = ["sqlite"] + (["postgresql"] if os.environ.get(PG_ENV) else [])
+        if metafunc.definition.get_closest_marker("postgresql_only"):
+            backends = backends[1:]  # collected only when the PostgreSQL half runs (always in CI)
         metafunc.parametrize("backend", backends, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without DRIP_TEST_POSTGRES_URL, PostgreSQL-only tests are deselected (not skipped): `.ci/run`
+    always sets it, so in CI they always run."""
+    if os.environ.get(PG_ENV):
+        return
+    dropped = [item for item in items if item.get_closest_marker("postgresql_only")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not item.get_closest_marker("postgresql_only")]
 
 
 def free_port() -> int:

@@ -37,6 +37,7 @@ def sent_once_each(smtp, addresses: list[str], subject: str) -> None:  # noqa: A
 
 # -- PostgreSQL ------------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.postgresql_only  # pg_terminate_backend needs the server; SQLite has no connection to lose
 def test_postgres_connections_killed_mid_pass(backend: str, database_url: str, smtp, tmp_path: Path,
                                               runtime) -> None:  # noqa: ANN001
     """pg_terminate_backend on every connection of a running `drip worker` mid-pass (as a PostgreSQL restart
@@ -44,8 +45,6 @@ def test_postgres_connections_killed_mid_pass(backend: str, database_url: str, s
     checkout (pool_pre_ping); the worker never dies, and in the end every
     reader has the welcome; nothing was recorded sent that the SMTP server had not accepted, and the only
     repeats are messages handed to SMTP but unrecorded when the connection died, each with a 'reclaimed' event."""
-    if backend != "postgresql":
-        pytest.skip("pg_terminate_backend needs the PostgreSQL server; SQLite has no connection to lose")
     addresses = seed(runtime, 30, datetime.now(UTC) - timedelta(minutes=1), prefix="pgkill")
     smtp.handler.data_delay = 0.1
     drip = Drip(database_url, smtp.url, tmp_path)
