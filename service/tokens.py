@@ -29,12 +29,11 @@ def make_unsubscribe_token(secret_key: str, *, public_id: str, campaign: str) ->
 
 
 def read_unsubscribe_token(secret_key: str, token: str, *, max_age_days: int) -> UnsubscribeClaim:
-    if len(token) > 400:
-        raise BadToken("token too long")
-    try:
-        data = URLSafeTimedSerializer(secret_key, salt=UNSUBSCRIBE_SALT).loads(token, max_age=max_age_days * 86400)
-    except BadSignature as exc:  # includes SignatureExpired
-        raise BadToken(str(exc)) from None
+    return _claim(_loads(secret_key, UNSUBSCRIBE_SALT, token, max_age_days))
+
+
+def _claim(data: object) -> UnsubscribeClaim:
+    """A [public id, campaign] payload (unsubscribe and confirm links), or BadToken."""
     if not (isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data)):
         raise BadToken("malformed token")
     return UnsubscribeClaim(public_id=data[0], campaign=data[1])
@@ -85,12 +84,4 @@ def make_confirm_token(secret_key: str, *, public_id: str, campaign: str) -> str
 
 def read_confirm_token(secret_key: str, token: str, *, max_age_days: int) -> UnsubscribeClaim:
     """(public id, campaign) of a confirm link; BadToken when forged, malformed or older than the expiry."""
-    if len(token) > 400:
-        raise BadToken("token too long")
-    try:
-        data = URLSafeTimedSerializer(secret_key, salt=CONFIRM_SALT).loads(token, max_age=max_age_days * 86400)
-    except BadSignature as exc:
-        raise BadToken(str(exc)) from None
-    if not (isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data)):
-        raise BadToken("malformed token")
-    return UnsubscribeClaim(public_id=data[0], campaign=data[1])
+    return _claim(_loads(secret_key, CONFIRM_SALT, token, max_age_days))
