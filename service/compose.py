@@ -126,7 +126,10 @@ class Composer:
         if not self.from_override:
             return campaign.from_address
         name, addr = email.utils.parseaddr(self.from_override)
-        return email.utils.formataddr((name or campaign.sender_name, addr))
+        name = name or campaign.sender_name
+        # Raw, not formataddr: a non-ASCII name is RFC 2047-encoded once, by the MIME writer (from_value).
+        name = name.replace("\\", "").replace('"', "'")
+        return f'"{name}" <{addr}>' if name.isascii() else f"{name} <{addr}>"
 
     def context(self, job: ComposeJob) -> dict:
         campaign, step = job.campaign, job.step
@@ -188,7 +191,7 @@ class Composer:
     def compose(self, job: ComposeJob) -> OutboundEmail:
         subject, text, html = self.render(job)
         from_header = self.from_header(job.campaign)
-        sender = email.utils.parseaddr(from_header)[1]
+        sender = ascii_address(email.utils.parseaddr(from_header)[1])  # IDN domain -> Punycode everywhere
         envelope_from, html = self.delivery_tracking(job, html, sender)
         domain = sender.rpartition("@")[2]
         recipient = ascii_address(job.to_email)
@@ -292,7 +295,7 @@ def compose_confirmation(composer: Composer, *, campaign: Campaign, to_email: st
     text = composer.env.get_template(f"{base}/confirm.txt").render(ctx).strip() + "\n"
     html = composer.inliner.inline(composer.env.get_template(f"{base}/confirm.html").render(ctx))
     from_header = composer.from_header(campaign)
-    sender = email.utils.parseaddr(from_header)[1]
+    sender = ascii_address(email.utils.parseaddr(from_header)[1])
     recipient = ascii_address(to_email)
     headers = (("Message-ID", new_message_id(from_header, -pending_id, secrets.token_hex(10))),
                ("Date", email.utils.format_datetime(now)))
@@ -314,5 +317,5 @@ def compose_confirmation(composer: Composer, *, campaign: Campaign, to_email: st
 
 
 def new_message_id(from_address: str, message_pk: int, nonce: str) -> str:
-    domain = email.utils.parseaddr(from_address)[1].rpartition("@")[2] or "drip.invalid"
+    domain = ascii_address(email.utils.parseaddr(from_address)[1]).rpartition("@")[2] or "drip.invalid"
     return f"<drip.{message_pk}.{nonce}@{domain}>"

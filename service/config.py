@@ -193,7 +193,7 @@ class Settings:
             lease_seconds=int(_number(env, "DRIP_LEASE_SECONDS", 300, minimum=5)),
             batch_size=int(_number(env, "DRIP_BATCH_SIZE", 200, minimum=1)),
             max_attempts=int(_number(env, "DRIP_MAX_ATTEMPTS", 12, minimum=1)),
-            event_retention_days=int(_number(env, "DRIP_EVENT_RETENTION_DAYS", 0, minimum=0)) or None,
+            event_retention_days=_retention_days(env),
             unsubscribe_mailto=env.get("DRIP_UNSUBSCRIBE_MAILTO") or None,
             dkim_domain=env.get("DRIP_DKIM_DOMAIN") or None,
             dkim_selector=env.get("DRIP_DKIM_SELECTOR") or None,
@@ -253,6 +253,16 @@ def _delivery_settings(env: Mapping[str, str]) -> dict:
 
 def _list(text: str | None) -> tuple[str, ...]:
     return tuple(x.strip() for x in (text or "").replace(" ", ",").split(",") if x.strip())
+
+
+def _retention_days(env: Mapping[str, str]) -> int | None:
+    """0/unset keeps everything. Shorter than 30 days would delete the soft-bounce history the bounce policy
+    counts over and the provider event ids that make a re-delivered webhook apply once."""
+    days = int(_number(env, "DRIP_EVENT_RETENTION_DAYS", 0, minimum=0))
+    if 0 < days < 30:
+        raise ConfigError(f"DRIP_EVENT_RETENTION_DAYS: at least 30 (the soft-bounce window and webhook "
+                          f"replay protection need that history), got {days}")
+    return days or None
 
 
 def read_dotenv(path: Path) -> dict[str, str]:

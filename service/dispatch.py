@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import delivery, events, live_edits, optin, retention, sending, sendlimits
@@ -183,7 +184,10 @@ class Dispatcher:
             with self.sessions() as session, session.begin():
                 live_edits.reactivate_grown(session, self.campaigns, clock())
             self._reactivated = True
-        self._send_confirmations(clock())  # issue 5: double opt-in, outside the message log
+        with self.sessions() as session:
+            paused_now = sending.paused_reason(session) is not None
+        if not paused_now:  # a provider refused our key: confirmations wait like everything else
+            self._send_confirmations(clock())  # issue 5: double opt-in, outside the message log
         while (n := self.queue_due(clock(), summary)) >= self.batch_size:
             pass
         del n
@@ -257,9 +261,11 @@ class Dispatcher:
     def _step_already_queued(self, session: Session, enrollment: Enrollment, step: Step, now: datetime) -> None:
         """The step's message exists already (a race, or an operator moved the pointer back). If it is
         still in flight the enrollment waits for it; if it is finished the enrollment moves past it."""
-        status = session.scalar(select(Message.status).where(Message.enrollment_id == enrollment.id,
-                                                             Message.step_key == step.key))
-        if status not in ("queued", "deferred", "sending"):
+        status, sent_at = session.execute(select(Message.status, Message.sent_at).where(
+            Message.enrollment_id == enrollment.id, Message.step_key == step.key)).one()
+        # A message already handed over (sent_at set) is finished for the sequence even when a provider
+        # later reports it deferred: waiting on it would stall the reader for good.
+        if status not in ("queued", "deferred", "sending") or sent_at is not None:
             enrollment.next_step = max(enrollment.next_step, step.index + 1)
             enrollment.next_due_at = now
 
@@ -509,6 +515,15 @@ class Dispatcher:
                 if time.monotonic() - last_flush >= self.flush_seconds:
                     self.record(clock(), outcomes, summary, subjects)
                     outcomes, last_flush = [], time.monotonic()
+        except SQLAlchemyError:
+            # The database failed mid-chunk (a re-check or a lease renewal): write down what the server
+            # already answered, if the database lets us, so those emails are not sent again after the lease.
+            log.exception("database error while sending; recording the %d answers received", len(outcomes))
+            try:
+                self.record(clock(), outcomes, summary, subjects)
+            except SQLAlchemyError:
+                log.error("could not record them either; they will be reclaimed after the lease")
+            raise
         except TransportError as exc:
             if exc.auth_failed:  # issue 4: bad credentials pause sending; no message is failed or charged
                 self.record(clock(), outcomes, summary, subjects)
@@ -590,7 +605,7 @@ class Dispatcher:
                 if subjects and message.id in subjects:
                     message.subject = subjects[message.id]
                 raw = self._raw.pop(message.id, None)
-                if raw is not None:
+                if raw is not None and not by_id[message.id].transport:  # never handed over: nothing "as sent"
                     # Issue 3: the bytes handed to the transport, for the operator's "as sent" view.
                     session.merge(MessageContent(message_id=message.id, raw=raw, created_at=now))
                 self._apply(session, message, subscriber, enrollment, by_id[message.id], now, summary)
@@ -615,6 +630,8 @@ class Dispatcher:
         elif result.transport:
             # Not the reader's fault: the attempt does not count and the message is never given up.
             message.attempts = max(0, message.attempts - 1)
+            if message.attempts == 0:  # the give-up clock starts with the first attempt that counts
+                message.first_attempt_at = None
             delay = self.retry.delay(max(1, message.attempts), result.retry_after)
             message.next_attempt_at = now + timedelta(seconds=delay)
             events.transition(session, message, "deferred", now=now,

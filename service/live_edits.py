@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
 from . import events
@@ -39,7 +39,10 @@ def sent_keys(session: Session, enrollment_ids: Iterable[int]) -> dict[int, set[
     out: dict[int, set[str]] = {i: set() for i in ids}
     if ids:
         for eid, key in session.execute(select(Message.enrollment_id, Message.step_key)
-                                        .where(Message.enrollment_id.in_(ids), Message.status.notin_(IN_FLIGHT))):
+                                        .where(Message.enrollment_id.in_(ids),
+                                               # sent_at set: handed over already, even if a provider
+                                               # later reports it deferred (it must not stall the reader)
+                                               or_(Message.status.notin_(IN_FLIGHT), Message.sent_at.is_not(None)))):
             out[eid].add(key)
     return out
 

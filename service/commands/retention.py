@@ -6,7 +6,7 @@ import click
 
 def register(main: click.Group) -> None:
     @main.command()
-    @click.option("--days", type=click.IntRange(min=1), default=None,
+    @click.option("--days", type=click.IntRange(min=30), default=None,
                   help="retention in days (default: DRIP_EVENT_RETENTION_DAYS)")
     def prune(days: int | None) -> None:
         """Delete events and stored email bytes older than the retention period."""
