@@ -37,10 +37,26 @@ def log_in(tab: Page, base: str, runtime) -> None:  # noqa: ANN001
     expect(tab.get_by_role("heading", name="Send log")).to_be_visible()
 
 
+def wait_until_recorded(runtime, timeout: float = 15) -> None:  # noqa: ANN001
+    """The SMTP server has the email a moment before Drip records the outcome; pages show the record."""
+    import time
+
+    from service.models import Message
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with runtime.sessions() as s:
+            if s.scalar(select(Message.status)) == "sent":
+                return
+        assert time.monotonic() < deadline, "the welcome's outcome was never recorded"
+        time.sleep(0.1)
+
+
 def test_operator_finds_a_welcome_and_runs_the_campaign(server, page, smtp, runtime, tmp_path) -> None:  # noqa: F811
     """The whole operator path in one browser session, with a screenshot of each page on the way."""
     sign_up(page, server, "reader@example.org")
     welcome_for(smtp, "reader@example.org")
+    wait_until_recorded(runtime)
     log_in(page, server, runtime)
     welcome = runtime.campaigns[CAMPAIGN].steps[0]
 
@@ -111,9 +127,18 @@ def test_email_html_cannot_run_script_in_the_console(server, page, smtp, runtime
     evil.add_alternative("<p id='p'>static text</p><script>document.getElementById('p').textContent='ran';"
                          "try{top.document.title='pwned'}catch(e){}</script>"
                          "<img src=x onerror=\"document.body.append('ran-onerror')\">", subtype="html")
-    with runtime.sessions() as s, s.begin():
-        mid = s.scalar(select(Message.id))
-        s.get(MessageContent, mid).raw = evil.as_bytes()
+    import time
+
+    deadline = time.monotonic() + 15  # the server accepts the email a moment before Drip records it
+    while True:
+        with runtime.sessions() as s, s.begin():
+            mid = s.scalar(select(Message.id))
+            content = s.get(MessageContent, mid) if mid else None
+            if content is not None:
+                content.raw = evil.as_bytes()
+                break
+        assert time.monotonic() < deadline, "the welcome's outcome was never recorded"
+        time.sleep(0.1)
     log_in(page, server, runtime)
     page.goto(f"{server}/admin/messages/{mid}")
     frame = page.frame_locator("iframe.email-html")
