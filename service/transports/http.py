@@ -12,6 +12,7 @@ status codes (docs/providers.md, "Retry rules").
 """
 from __future__ import annotations
 
+import abc
 import email.utils
 import logging
 import time
@@ -102,7 +103,7 @@ def split_address(header: str) -> tuple[str, str]:
     return name, addr
 
 
-class HttpTransport:
+class HttpTransport(abc.ABC):
     """Base class: subclasses build one request per email and may refine `classify`."""
 
     name = "http"
@@ -113,8 +114,9 @@ class HttpTransport:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "drip/0.1"
 
-    def request(self, item: OutboundEmail) -> requests.Response:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def request(self, item: OutboundEmail) -> requests.Response:
+        """Send one email to the provider's API."""
 
     def provider_id(self, response: requests.Response) -> str | None:
         return None
