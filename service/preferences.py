@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from . import events
 from .campaigns import Campaign, due_at, valid_timezone
+from .errors import FieldError
 from .models import Consent, Enrollment, Event, Message, Subscriber
 from .signups import SignupError, clean_name
 from .suppression import PENDING, stop_subscriber, suppress_address
@@ -22,12 +23,8 @@ from .suppression import PENDING, stop_subscriber, suppress_address
 SNOOZE_WEEKS = (2, 4, 8)
 
 
-class PreferenceError(ValueError):
+class PreferenceError(FieldError):
     """The reader asked for something invalid; `field` names the form field."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.field = code, message, field
 
 
 @dataclass(frozen=True)

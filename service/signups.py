@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from . import events, optin
 from .campaigns import Campaign, valid_timezone
 from .compose import new_message_id
+from .errors import FieldError
 from .models import Consent, Enrollment, Message, Subscriber
 from .suppression import is_suppressed
 
@@ -35,12 +36,8 @@ MAX_USER_AGENT = 500
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-class SignupError(ValueError):
+class SignupError(FieldError):
     """Bad input. `field` names the offending field; the web layer maps this to a 4xx."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.field = code, message, field
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from . import events
 from .campaigns import Campaign
+from .errors import FieldError
 from .models import SUBSCRIBER_STATUSES, Consent, Enrollment, Event, Message, Subscriber
 from .suppression import is_suppressed, stop_subscriber
 
@@ -21,12 +22,8 @@ MAX_LIMIT = 500
 MAX_ID = 2**63 - 1
 
 
-class ActionError(ValueError):
+class ActionError(FieldError):
     """The action does not apply (wrong state, missing reason); `code` is stable for API callers."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.field = code, message, field
 
 
 @dataclass(frozen=True)

@@ -240,3 +240,25 @@ def at(text_: str) -> datetime:
 
 def with_settings(rt: Runtime, **changes: object) -> Runtime:
     return build_runtime(replace(rt.settings, **changes))
+
+
+# -- browser (Debian's Chromium through Playwright; never a downloaded browser) -------------------------
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-proxy-server"]
+
+
+@pytest.fixture(scope="module")
+def browser():  # noqa: ANN201
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser):  # noqa: ANN001, ANN201
+    context = browser.new_context(timezone_id="Europe/Paris")
+    yield context.new_page()
+    context.close()

@@ -13,11 +13,12 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from conftest import SmtpServer, free_port
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Page
 from sqlalchemy import select
 
 from service.models import Consent, Subscriber
@@ -25,8 +26,6 @@ from service.models import Consent, Subscriber
 pytestmark = pytest.mark.browser
 
 DRIP = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "drip"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-proxy-server"]
 CAMPAIGN = "back-pain-bundle"
 
 
@@ -39,13 +38,13 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def server(database_url: str, smtp: SmtpServer, tmp_path: Path) -> Iterator[str]:
-    """`drip serve` (web app + scheduler) on a free loopback port; yields its base URL."""
+@contextmanager
+def serving(database_url: str, smtp_url: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """`drip serve` (web app + scheduler) on a free loopback port; yields its base URL and environment."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIP_") and k != "DATABASE_URL"}
-    env.update(DATABASE_URL=database_url, DRIP_EMAIL_URL=smtp.url, DRIP_BASE_URL=base,
+    env.update(DATABASE_URL=database_url, DRIP_EMAIL_URL=smtp_url, DRIP_BASE_URL=base,
                DRIP_SECRET_KEY=secrets.token_hex(32), DRIP_TICK_SECONDS="1", DRIP_SIGNUP_RATE_LIMIT="off",
                DRIP_POSTAL_ADDRESS="Back Pain Warriors, 12 Test Street, Springfield")
     log_path = tmp_path / "serve.log"
@@ -58,7 +57,7 @@ def server(database_url: str, smtp: SmtpServer, tmp_path: Path) -> Iterator[str]
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"drip serve did not become healthy:\n{log_path.read_text(errors='replace')}")
             time.sleep(0.2)
-        yield base
+        yield base, env
     finally:
         proc.terminate()
         try:
@@ -68,19 +67,10 @@ def server(database_url: str, smtp: SmtpServer, tmp_path: Path) -> Iterator[str]
             proc.wait()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
-
-
 @pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(timezone_id="Europe/Paris")
-    yield context.new_page()
-    context.close()
+def server(database_url: str, smtp: SmtpServer, tmp_path: Path) -> Iterator[str]:
+    with serving(database_url, smtp.url, tmp_path) as (base, _env):
+        yield base
 
 
 def sign_up(page: Page, base: str, address: str) -> None:
@@ -88,7 +78,7 @@ def sign_up(page: Page, base: str, address: str) -> None:
     page.fill("input[name=name]", "Ada")
     page.fill("input[name=email]", address)
     page.click("button[type=submit]")
-    page.wait_for_url(re.compile(rf"/thanks/{CAMPAIGN}"))
+    page.wait_for_url(re.compile(rf"/thanks/{CAMPAIGN}"))  # the home page form is this campaign's
 
 
 def welcome_for(smtp: SmtpServer, address: str):  # noqa: ANN201

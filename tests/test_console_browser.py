@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import select
-from test_browser import CAMPAIGN, browser, page, server, sign_up, welcome_for  # noqa: F401  (fixtures)
+from test_browser import CAMPAIGN, server, sign_up, welcome_for  # noqa: F401  (server is a fixture)
 
 from service.accounts import add_user
 from service.db import utcnow

@@ -8,9 +8,7 @@ walk (snooze, switch to monthly, leave one campaign) and what arrives when after
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import subprocess
 import time
 import urllib.request
@@ -20,17 +18,15 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import SmtpServer, free_port
-from playwright.sync_api import Browser, Page, sync_playwright
+from conftest import SmtpServer
 from sqlalchemy import select
+from test_browser import serving, sign_up
 
 from service.models import Enrollment, Subscriber
 
 pytestmark = pytest.mark.browser
 
 DRIP = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "drip"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-proxy-server"]
 TOO_WIDE = ("[...document.querySelectorAll('*')].filter(e => e.getBoundingClientRect().right > innerWidth + 0.5)"
             ".map(e => e.tagName + '.' + e.className)")
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
@@ -48,63 +44,10 @@ class Drip:
         return out.stdout
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with OPENER.open(f"{url}/healthz", timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def drip(database_url: str, smtp: SmtpServer, tmp_path: Path) -> Iterator[Drip]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIP_") and k != "DATABASE_URL"}
-    env.update(DATABASE_URL=database_url, DRIP_EMAIL_URL=smtp.url, DRIP_BASE_URL=base,
-               DRIP_SECRET_KEY=secrets.token_hex(32), DRIP_TICK_SECONDS="1", DRIP_SIGNUP_RATE_LIMIT="off",
-               DRIP_POSTAL_ADDRESS="Back Pain Warriors, 12 Test Street, Springfield")
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([str(DRIP), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while not _healthy(base):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"drip serve did not become healthy:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.2)
+    with serving(database_url, smtp.url, tmp_path) as (base, env):
         yield Drip(base, env, tmp_path)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(timezone_id="Europe/Paris")
-    yield context.new_page()
-    context.close()
-
-
-def sign_up(page: Page, base: str, address: str) -> None:
-    page.goto(f"{base}/")
-    page.fill("input[name=name]", "Ada")
-    page.fill("input[name=email]", address)
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r"/thanks/"))
 
 
 def json_signup(base: str, address: str, campaign: str) -> None:
