@@ -63,7 +63,10 @@ def make_templates(dest: Path) -> Path:
     toml = "\n".join(line for line in toml.splitlines() if not line.startswith(("digest", "continue_"))) + "\n"
     (camp / "campaign.toml").write_text(
         toml + '[[steps]]\nkey = "tuesday"\ndelay = "0"\nsubject = "Your Tuesday coaching, {{ subscriber.first_name '
-        '}}: nine weeks in one"\ntemplate = "tuesday"\npreheader = "Everything so far, in one email."\n',
+        '}}: nine weeks in one"\ntemplate = "tuesday"\npreheader = "Everything so far, in one email."\n'
+        # A list mid-campaign: after this Tuesday's email comes next week's, so each send moves the reader
+        # on to a next step (the common case), rather than completing the campaign.
+        '[[steps]]\nkey = "next-tuesday"\ndelay = "7d"\nsubject = "Next Tuesday"\ntemplate = "tuesday"\n',
         encoding="utf-8")
     return dest
 

@@ -5,6 +5,7 @@ given when step N-1 was actually sent, in which time zone, at which local hour.
 """
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -100,7 +101,7 @@ class Campaign:
 
     @property
     def sender_name(self) -> str:
-        return parseaddr(self.from_address)[0] or self.title
+        return _display_name(self.from_address) or self.title
 
     def step(self, index: int) -> Step | None:
         return self.steps[index] if 0 <= index < len(self.steps) else None
@@ -347,3 +348,8 @@ def _check_from(value: str, where: str, key: str = "from") -> None:
         Address(display_name=name, addr_spec=addr)
     except (EmailNotValidError, ValueError, IndexError) as exc:
         raise CampaignError(f"{where}: {key!r} {value!r} is not a valid address: {exc}") from None
+
+
+@functools.lru_cache(maxsize=256)  # issue 6: read for every email composed; parseaddr is not free
+def _display_name(address: str) -> str:
+    return parseaddr(address)[0]

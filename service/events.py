@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from .models import Event, Message
@@ -83,3 +83,21 @@ def transition(session: Session, message: Message, new: str, *, now: datetime, d
     message.updated_at = now
     record(session, type=event_type or new, now=now, subscriber_id=message.subscriber_id,
            message_id=message.id, detail=detail, data=data, provider_event_id=provider_event_id)
+
+
+def check_transition(message_id: int, old: str, new: str) -> None:
+    """The ALLOWED check of `transition`, for the dispatcher's set-based writes (issue 6)."""
+    if new != old and new not in ALLOWED[old]:
+        raise IllegalTransition(f"message {message_id}: {old} -> {new} is not allowed")
+
+
+def record_many(session: Session, rows: list[dict]) -> None:
+    """Append many events in one statement (issue 6: one INSERT per batch instead of one per message).
+    Each row holds `type`, `created_at` and any of subscriber_id, message_id, detail."""
+    if not rows:
+        return
+    for row in rows:
+        if row["type"] not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {row['type']!r}")
+    keys = ("type", "subscriber_id", "message_id", "detail", "created_at")
+    session.execute(insert(Event), [{k: row.get(k) for k in keys} for row in rows])
