@@ -78,7 +78,7 @@ def ascii_address(address: str) -> str:
     """The envelope/header form: IDN domains in Punycode (the local part is ASCII by signup policy)."""
     # Issue 6: validate_email costs ~0.1 ms and ran three times per email. An ASCII address whose domain
     # is already lower case is returned unchanged by it (valid or not), so it is returned as is here;
-    # tests/test_compose_fast.py compares both paths.
+    # tests/test_fast_paths.py compares both paths.
     if address.isascii() and (domain := address.rpartition("@")[2]) == domain.lower():
         return address
     return _ascii_address(address)

@@ -228,7 +228,8 @@ class Dispatcher:
         an ORM flush per reader (it ran at ~160 readers/s, so a 100k backlog waited minutes to start)."""
         with self.sessions() as session, session.begin():
             rows = session.execute(
-                select(Enrollment, Subscriber)
+                select(Enrollment.id, Enrollment.subscriber_id, Enrollment.campaign, Enrollment.next_step,
+                       Subscriber.status.label("subscriber_status"), Subscriber.email)
                 .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
                 .where(Enrollment.status == "active", Enrollment.next_due_at <= now,
                        Enrollment.campaign.not_in(_paused_campaigns()))
@@ -238,29 +239,29 @@ class Dispatcher:
                 .with_for_update(skip_locked=True, of=Enrollment)
             ).all()
             insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-            had = live_edits.sent_keys(session, [e.id for e, _s in rows])  # issue 5: place by step keys
-            wanted: dict[int, tuple[Enrollment, Step, Campaign]] = {}
+            had = live_edits.sent_keys(session, [row.id for row in rows])  # issue 5: place by step keys
+            wanted: dict[int, tuple[Step, Campaign]] = {}
             values: list[dict] = []
-            for enrollment, subscriber in rows:
-                campaign = self.campaigns.get(enrollment.campaign)
+            for row in rows:  # plain rows; the rare cases below load the ORM objects (already locked)
+                campaign = self.campaigns.get(row.campaign)
                 if campaign is None:
-                    log.warning("enrollment %s: campaign %r is not loaded; left waiting", enrollment.id,
-                                enrollment.campaign)
-                    enrollment.next_due_at = now + timedelta(hours=1)
+                    log.warning("enrollment %s: campaign %r is not loaded; left waiting", row.id, row.campaign)
+                    session.get_one(Enrollment, row.id).next_due_at = now + timedelta(hours=1)
                     continue
-                step = live_edits.next_step(campaign, enrollment, had[enrollment.id])  # issue 5: safe edits
-                if step is None or subscriber.status != "active":
+                step = live_edits.next_step(campaign, row, had[row.id])  # issue 5: safe edits
+                if step is None or row.subscriber_status != "active":
+                    enrollment = session.get_one(Enrollment, row.id)
                     self._finish_enrollment(session, enrollment, now, completed=step is None, summary=summary)
-                    if step is None and subscriber.status == "active":  # issue 5
-                        self._continue_into(session, enrollment, subscriber, campaign, now)
+                    if step is None and row.subscriber_status == "active":  # issue 5
+                        self._continue_into(session, enrollment, session.get_one(Subscriber, row.subscriber_id),
+                                            campaign, now)
                     continue
-                wanted[enrollment.id] = (enrollment, step, campaign)
+                wanted[row.id] = (step, campaign)
                 values.append(dict(
-                    enrollment_id=enrollment.id, subscriber_id=subscriber.id, campaign=campaign.key,
-                    step_key=step.key, step_index=step.index, to_email=subscriber.email, status="queued",
+                    enrollment_id=row.id, subscriber_id=row.subscriber_id, campaign=campaign.key,
+                    step_key=step.key, step_index=step.index, to_email=row.email, status="queued",
                     attempts=0, next_attempt_at=now, created_at=now, updated_at=now,
-                    message_id=new_message_id(self.composer.from_header(campaign), enrollment.id,
-                                              secrets.token_hex(10))))
+                    message_id=new_message_id(self.composer.from_header(campaign), row.id, secrets.token_hex(10))))
             if not values:
                 return len(rows)
             # executemany (SQLAlchemy batches it into multi-row INSERTs, "insertmanyvalues") rather than one
@@ -274,14 +275,16 @@ class Dispatcher:
                 session.execute(update(enrollments).where(enrollments.c.id.in_(list(inserted)))
                                 .values(next_due_at=None, updated_at=now))
             queued_events = []
-            for enrollment_id, (enrollment, step, campaign) in wanted.items():
+            subscriber_of = {row.id: row.subscriber_id for row in rows}
+            for enrollment_id, (step, campaign) in wanted.items():
                 message_pk = inserted.get(enrollment_id)
                 if message_pk is None:  # the step's message exists already
+                    enrollment = session.get_one(Enrollment, enrollment_id)
                     enrollment.next_due_at = None
                     enrollment.updated_at = now
                     self._step_already_queued(session, enrollment, step, now)
                     continue
-                queued_events.append(dict(type="queued", created_at=now, subscriber_id=enrollment.subscriber_id,
+                queued_events.append(dict(type="queued", created_at=now, subscriber_id=subscriber_of[enrollment_id],
                                           message_id=message_pk, detail=f"{campaign.key}/{step.key} queued"))
             summary.queued += len(queued_events)
             events.record_many(session, queued_events)

@@ -5,9 +5,10 @@ a row id. Tokens stay valid for `max_age_days` (CAN-SPAM asks for at least 30; w
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 
 UNSUBSCRIBE_SALT = "drip.unsubscribe.v1"
 PREFERENCES_SALT = "drip.preferences.v1"  # issue 9: [public_id]
@@ -18,6 +19,30 @@ class BadToken(ValueError):
     pass
 
 
+class _KeyOnceSigner(TimestampSigner):
+    """itsdangerous derives the signing key (a hash of secret and salt) anew for every token; every email
+    carries three tokens, so the key is derived once per (secret, salt) here. The tokens are the same."""
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        secret = self.secret_keys[-1] if secret_key is None else secret_key
+        return _derived(self, secret if isinstance(secret, bytes) else secret.encode("utf-8"))
+
+
+def _derived(signer: TimestampSigner, secret: bytes) -> bytes:
+    key = (secret, signer.salt, signer.key_derivation, signer.digest_method)
+    if (found := _KEYS.get(key)) is None:
+        found = _KEYS[key] = TimestampSigner.derive_key(signer, secret)
+    return found
+
+
+_KEYS: dict[tuple, bytes] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _serializer(secret_key: str, salt: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret_key, salt=salt, signer=_KeyOnceSigner)
+
+
 @dataclass(frozen=True)
 class UnsubscribeClaim:
     public_id: str
@@ -25,7 +50,7 @@ class UnsubscribeClaim:
 
 
 def make_unsubscribe_token(secret_key: str, *, public_id: str, campaign: str) -> str:
-    return URLSafeTimedSerializer(secret_key, salt=UNSUBSCRIBE_SALT).dumps([public_id, campaign])
+    return _serializer(secret_key, UNSUBSCRIBE_SALT).dumps([public_id, campaign])
 
 
 def read_unsubscribe_token(secret_key: str, token: str, *, max_age_days: int) -> UnsubscribeClaim:
@@ -44,14 +69,14 @@ def _loads(secret_key: str, salt: str, token: str, max_age_days: int) -> object:
     if len(token) > 400:
         raise BadToken("token too long")
     try:
-        return URLSafeTimedSerializer(secret_key, salt=salt).loads(token, max_age=max_age_days * 86400)
+        return _serializer(secret_key, salt).loads(token, max_age=max_age_days * 86400)
     except BadSignature as exc:  # includes SignatureExpired
         raise BadToken(str(exc)) from None
 
 
 def make_preferences_token(secret_key: str, *, public_id: str) -> str:
     """The preference page link: whoever holds it manages this subscriber, like the unsubscribe link."""
-    return URLSafeTimedSerializer(secret_key, salt=PREFERENCES_SALT).dumps([public_id])
+    return _serializer(secret_key, PREFERENCES_SALT).dumps([public_id])
 
 
 def read_preferences_token(secret_key: str, token: str, *, max_age_days: int) -> str:
@@ -64,7 +89,7 @@ def read_preferences_token(secret_key: str, token: str, *, max_age_days: int) ->
 
 def make_view_token(secret_key: str, *, message_pk: int) -> str:
     """The view-in-browser link of one message."""
-    return URLSafeTimedSerializer(secret_key, salt=VIEW_SALT).dumps([message_pk])
+    return _serializer(secret_key, VIEW_SALT).dumps([message_pk])
 
 
 def read_view_token(secret_key: str, token: str, *, max_age_days: int) -> int:
@@ -79,7 +104,7 @@ CONFIRM_SALT = "drip.confirm.v1"
 
 
 def make_confirm_token(secret_key: str, *, public_id: str, campaign: str) -> str:
-    return URLSafeTimedSerializer(secret_key, salt=CONFIRM_SALT).dumps([public_id, campaign])
+    return _serializer(secret_key, CONFIRM_SALT).dumps([public_id, campaign])
 
 
 def read_confirm_token(secret_key: str, token: str, *, max_age_days: int) -> UnsubscribeClaim:
