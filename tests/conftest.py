@@ -105,13 +105,25 @@ class SmtpRecorder:
 
     `script(address, stage, reply)` queues one reply ("451 4.3.0 try later") for that recipient at
     RCPT or DATA; each queued reply is used once, then the server accepts normally.
+
+    It announces PIPELINING (RFC 2920), so every test exercises the transport's pipelined path: aiosmtpd
+    reads commands one at a time from its buffer, which serves a pipelining client as the RFC asks.
+    `pipelining = False` stops announcing it (smtplib's one-command-at-a-time dialogue); `ehlos` counts
+    greetings, so tests see reconnections.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, pipelining: bool = True) -> None:
         self.accepted: list[tuple[str, list[str], bytes]] = []
         self._script: dict[tuple[str, str], list[str]] = {}
         self.lock = threading.Lock()
         self.data_delay = 0.0
+        self.pipelining = pipelining
+        self.ehlos = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001, ANN201, N802
+        self.ehlos += 1
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
 
     def script(self, address: str, stage: str, *replies: str) -> None:
         with self.lock:

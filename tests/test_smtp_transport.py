@@ -33,13 +33,7 @@ def outbound(n: int, to: str = "reader@example.org") -> OutboundEmail:
 class CountingRecorder(SmtpRecorder):
     def __init__(self) -> None:
         super().__init__()
-        self.ehlos = 0
         self.logins: list[str] = []
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001, ANN201, N802
-        self.ehlos += 1
-        session.host_name = hostname
-        return responses
 
 
 def authenticator(logins: list[str]):  # noqa: ANN201
