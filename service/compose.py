@@ -23,7 +23,7 @@ import css_inline
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from . import mime
+from . import mime, render_plan
 from .campaigns import Campaign, Step
 from .dkim import DkimKey
 from .dkim import sign as dkim_sign
@@ -107,7 +107,8 @@ class Composer:
     def __init__(self, *, templates_dir: Path, base_url: str, postal_address: str, from_override: str | None = None,
                  unsubscribe_mailto: str | None = None, dkim_keys: tuple[DkimKey, ...] = (),
                  feedback_id_sender: str | None = None, bounce_domain: str | None = None,
-                 reply_to: str | None = None, secret_key: str | None = None, tracking: bool = False) -> None:
+                 reply_to: str | None = None, secret_key: str | None = None, tracking: bool = False,
+                 plan_renders: bool = True) -> None:
         self.env = Environment(
             loader=FileSystemLoader(str(templates_dir)),
             undefined=StrictUndefined,
@@ -124,6 +125,8 @@ class Composer:
         self.inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
         self._subjects: dict[tuple[str, str], object] = {}
         self._utm_links: dict[tuple, dict[str, str]] = {}
+        self._plans: dict[tuple, tuple[Campaign, render_plan.Plan | None]] = {}
+        self.plan_renders = plan_renders  # issue 6; off only to compare with the full path in tests
         # Deliverability (issue 8): see deliverability_headers, envelope_sender and sign_message.
         self.dkim_keys = dkim_keys
         self.feedback_id_sender = feedback_id_sender
@@ -191,10 +194,38 @@ class Composer:
         ctx = self.context(job)
         subject = self.render_subject(job, ctx)
         ctx["subject"] = subject
-        base = f"{job.campaign.key}/{job.step.template}"
-        text = self.env.get_template(f"{base}.txt").render(ctx).strip() + "\n"
-        html = self.inliner.inline(self.env.get_template(f"{base}.html").render(ctx))
+        plan = self._plan(job, ctx) if self.plan_renders else None
+        if plan is not None:  # issue 6: the step rendered once, filled with this reader's values
+            text, html = plan.render(ctx, _finish_text)
+            return subject, text, html
+        text, html = self._render_full(job, ctx)
         return subject, text, html
+
+    def _render_full(self, job: ComposeJob, ctx: dict) -> tuple[str, str]:
+        base = f"{job.campaign.key}/{job.step.template}"
+        text = _finish_text(self.env.get_template(f"{base}.txt").render(ctx))
+        html = self.inliner.inline(self.env.get_template(f"{base}.html").render(ctx))
+        return text, html
+
+    def _plan(self, job: ComposeJob, ctx: dict) -> render_plan.Plan | None:
+        """The step's render plan (service/render_plan.py), made on first use; None when the templates
+        are not safe to plan, and then the step is rendered in full for every email."""
+        defined = tuple(k for k in render_plan.PERSONAL_NAMES if k in ctx)
+        key = (id(job.campaign), job.step.key, job.step.template, ctx["why"], defined)
+        if key in self._plans:
+            return self._plans[key][1]
+        base = f"{job.campaign.key}/{job.step.template}"
+        plan = None
+        if all(render_plan.prints_values_only(self.env, f"{base}.{ext}") for ext in ("txt", "html")):
+            marked = render_plan.marked(ctx)
+            text = render_plan.split(self.env.get_template(f"{base}.txt").render(marked), ("raw",))
+            html_marked = self.inliner.inline(self.env.get_template(f"{base}.html").render(marked))
+            html = render_plan.split(html_marked, ("text", "attr"))
+            if text is not None and html is not None and render_plan.stylesheet_is_safe(html_marked):
+                plan = render_plan.Plan(text=text, html=html)
+        # the campaign object is kept with its plan so its id() cannot be reused by another one
+        self._plans[key] = (job.campaign, plan)
+        return plan
 
     def delivery_tracking(self, job: ComposeJob, html: str, sender: str) -> tuple[str, str]:
         """Issue 4, after rendering: the VERP envelope sender, and tracked links when tracking is on."""
@@ -270,6 +301,10 @@ class Composer:
     def sign_message(self, raw: bytes) -> bytes:
         """The serialised message with its DKIM signature(s); every transport sends these bytes."""
         return dkim_sign(raw, self.dkim_keys) if self.dkim_keys else raw
+
+
+def _finish_text(text: str) -> str:
+    return text.strip() + "\n"
 
 
 def _ascii_header(name: str, value: str) -> tuple[str, str]:

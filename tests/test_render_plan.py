@@ -1,0 +1,98 @@
+"""Issue 6: a step rendered once and filled with each reader's values gives exactly the bytes of a full
+render, for every shipped campaign and for awkward values; templates where that cannot be guaranteed
+are rendered in full."""
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.campaigns import load_campaigns
+from service.compose import ComposeJob, Composer
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 3, 3, 15, 0, tzinfo=UTC)
+AWKWARD = ["", "Ada", "Zoë O'Brien-Smith", 'Bob "the builder" & <Co>', "Ann\xa0Lee", "<script>alert(1)</script>",
+           "=?utf-8?q?x?=", "Tom & Jerry's", "😀 Emoji", "a" * 180, "Dr. Strange, Jr.", "&amp; &lt;"]
+
+
+def composers(templates: Path) -> tuple[Composer, Composer]:
+    def make(plan: bool) -> Composer:
+        c = Composer(templates_dir=templates, base_url="https://drip.example.org", postal_address="1 Test St & Co",
+                     plan_renders=plan)
+        c.reader_links = lambda public_id, pk: {"preferences_url": f"https://drip.example.org/p/{public_id}?a=1&b=2",
+                                                "view_url": f"https://drip.example.org/v/{pk}"}
+        return c
+    return make(True), make(False)
+
+
+def job(campaign, step, name: str, email: str = "reader@example.com", pk: int = 1) -> ComposeJob:  # noqa: ANN001
+    return ComposeJob(message_pk=pk, message_id=f"<drip.{pk}.x@example.org>", campaign=campaign, step=step,
+                      to_email=email, name=name, unsubscribe_url=f"https://drip.example.org/u/tok{pk}?x=1&y=\"2\"",
+                      now=NOW, public_id=f"pub{pk}")
+
+
+def test_every_shipped_step_is_planned_and_gives_the_full_render_bytes() -> None:
+    campaigns = load_campaigns(ROOT / "email_templates")
+    planned, full = composers(ROOT / "email_templates")
+    for campaign in campaigns.values():
+        for step in campaign.steps:
+            for i, name in enumerate(AWKWARD):
+                a, b = planned.compose(job(campaign, step, name, pk=i)), full.compose(job(campaign, step, name, pk=i))
+                assert (a.subject, a.text, a.html) == (b.subject, b.text, b.html), (campaign.key, step.key, name)
+    plans = [plan for _campaign, plan in planned._plans.values()]
+    assert plans and all(plan is not None for plan in plans)  # the shipped templates are all plannable
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.text(max_size=60), local=st.from_regex(r"[a-z0-9._+'-]{1,20}", fullmatch=True))
+def test_any_name_and_address_give_the_full_render_bytes(name: str, local: str) -> None:
+    campaigns = load_campaigns(ROOT / "email_templates")
+    campaign = campaigns["back-pain-bundle"]
+    planned, full = _PAIR
+    for step in (campaign.steps[0], campaign.steps[3]):
+        a = planned.compose(job(campaign, step, name, email=f"{local}@example.com"))
+        b = full.compose(job(campaign, step, name, email=f"{local}@example.com"))
+        assert (a.subject, a.text, a.html) == (b.subject, b.text, b.html)
+
+
+_PAIR = composers(ROOT / "email_templates")
+
+UNSAFE = {
+    "filtered": "<p>{{ greeting|upper }}</p>",
+    "condition": "{% if subscriber.first_name %}<p>{{ subscriber.first_name }}</p>{% endif %}",
+    "assigned": "{% set who = subscriber.name %}<p>{{ who }}</p>",
+    "attribute-selector": "<style>a[href^=\"https\"] { color: red }</style><p><a href=\"{{ unsubscribe_url }}\">x</a></p>",
+    "empty-selector": "<style>span:empty { display: none }</style><p><span>{{ subscriber.first_name }}</span></p>",
+    "in-style": "<style>/* {{ subscriber.name }} */ p { color: red }</style><p>x</p>",
+    "in-comment": "<!-- {{ subscriber.email }} --><p>x</p>",
+    "autoescape-off": "{% autoescape false %}<p>{{ subscriber.name }}</p>{% endautoescape %}",
+    "macro": "{% macro hi() %}{{ greeting }}{% endmacro %}<p>{{ hi()|upper }}</p>",
+    "random": "<p>{{ greeting }} {{ [1, 2, 3]|random }}</p>",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(UNSAFE))
+def test_templates_that_use_values_otherwise_are_rendered_in_full(tmp_path: Path, kind: str) -> None:
+    templates = tmp_path / "t"
+    shutil.copytree(ROOT / "email_templates" / "_base", templates / "_base")
+    camp = templates / "odd"
+    camp.mkdir()
+    head = (ROOT / "email_templates" / "back-pain-bundle" / "campaign.toml").read_text(encoding="utf-8")
+    head = "\n".join(line for line in head.split("[[steps]]")[0].splitlines()
+                     if not line.startswith(("digest", "continue_")))
+    (camp / "campaign.toml").write_text(
+        head.replace('key = "back-pain-bundle"', 'key = "odd"') + '\n[[steps]]\nkey = "one"\ndelay = "0"\nsubject = "Hi"\ntemplate = "one"\n', encoding="utf-8")
+    (camp / "one.html").write_text(f"<html><head></head><body>{UNSAFE[kind]}</body></html>", encoding="utf-8")
+    (camp / "one.txt").write_text("{{ greeting }}\n", encoding="utf-8")
+    campaign = load_campaigns(templates)["odd"]
+    planned, full = composers(templates)
+    for name in ("", "Ada <b>", "Zoë"):
+        a, b = planned.compose(job(campaign, campaign.steps[0], name)), full.compose(job(campaign, campaign.steps[0], name))
+        if kind != "random":
+            assert (a.subject, a.text, a.html) == (b.subject, b.text, b.html)
+    assert [plan for _c, plan in planned._plans.values()] == [None]
