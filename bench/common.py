@@ -249,3 +249,29 @@ def seed_history(url: str, *, first: int, last: int, now) -> None:  # noqa: ANN0
                          (r[:10] + (stamp, stamp, stamp) for r in rows()))
         conn.execute("ANALYZE")
     conn.close()
+
+
+def cpu_seconds(pids) -> float:  # noqa: ANN001
+    """User + system CPU seconds used so far by the processes `pids` (Linux /proc), for per-email CPU."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the process has ended
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15 of stat)
+    return total
+
+
+def postgres_pids() -> list[int]:
+    """The local PostgreSQL server's processes (this machine runs it; its CPU is part of each email)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids

@@ -34,9 +34,11 @@ from common import (  # noqa: E402
     SECRET,
     Row,
     SinkProcess,
+    cpu_seconds,
     make_templates,
     pg_create,
     pg_drop,
+    postgres_pids,
     print_table,
     seed,
     sqlite_create,
@@ -51,22 +53,26 @@ def worker_env(url: str, email_url: str, templates: Path, **extra: str) -> dict[
     return env
 
 
-def run_workers(count: int, env: dict[str, str]) -> list[dict]:
-    """Start `count` bench workers, release them together, return each one's JSON result line."""
+def run_workers(count: int, env: dict[str, str], *, others: tuple[int, ...] = ()) -> list[dict]:
+    """Start `count` bench workers, release them together, return each one's JSON result line. The first
+    result also gets `others_cpu_s`: CPU seconds used meanwhile by the PostgreSQL server and the processes
+    `others` (the sink), read while the workers are still connected."""
     procs = [subprocess.Popen([PY, str(ROOT / "bench" / "worker.py")], env=env, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True) for _ in range(count)]
     for p in procs:
         if p.stdout.readline().strip() != "ready":
             raise RuntimeError("a bench worker failed to start")
+    watched = (*postgres_pids(), *others)
+    before = cpu_seconds(watched)
     for p in procs:
         p.stdin.write("go\n")
         p.stdin.flush()
-    results = []
+    results = [json.loads(p.stdout.readline()) for p in procs]
+    results[0]["others_cpu_s"] = cpu_seconds(watched) - before
     for p in procs:
-        out, _ = p.communicate(timeout=900)
+        p.communicate("bye\n", timeout=900)
         if p.returncode != 0:
             raise RuntimeError(f"a bench worker exited with {p.returncode}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
     return results
 
 
@@ -130,13 +136,15 @@ def measure_drip(db: str, tmp: Path, sink: SinkProcess, templates: Path, n: int,
     url = fresh_database(db, tmp, f"send_{workers}")
     seed(url, total=n, due=n, now=datetime.now(UTC))
     sink.reset()
-    results = run_workers(workers, worker_env(url, sink.url, templates))
+    results = run_workers(workers, worker_env(url, sink.url, templates), others=(sink.proc.pid,))
     total, distinct, doubles = sink.stats()
     sent = sum(r["sent"] for r in results)
     if db == "postgresql":
         pg_drop(f"drip_bench_send_{workers}")
     return {"rate": rate(results, n), "sent": sent, "received": total, "missing": n - distinct,
-            "doubles": doubles, "rss_kb": max(r["rss_kb"] for r in results)}
+            "doubles": doubles, "rss_kb": max(r["rss_kb"] for r in results),
+            "worker_ms": sum(r["cpu_s"] for r in results) / n * 1000,
+            "others_ms": results[0]["others_cpu_s"] / n * 1000}
 
 
 def run(n: int = 4000, workers: tuple[int, ...] = (1, 2, 4), db: str = "postgresql") -> list[Row]:
@@ -164,6 +172,12 @@ def run(n: int = 4000, workers: tuple[int, ...] = (1, 2, 4), db: str = "postgres
                 single = single or got["rate"]
                 rows.append(Row(f"  {w} worker(s): sent/missing/doubles", got["sent"], "", "missing + doubles",
                                 got["missing"] + got["doubles"], "0 + 0", ok_counts))
+                if w == 1:  # where one email's CPU goes: the figures that do not drift with the machine's load
+                    budget = 1000 / (0.6 * limits[1])
+                    rows.append(Row("  CPU per email: Drip worker, ms", got["worker_ms"], "ms",
+                                    "budget at 60% of 1 conn.", budget, "report", True))
+                    rows.append(Row("  CPU per email: PostgreSQL + sink, ms", got["others_ms"], "ms",
+                                    "Drip worker", got["worker_ms"], "report", True))
         finally:
             sink.stop()
     return rows

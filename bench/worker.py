@@ -62,6 +62,7 @@ def main() -> None:
     # depend on what else the machine is doing, unlike the wall-clock rate.
     cpu = usage.ru_utime + usage.ru_stime - cpu_before
     print(json.dumps({"start": start, "end": end, "rss_kb": usage.ru_maxrss, "cpu_s": cpu, **totals}), flush=True)
+    sys.stdin.readline()  # stay connected until told: the bench reads the database server's CPU first
 
 
 if __name__ == "__main__":

@@ -74,7 +74,9 @@ def address(name: str, addr: str) -> str:
 
 def crlf(text: str) -> bytes:
     """UTF-8 with every line ending as CRLF (Jinja2 output and templates use bare LF)."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode("utf-8")
+    if "\r" in text:  # rare: templates and Jinja2 write bare LF, so this scan usually saves two copies
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.replace("\n", "\r\n").encode("utf-8")
 
 
 def _longest_line(data: bytes) -> int:

@@ -137,6 +137,14 @@ def prints_values_only(env: Environment, name: str) -> bool:
     return True
 
 
+def string_prints_values_only(env: Environment, source: str) -> bool:
+    """The same check for a template given as a string (a step's subject line)."""
+    tree = env.parse(source)
+    if any(True for _ in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport))):
+        return False
+    return _safe(tree, None, ())
+
+
 def _personal(node: nodes.Node) -> bool:
     if isinstance(node, nodes.Name):
         return node.name in PERSONAL_NAMES or node.name == "subscriber"

@@ -27,3 +27,19 @@ def test_tokens_with_the_key_derived_once_are_plain_itsdangerous_tokens() -> Non
     assert read_unsubscribe_token(secret, old, max_age_days=400).public_id == "def456"
     with pytest.raises(ValueError, match="Signature"):  # another secret's token is still refused
         read_unsubscribe_token("t" * 32, ours, max_age_days=400)
+
+
+@pytest.mark.parametrize("token", ["abc.DEF-_~123", "a b", "x/y?z", "é", ""])
+def test_mailto_subject_fast_path_matches_quote(token: str) -> None:
+    from urllib.parse import quote
+
+    from service.compose import _mailto_subject
+
+    assert _mailto_subject(token) == quote("unsubscribe " + token)
+
+
+@pytest.mark.parametrize("text", ["a\nb\n", "a\r\nb", "a\rb\n", "", "\r", "no newline"])
+def test_crlf_fast_path_matches_the_full_normalisation(text: str) -> None:
+    from service.mime import crlf
+
+    assert crlf(text) == text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode()
