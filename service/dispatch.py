@@ -667,7 +667,8 @@ class Dispatcher:
             for m in session.scalars(select(Message).where(Message.id.in_(ids)).with_for_update()):
                 if m.status != "sending" or m.claimed_by != self.worker_id:
                     continue
-                events.transition(session, m, "deferred", now=now, detail="sending paused; attempt not counted")
+                why = f"sending paused: {pause_reason}" if pause_reason else "sending paused"
+                events.transition(session, m, "deferred", now=now, detail=f"{why}; attempt not counted")
                 m.attempts = max(0, m.attempts - 1)
                 m.first_attempt_at = m.first_attempt_at if m.attempts else None
                 m.next_attempt_at, m.lease_until, m.claimed_by = now, None, None

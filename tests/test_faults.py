@@ -330,3 +330,52 @@ def test_campaign_edited_while_workers_run(runtime, smtp, tmp_path: Path) -> Non
     for day in (17, 25, 33):
         new.dispatcher().run_pass(now=T0 + timedelta(days=day))
     sent_once_each(smtp, addresses, runtime.campaigns[CAMPAIGN].steps[2].subject)
+
+
+@pytest.mark.parametrize("code", [535, 454])
+def test_smtp_login_refused_pauses_sending_or_waits(runtime, code: int) -> None:  # noqa: ANN001
+    """A relay refusing our credentials (535) pauses sending, like a provider's 401: no attempt counted,
+    the welcome waits; once the operator resumes, with the credentials right, it goes out once. A
+    temporary refusal (454) only defers the batch."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+    from conftest import SmtpRecorder, free_port
+
+    from service import sending
+    from service.signups import ConsentMeta, parse_signup, signup
+
+    accept = {"ok": False}
+
+    def check(server, session, envelope, mechanism, auth_data):  # noqa: ANN001, ANN202
+        if accept["ok"]:
+            return AuthResult(success=True)
+        return AuthResult(success=False, handled=False, message=f"{code} 4.7.0 nope" if code < 500
+                          else "535 5.7.8 Authentication credentials invalid")
+
+    recorder, port = SmtpRecorder(), free_port()
+    controller = Controller(recorder, hostname="127.0.0.1", port=port, authenticator=check, auth_required=True,
+                            auth_require_tls=False)
+    controller.start()
+    try:
+        rt = build_runtime(replace(runtime.settings,
+                                   email_url=f"smtp://drip:secret@127.0.0.1:{port}?timeout=5&plain_auth=true"))
+        data = parse_signup({"email": "ada@example.org"}, campaigns=rt.campaigns, default_campaign=CAMPAIGN)
+        with rt.sessions() as s, s.begin():
+            signup(s, data, campaign=rt.campaigns[CAMPAIGN], meta=ConsentMeta("json"), now=T0)
+        summary = rt.dispatcher().run_pass(T0)
+        with rt.sessions() as s:
+            message = s.scalars(select(Message)).one()
+            reason = sending.paused_reason(s)
+        assert (message.status, message.attempts, recorder.accepted) == ("deferred", 0, [])
+        if code == 454:
+            assert (summary.paused, reason) == (0, None)
+            return
+        assert summary.paused == 1 and "authentication" in (reason or "").lower()
+        accept["ok"] = True
+        assert rt.dispatcher().run_pass(T0 + timedelta(hours=1)).sent == 0  # still paused: nothing claimed
+        with rt.sessions() as s, s.begin():
+            sending.resume(s, now=T0)
+        assert rt.dispatcher().run_pass(T0 + timedelta(hours=1)).sent == 1
+        assert [r for _f, rcpts, _raw in recorder.accepted for r in rcpts] == ["ada@example.org"]
+    finally:
+        controller.stop()

@@ -126,7 +126,10 @@ class SmtpTransport:
         except smtplib.SMTPAuthenticationError as exc:
             log.error("SMTP login to %s:%s refused (%s): check the credentials in DRIP_EMAIL_URL",
                       c.host, c.port, exc.smtp_code)
-            raise TransportError(f"SMTP authentication failed: {exc.smtp_code}") from None
+            # A 5xx refusal (535) means our credentials are wrong: pause sending like a provider's 401, so
+            # the operator fixes DRIP_EMAIL_URL and resumes; a 4xx (454) is temporary: the batch waits.
+            raise TransportError(f"SMTP authentication failed: {exc.smtp_code}",
+                                 auth_failed=exc.smtp_code >= 500) from None
         except _PlainAuthRefused as exc:
             log.error("%s", exc)
             raise TransportError(str(exc)) from None
