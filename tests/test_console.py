@@ -311,3 +311,18 @@ def test_metrics_add_signups_queue_depth_and_pass_duration(client, runtime):  # 
     assert 'drip_queue_depth{state="ready"} 0.0' in text and "drip_passes_last_hour 1.0" in text
     duration = float(re.search(r"^drip_last_pass_duration_seconds (\S+)$", text, re.M).group(1))
     assert 0 < duration < 30
+
+
+def test_a_sending_pause_is_shown_on_every_console_page_until_resumed(runtime, admin) -> None:  # noqa: ANN001
+    from service import sending
+    from service.db import utcnow
+
+    assert "Sending is paused" not in admin.get("/admin/messages").data.decode()
+    with runtime.sessions() as s, s.begin():
+        sending.pause(s, "SMTP authentication failed: 535", now=utcnow())
+    for path in ("/admin/messages", "/admin/subscribers", "/admin/campaigns"):
+        page = admin.get(path).data.decode()
+        assert "Sending is paused" in page and "SMTP authentication failed: 535" in page, path
+    with runtime.sessions() as s, s.begin():
+        sending.resume(s, now=utcnow())
+    assert "Sending is paused" not in admin.get("/admin/messages").data.decode()

@@ -66,7 +66,8 @@ UNSAFE = {
     "filtered": "<p>{{ greeting|upper }}</p>",
     "condition": "{% if subscriber.first_name %}<p>{{ subscriber.first_name }}</p>{% endif %}",
     "assigned": "{% set who = subscriber.name %}<p>{{ who }}</p>",
-    "attribute-selector": "<style>a[href^=\"https\"] { color: red }</style><p><a href=\"{{ unsubscribe_url }}\">x</a></p>",
+    "attribute-selector": "<style>a[href^=\"https\"] { color: red }</style>"
+                          "<p><a href=\"{{ unsubscribe_url }}\">x</a></p>",
     "empty-selector": "<style>span:empty { display: none }</style><p><span>{{ subscriber.first_name }}</span></p>",
     "in-style": "<style>/* {{ subscriber.name }} */ p { color: red }</style><p>x</p>",
     "in-comment": "<!-- {{ subscriber.email }} --><p>x</p>",
@@ -86,13 +87,15 @@ def test_templates_that_use_values_otherwise_are_rendered_in_full(tmp_path: Path
     head = "\n".join(line for line in head.split("[[steps]]")[0].splitlines()
                      if not line.startswith(("digest", "continue_")))
     (camp / "campaign.toml").write_text(
-        head.replace('key = "back-pain-bundle"', 'key = "odd"') + '\n[[steps]]\nkey = "one"\ndelay = "0"\nsubject = "Hi"\ntemplate = "one"\n', encoding="utf-8")
+        head.replace('key = "back-pain-bundle"', 'key = "odd"')
+        + '\n[[steps]]\nkey = "one"\ndelay = "0"\nsubject = "Hi"\ntemplate = "one"\n', encoding="utf-8")
     (camp / "one.html").write_text(f"<html><head></head><body>{UNSAFE[kind]}</body></html>", encoding="utf-8")
     (camp / "one.txt").write_text("{{ greeting }}\n", encoding="utf-8")
     campaign = load_campaigns(templates)["odd"]
     planned, full = composers(templates)
     for name in ("", "Ada <b>", "Zoë"):
-        a, b = planned.compose(job(campaign, campaign.steps[0], name)), full.compose(job(campaign, campaign.steps[0], name))
+        step = campaign.steps[0]
+        a, b = planned.compose(job(campaign, step, name)), full.compose(job(campaign, step, name))
         if kind != "random":
             assert (a.subject, a.text, a.html) == (b.subject, b.text, b.html)
     assert [plan for _c, plan in planned._plans.values()] == [None]

@@ -44,7 +44,15 @@ def csrf_token() -> str:
 
 @bp.app_context_processor
 def _inject() -> dict:
-    return {"csrf_token": csrf_token, "outbox_enabled": outbox_dir() is not None}
+    return {"csrf_token": csrf_token, "outbox_enabled": outbox_dir() is not None,
+            "sending_paused": sending_paused}
+
+
+def sending_paused() -> str | None:
+    """Why sending is paused (a provider or the relay refused our credentials), for the console's banner."""
+    from ..sending import paused_reason
+
+    return paused_reason(db())
 
 
 def outbox_dir():  # noqa: ANN201
