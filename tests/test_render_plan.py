@@ -73,11 +73,36 @@ UNSAFE = {
     "autoescape-off": "{% autoescape false %}<p>{{ subscriber.name }}</p>{% endautoescape %}",
     "macro": "{% macro hi() %}{{ greeting }}{% endmacro %}<p>{{ hi()|upper }}</p>",
     "random": "<p>{{ greeting }} {{ [1, 2, 3]|random }}</p>",
+    # output captured instead of printed: what the template does with it depends on the value
+    "set-block": "{% set who %}{{ subscriber.first_name }}{% endset %}<p>{{ who|length }}</p>",
+    "self-block": "{% block who %}{{ subscriber.first_name }}{% endblock %}<p>{{ self.who()|length }}</p>",
+}
+# Captured output whose value comes from another file (the campaign's `part.html`).
+UNSAFE_WITH_PART = {
+    "super": ('{% extends "odd/part.html" %}{% block who %}{{ super()|length }}{% endblock %}',
+              "<html><head></head><body><p>{% block who %}{{ subscriber.first_name }}{% endblock %}</p></body></html>"),
+    "include-captured": ('{% set who %}{% include "odd/part.html" %}{% endset %}<p>{{ who|length }}</p>',
+                         "{{ subscriber.first_name }}"),
+    "import-with-context": ('{% import "odd/part.html" as who with context %}<p>{{ who|string|length }}</p>',
+                            "{{ subscriber.first_name }}"),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(UNSAFE))
 def test_templates_that_use_values_otherwise_are_rendered_in_full(tmp_path: Path, kind: str) -> None:
+    _check_rendered_in_full(tmp_path, f"<html><head></head><body>{UNSAFE[kind]}</body></html>", kind)
+
+
+@pytest.mark.parametrize("kind", sorted(UNSAFE_WITH_PART))
+def test_output_captured_from_another_template_is_rendered_in_full(tmp_path: Path, kind: str) -> None:
+    """A block's super(), an include in a {% set %} block or a module imported with context: their output
+    is a value the template can measure or compare, so the step is rendered in full."""
+    html, part = UNSAFE_WITH_PART[kind]
+    _check_rendered_in_full(tmp_path, html if html.startswith("{% extends") else
+                            f"<html><head></head><body>{html}</body></html>", kind, part=part)
+
+
+def _check_rendered_in_full(tmp_path: Path, html: str, kind: str, part: str | None = None) -> None:
     templates = tmp_path / "t"
     shutil.copytree(ROOT / "email_templates" / "_base", templates / "_base")
     camp = templates / "odd"
@@ -87,12 +112,15 @@ def test_templates_that_use_values_otherwise_are_rendered_in_full(tmp_path: Path
                      if not line.startswith(("digest", "continue_")))
     (camp / "campaign.toml").write_text(
         head.replace('key = "back-pain-bundle"', 'key = "odd"') + '\n[[steps]]\nkey = "one"\ndelay = "0"\nsubject = "Hi"\ntemplate = "one"\n', encoding="utf-8")
-    (camp / "one.html").write_text(f"<html><head></head><body>{UNSAFE[kind]}</body></html>", encoding="utf-8")
+    (camp / "one.html").write_text(html, encoding="utf-8")
+    if part is not None:
+        (camp / "part.html").write_text(part, encoding="utf-8")
     (camp / "one.txt").write_text("{{ greeting }}\n", encoding="utf-8")
     campaign = load_campaigns(templates)["odd"]
     planned, full = composers(templates)
-    for name in ("", "Ada <b>", "Zoë"):
+    for name in ("", "Ada <b>", "Zoë", "Ada"):
         a, b = planned.compose(job(campaign, campaign.steps[0], name)), full.compose(job(campaign, campaign.steps[0], name))
         if kind != "random":
             assert (a.subject, a.text, a.html) == (b.subject, b.text, b.html)
     assert [plan for _c, plan in planned._plans.values()] == [None]
+
