@@ -4,6 +4,7 @@ are rendered in full."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -124,3 +125,18 @@ def _check_rendered_in_full(tmp_path: Path, html: str, kind: str, part: str | No
             assert (a.subject, a.text, a.html) == (b.subject, b.text, b.html)
     assert [plan for _c, plan in planned._plans.values()] == [None]
 
+
+def test_a_subject_naming_the_footer_why_follows_each_reader(tmp_path: Path) -> None:
+    """A subject printing `why` (a continued enrollment names the campaign the reader signed up for) is
+    the reader's own, not the first reader's: the subject is filled only with what is the same for all."""
+    templates = tmp_path / "t"
+    shutil.copytree(ROOT / "email_templates", templates)
+    toml = templates / "back-pain-bundle" / "campaign.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace(
+        'subject = "Your free back-pain resource bundle is here"', 'subject = "{{ greeting }} {{ why }}"'),
+        encoding="utf-8")
+    campaign = load_campaigns(templates)["back-pain-bundle"]
+    planned, full = composers(templates)
+    for why in ("You asked for the glute guide", "You asked for the plateau guide", ""):
+        reader = replace(job(campaign, campaign.steps[0], "Ada"), why=why)
+        assert planned.compose(reader).subject == full.compose(reader).subject
