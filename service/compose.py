@@ -230,6 +230,9 @@ class Composer:
             html = render_plan.split(html_marked, ("text", "attr"))
             if text is not None and html is not None and render_plan.stylesheet_is_safe(html_marked):
                 plan = render_plan.Plan(text=text, html=html)
+                empty = render_plan.emptied(ctx)  # check 4: blank text the parser would place elsewhere
+                if plan.render(empty, _finish_text) != self._render_full(job, empty):
+                    plan = None
         # the campaign object is kept with its plan so its id() cannot be reused by another one
         self._plans[key] = (job.campaign, plan)
         return plan

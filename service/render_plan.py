@@ -23,6 +23,9 @@ is rendered in full each time:
    lands shows how that spot escapes (plain text in the text part; HTML text or attribute value in
    the HTML part). A spot that escapes any other way (inside <style>, <script> or a comment) means
    no plan.
+4. The plan filled with empty values (a reader who gave no name has some) gives the bytes of a full
+   render with them: the HTML parser places blank text differently (directly in a <table> or <head>,
+   a newline just after <pre>), and the probe, never blank, cannot show that.
 
 HTML values go through Jinja2's escaping and then the HTML parser, which decodes them back to the
 value itself, and the serialiser, which escapes `&`, no-break space and `<`/`>` in text or `"` in
@@ -102,6 +105,14 @@ def marked(context: Mapping) -> dict:
             out["subscriber"] = {**out.get("subscriber", {}), key.partition(".")[2]: marker}
         elif key in out:
             out[key] = marker
+    return out
+
+
+def emptied(context: Mapping) -> dict:
+    """`context` with each of the reader's values empty (check 4 of the module docstring)."""
+    out = dict(context)
+    out["subscriber"] = {**out.get("subscriber", {}), **dict.fromkeys(SUBSCRIBER_ATTRS, "")}
+    out.update({key: "" for key in PERSONAL_NAMES if key in out})
     return out
 
 

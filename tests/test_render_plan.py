@@ -89,6 +89,15 @@ UNSAFE_WITH_PART = {
 }
 
 
+# Text the HTML parser places by whether it is blank: an empty name (a reader who gave none) leaves it
+# blank where the marker did not, so the parser puts it elsewhere.
+BLANK_SENSITIVE = {
+    "in-table": ("<html><head></head><body><table> {{ subscriber.first_name }} <tr><td>x</td></tr></table>"
+                 "</body></html>"),
+    "in-head": "<html><head> {{ subscriber.name }} <title>x</title></head><body><p>x</p></body></html>",
+    "after-pre": "<html><head></head><body><pre>{{ subscriber.first_name }}\nx</pre></body></html>",
+}
+
 @pytest.mark.parametrize("kind", sorted(UNSAFE))
 def test_templates_that_use_values_otherwise_are_rendered_in_full(tmp_path: Path, kind: str) -> None:
     _check_rendered_in_full(tmp_path, f"<html><head></head><body>{UNSAFE[kind]}</body></html>", kind)
@@ -102,6 +111,12 @@ def test_output_captured_from_another_template_is_rendered_in_full(tmp_path: Pat
     _check_rendered_in_full(tmp_path, html if html.startswith("{% extends") else
                             f"<html><head></head><body>{html}</body></html>", kind, part=part)
 
+
+@pytest.mark.parametrize("kind", sorted(BLANK_SENSITIVE))
+def test_text_placed_by_whether_it_is_blank_is_rendered_in_full(tmp_path: Path, kind: str) -> None:
+    """Directly in a <table> or <head>, or just after <pre>, an empty value changes where the HTML parser
+    puts the text around it; such a step is rendered in full, so readers without a name get the same bytes."""
+    _check_rendered_in_full(tmp_path, BLANK_SENSITIVE[kind], kind)
 
 def _check_rendered_in_full(tmp_path: Path, html: str, kind: str, part: str | None = None) -> None:
     templates = tmp_path / "t"
