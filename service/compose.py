@@ -184,15 +184,16 @@ class Composer:
         return dict(links)
 
     def render_subject(self, job: ComposeJob, ctx: dict) -> str:
-        key = (job.campaign.key, job.step.key)
+        # A filled subject holds this campaign's other values and the reader's "why" (issue 5) as rendered.
+        key = (job.campaign.key, job.step.key, ctx["why"])
         found = self._subjects.get(key)
-        if found is None or found[0] != job.step.subject:
+        if found is None or found[0] != job.step.subject or found[3] is not job.campaign:
             template = self.subject_env.from_string(job.step.subject)
             part = None  # issue 6: like the body, a subject that only prints values is filled, not rendered
             if self.plan_renders and render_plan.string_prints_values_only(self.subject_env, job.step.subject):
                 part = render_plan.split(template.render(render_plan.marked(ctx)), ("raw",))
-            found = self._subjects[key] = (job.step.subject, template, part)
-        _source, template, part = found
+            found = self._subjects[key] = (job.step.subject, template, part, job.campaign)
+        _source, template, part, _campaign = found
         text = part.fill(render_plan.values_of(ctx)) if part is not None else template.render(ctx)
         return header_text(text)[:250]
 
@@ -229,6 +230,9 @@ class Composer:
             html = render_plan.split(html_marked, ("text", "attr"))
             if text is not None and html is not None and render_plan.stylesheet_is_safe(html_marked):
                 plan = render_plan.Plan(text=text, html=html)
+                empty = render_plan.emptied(ctx)  # check 4: blank text the parser would place elsewhere
+                if plan.render(empty, _finish_text) != self._render_full(job, empty):
+                    plan = None
         # the campaign object is kept with its plan so its id() cannot be reused by another one
         self._plans[key] = (job.campaign, plan)
         return plan

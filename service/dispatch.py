@@ -602,6 +602,8 @@ class Dispatcher:
                 if time.monotonic() - last_flush >= self.flush_seconds:
                     flush()
                     last_flush = time.monotonic()
+            # Inside the try: this flush is where an earlier background write's failure may surface.
+            flush()  # written in the background on PostgreSQL; send_claimed waits for it before it returns
         except SQLAlchemyError:
             # The database failed mid-chunk (a re-check, a lease renewal or a write of outcomes): write down
             # what the server already answered, if the database lets us, so those emails are not sent again
@@ -629,7 +631,6 @@ class Dispatcher:
             outcomes.extend((pk, failed) for pk in unanswered())
             flush(last=True)
             return exc
-        flush()  # written in the background on PostgreSQL; send_claimed waits for it before it returns
         return None
 
     def _feed(self, jobs: list[ComposeJob], handed: list[OutboundEmail], outcomes: list[tuple[int, SendResult]],
@@ -744,6 +745,10 @@ class Dispatcher:
         has already waited for it)."""
         try:
             self._wait_recorded(PassSummary())
+        except Exception:
+            log.exception("writing outcomes failed")
+        try:  # a failed write no chunk has tried again (the last one of the pass): once, as send_chunk does
+            self._rewrite_failed(PassSummary())
         except Exception:
             log.exception("writing outcomes failed; those messages will be reclaimed after their lease")
         self._unwritten = None

@@ -13,14 +13,19 @@ is rendered in full each time:
 
 1. The templates (with everything they extend, include or import) use the reader's values only as a
    bare `{{ value }}` / `{{ subscriber.attr }}` in output, or in an `is defined` test; never in a
-   filter, condition, assignment, macro or filter block, never under an autoescape change, and no
-   template uses `random`/`lipsum`. So the value cannot change what else is rendered.
+   filter, condition, assignment, macro, call, filter or `{% set %}` block, never under an autoescape
+   change, and no template uses `random`/`lipsum`. Output that can be captured as a value (`super()`,
+   `self.block()`, a block or include inside a macro or `{% set %}` block, an imported module's own
+   output) must not hold them either. So the value cannot change what else is rendered.
 2. The stylesheet has no attribute selector (`[href^=...]`) or content-dependent pseudo-class
    (`:empty`, `:has`), so the value cannot change which styles are inlined.
 3. Each marker carries a probe of the characters that HTML serialisers treat specially; where it
    lands shows how that spot escapes (plain text in the text part; HTML text or attribute value in
    the HTML part). A spot that escapes any other way (inside <style>, <script> or a comment) means
    no plan.
+4. The plan filled with empty values (a reader who gave no name has some) gives the bytes of a full
+   render with them: the HTML parser places blank text differently (directly in a <table> or <head>,
+   a newline just after <pre>), and the probe, never blank, cannot show that.
 
 HTML values go through Jinja2's escaping and then the HTML parser, which decodes them back to the
 value itself, and the serialiser, which escapes `&`, no-break space and `<`/`>` in text or `"` in
@@ -103,6 +108,14 @@ def marked(context: Mapping) -> dict:
     return out
 
 
+def emptied(context: Mapping) -> dict:
+    """`context` with each of the reader's values empty (check 4 of the module docstring)."""
+    out = dict(context)
+    out["subscriber"] = {**out.get("subscriber", {}), **dict.fromkeys(SUBSCRIBER_ATTRS, "")}
+    out.update({key: "" for key in PERSONAL_NAMES if key in out})
+    return out
+
+
 def values_of(context: Mapping) -> tuple[str, ...]:
     subscriber = context.get("subscriber", {})
     return tuple(str(subscriber.get(k.partition(".")[2], "")) if k.startswith("subscriber.") else
@@ -117,23 +130,24 @@ def stylesheet_is_safe(html: str) -> bool:
 def prints_values_only(env: Environment, name: str) -> bool:
     """True when `name` and every template it extends, includes or imports use the reader's values only
     as bare output or in `is defined` tests (see the module docstring)."""
-    seen: set[str] = set()
-    todo = [name]
+    seen: set[tuple[str, bool]] = set()
+    todo = [(name, True)]
     while todo:
-        current = todo.pop()
-        if current in seen:
+        current, printing = todo.pop()
+        if (current, printing) in seen:
             continue
-        seen.add(current)
+        seen.add((current, printing))
         source = env.loader.get_source(env, current)[0] if env.loader else None
         if source is None:
             return False
         tree = env.parse(source, current)
-        if not _safe(tree, None, ()):
+        # An imported template's own output is never printed: the module is a value (`m|string`).
+        if not _safe(tree, None, () if printing else (nodes.Macro,)):
             return False
         for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
             if not isinstance(node.template, nodes.Const) or not isinstance(node.template.value, str):
                 return False  # a template chosen at render time cannot be checked
-            todo.append(node.template.value)
+            todo.append((node.template.value, printing and isinstance(node, (nodes.Extends, nodes.Include))))
     return True
 
 
@@ -158,8 +172,14 @@ def _safe(node: nodes.Node, parent: nodes.Node | None, enclosing: tuple[type, ..
         return False
     if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name in _NONDETERMINISTIC:
         return False
-    printed = isinstance(parent, nodes.Output) and not any(issubclass(t, (nodes.Macro, nodes.CallBlock))
-                                                           for t in enclosing)
+    captured = any(issubclass(t, _CAPTURING) for t in enclosing)
+    if captured and isinstance(node, (nodes.Block, nodes.Include)):
+        return False  # their output (another block or file) would be a value here, not printed
+    printed = isinstance(parent, nodes.Output) and not captured
+    if isinstance(node, nodes.Call) and _renders_block(node.node):
+        return printed and not (node.args or node.kwargs or node.dyn_args or node.dyn_kwargs)
+    if isinstance(node, nodes.Name) and node.name in ("self", "super"):
+        return False  # a block's output as a value (`self.b()|length`); printed calls are handled above
     if isinstance(node, nodes.Getattr) and _personal(node.node) and node.node.name == "subscriber":  # type: ignore[attr-defined]
         return printed and node.attr in SUBSCRIBER_ATTRS
     if _personal(node):
@@ -171,6 +191,15 @@ def _safe(node: nodes.Node, parent: nodes.Node | None, enclosing: tuple[type, ..
         return printed and node.name != "subscriber"
     inner = (*enclosing, type(node))
     return all(_safe(child, node, inner) for child in _children(node))
+
+
+_CAPTURING = (nodes.Macro, nodes.CallBlock, nodes.AssignBlock)  # their body's output becomes a value
+
+
+def _renders_block(node: nodes.Node) -> bool:
+    """`super` or `self.name`: a call that renders a block."""
+    return (isinstance(node, nodes.Name) and node.name == "super") or (
+        isinstance(node, nodes.Getattr) and isinstance(node.node, nodes.Name) and node.node.name == "self")
 
 
 def _children(node: nodes.Node) -> Iterator[nodes.Node]:

@@ -12,7 +12,9 @@ from datetime import timedelta
 import pytest
 from conftest import at
 from sqlalchemy import event, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
+from service.db import utcnow
 from service.models import Enrollment, Event, Message, MessageContent, Subscriber
 from service.signups import ConsentMeta, parse_signup, signup
 from service.suppression import is_suppressed
@@ -115,3 +117,61 @@ def test_postgresql_compresses_stored_emails_with_lz4(runtime):  # noqa: ANN001
         method = s.execute(text("SELECT attcompression FROM pg_attribute WHERE attrelid = "
                                 "'message_contents'::regclass AND attname = 'raw'")).scalar()
     assert method == "l"  # lz4: ~0.2 ms per stored email instead of pglz's ~1.1 ms
+
+
+@pytest.fixture
+def fail_once(runtime):  # noqa: ANN001, ANN201
+    """A real database error, once: a trigger refuses the first write of a given address's message as
+    `sent` (the sequence is not transactional, so the refusal is not rolled back with the write)."""
+    def arm(address: str) -> None:
+        with runtime.sessions() as s, s.begin():
+            s.execute(text("CREATE SEQUENCE fault_once"))
+            s.execute(text("CREATE FUNCTION fault_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                           "IF nextval('fault_once') = 1 THEN RAISE EXCEPTION 'injected fault'; END IF; "
+                           "RETURN NEW; END $$"))
+            s.execute(text("CREATE TRIGGER fault_once BEFORE UPDATE ON messages FOR EACH ROW WHEN "
+                           f"(NEW.status = 'sent' AND NEW.to_email = '{address}') EXECUTE FUNCTION fault_once()"))
+    yield arm
+    with runtime.sessions() as s, s.begin():  # the database outlives the test: leave no trigger behind
+        s.execute(text("DROP TRIGGER IF EXISTS fault_once ON messages"))
+        s.execute(text("DROP FUNCTION IF EXISTS fault_once()"))
+        s.execute(text("DROP SEQUENCE IF EXISTS fault_once"))
+
+
+def _sent_again_after_the_lease(rt, smtp) -> int:  # noqa: ANN001
+    """A later pass whose real clock is past every lease: how many more emails reach the server."""
+    before = len(smtp.handler.accepted)
+    rt.dispatcher(real_clock=lambda: utcnow() + timedelta(hours=1)).run_pass(T0)
+    return len(smtp.handler.accepted) - before
+
+
+@pytest.mark.postgresql_only  # outcomes are written on a second thread on PostgreSQL only
+def test_a_failed_background_write_is_written_again_when_the_chunk_ends(runtime, smtp, fail_once):  # noqa: ANN001
+    """The write of an accepted email fails once and the chunk then ends: the pass still fails, but the
+    email is recorded as sent (one retry, as for a write on the dispatcher's own thread), so it is never
+    sent a second time after its lease."""
+    (reader,) = enroll_many(runtime, 1, prefix="solo")
+    fail_once(reader)
+    with pytest.raises(SQLAlchemyError, match="injected fault"):
+        runtime.dispatcher(flush_seconds=0).run_pass(T0)
+    with runtime.sessions() as s:
+        m = s.scalars(select(Message)).one()
+        assert (m.status, m.sent_at, m.lease_until) == ("sent", T0, None)
+    assert len(smtp.handler.accepted) == 1 and _sent_again_after_the_lease(runtime, smtp) == 0
+
+
+@pytest.mark.postgresql_only
+def test_a_background_write_failing_before_the_last_flush_loses_no_answers(runtime, smtp, fail_once):  # noqa: ANN001
+    """The write of the first email fails while the server answers the second; that failure surfaces at
+    the chunk's last flush. Both answers are still written: the first email as sent (not sent again after
+    its lease), the second as deferred."""
+    first, second = enroll_many(runtime, 2, prefix="pair")
+    fail_once(first)
+    smtp.handler.data_delay = 0.6  # the first email's answer comes after one flush interval
+    smtp.handler.script(second, "RCPT", "451 4.3.0 try again later")  # the second's comes at once
+    with pytest.raises(SQLAlchemyError, match="injected fault"):
+        runtime.dispatcher(flush_seconds=0.3).run_pass(T0)
+    with runtime.sessions() as s:
+        assert {m.to_email: m.status for m in s.scalars(select(Message))} == {first: "sent", second: "deferred"}
+    smtp.handler.data_delay = 0
+    assert len(smtp.handler.accepted) == 1 and _sent_again_after_the_lease(runtime, smtp) == 0

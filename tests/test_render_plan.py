@@ -4,6 +4,7 @@ are rendered in full."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -74,11 +75,51 @@ UNSAFE = {
     "autoescape-off": "{% autoescape false %}<p>{{ subscriber.name }}</p>{% endautoescape %}",
     "macro": "{% macro hi() %}{{ greeting }}{% endmacro %}<p>{{ hi()|upper }}</p>",
     "random": "<p>{{ greeting }} {{ [1, 2, 3]|random }}</p>",
+    # output captured instead of printed: what the template does with it depends on the value
+    "set-block": "{% set who %}{{ subscriber.first_name }}{% endset %}<p>{{ who|length }}</p>",
+    "self-block": "{% block who %}{{ subscriber.first_name }}{% endblock %}<p>{{ self.who()|length }}</p>",
+}
+# Captured output whose value comes from another file (the campaign's `part.html`).
+UNSAFE_WITH_PART = {
+    "super": ('{% extends "odd/part.html" %}{% block who %}{{ super()|length }}{% endblock %}',
+              "<html><head></head><body><p>{% block who %}{{ subscriber.first_name }}{% endblock %}</p></body></html>"),
+    "include-captured": ('{% set who %}{% include "odd/part.html" %}{% endset %}<p>{{ who|length }}</p>',
+                         "{{ subscriber.first_name }}"),
+    "import-with-context": ('{% import "odd/part.html" as who with context %}<p>{{ who|string|length }}</p>',
+                            "{{ subscriber.first_name }}"),
 }
 
 
+# Text the HTML parser places by whether it is blank: an empty name (a reader who gave none) leaves it
+# blank where the marker did not, so the parser puts it elsewhere.
+BLANK_SENSITIVE = {
+    "in-table": ("<html><head></head><body><table> {{ subscriber.first_name }} <tr><td>x</td></tr></table>"
+                 "</body></html>"),
+    "in-head": "<html><head> {{ subscriber.name }} <title>x</title></head><body><p>x</p></body></html>",
+    "after-pre": "<html><head></head><body><pre>{{ subscriber.first_name }}\nx</pre></body></html>",
+}
+
 @pytest.mark.parametrize("kind", sorted(UNSAFE))
 def test_templates_that_use_values_otherwise_are_rendered_in_full(tmp_path: Path, kind: str) -> None:
+    _check_rendered_in_full(tmp_path, f"<html><head></head><body>{UNSAFE[kind]}</body></html>", kind)
+
+
+@pytest.mark.parametrize("kind", sorted(UNSAFE_WITH_PART))
+def test_output_captured_from_another_template_is_rendered_in_full(tmp_path: Path, kind: str) -> None:
+    """A block's super(), an include in a {% set %} block or a module imported with context: their output
+    is a value the template can measure or compare, so the step is rendered in full."""
+    html, part = UNSAFE_WITH_PART[kind]
+    _check_rendered_in_full(tmp_path, html if html.startswith("{% extends") else
+                            f"<html><head></head><body>{html}</body></html>", kind, part=part)
+
+
+@pytest.mark.parametrize("kind", sorted(BLANK_SENSITIVE))
+def test_text_placed_by_whether_it_is_blank_is_rendered_in_full(tmp_path: Path, kind: str) -> None:
+    """Directly in a <table> or <head>, or just after <pre>, an empty value changes where the HTML parser
+    puts the text around it; such a step is rendered in full, so readers without a name get the same bytes."""
+    _check_rendered_in_full(tmp_path, BLANK_SENSITIVE[kind], kind)
+
+def _check_rendered_in_full(tmp_path: Path, html: str, kind: str, part: str | None = None) -> None:
     templates = tmp_path / "t"
     shutil.copytree(ROOT / "email_templates" / "_base", templates / "_base")
     camp = templates / "odd"
@@ -89,13 +130,31 @@ def test_templates_that_use_values_otherwise_are_rendered_in_full(tmp_path: Path
     (camp / "campaign.toml").write_text(
         head.replace('key = "back-pain-bundle"', 'key = "odd"')
         + '\n[[steps]]\nkey = "one"\ndelay = "0"\nsubject = "Hi"\ntemplate = "one"\n', encoding="utf-8")
-    (camp / "one.html").write_text(f"<html><head></head><body>{UNSAFE[kind]}</body></html>", encoding="utf-8")
+    (camp / "one.html").write_text(html, encoding="utf-8")
+    if part is not None:
+        (camp / "part.html").write_text(part, encoding="utf-8")
     (camp / "one.txt").write_text("{{ greeting }}\n", encoding="utf-8")
     campaign = load_campaigns(templates)["odd"]
     planned, full = composers(templates)
-    for name in ("", "Ada <b>", "Zoë"):
+    for name in ("", "Ada <b>", "Zoë", "Ada"):
         step = campaign.steps[0]
         a, b = planned.compose(job(campaign, step, name)), full.compose(job(campaign, step, name))
         if kind != "random":
             assert (a.subject, a.text, a.html) == (b.subject, b.text, b.html)
     assert [plan for _c, plan in planned._plans.values()] == [None]
+
+
+def test_a_subject_naming_the_footer_why_follows_each_reader(tmp_path: Path) -> None:
+    """A subject printing `why` (a continued enrollment names the campaign the reader signed up for) is
+    the reader's own, not the first reader's: the subject is filled only with what is the same for all."""
+    templates = tmp_path / "t"
+    shutil.copytree(ROOT / "email_templates", templates)
+    toml = templates / "back-pain-bundle" / "campaign.toml"
+    toml.write_text(toml.read_text(encoding="utf-8").replace(
+        'subject = "Your free back-pain resource bundle is here"', 'subject = "{{ greeting }} {{ why }}"'),
+        encoding="utf-8")
+    campaign = load_campaigns(templates)["back-pain-bundle"]
+    planned, full = composers(templates)
+    for why in ("You asked for the glute guide", "You asked for the plateau guide", ""):
+        reader = replace(job(campaign, campaign.steps[0], "Ada"), why=why)
+        assert planned.compose(reader).subject == full.compose(reader).subject
