@@ -621,6 +621,12 @@ class Dispatcher:
                 log.error("could not record them either; they will be reclaimed after the lease")
             raise
         except TransportError as exc:
+            # An earlier background write that failed is written once more before these answers, which
+            # would otherwise be lost with it (the emails then sent again after their lease).
+            try:
+                self._wait_recorded(summary)
+            except SQLAlchemyError:
+                self._rewrite_failed(summary)
             if exc.auth_failed:  # issue 4: bad credentials pause sending; no message is failed or charged
                 rest = unanswered()
                 flush(last=True)

@@ -175,3 +175,30 @@ def test_a_background_write_failing_before_the_last_flush_loses_no_answers(runti
         assert {m.to_email: m.status for m in s.scalars(select(Message))} == {first: "sent", second: "deferred"}
     smtp.handler.data_delay = 0
     assert len(smtp.handler.accepted) == 1 and _sent_again_after_the_lease(runtime, smtp) == 0
+
+
+@pytest.mark.postgresql_only
+def test_a_failed_background_write_is_written_again_when_the_provider_then_refuses_our_key(runtime, fail_once):  # noqa: ANN001
+    """The provider accepts the first email, whose write then fails on the second thread, and refuses our key
+    on the second: the first is still recorded as sent, the second is handed back and sending is paused."""
+    from dataclasses import replace
+
+    from fakes import FakeProvider, Reply, transport_url
+
+    from service import sending
+    from service.runtime import build_runtime
+
+    fake = FakeProvider("postmark")
+    try:
+        rt = build_runtime(replace(runtime.settings, email_url=transport_url("postmark", fake)))
+        first, second = enroll_many(rt, 2, prefix="key")
+        fail_once(first)
+        fake.script.extend([Reply(200), Reply(401, {"ErrorCode": 10, "Message": "bad token"})])
+        summary = rt.dispatcher(flush_seconds=0).run_pass(T0)
+        with rt.sessions() as s:
+            rows = {m.to_email: (m.status, m.attempts) for m in s.scalars(select(Message))}
+            assert sending.paused_reason(s)
+        assert summary.paused == 1 and rows == {first: ("sent", 1), second: ("deferred", 0)}
+        assert fake.sends == 1
+    finally:
+        fake.close()
