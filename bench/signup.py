@@ -41,10 +41,18 @@ async def client(port: int, deadline: float, tag: str, latencies: list[float], e
         writer.write(b"POST /signup HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Accept: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         start = time.perf_counter()
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))
-        await reader.readexactly(length)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            # A dropped connection is a failed request (counted, not fatal to the run); open a new one.
+            latencies.append(time.perf_counter() - start)
+            errors.append(type(exc).__name__)
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            continue
         latencies.append(time.perf_counter() - start)
         status = int(head.split(b" ", 2)[1])
         if status != 201:
