@@ -43,6 +43,14 @@ def check(session: Session, storage: str, key: str, limit: RateLimit, now: datet
     return redis_hit(storage, key, limit, now)
 
 
+# One conditional upsert, as plain SQL (the same on both databases): SQLAlchemy does not cache the
+# compiled form of its dialect INSERT ... ON CONFLICT constructs, and compiling one per request cost more
+# than running it.
+_HIT = DriverSQL("""INSERT INTO rate_hits ("key", window_start, count) VALUES (:key, :window_start, 1)
+ON CONFLICT ("key", window_start) DO UPDATE SET count = rate_hits.count + 1 WHERE rate_hits.count < :limit
+RETURNING count""")
+
+
 def hit(session: Session, key: str, limit: RateLimit, now: datetime) -> Verdict:
     """Count one hit for `key` in the current window unless the window is full; the caller commits.
 
@@ -60,15 +68,7 @@ def hit(session: Session, key: str, limit: RateLimit, now: datetime) -> Verdict:
     return Verdict(True)
 
 
-# One conditional upsert, as plain SQL (the same on both databases): SQLAlchemy does not cache the
-# compiled form of its dialect INSERT ... ON CONFLICT constructs, and compiling one per request cost more
-# than running it.
-_HIT = DriverSQL("""INSERT INTO rate_hits ("key", window_start, count) VALUES (:key, :window_start, 1)
-ON CONFLICT ("key", window_start) DO UPDATE SET count = rate_hits.count + 1 WHERE rate_hits.count < :limit
-RETURNING count""")
-
-
-_last_cleanup = [0.0]
+_last_cleanup = [0.0]  # this process's last clean-up (time.monotonic())
 
 
 def _forget_old_windows(session: Session, start: datetime) -> None:

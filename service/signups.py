@@ -5,9 +5,9 @@ NOTHING against their unique keys, so thirty simultaneous posts of one address m
 one enrollment and one consent record; exactly one caller learns it was new.
 
 Speed (issue 6): a new address, the common case, takes one statement on PostgreSQL (the four inserts
-chained by data-modifying CTEs: one round trip) and four cheap ones on SQLite, all built once and
-compiled once per dialect. Anything else (a known address, a suppressed one, double opt-in) takes the
-general path below it, which reads what it needs.
+chained by data-modifying CTEs: one round trip) and four cheap ones on SQLite, written once as plain SQL
+and run on the driver's cursor (db.DriverSQL). Anything else (a known address, a suppressed one, double
+opt-in) takes the general path, which reads what it needs.
 """
 from __future__ import annotations
 
