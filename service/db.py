@@ -70,8 +70,9 @@ class DriverSQL:
     context, result wrapping) was over half a signup's database CPU on SQLite, where the statements
     themselves cost a few microseconds (issue 6). Driver errors come back as SQLAlchemy's exceptions.
 
-    Written once with `:name` parameters (PostgreSQL's driver gets `%(name)s`); values go to the driver
-    as they are, so a datetime for a `UTCDateTime` column is passed through `driver_time` first.
+    Written once with `:name` parameters (PostgreSQL's driver gets `%(name)s`), so the SQL holds no other
+    colon and no `%`; values go to the driver as they are, so a datetime for a `UTCDateTime` column is
+    passed through `driver_time` first.
     """
 
     def __init__(self, sql: str) -> None:
