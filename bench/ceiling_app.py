@@ -1,8 +1,9 @@
 """The signup ceiling: a minimal Flask app whose POST /signup inserts one row, nothing else.
 
 Same driver and engine settings as Drip (service.db.make_engine: psycopg pool on PostgreSQL; WAL,
-BEGIN IMMEDIATE single writer on SQLite) and the same gunicorn settings as `drip web` (2 gthread
-workers, 4 threads), so the difference from Drip's own figure is what Drip's signup path adds.
+BEGIN IMMEDIATE single writer on SQLite) and the same gunicorn settings as `drip web --workers 2`, taken
+from the same function (service.server.gunicorn_options, with default_threads for this database), so
+the difference from Drip's own figure is what Drip's signup path adds.
 
     DATABASE_URL=... python bench/ceiling_app.py --port 8001
 """
@@ -21,6 +22,7 @@ from sqlalchemy import text  # noqa: E402
 
 from service.config import Settings  # noqa: E402
 from service.db import make_engine  # noqa: E402
+from service.server import default_threads, gunicorn_options  # noqa: E402
 
 DDL = "CREATE TABLE IF NOT EXISTS bench_ceiling (id {pk}, email VARCHAR(320) NOT NULL UNIQUE)"
 
@@ -48,8 +50,8 @@ class Server(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
-        for key, value in {"bind": f"127.0.0.1:{self.port}", "workers": 2, "worker_class": "gthread", "threads": 4,
-                           "accesslog": None, "errorlog": "-", "loglevel": "warning"}.items():
+        options = gunicorn_options(host="127.0.0.1", port=self.port, workers=2, threads=default_threads(self.url))
+        for key, value in options.items():
             self.cfg.set(key, value)
 
     def load(self):  # noqa: ANN201

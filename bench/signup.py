@@ -32,27 +32,45 @@ HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 async def client(port: int, deadline: float, tag: str, latencies: list[float], errors: list[str]) -> None:
-    """One keep-alive connection posting unique signups back to back until the deadline."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """One keep-alive connection posting unique signups back to back until the deadline. A request whose
+    connection drops, or a connection refused, is counted as an error (the run goes on and reports it)."""
+    reader = writer = None
     n = 0
     while time.perf_counter() < deadline:
+        if writer is None:
+            start = time.perf_counter()
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError as exc:  # a failed attempt: one latency and one error, like a dropped request
+                latencies.append(time.perf_counter() - start)
+                errors.append(type(exc).__name__)
+                await asyncio.sleep(0.05)
+                continue
         n += 1
         body = json.dumps({"email": f"s-{tag}-{n}@example.com", "name": "Bench Reader"}).encode()
         writer.write(b"POST /signup HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Accept: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         start = time.perf_counter()
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))
-        await reader.readexactly(length)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            latencies.append(time.perf_counter() - start)
+            errors.append(type(exc).__name__)
+            writer.close()
+            writer = None
+            continue
         latencies.append(time.perf_counter() - start)
         status = int(head.split(b" ", 2)[1])
         if status != 201:
             errors.append(f"{status}")
         if b"connection: close" in head.lower():
             writer.close()
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.close()
+            writer = None
+    if writer is not None:
+        writer.close()
 
 
 async def load(port: int, seconds: float, connections: int, tag: str) -> tuple[list[float], list[str], float]:

@@ -9,12 +9,31 @@ import logging
 from collections.abc import Callable
 
 from flask import Flask, g, request
+from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.orm import Session
 
 from .config import Settings
 from .runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
+_SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "strict-origin-when-cross-origin"),
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+)
+_NO_STORE = (("Cache-Control", "no-store"),)
+
+
+class _CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, except that a request without the session cookie (every signup,
+    every reader page) gets an empty session without building the signing serializer first (issue 6)."""
+
+    def open_session(self, app: Flask, request):  # noqa: ANN001, ANN201
+        if app.secret_key and self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None,
@@ -32,6 +51,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         SESSION_COOKIE_NAME="drip_session",
         PERMANENT_SESSION_LIFETIME=12 * 3600,
     )
+    app.session_interface = _CookieSessions()
     if settings.trusted_proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -51,14 +71,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     @app.after_request
     def _security_headers(response):  # noqa: ANN001, ANN202
         h = response.headers
-        h.setdefault("X-Content-Type-Options", "nosniff")
-        h.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
-        h.setdefault("X-Frame-Options", "DENY")
-        h.setdefault("Content-Security-Policy",
-                     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-                     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-        if request.path.startswith(("/admin", "/api")):
-            h.setdefault("Cache-Control", "no-store")
+        # One pass over the few headers present instead of a setdefault each (issue 6: every request pays
+        # this; an absent key costs Headers a KeyError per lookup).
+        present = {key.lower() for key in h.keys()}
+        wanted = _SECURITY_HEADERS + (_NO_STORE if request.path.startswith(("/admin", "/api")) else ())
+        h.extend([(key, value) for key, value in wanted if key.lower() not in present])
         return response
 
     from .web import admin, api, public, reader, tracking, webhooks

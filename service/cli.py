@@ -98,13 +98,16 @@ def serve(host: str, port: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int)
-def web(host: str, port: int, workers: int) -> None:
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="threads per worker  [default: 4 on PostgreSQL, 1 on SQLite]")
+def web(host: str, port: int, workers: int, threads: int | None) -> None:
     """The web app alone under gunicorn; never starts a scheduler."""
-    from .server import run_gunicorn
+    from .server import default_threads, run_gunicorn
 
     settings = _settings()
     _runtime(settings)
-    run_gunicorn(settings, host=host, port=port, workers=workers, threads=4, with_scheduler=False)
+    run_gunicorn(settings, host=host, port=port, workers=workers,
+                 threads=threads or default_threads(settings.database_url), with_scheduler=False)
 
 
 @main.command()

@@ -7,15 +7,16 @@ across gunicorn workers and machines, unlike an in-process counter that multipli
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from .config import RateLimit
+from .db import DriverSQL, driver_time
 from .models import RateHit
 
 log = logging.getLogger(__name__)
@@ -42,21 +43,41 @@ def check(session: Session, storage: str, key: str, limit: RateLimit, now: datet
     return redis_hit(storage, key, limit, now)
 
 
+# One conditional upsert, as plain SQL (the same on both databases): SQLAlchemy does not cache the
+# compiled form of its dialect INSERT ... ON CONFLICT constructs, and compiling one per request cost more
+# than running it.
+_HIT = DriverSQL("""INSERT INTO rate_hits ("key", window_start, count) VALUES (:key, :window_start, 1)
+ON CONFLICT ("key", window_start) DO UPDATE SET count = rate_hits.count + 1 WHERE rate_hits.count < :limit
+RETURNING count""")
+
+
 def hit(session: Session, key: str, limit: RateLimit, now: datetime) -> Verdict:
-    """Count one hit for `key` in the current window; the caller commits."""
+    """Count one hit for `key` in the current window unless the window is full; the caller commits.
+
+    One conditional upsert: a row back is an allowed hit, counted; no row back means the window is
+    full and nothing changed (no read-back, no undo).
+    """
     start, retry = _window(limit, now)
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(RateHit).values(key=key[:200], window_start=start, count=1)
-    session.execute(stmt.on_conflict_do_update(index_elements=["key", "window_start"],
-                                               set_={"count": RateHit.count + 1}))
-    count = session.scalar(select(RateHit.count).where(RateHit.key == key[:200], RateHit.window_start == start))
-    if (count or 0) <= limit.count:
-        if int(now.timestamp()) % 97 == 0:  # now and then, forget old windows
-            session.execute(delete(RateHit).where(RateHit.window_start < start - timedelta(days=1)))
-        return Verdict(True)
-    session.execute(update(RateHit).where(RateHit.key == key[:200], RateHit.window_start == start)
-                    .values(count=RateHit.count - 1))
-    return Verdict(False, retry_after=retry)
+    if limit.count < 1:
+        return Verdict(False, retry_after=retry)
+    conn = session.connection()
+    counted = _HIT.first(conn, {"key": key[:200], "window_start": driver_time(conn, start), "limit": limit.count})
+    if counted is None:
+        return Verdict(False, retry_after=retry)
+    _forget_old_windows(session, start)
+    return Verdict(True)
+
+
+_last_cleanup = [0.0]  # this process's last clean-up (time.monotonic())
+
+
+def _forget_old_windows(session: Session, start: datetime) -> None:
+    """Now and then (at most once a minute per process), delete windows older than a day. A clock check,
+    not `now % 97`: that ran the DELETE on every request during one second in 97, under load too."""
+    if time.monotonic() - _last_cleanup[0] < 60:
+        return
+    _last_cleanup[0] = time.monotonic()
+    session.execute(delete(RateHit).where(RateHit.window_start < start - timedelta(days=1)))
 
 
 def _redis(url: str):  # noqa: ANN202

@@ -19,22 +19,50 @@ JOB_ID = "dispatch-pass"
 
 
 class PassRunner:
-    """The job: one dispatch pass, logged; an error is logged and the next tick tries again."""
+    """The job: one dispatch pass, logged; an error is logged and the next tick tries again.
+
+    Wakes (a signup wants its welcome now) are coalesced: a burst of signups asks the scheduler for one
+    run, not one each, and a wake that arrives while a pass runs (too late for that pass's query) gets
+    one more pass right after it instead of waiting for the next tick.
+    """
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
         self.running = threading.Event()
+        self._lock = threading.Lock()
+        self._again = False  # a wake arrived during a pass
+        self._asked = False  # a wake already asked the scheduler for a run that has not started yet
 
     def __call__(self) -> None:
-        self.running.set()
+        with self._lock:
+            self._asked = False
+            self.running.set()
+        while True:
+            self._one_pass()
+            with self._lock:
+                if not self._again:
+                    self.running.clear()
+                    return
+                self._again = False
+
+    def _one_pass(self) -> None:
         try:
             summary = self.dispatcher.run_pass()
             if summary.queued or summary.sent or summary.deferred or summary.failed or summary.bounced:
                 log.info("pass: %s", summary.line())
         except Exception:
             log.exception("dispatch pass failed; the next tick retries")
-        finally:
-            self.running.clear()
+
+    def wake(self) -> bool:
+        """Notes a wake; True when the caller should ask the scheduler for a run now."""
+        with self._lock:
+            if self.running.is_set():
+                self._again = True
+                return False
+            if self._asked:
+                return False
+            self._asked = True
+            return True
 
 
 def _add_job(scheduler, runner: PassRunner, seconds: float) -> None:  # noqa: ANN001
@@ -50,7 +78,7 @@ def start_background(dispatcher: Dispatcher, seconds: float) -> tuple[Background
     scheduler.start()
 
     def wake() -> None:
-        if not runner.running.is_set():
+        if runner.wake():
             scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC))
 
     return scheduler, wake

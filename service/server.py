@@ -39,11 +39,19 @@ class _Gunicorn(BaseApplication):
         return create_app(runtime=runtime, wake=wake)
 
 
-def run_gunicorn(settings: Settings, *, host: str, port: int, workers: int, threads: int,
-                 with_scheduler: bool) -> None:
-    if with_scheduler and workers != 1:
-        raise ValueError("a scheduler runs in exactly one process")
-    options = {
+def default_threads(database_url: str) -> int:
+    """Threads per `drip web` worker. PostgreSQL: 4, so a worker keeps its core busy while requests wait
+    on the database. SQLite: 1. It takes one writer at a time, so more threads in a process only queue
+    on its lock, and while holding it they wait for the GIL at every statement; measured with
+    bench/signup.py on this 2-core machine, one thread spent about a tenth less CPU per signup and cut
+    the p99, for the same throughput (docs/performance.md). `drip web --threads N` overrides this."""
+    return 1 if database_url.startswith("sqlite") else 4
+
+
+def gunicorn_options(*, host: str, port: int, workers: int, threads: int) -> dict:
+    """The gunicorn settings of `drip web` and `drip serve`. bench/ceiling_app.py runs under exactly
+    these too, so the signup bench compares like with like."""
+    return {
         "bind": f"{host}:{port}",
         "workers": workers,
         "worker_class": "gthread",
@@ -56,4 +64,11 @@ def run_gunicorn(settings: Settings, *, host: str, port: int, workers: int, thre
         "limit_request_line": 8190,
         "control_socket_disable": True,
     }
+
+
+def run_gunicorn(settings: Settings, *, host: str, port: int, workers: int, threads: int,
+                 with_scheduler: bool) -> None:
+    if with_scheduler and workers != 1:
+        raise ValueError("a scheduler runs in exactly one process")
+    options = gunicorn_options(host=host, port=port, workers=workers, threads=threads)
     _Gunicorn(settings, options, with_scheduler).run()

@@ -39,6 +39,10 @@ def test_json_signup_creates_subscriber_enrollment_and_consent(client, runtime, 
         assert consent.ip is None  # only when DRIP_RECORD_IP is on
         assert consent.wording == runtime.campaigns["back-pain-bundle"].consent
         assert consent.created_at.tzinfo is not None
+        assert enrollment.next_due_at == sub.created_at == consent.created_at  # the welcome is due at once
+        event = s.scalars(select(Event)).one()
+        assert (event.type, event.subscriber_id, event.detail) == ("signup", sub.id,
+                                                                   "signed up for back-pain-bundle via json")
     assert count(runtime, Message) == 0
     assert smtp.handler.messages() == []
 

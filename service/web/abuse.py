@@ -40,7 +40,10 @@ def cors_preflight() -> Response | None:
 def cors_headers(response: Response) -> Response:
     """On the signup response itself, tell a configured origin it may read the answer."""
     if request.endpoint == SIGNUP_ENDPOINT and request.method == "POST":
-        response.vary.add("Origin")
+        if "Vary" in response.headers:
+            response.vary.add("Origin")
+        else:  # the usual case, without parsing and re-serialising a header set (issue 6)
+            response.headers["Vary"] = "Origin"
         origin = _allowed_origin()
         if origin is not None:
             response.headers["Access-Control-Allow-Origin"] = origin
@@ -57,7 +60,10 @@ def honeypot_filled(data: dict) -> bool:
 
 def limited(email_key: str) -> tuple[Response, int] | None:
     """Count this signup against the per-IP and the per-address limits; a 429 with Retry-After past either.
-    The per-address limit stops one inbox being bombed through many IPs."""
+    The per-address limit stops one inbox being bombed through many IPs.
+
+    Counted hits are committed with the signup itself (one transaction, one commit per request, issue 6);
+    a refusal commits at once what was counted before it, as a separate commit per limit did."""
     settings, session, now = runtime().settings, db(), utcnow()
     checks = [(settings.signup_rate_limit, f"signup-ip:{request.remote_addr}",
                "too many signups from this address; try again later"),
@@ -67,8 +73,8 @@ def limited(email_key: str) -> tuple[Response, int] | None:
         if limit is None:
             continue
         verdict = ratelimit.check(session, settings.rate_limit_storage, key, limit, now)
-        session.commit()
         if not verdict.allowed:
+            session.commit()
             resp = jsonify({"error": {"code": "rate_limited", "message": message, "field": None}})
             resp.headers["Retry-After"] = str(verdict.retry_after)
             return resp, 429
