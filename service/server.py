@@ -24,6 +24,17 @@ class _Gunicorn(BaseApplication):
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        self.cfg.set("worker_exit", self._worker_exit)
+
+    _stop_scheduler = None
+
+    def _worker_exit(self, _server, _worker) -> None:  # noqa: ANN001
+        """In the worker, after SIGTERM and the last request: like `drip worker`, the pass in progress
+        claims nothing more, finishes the batch it holds and records every outcome before the process
+        exits (within gunicorn's graceful_timeout); otherwise the scheduler thread would die mid-pass,
+        leaving claimed rows to their lease and accepted emails unrecorded."""
+        if self._stop_scheduler is not None:
+            self._stop_scheduler()
 
     def load(self):  # noqa: ANN201
         from .app import create_app
@@ -34,8 +45,15 @@ class _Gunicorn(BaseApplication):
         if self.with_scheduler:
             from .scheduler import start_background
 
-            _scheduler, wake = start_background(runtime.dispatcher(), self.settings.tick_seconds)
+            dispatcher = runtime.dispatcher()
+            scheduler, wake = start_background(dispatcher, self.settings.tick_seconds)
             log.info("scheduler started: a pass every %ss", self.settings.tick_seconds)
+
+            def stop() -> None:
+                log.info("stopping: finishing the current batch")
+                dispatcher.stopping.set()
+                scheduler.shutdown(wait=True)
+            self._stop_scheduler = stop
         return create_app(runtime=runtime, wake=wake)
 
 

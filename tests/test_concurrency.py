@@ -365,3 +365,20 @@ def test_a_slow_live_worker_keeps_its_lease(drip: Drip, runtime, smtp) -> None: 
     counts = received(smtp)
     assert len(counts) == 30 and set(counts.values()) == {1}
     assert message_statuses(runtime) == Counter({"sent": 30})
+
+
+def test_sigterm_to_drip_serve_finishes_the_batch_and_records_it(drip: Drip, runtime, smtp) -> None:  # noqa: ANN001
+    """`drip serve` stopped mid-pass (SIGTERM, as systemd or a deploy does): like `drip worker`, the pass
+    finishes the batch it holds, records every outcome and claims no more before the process exits; the
+    rest waits, queued, for the next start. Nothing is left `sending` to be re-sent after its lease."""
+    addresses = seed(runtime, 12, T0 - timedelta(minutes=1), prefix="serve")
+    smtp.handler.data_delay = 0.25  # about 1 s per batch of 4
+    proc = drip.start("serve", "--host", "127.0.0.1", "--port", str(drip.port), DRIP_BATCH_SIZE=4)
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while len(smtp.handler.accepted) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(smtp.handler.accepted) >= 2, proc.output()
+    proc.popen.terminate()
+    proc.wait(timeout=30, check=False)
+    assert len(smtp.handler.accepted) == 4 < len(addresses), proc.output()
+    assert message_statuses(runtime) == Counter({"sent": 4, "queued": 8}), proc.output()
