@@ -80,7 +80,12 @@ class Base(DeclarativeBase):
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
-    __table_args__ = (CheckConstraint(_in("status", SUBSCRIBER_STATUSES), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", SUBSCRIBER_STATUSES), name="status"),
+        # Issue 6: the few snoozed readers, for dispatch.not_snoozed without a scan of the whole list
+        Index("ix_subscribers_snoozed", "snoozed_until", postgresql_where=text("snoozed_until IS NOT NULL"),
+              sqlite_where=text("snoozed_until IS NOT NULL")),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     public_id: Mapped[str] = mapped_column(String(32), unique=True)
