@@ -44,12 +44,13 @@ def main() -> None:
     rt = build_runtime(settings)
     overrides = {"transport_factory": DiscardTransport} if os.environ.get("BENCH_TRANSPORT") == "discard" else {}
     dispatcher = rt.dispatcher(**overrides)
-    # Two pooled connections open before "go" (the dispatcher's and its background writer's), so their
-    # server processes exist when the bench starts reading the database server's CPU.
+    # PostgreSQL: two pooled connections open before "go" (the dispatcher's and its background writer's),
+    # so their server processes exist when the bench starts reading the database server's CPU.
     engine = rt.sessions.kw["bind"]
-    with engine.connect() as first, engine.connect() as second:
-        first.exec_driver_sql("SELECT 1")
-        second.exec_driver_sql("SELECT 1")
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as first, engine.connect() as second:
+            first.exec_driver_sql("SELECT 1")
+            second.exec_driver_sql("SELECT 1")
     print("ready", flush=True)
     sys.stdin.readline()
     start = time.time()
