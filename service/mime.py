@@ -9,8 +9,8 @@ What it guarantees:
 - CRLF line ends everywhere; no line longer than 998 octets (RFC 5322 2.1.1);
 - header values are ASCII: a display name or subject with non-ASCII characters (or anything that looks
   like an encoded word) becomes RFC 2047 encoded words of at most 75 characters, folded;
-- a body part is 7bit when it is ASCII with short lines, else quoted-printable (binascii, in C), so no
-  relay ever needs 8BITMIME;
+- a body part is 7bit when it is ASCII with short lines, else quoted-printable (binascii, in C, line
+  by line with a cache: see `quoted_printable`), so no relay ever needs 8BITMIME;
 - the boundary never occurs in a body.
 
 It does not clean its input: callers pass header values that are already one line (compose.header_text),
@@ -90,9 +90,37 @@ def body_part(subtype: str, text: str) -> tuple[bytes, bytes]:
         cte = b"7bit"
     else:
         # b2a_qp keeps CRLF, adds soft breaks at 76, encodes '=', trailing blanks and a lone '.' line.
-        data, cte = binascii.b2a_qp(data, istext=True), b"quoted-printable"
+        data, cte = quoted_printable(data), b"quoted-printable"
     head = b'Content-Type: text/' + subtype.encode("ascii") + b'; charset="utf-8"\r\nContent-Transfer-Encoding: ' + cte
     return head, data
+
+
+_QP_LINES: dict[bytes, bytes] = {}
+_QP_LINES_MAX = 4096
+
+
+def quoted_printable(data: bytes) -> bytes:
+    """`binascii.b2a_qp(data, istext=True)`, exactly, for CRLF text, line by line with a cache (issue 6).
+
+    Encoding the 29 KB coaching email took 0.13 ms, a sixth of a worker's CPU per email, though nearly
+    every line is the same in every email of a step. b2a_qp encodes each line on its own once it knows
+    the data's line ends are CRLF (it looks at the first one), so each line with its CRLF is encoded
+    once and reused; the last two lines go through together, because the end of the data is encoded
+    differently from the end of a line (tests/test_mime.py compares both ways, hypothesis included).
+    0.13 -> 0.03 ms. Lines of readers' values make the cache grow, so it is emptied when it is full."""
+    lines = data.split(b"\r\n")
+    if len(lines) < 3:
+        return binascii.b2a_qp(data, istext=True)
+    if len(_QP_LINES) > _QP_LINES_MAX:
+        _QP_LINES.clear()
+    out = []
+    for line in lines[:-2]:
+        encoded = _QP_LINES.get(line)
+        if encoded is None:
+            encoded = _QP_LINES[line] = binascii.b2a_qp(line + b"\r\n", istext=True)
+        out.append(encoded)
+    out.append(binascii.b2a_qp(lines[-2] + b"\r\n" + lines[-1], istext=True))
+    return b"".join(out)
 
 
 def _boundary(bodies: Iterable[bytes]) -> bytes:

@@ -6,6 +6,8 @@ import email.policy
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import mime
 
@@ -88,3 +90,21 @@ def test_a_non_ascii_header_value_is_refused() -> None:
     """Raw non-ASCII in a header is a caller bug and fails loudly instead of going out malformed."""
     with pytest.raises(UnicodeEncodeError):
         mime.multipart_alternative([("Subject", "é")], "x", "y")
+
+
+_QP_PIECES = ["a", " ", "\t", "é", "=", "\n", ".", "x" * 80, "\u200c", "From ", "\n.", "  \n", "\x00", "~", "\x7f",
+              "\n\n", " \t", "x" * 70, "<td style=\"color: red\">"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(_QP_PIECES), max_size=40), st.text(max_size=200))
+def test_line_by_line_quoted_printable_is_binascii_exactly(pieces: list[str], free: str) -> None:
+    """The cached line-by-line encoder (issue 6) gives b2a_qp's bytes for any CRLF text, twice in a row
+    (the second time from the cache)."""
+    import binascii
+
+    for text in ("".join(pieces), free, "".join(pieces) + free + "\n"):
+        data = mime.crlf(text)
+        expected = binascii.b2a_qp(data, istext=True)
+        assert mime.quoted_printable(data) == expected
+        assert mime.quoted_printable(data) == expected
