@@ -5,7 +5,12 @@ a row id. Tokens stay valid for `max_age_days` (CAN-SPAM asks for at least 30; w
 """
 from __future__ import annotations
 
+import base64
 import functools
+import hmac
+import json
+import time
+import zlib
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
@@ -43,6 +48,30 @@ def _serializer(secret_key: str, salt: str) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(secret_key, salt=salt, signer=_KeyOnceSigner)
 
 
+def _dumps(secret_key: str, salt: str, obj: object) -> str:
+    """`URLSafeTimedSerializer(secret_key, salt=salt).dumps(obj)`, the same bytes, in about a third of the
+    time (issue 6: three tokens in every email were a tenth of composing it). The library's own steps,
+    without its per-call objects: compact JSON, zlib when that is shorter, URL-safe base64, the timestamp,
+    HMAC-SHA1 with the key the library derives (tests/test_fast_paths.py compares both, time frozen)."""
+    payload = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    compressed = zlib.compress(payload)
+    body = b"." + _b64(compressed) if len(compressed) < len(payload) - 1 else _b64(payload)
+    value = body + b"." + _b64(int(time.time()).to_bytes(8, "big").lstrip(b"\x00"))
+    mac = _mac(secret_key, salt).copy()
+    mac.update(value)
+    return (value + b"." + _b64(mac.digest())).decode("ascii")
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+@functools.lru_cache(maxsize=64)
+def _mac(secret_key: str, salt: str) -> hmac.HMAC:
+    signer = _serializer(secret_key, salt).make_signer(salt)
+    return hmac.new(signer.derive_key(), digestmod=signer.digest_method)
+
+
 @dataclass(frozen=True)
 class UnsubscribeClaim:
     public_id: str
@@ -50,7 +79,7 @@ class UnsubscribeClaim:
 
 
 def make_unsubscribe_token(secret_key: str, *, public_id: str, campaign: str) -> str:
-    return _serializer(secret_key, UNSUBSCRIBE_SALT).dumps([public_id, campaign])
+    return _dumps(secret_key, UNSUBSCRIBE_SALT, [public_id, campaign])
 
 
 def read_unsubscribe_token(secret_key: str, token: str, *, max_age_days: int) -> UnsubscribeClaim:
@@ -76,7 +105,7 @@ def _loads(secret_key: str, salt: str, token: str, max_age_days: int) -> object:
 
 def make_preferences_token(secret_key: str, *, public_id: str) -> str:
     """The preference page link: whoever holds it manages this subscriber, like the unsubscribe link."""
-    return _serializer(secret_key, PREFERENCES_SALT).dumps([public_id])
+    return _dumps(secret_key, PREFERENCES_SALT, [public_id])
 
 
 def read_preferences_token(secret_key: str, token: str, *, max_age_days: int) -> str:
@@ -89,7 +118,7 @@ def read_preferences_token(secret_key: str, token: str, *, max_age_days: int) ->
 
 def make_view_token(secret_key: str, *, message_pk: int) -> str:
     """The view-in-browser link of one message."""
-    return _serializer(secret_key, VIEW_SALT).dumps([message_pk])
+    return _dumps(secret_key, VIEW_SALT, [message_pk])
 
 
 def read_view_token(secret_key: str, token: str, *, max_age_days: int) -> int:
@@ -104,7 +133,7 @@ CONFIRM_SALT = "drip.confirm.v1"
 
 
 def make_confirm_token(secret_key: str, *, public_id: str, campaign: str) -> str:
-    return _serializer(secret_key, CONFIRM_SALT).dumps([public_id, campaign])
+    return _dumps(secret_key, CONFIRM_SALT, [public_id, campaign])
 
 
 def read_confirm_token(secret_key: str, token: str, *, max_age_days: int) -> UnsubscribeClaim:
