@@ -27,18 +27,20 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import BigInteger, String, and_, any_, bindparam, delete, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import TypeEngine
 
 from . import delivery, events, live_edits, optin, retention, sending, sendlimits
 from .campaigns import Campaign, Delay, Step, due_at
@@ -284,7 +286,7 @@ class Dispatcher:
                 .returning(Message.__table__.c.enrollment_id, Message.__table__.c.id), values).all())
             if inserted:
                 enrollments = Enrollment.__table__
-                session.execute(update(enrollments).where(enrollments.c.id.in_(list(inserted)))
+                session.execute(update(enrollments).where(self._one_of(enrollments.c.id, inserted))
                                 .values(next_due_at=None, updated_at=now))
             queued_events = []
             subscriber_of = {row.id: row.subscriber_id for row in rows}
@@ -360,7 +362,7 @@ class Dispatcher:
                                     detail=f"attempt {m.attempts + 1} by {self.worker_id}"))
             table = Message.__table__
             session.execute(
-                update(table).where(table.c.id.in_([m.id for m in messages]))
+                update(table).where(self._one_of(table.c.id, [m.id for m in messages]))
                 .values(status="sending", attempts=table.c.attempts + 1, lease_until=real_now + self.lease,
                         claimed_by=self.worker_id, updated_at=now,
                         first_attempt_at=func.coalesce(table.c.first_attempt_at,
@@ -531,12 +533,12 @@ class Dispatcher:
                    Enrollment.status.label("enrollment_status"), Enrollment.origin_campaign)
             .join(Subscriber, Subscriber.id == Message.subscriber_id)
             .join(Enrollment, Enrollment.id == Message.enrollment_id)
-            .where(Message.id.in_(ids))
+            .where(self._one_of(Message.id, ids))
             .order_by(Message.id)
         ).all()
         hashes = {row.id: email_hash(row.email_key) for row in rows}
         listed = set(session.scalars(select(Suppression.email_hash)
-                                     .where(Suppression.email_hash.in_(set(hashes.values())))))
+                                     .where(self._one_of(Suppression.email_hash, set(hashes.values()), String))))
         keep: list[Row] = []
         dropped: list[dict] = []
         for row in rows:
@@ -773,6 +775,14 @@ class Dispatcher:
             self._write_outcomes(now, by_id, raws, subjects, delta)
             self._merge(summary, delta)
 
+    def _one_of(self, column, values: Iterable, element_type: type[TypeEngine] = BigInteger):  # noqa: ANN001, ANN202
+        """`column IN (values)`, written on PostgreSQL as `column = ANY(:array)` (issue 6): one parameter, so
+        the statement's text is the same for every batch and psycopg parses it once; an IN-list of 100-200
+        ids was rendered and parsed anew for every batch, ~0.5 ms of a worker's CPU each time."""
+        if self.sessions.kw["bind"].dialect.name == "postgresql":
+            return column == any_(literal(list(values), ARRAY(element_type)))
+        return column.in_(list(values))
+
     @property
     def _background(self) -> bool:
         if self.background_writes is None:
@@ -790,7 +800,7 @@ class Dispatcher:
                        Enrollment.status.label("enrollment_status"), Enrollment.next_step, Subscriber.timezone)
                 .join(Subscriber, Subscriber.id == Message.subscriber_id)
                 .join(Enrollment, Enrollment.id == Message.enrollment_id)
-                .where(Message.id.in_(by_id))
+                .where(self._one_of(Message.id, by_id))
                 .with_for_update(of=Message)
             ).all()
             contents: list[dict] = []
