@@ -113,14 +113,15 @@ def quoted_printable(data: bytes) -> bytes:
         return binascii.b2a_qp(data, istext=True)
     if len(_QP_LINES) > _QP_LINES_MAX:
         _QP_LINES.clear()
-    out = []
-    for line in lines[:-2]:
-        encoded = _QP_LINES.get(line)
-        if encoded is None:
-            encoded = _QP_LINES[line] = binascii.b2a_qp(line + b"\r\n", istext=True)
-        out.append(encoded)
+    cached = _QP_LINES.get
+    out = [cached(line) or _qp_line(line) for line in lines[:-2]]  # an encoded line is never empty
     out.append(binascii.b2a_qp(lines[-2] + b"\r\n" + lines[-1], istext=True))
     return b"".join(out)
+
+
+def _qp_line(line: bytes) -> bytes:
+    encoded = _QP_LINES[line] = binascii.b2a_qp(line + b"\r\n", istext=True)
+    return encoded
 
 
 def _boundary(bodies: Iterable[bytes]) -> bytes:
