@@ -45,6 +45,10 @@ SUBSCRIBER_STATUSES = ("active", "unsubscribed", "bounced", "complained")
 ENROLLMENT_STATUSES = ("active", "completed", "stopped")
 
 
+# The largest id a BIGINT holds: ids from URLs or arguments above it are not looked up (PostgreSQL would raise).
+MAX_ID = 2**63 - 1
+
+
 class UTCDateTime(TypeDecorator):
     """Timezone-aware UTC in Python on every backend (SQLite stores naive UTC text)."""
 

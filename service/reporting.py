@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import MESSAGE_STATUSES, Message
+from .models import MAX_ID, MESSAGE_STATUSES, Message
 
 MAX_LIMIT = 500
 
@@ -89,12 +89,22 @@ def list_messages(session: Session, flt: MessageFilter) -> MessagePage:
         q = q.where(Message.created_at >= flt.since)
     if flt.until:
         q = q.where(Message.created_at < flt.until)
-    if flt.before:
-        q = q.where(Message.id < flt.before)
-    rows = list(session.scalars(q.order_by(Message.id.desc()).limit(flt.limit + 1)))
-    more = len(rows) > flt.limit
-    rows = rows[: flt.limit]
-    return MessagePage(rows=rows, next_before=rows[-1].id if more and rows else None)
+    rows, next_before = page_by_id(session, q, Message.id, before=flt.before, limit=flt.limit)
+    return MessagePage(rows=rows, next_before=next_before)
+
+
+def page_by_id(session: Session, query, id_column, *, before: int | None, limit: int) -> tuple[list, int | None]:  # noqa: ANN001
+    """Newest first, `limit` rows below the cursor `before`; the next cursor, or None on the last page."""
+    if before:
+        query = query.where(id_column < before)
+    rows = list(session.scalars(query.order_by(id_column.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, rows[-1].id if more and rows else None
+
+
+def get_message(session: Session, message_id: int) -> Message | None:
+    return session.get(Message, message_id) if 0 < message_id <= MAX_ID else None
 
 
 def _escape_like(text: str) -> str:

@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 from . import events
 from .campaigns import Campaign
 from .errors import FieldError
-from .models import SUBSCRIBER_STATUSES, Consent, Enrollment, Event, Message, Subscriber
+from .models import MAX_ID, SUBSCRIBER_STATUSES, Consent, Enrollment, Event, Message, Subscriber
+from .reporting import page_by_id
 from .suppression import is_suppressed, stop_subscriber
 
 MAX_LIMIT = 500
-MAX_ID = 2**63 - 1
 
 
 class ActionError(FieldError):
@@ -55,12 +55,8 @@ def list_subscribers(session: Session, flt: SubscriberFilter) -> SubscriberPage:
         q = q.where(Subscriber.status == flt.status)
     if flt.campaign:
         q = q.where(Subscriber.id.in_(select(Enrollment.subscriber_id).where(Enrollment.campaign == flt.campaign)))
-    if flt.before:
-        q = q.where(Subscriber.id < flt.before)
-    rows = list(session.scalars(q.order_by(Subscriber.id.desc()).limit(flt.limit + 1)))
-    more = len(rows) > flt.limit
-    rows = rows[: flt.limit]
-    return SubscriberPage(rows=rows, next_before=rows[-1].id if more and rows else None)
+    rows, next_before = page_by_id(session, q, Subscriber.id, before=flt.before, limit=flt.limit)
+    return SubscriberPage(rows=rows, next_before=next_before)
 
 
 def get_subscriber(session: Session, subscriber_id: int) -> Subscriber | None:

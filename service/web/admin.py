@@ -29,8 +29,8 @@ from sqlalchemy import select
 from ..accounts import authenticate
 from ..db import utcnow
 from ..mailview import parse_email
-from ..models import Event, Message, MessageContent, Subscriber, User
-from ..reporting import CSV_COLUMNS, MAX_LIMIT, MessageFilter, csv_row, list_messages
+from ..models import MAX_ID, Event, MessageContent, Subscriber, User
+from ..reporting import CSV_COLUMNS, MAX_LIMIT, MessageFilter, csv_row, get_message, list_messages
 from . import db, runtime
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -143,7 +143,7 @@ def messages():  # noqa: ANN201
 @bp.get("/messages/<int:message_id>")
 def message(message_id: int):  # noqa: ANN201
     s = db()
-    m = s.get(Message, message_id) if message_id < 2**63 else None
+    m = get_message(s, message_id)
     if m is None:
         abort(404)
     subscriber = s.get(Subscriber, m.subscriber_id)
@@ -156,7 +156,7 @@ def message(message_id: int):  # noqa: ANN201
 @bp.get("/messages/<int:message_id>/html")
 def message_html(message_id: int):  # noqa: ANN201
     """The HTML part as sent, for the sandboxed frame on the message page."""
-    content = db().get(MessageContent, message_id) if message_id < 2**63 else None
+    content = db().get(MessageContent, message_id) if 0 < message_id <= MAX_ID else None
     view = parse_email(content.raw) if content else None
     if view is None or view.html is None:
         abort(404)

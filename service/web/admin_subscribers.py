@@ -9,9 +9,9 @@ from flask import Response, abort, flash, g, redirect, render_template, request,
 from .. import subscribers as people
 from ..campaign_stats import paused_campaigns
 from ..db import utcnow
-from ..models import SUBSCRIBER_STATUSES, Message
+from ..models import SUBSCRIBER_STATUSES
 from ..privacy import erase_subscriber, export_subscriber
-from ..reporting import MAX_LIMIT
+from ..reporting import MAX_LIMIT, get_message
 from . import db, runtime
 from .admin import bp
 
@@ -103,7 +103,7 @@ def subscriber_erase(subscriber_id: int):  # noqa: ANN201
 @bp.post("/messages/<int:message_id>/retry")
 def message_retry(message_id: int):  # noqa: ANN201
     s = db()
-    m = s.get(Message, message_id) if message_id < 2**63 else None
+    m = get_message(s, message_id)
     if m is None:
         abort(404)
     try:

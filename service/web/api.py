@@ -16,7 +16,7 @@ from .. import subscribers as people
 from ..accounts import check_token
 from ..campaign_stats import all_stats, campaign_stats, stats_dict
 from ..db import utcnow
-from ..models import MESSAGE_STATUSES, SUBSCRIBER_STATUSES
+from ..models import MAX_ID, MESSAGE_STATUSES, SUBSCRIBER_STATUSES
 from ..privacy import erase_subscriber
 from ..reporting import MAX_LIMIT, MessageFilter, list_messages, message_dict
 from ..signups import ConsentMeta, SignupError, parse_signup, signup
@@ -24,7 +24,6 @@ from . import db, runtime
 from .openapi import OPENAPI
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-MAX_ID = 2**63 - 1
 
 
 class ApiError(Exception):

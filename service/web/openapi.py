@@ -2,10 +2,9 @@
 blueprint serves, and schemathesis checks the responses against it."""
 from __future__ import annotations
 
-from ..models import MESSAGE_STATUSES, SUBSCRIBER_STATUSES
+from ..models import MAX_ID, MESSAGE_STATUSES, SUBSCRIBER_STATUSES
 from ..reporting import MAX_LIMIT
 
-MAX_ID = 2**63 - 1
 NULLABLE_STRING = {"type": ["string", "null"]}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
 
