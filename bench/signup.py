@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PY, ROOT, Row, free_port, pg_create, pg_drop, print_table, sqlite_create  # noqa: E402
+from common import PY, ROOT, Row, cpu_seconds, free_port, pg_create, pg_drop, print_table, sqlite_create  # noqa: E402
 from send import worker_env  # noqa: E402
 
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -104,6 +104,16 @@ def stop_server(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def gunicorn_workers(master: int, n: int) -> list[int]:
+    """The pids of the master's n workers, once all n have started (for the CPU split per worker)."""
+    deadline = time.monotonic() + 10
+    while True:
+        pids = [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+        if len(pids) >= n or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.05)
+
+
 def count_rows(url: str, sql: str) -> int:
     from sqlalchemy import create_engine, text
 
@@ -116,13 +126,18 @@ def count_rows(url: str, sql: str) -> int:
 
 def measure(argv: list[str], env: dict[str, str], port: int, seconds: float, connections: int, tag: str) -> dict:
     proc = start_server(argv, env, port)
+    workers = gunicorn_workers(proc.pid, 2)
+    before = [cpu_seconds([w]) for w in workers]
     try:
         latencies, errors, took = asyncio.run(load(port, seconds, connections, tag))
+        split = [cpu_seconds([w]) - b for w, b in zip(workers, before, strict=True)]
     finally:
         stop_server(proc)
     latencies.sort()
     return {"rate": len(latencies) / took, "ok": len(latencies) - len(errors), "errors": len(errors),
-            "p50": latencies[len(latencies) // 2] * 1000, "p99": latencies[int(len(latencies) * 0.99)] * 1000}
+            "p50": latencies[len(latencies) // 2] * 1000, "p99": latencies[int(len(latencies) * 0.99)] * 1000,
+            "cpu_us": sum(split) * 1e6 / max(len(latencies), 1),
+            "share": min(split) / max(sum(split), 1e-9) if len(split) == 2 else 0.0}
 
 
 def run(seconds: float = 5.0, connections: int = 16, dbs: tuple[str, ...] = ("postgresql", "sqlite")) -> list[Row]:
@@ -155,6 +170,12 @@ def run(seconds: float = 5.0, connections: int = 16, dbs: tuple[str, ...] = ("po
                             "ceiling p99 (ms)", ceiling["p99"], "< 50 ms", drip["p99"] < 50))
             rows.append(Row(f"signup {db}: errors; stored = accepted", drip["errors"], "", f"accepted {drip['ok']}, "
                             "stored", stored, "0; equal", complete))
+            # CPU of the two gunicorn workers per request (not the load generator's, not the database
+            # server's): unlike the rates, it does not drift with the machine's other load. The smaller
+            # worker's share shows both workers served (0.5 = evenly; near 0 = one worker did everything).
+            rows.append(Row(f"signup {db}: worker CPU per request (min share {drip['share']:.2f})",
+                            drip["cpu_us"], "us", f"ceiling (min share {ceiling['share']:.2f})", ceiling["cpu_us"],
+                            "report", True))
     return rows
 
 

@@ -6,7 +6,11 @@ FOR UPDATE SKIP LOCKED (see dispatch).
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+import sqlite3
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -24,7 +28,10 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             from pathlib import Path
 
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        connect_args: dict = {"timeout": 30, "check_same_thread": False}
+        if path and path != ":memory:" and not path.startswith("file:") and "?" not in path:
+            connect_args["factory"] = _writer_locked_connection(path + ".writer-lock")
+        engine = create_engine(url, connect_args=connect_args)
         _sqlite_single_writer(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2)
@@ -46,7 +53,78 @@ def _sqlite_single_writer(engine: Engine) -> None:
     def _begin(conn):  # noqa: ANN001
         # Straight to the driver: this runs for every transaction, and SQLAlchemy's execution machinery
         # cost several times the statement itself (issue 6).
-        conn.connection.driver_connection.execute("BEGIN IMMEDIATE")
+        driver = conn.connection.driver_connection
+        if isinstance(driver, _LockedConnection):
+            driver.take_writer_lock()
+        try:
+            driver.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            if isinstance(driver, _LockedConnection):
+                driver.drop_writer_lock()
+            raise
+
+
+_lock_holders: set[int] = set()  # threads of this process holding the writer lock through some connection
+
+
+class _LockedConnection(sqlite3.Connection):
+    """A sqlite3 connection that takes an OS file lock (flock on `<database>.writer-lock`) before BEGIN
+    IMMEDIATE and drops it after COMMIT or ROLLBACK.
+
+    SQLite's own busy handler waits for a locked database by sleeping (1, 2, 5, 10 ... ms between
+    tries), so two processes writing at once (gunicorn's workers, `drip worker`) spent part of every
+    busy moment asleep with the lock already free (docs/performance.md, "Signups"). A waiter on flock
+    is woken by the kernel the moment the lock is released, and the kernel drops the lock of a process
+    that dies. Processes that do not take it (the sqlite3 shell, a backup) still meet SQLite's busy
+    timeout as before. A thread that already holds it through another
+    connection does not wait for itself: that connection meets the busy timeout instead."""
+
+    lock_path: str
+    _lock_fd: int | None = None
+    _owner: int | None = None
+
+    def take_writer_lock(self) -> None:
+        me = threading.get_ident()
+        if me in _lock_holders:
+            return
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._owner = me
+        _lock_holders.add(me)
+
+    def drop_writer_lock(self) -> None:
+        if self._owner is not None:
+            _lock_holders.discard(self._owner)
+            self._owner = None
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            if not self.in_transaction:
+                self.drop_writer_lock()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            if not self.in_transaction:
+                self.drop_writer_lock()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.drop_writer_lock()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+
+def _writer_locked_connection(lock_path: str) -> type[_LockedConnection]:
+    return type("WriterLockedConnection", (_LockedConnection,), {"lock_path": lock_path})
 
 
 def make_sessionmaker(settings: Settings, *, pool_size: int = 5) -> sessionmaker[Session]:

@@ -6,6 +6,7 @@ scheduler thread does not survive a fork, and one per worker would send every em
 from __future__ import annotations
 
 import logging
+import socket
 
 from gunicorn.app.base import BaseApplication
 
@@ -66,6 +67,23 @@ def default_threads(database_url: str) -> int:
     return 1 if database_url.startswith("sqlite") else 4
 
 
+# Each worker listens on its own socket (SO_REUSEPORT) and the kernel spreads new connections over them;
+# on one shared socket the worker that happens to be awake takes them, often all of a client's.
+# Requests one keep-alive connection may carry before the answer says "Connection: close" (Apache's
+# MaxKeepAliveRequests default; nginx's keepalive_requests is the same idea). gunicorn has no such limit:
+# a client that keeps a few connections open (a site's backend posting signups through a connection
+# pool, a load generator) stays on whichever worker accepted them first, and with gunicorn's shared
+# listening socket that is often one worker for all of them, the other idle. Reconnecting every hundred
+# requests lets the connections spread over the workers again, for one TCP handshake per hundred requests.
+KEEPALIVE_REQUESTS = 100
+
+
+def _close_after_keepalive_limit(_worker, req) -> None:  # noqa: ANN001
+    """gunicorn's pre_request hook: the response to a connection's 100th request closes it."""
+    if req.req_number >= KEEPALIVE_REQUESTS:
+        req.must_close = True
+
+
 def gunicorn_options(*, host: str, port: int, workers: int, threads: int) -> dict:
     """The gunicorn settings of `drip web` and `drip serve`. bench/ceiling_app.py runs under exactly
     these too, so the signup bench compares like with like."""
@@ -81,12 +99,27 @@ def gunicorn_options(*, host: str, port: int, workers: int, threads: int) -> dic
         "loglevel": "info",
         "limit_request_line": 8190,
         "control_socket_disable": True,
+        "pre_request": _close_after_keepalive_limit,
+        "reuse_port": True,
     }
+
+
+def _refuse_a_taken_port(host: str, port: int) -> None:
+    """With SO_REUSEPORT a second `drip web` on the same port would bind too and silently take half the
+    connections; a plain bind first fails as it always did ("address already in use")."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # like gunicorn: TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"drip: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def run_gunicorn(settings: Settings, *, host: str, port: int, workers: int, threads: int,
                  with_scheduler: bool) -> None:
     if with_scheduler and workers != 1:
         raise ValueError("a scheduler runs in exactly one process")
+    _refuse_a_taken_port(host, port)
     options = gunicorn_options(host=host, port=port, workers=workers, threads=threads)
     _Gunicorn(settings, options, with_scheduler).run()

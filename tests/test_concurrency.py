@@ -382,3 +382,36 @@ def test_sigterm_to_drip_serve_finishes_the_batch_and_records_it(drip: Drip, run
     proc.wait(timeout=30, check=False)
     assert len(smtp.handler.accepted) == 4 < len(addresses), proc.output()
     assert message_statuses(runtime) == Counter({"sent": 4, "queued": 8}), proc.output()
+
+
+def _listening_sockets(port: int) -> int:
+    """LISTEN sockets on 127.0.0.1:port in this network namespace (/proc/net/tcp, state 0A)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1] == f"0100007F:{port:04X}" and row.split()[3] == "0A")
+
+
+@pytest.mark.slow
+def test_web_workers_each_listen_and_keepalive_connections_move_on(drip: Drip) -> None:
+    """`drip web --workers 2`: each worker has its own listening socket (the kernel spreads connections
+    over them), a keep-alive connection is closed after its 100th request so a client's connections
+    spread again, and a second `drip web` on the same port is refused instead of sharing it."""
+    import http.client
+
+    drip.web(workers=2)
+    deadline = time.monotonic() + 20
+    while _listening_sockets(drip.port) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _listening_sockets(drip.port) == 2
+
+    conn = http.client.HTTPConnection("127.0.0.1", drip.port, timeout=10)
+    for n in range(1, 101):
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        assert (response.getheader("Connection", "").lower() == "close") is (n == 100), n
+    conn.close()
+
+    second = drip.start("web", "--host", "127.0.0.1", "--port", str(drip.port), "--workers", "1")
+    assert second.wait(timeout=30, check=False) != 0
+    assert "cannot listen on 127.0.0.1" in second.output()

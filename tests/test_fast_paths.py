@@ -58,3 +58,49 @@ def test_our_token_writer_gives_itsdangerous_bytes(monkeypatch, obj: list, salt:
     plain = URLSafeTimedSerializer(secret, salt=salt)
     assert _dumps(secret, salt, obj) == plain.dumps(obj)
     assert plain.loads(_dumps(secret, salt, obj)) == obj
+
+
+def _validator_answer(address: str) -> str | None:
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        return validate_email(address, check_deliverability=False, allow_smtputf8=False).normalized
+    except EmailNotValidError:
+        return None
+
+
+@pytest.mark.parametrize("address", [
+    "reader@example.com", "Reader.Name+tag@Example.CO.uk", "o'neil@example.org", "x@xn--bcher-kva.example",
+    "a@localhost", "a@foo.local", "a@onion", "a@x.onion", "POSTMASTER@example.com", "Info@example.com",
+    "a..b@example.com", ".a@example.com", "a.@example.com", "a@-x.com", "a@x-.com", "a@x.c0m", "a@x.123",
+    "a@a--b.com", "a@example.com.", "a" * 64 + "@example.com", "a" * 65 + "@example.com",
+    "a@" + "b" * 63 + ".com", "a@" + "b" * 64 + ".com", "a@" + ("b" * 60 + ".") * 4 + "com",
+    "x@" + "y." * 124 + "com", "a@b.c", "\"q\"@example.com", "user@bücher.example",
+])
+def test_plain_address_fast_path_matches_email_validator(address: str) -> None:
+    """The signup's fast path accepts only addresses validate_email accepts, and normalizes them alike."""
+    from service.signups import plain_address
+
+    fast = plain_address(address)
+    assert fast is None or fast == _validator_answer(address)
+
+
+def test_plain_address_fast_path_on_generated_addresses() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from service.signups import plain_address
+
+    atom = st.text(alphabet="aZ09.-_+!'`{|}~@" + "é", min_size=0, max_size=70)
+    label = st.text(alphabet="abcXYZ019-", min_size=0, max_size=66)
+    tld = st.sampled_from(["com", "ORG", "c", "x1", "test", "local", "arpa", "io", "localhost", "onion"])
+
+    @settings(max_examples=3000, deadline=None)
+    @given(atom, st.lists(label, min_size=0, max_size=5), tld)
+    def check(local: str, labels: list[str], top: str) -> None:
+        address = local + "@" + ".".join([*labels, top])
+        fast = plain_address(address)
+        assert fast is None or fast == _validator_answer(address), address
+
+    check()
+    assert plain_address("Reader.Name@Example.COM") == "Reader.Name@example.com"  # the common case is fast

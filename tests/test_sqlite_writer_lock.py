@@ -1,0 +1,86 @@
+"""SQLite writers wait on an OS file lock (db._LockedConnection), woken when it is released, instead of
+SQLite's sleep-and-retry busy handler (issue 6)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from sqlalchemy import text
+
+from service.db import _LockedConnection, make_engine
+
+
+def _engine(path: Path):  # noqa: ANN202
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS t (n INTEGER)"))
+    return engine
+
+
+def test_a_second_writer_waits_for_the_first_and_then_goes_on(tmp_path: Path) -> None:
+    engine = _engine(tmp_path / "d.db")
+    order: list[str] = []
+    holding = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+            holding.set()
+            release.wait(10)
+            order.append("first commits")
+
+    def second() -> None:
+        holding.wait(10)
+        with engine.begin() as conn:
+            order.append("second begins")
+            conn.execute(text("INSERT INTO t VALUES (2)"))
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    holding.wait(10)
+    threads[1].join(0.3)  # the second writer is still waiting
+    assert threads[1].is_alive() and order == []
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert order == ["first commits", "second begins"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM t ORDER BY n")).scalars().all() == [1, 2]
+    assert (tmp_path / "d.db.writer-lock").exists()
+
+
+def test_the_lock_is_released_on_rollback_and_on_a_failed_statement(tmp_path: Path) -> None:
+    engine = _engine(tmp_path / "d.db")
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO missing_table VALUES (1)"))
+    except Exception:  # noqa: BLE001, S110 - the failure is the point; the lock must be free after it
+        pass
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from sqlalchemy import text; "
+            "from service.db import make_engine; e = make_engine('sqlite:///' + sys.argv[1]); "
+            "c = e.connect(); c.execute(text('INSERT INTO t VALUES (3)')); c.commit(); print('written')")
+    # Another process gets the lock (a lock leaked by the failed transaction would hang it: timeout).
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "d.db"), str(Path(__file__).parent.parent)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "written", out.stderr
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM t")).scalars().all() == [3]
+
+
+def test_a_thread_holding_the_lock_does_not_wait_for_itself(tmp_path: Path) -> None:
+    """Two connections in one thread: the second skips the file lock (SQLite's busy timeout applies to
+    it as before) instead of waiting forever for a lock its own thread holds. Read-only here."""
+    engine = _engine(tmp_path / "d.db")
+    with engine.begin() as outer:
+        outer.execute(text("INSERT INTO t VALUES (1)"))
+        raw = engine.raw_connection()
+        try:
+            assert isinstance(raw.driver_connection, _LockedConnection)
+            raw.driver_connection.take_writer_lock()  # returns at once
+            assert raw.driver_connection._owner is None
+        finally:
+            raw.close()
