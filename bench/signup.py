@@ -124,20 +124,40 @@ def count_rows(url: str, sql: str) -> int:
     return n
 
 
-def measure(argv: list[str], env: dict[str, str], port: int, seconds: float, connections: int, tag: str) -> dict:
-    proc = start_server(argv, env, port)
-    workers = gunicorn_workers(proc.pid, 2)
-    before = [cpu_seconds([w]) for w in workers]
+ROUNDS = 3  # each app is driven in turn, three times, so a slow spell of the machine falls on both
+
+
+def measure(servers: dict[str, tuple[list[str], dict[str, str]]], seconds: float, connections: int) -> dict:
+    """Start every server, then drive them in turn for ROUNDS rounds of seconds / ROUNDS each; per server:
+    rate, errors, p50/p99 over all its rounds, and the CPU of its two workers per request."""
+    procs: dict[str, tuple[subprocess.Popen, int, list[int]]] = {}
     try:
-        latencies, errors, took = asyncio.run(load(port, seconds, connections, tag))
-        split = [cpu_seconds([w]) - b for w, b in zip(workers, before, strict=True)]
+        for tag, (argv, env) in servers.items():
+            port = free_port()
+            proc = start_server([*argv, "--port", str(port)], env, port)
+            procs[tag] = (proc, port, gunicorn_workers(proc.pid, 2))
+        totals = {tag: {"latencies": [], "errors": [], "took": 0.0, "cpu": [0.0, 0.0]} for tag in servers}
+        for n in range(ROUNDS):
+            for tag, (_proc, port, workers) in procs.items():
+                before = [cpu_seconds([w]) for w in workers]
+                latencies, errors, took = asyncio.run(load(port, seconds / ROUNDS, connections, f"{tag}{n}-"))
+                total = totals[tag]
+                total["latencies"] += latencies
+                total["errors"] += errors
+                total["took"] += took
+                total["cpu"] = [c + cpu_seconds([w]) - b for c, w, b in zip(total["cpu"], workers, before, strict=True)]
     finally:
-        stop_server(proc)
-    latencies.sort()
-    return {"rate": len(latencies) / took, "ok": len(latencies) - len(errors), "errors": len(errors),
-            "p50": latencies[len(latencies) // 2] * 1000, "p99": latencies[int(len(latencies) * 0.99)] * 1000,
-            "cpu_us": sum(split) * 1e6 / max(len(latencies), 1),
-            "share": min(split) / max(sum(split), 1e-9) if len(split) == 2 else 0.0}
+        for proc, _port, _workers in procs.values():
+            stop_server(proc)
+    results = {}
+    for tag, total in totals.items():
+        latencies, split = sorted(total["latencies"]), total["cpu"]
+        results[tag] = {
+            "rate": len(latencies) / total["took"], "ok": len(latencies) - len(total["errors"]),
+            "errors": len(total["errors"]), "p50": latencies[len(latencies) // 2] * 1000,
+            "p99": latencies[int(len(latencies) * 0.99)] * 1000, "cpu_us": sum(split) * 1e6 / max(len(latencies), 1),
+            "share": min(split) / max(sum(split), 1e-9)}
+    return results
 
 
 def run(seconds: float = 5.0, connections: int = 16, dbs: tuple[str, ...] = ("postgresql", "sqlite")) -> list[Row]:
@@ -148,16 +168,14 @@ def run(seconds: float = 5.0, connections: int = 16, dbs: tuple[str, ...] = ("po
             for kind in ("drip", "ceiling"):
                 name = f"drip_bench_signup_{kind}"
                 urls[kind] = pg_create(name) if db == "postgresql" else sqlite_create(Path(tmpdir) / f"{kind}.db")
-            port = free_port()
             env = worker_env(urls["drip"], "file:///dev/null", ROOT / "email_templates",
                              DRIP_SIGNUP_RATE_LIMIT="off", DRIP_INSTANCE_DIR=str(Path(tmpdir) / "instance"))
             env["DRIP_DEFAULT_CAMPAIGN"] = "back-pain-bundle"
             env["DRIP_TEMPLATES_DIR"] = str(ROOT / "email_templates")
-            drip = measure([str(ROOT / ".venv" / "bin" / "drip"), "web", "--port", str(port), "--workers", "2"],
-                           env, port, seconds, connections, "d")
-            port = free_port()
-            ceiling = measure([PY, str(ROOT / "bench" / "ceiling_app.py"), "--port", str(port)],
-                              {**env, "DATABASE_URL": urls["ceiling"]}, port, seconds, connections, "c")
+            measured = measure({"d": ([str(ROOT / ".venv" / "bin" / "drip"), "web", "--workers", "2"], env),
+                                "c": ([PY, str(ROOT / "bench" / "ceiling_app.py")],
+                                      {**env, "DATABASE_URL": urls["ceiling"]})}, seconds, connections)
+            drip, ceiling = measured["d"], measured["c"]
             stored = count_rows(urls["drip"], "SELECT count(*) FROM subscribers s JOIN enrollments e "
                                               "ON e.subscriber_id = s.id JOIN consents c ON c.subscriber_id = s.id")
             if db == "postgresql":
