@@ -51,6 +51,47 @@ ON CONFLICT ("key", window_start) DO UPDATE SET count = rate_hits.count + 1 WHER
 RETURNING count""")
 
 
+@dataclass(frozen=True)
+class PendingHit:
+    """A hit the caller runs inside a larger statement (signups, PostgreSQL): `hit_cte` counts it."""
+    key: str
+    window_start: datetime
+    limit: int
+    retry_after: int
+
+
+def pending_hit(key: str, limit: RateLimit, now: datetime) -> PendingHit:
+    start, retry = _window(limit, now)
+    return PendingHit(key[:200], start, limit.count, retry)
+
+
+def hit_cte(n: int, after: str | None) -> str:
+    """PostgreSQL: hit number n as a data-modifying CTE named hit_n, with parameters key_n, window_n,
+    limit_n; counted only when the CTE `after` (the previous hit) counted its own. Like _HIT, it returns
+    a row only when this hit was counted."""
+    condition = f" WHERE EXISTS (SELECT 1 FROM {after})" if after else ""  # noqa: S608 - our CTE name
+    return (f"""hit_{n} AS (INSERT INTO rate_hits ("key", window_start, count) SELECT :key_{n}, :window_{n}, 1"""
+            f"""{condition}\nON CONFLICT ("key", window_start) DO UPDATE SET count = rate_hits.count + 1 """
+            f"""WHERE rate_hits.count < :limit_{n} RETURNING count)""")
+
+
+def forget_old_windows(session: Session, now: datetime) -> None:
+    """After hits counted elsewhere (hit_cte): the occasional clean-up hit() does."""
+    _forget_old_windows(session, now)
+
+
+def count_pending(session: Session, pending: PendingHit) -> bool:
+    """Counts a pending hit on its own (one statement, as hit() does); False when its window is full."""
+    if pending.limit < 1:
+        return False
+    conn = session.connection()
+    params = {"key": pending.key, "window_start": driver_time(conn, pending.window_start), "limit": pending.limit}
+    if _HIT.first(conn, params) is None:
+        return False
+    _forget_old_windows(session, pending.window_start)
+    return True
+
+
 def hit(session: Session, key: str, limit: RateLimit, now: datetime) -> Verdict:
     """Count one hit for `key` in the current window unless the window is full; the caller commits.
 

@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from . import events, optin
+from . import events, optin, ratelimit
 from .campaigns import Campaign, valid_timezone
 from .compose import new_message_id
 from .db import DriverSQL, driver_time
@@ -71,6 +71,7 @@ class SignupResult:
     # campaign "pending" (a confirmation email was granted) / "pending_cooldown" (one went out recently)
     status: str
     subscriber_id: int | None
+    refused_by: int | None = None  # "rate_limited": the index of the rate-limit hit whose window is full
 
     @property
     def created(self) -> bool:
@@ -160,10 +161,27 @@ def _insert(session: Session):  # noqa: ANN202
 
 
 def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,
-           record_ip: bool = False, confirm_cooldown: timedelta = timedelta(minutes=60)) -> SignupResult:
-    """Upsert the subscriber and enrollment; the caller commits. The welcome is due at `now`."""
+           record_ip: bool = False, confirm_cooldown: timedelta = timedelta(minutes=60),
+           rate_hits: Sequence[ratelimit.PendingHit] = ()) -> SignupResult:
+    """Upsert the subscriber and enrollment; the caller commits. The welcome is due at `now`.
+
+    `rate_hits` are counted first, in order; the first whose window is full stops the signup
+    ("rate_limited", nothing else written, the hits before it counted). On PostgreSQL a new address's
+    hits and rows go in one statement (one round trip)."""
+    one_statement = (not campaign.double_opt_in and session.get_bind().dialect.name == "postgresql"
+                     and all(h.limit >= 1 for h in rate_hits))
+    if not one_statement:
+        for n, pending in enumerate(rate_hits):
+            if not ratelimit.count_pending(session, pending):
+                return SignupResult("rate_limited", None, refused_by=n)
+        rate_hits = ()
     if not campaign.double_opt_in:
-        subscriber_id = _new_subscriber(session, data, campaign=campaign, meta=meta, now=now, record_ip=record_ip)
+        subscriber_id, refused_by = _new_subscriber(session, data, campaign=campaign, meta=meta, now=now,
+                                                    record_ip=record_ip, rate_hits=rate_hits)
+        if refused_by is not None:
+            return SignupResult("rate_limited", None, refused_by=refused_by)
+        if rate_hits:
+            ratelimit.forget_old_windows(session, now)
         if subscriber_id is not None:
             return SignupResult("created", subscriber_id)
     # Known, suppressed, or double opt-in: the general path.
@@ -228,38 +246,56 @@ SELECT {id}, :campaign, :now, :source, :source_url, :user_agent, :ip, :wording""
 
 
 @cache
-def _new_signup_statements(dialect: str) -> tuple[DriverSQL, ...]:
+def _new_signup_statements(dialect: str, hits: int = 0) -> tuple[DriverSQL, ...]:
     if dialect == "postgresql":
-        # One statement, one round trip: each insert reads the new id from the first one's RETURNING, so
-        # for a known or suppressed address (no row back) nothing at all is written.
-        follow = ",\n".join(f"new_{i} AS ({sql.format(id='new_subscriber.id')} FROM new_subscriber)"
-                            for i, sql in enumerate(_FOLLOW_UPS))
-        return (DriverSQL(f"WITH new_subscriber AS ({_SUBSCRIBER}),\n{follow}\nSELECT id FROM new_subscriber"),)
+        # One statement, one round trip: the rate-limit hits (each counted only if the one before it
+        # was), then each insert reads the new id from the first one's RETURNING, so for a known or
+        # suppressed address, or a full window, no signup row is written. The row back: whether each hit
+        # was counted, then the new id or NULL.
+        hit_ctes = [ratelimit.hit_cte(n, f"hit_{n - 1}" if n else None) for n in range(hits)]
+        subscriber = _SUBSCRIBER
+        if hits:
+            last = f"hit_{hits - 1}"  # CTE names and numbers only: no value is ever formatted into the SQL
+            subscriber = subscriber.replace("WHERE NOT EXISTS", f"WHERE EXISTS (SELECT 1 FROM {last})\n"  # noqa: S608
+                                            "AND NOT EXISTS", 1)
+        follow = [f"new_{i} AS ({sql.format(id='new_subscriber.id')} FROM new_subscriber)"
+                  for i, sql in enumerate(_FOLLOW_UPS)]
+        counted = "".join(f"EXISTS (SELECT 1 FROM hit_{n}), " for n in range(hits))  # noqa: S608
+        ctes = ",\n".join([*hit_ctes, f"new_subscriber AS ({subscriber})", *follow])
+        return (DriverSQL(f"WITH {ctes}\nSELECT {counted}(SELECT id FROM new_subscriber)"),)  # noqa: S608
     # SQLite has no data-modifying CTEs; its statements cost no round trip (in-process, one writer).
+    if hits:
+        raise ValueError("rate-limit hits go in the signup statement on PostgreSQL only")
     return (DriverSQL(_SUBSCRIBER), *(DriverSQL(sql.format(id=":subscriber_id")) for sql in _FOLLOW_UPS))
 
 
 def _new_subscriber(session: Session, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,
-                    record_ip: bool) -> int | None:
+                    record_ip: bool, rate_hits: Sequence[ratelimit.PendingHit] = ()) -> tuple[int | None, int | None]:
     """Inserts subscriber, enrollment, consent and event when the address is new and not suppressed;
-    returns the new subscriber's id, or None (nothing written) for anyone else."""
+    returns (the new subscriber's id or None: nothing written, the index of the refusing hit or None).
+    `rate_hits` only on PostgreSQL."""
     if session.new or session.dirty or session.deleted:
         session.flush()  # these statements bypass the unit of work: let them see what the caller added
     conn = session.connection()
-    first, *rest = _new_signup_statements(conn.dialect.name)
+    first, *rest = _new_signup_statements(conn.dialect.name, len(rate_hits))
     params = {"public_id": secrets.token_urlsafe(16), "email": data.email, "email_key": data.email_key,
               "name": data.name, "timezone": data.timezone, "now": driver_time(conn, now),
               "email_hash": email_hash(data.email_key), "campaign": data.campaign, "source": meta.source,
               "source_url": _meta_text(meta.source_url, MAX_URL),
               "user_agent": _meta_text(meta.user_agent, MAX_USER_AGENT), "ip": meta.ip if record_ip else None,
               "wording": campaign.consent, "detail": f"signed up for {data.campaign} via {meta.source}"}
+    for n, pending in enumerate(rate_hits):
+        params.update({f"key_{n}": pending.key, f"window_{n}": pending.window_start, f"limit_{n}": pending.limit})
     row = first.first(conn, params)
+    if rate_hits:
+        refused = next((n for n, counted in enumerate(row[:-1]) if not counted), None)
+        return (None, refused) if refused is not None else (row[-1], None)
     if row is None:
-        return None
+        return None, None
     params["subscriber_id"] = subscriber_id = row[0]
     for statement in rest:
         statement.first(conn, params)
-    return subscriber_id
+    return subscriber_id, None
 
 
 def _request_confirmation(session: Session, subscriber: Subscriber, data: SignupInput, *, campaign: Campaign,

@@ -71,6 +71,35 @@ def test_per_ip_limit_in_redis(runtime) -> None:
     assert count(rt, Subscriber) == 2
 
 
+def test_database_limits_count_in_the_signup_and_stop_it(runtime) -> None:  # noqa: ANN001
+    """Counters in the database are counted by the signup itself (on PostgreSQL in its one statement):
+    past the per-IP limit a new address is refused with nothing stored and its address hit not counted;
+    past the per-address limit the IP hit before it is counted; a browser gets the form back with 429."""
+    from service.models import RateHit
+
+    ip = f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250)}"
+    application, rt = app_with(runtime, signup_rate_limit=RateLimit(2, 3600),
+                               signup_address_rate_limit=RateLimit(1, 3600), rate_limit_storage="database")
+    client = application.test_client()
+
+    def hits(key: str) -> int:
+        with rt.sessions() as s:
+            return s.scalar(select(func.coalesce(func.sum(RateHit.count), 0)).where(RateHit.key == key))
+
+    first = f"first-{secrets.token_hex(3)}@example.org"
+    assert post(client, {"email": first}, ip=ip).status_code == 201
+    assert post(client, {"email": first}, ip="198.51.100.8").status_code == 429  # the address's one is used
+    assert hits(f"signup-ip:{ip}") == 1 and hits("signup-ip:198.51.100.8") == 1 and hits(f"signup-email:{first}") == 1
+    assert post(client, {"email": f"second-{secrets.token_hex(3)}@example.org"}, ip=ip).status_code == 201
+    third = f"third-{secrets.token_hex(3)}@example.org"
+    r = post(client, {"email": third}, ip=ip)
+    assert r.status_code == 429 and r.get_json()["error"]["message"].startswith("too many signups from this")
+    assert hits(f"signup-ip:{ip}") == 2 and hits(f"signup-email:{third}") == 0
+    page = client.post("/signup", data={"email": third}, environ_base={"REMOTE_ADDR": ip})
+    assert page.status_code == 429 and page.headers["Retry-After"] and b"Too many signups" in page.data
+    assert count(rt, Subscriber) == 2 and count(rt, Enrollment) == 2 and count(rt, Consent) == 2
+
+
 def test_rate_limit_storage_setting_fails_fast() -> None:
     """A storage that is neither 'database' nor a redis URL, or a wildcard CORS origin, is refused at start."""
     base = {"DRIP_SECRET_KEY": "k" * 32}

@@ -8,6 +8,7 @@ import logging
 from flask import Response, jsonify, request
 
 from .. import ratelimit
+from ..config import RateLimit
 from ..db import utcnow
 from . import db, runtime
 
@@ -58,6 +59,31 @@ def honeypot_filled(data: dict) -> bool:
     return True
 
 
+def _signup_limits(email_key: str) -> list[tuple[RateLimit, str, str]]:
+    settings = runtime().settings
+    checks = [(settings.signup_rate_limit, f"signup-ip:{request.remote_addr}",
+               "too many signups from this address; try again later"),
+              (settings.signup_address_rate_limit, f"signup-email:{email_key}",
+               "too many signups for this email address; try again later")]
+    return [(limit, key, message) for limit, key, message in checks if limit is not None]
+
+
+def pending_hits(email_key: str) -> list[tuple[ratelimit.PendingHit, str]] | None:
+    """With the counters in the database: this signup's per-IP and per-address hits, each with the
+    message for its refusal, for the signup to count in its own transaction (signups.signup). None
+    when the counters live in Redis: then limited() counts them."""
+    if runtime().settings.rate_limit_storage != "database":
+        return None
+    now = utcnow()
+    return [(ratelimit.pending_hit(key, limit, now), message) for limit, key, message in _signup_limits(email_key)]
+
+
+def refusal(message: str, retry_after: int) -> tuple[Response, int]:
+    resp = jsonify({"error": {"code": "rate_limited", "message": message, "field": None}})
+    resp.headers["Retry-After"] = str(retry_after)
+    return resp, 429
+
+
 def limited(email_key: str) -> tuple[Response, int] | None:
     """Count this signup against the per-IP and the per-address limits; a 429 with Retry-After past either.
     The per-address limit stops one inbox being bombed through many IPs.
@@ -65,17 +91,9 @@ def limited(email_key: str) -> tuple[Response, int] | None:
     Counted hits are committed with the signup itself (one transaction, one commit per request, issue 6);
     a refusal commits at once what was counted before it, as a separate commit per limit did."""
     settings, session, now = runtime().settings, db(), utcnow()
-    checks = [(settings.signup_rate_limit, f"signup-ip:{request.remote_addr}",
-               "too many signups from this address; try again later"),
-              (settings.signup_address_rate_limit, f"signup-email:{email_key}",
-               "too many signups for this email address; try again later")]
-    for limit, key, message in checks:
-        if limit is None:
-            continue
+    for limit, key, message in _signup_limits(email_key):
         verdict = ratelimit.check(session, settings.rate_limit_storage, key, limit, now)
         if not verdict.allowed:
             session.commit()
-            resp = jsonify({"error": {"code": "rate_limited", "message": message, "field": None}})
-            resp.headers["Retry-After"] = str(verdict.retry_after)
-            return resp, 429
+            return refusal(message, verdict.retry_after)
     return None
