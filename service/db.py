@@ -11,12 +11,14 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import BigInteger, Connection, Engine, any_, create_engine, event, literal
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import TypeEngine
 
 from .config import Settings
 
@@ -129,6 +131,15 @@ def _writer_locked_connection(lock_path: str) -> type[_LockedConnection]:
 
 def make_sessionmaker(settings: Settings, *, pool_size: int = 5) -> sessionmaker[Session]:
     return sessionmaker(make_engine(settings.database_url, pool_size=pool_size), expire_on_commit=False)
+
+
+def one_of(dialect: str, column, values: Iterable, element_type: type[TypeEngine] = BigInteger):  # noqa: ANN001, ANN201
+    """`column IN (values)`, written on PostgreSQL as `column = ANY(:array)` (issue 6): one parameter, so
+    the statement's text is the same for every batch and psycopg parses it once; an IN-list of 100-200
+    ids was rendered and parsed anew for every batch, ~0.5 ms of a worker's CPU each time."""
+    if dialect == "postgresql":
+        return column == any_(literal(list(values), ARRAY(element_type)))
+    return column.in_(list(values))
 
 
 def utcnow() -> datetime:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from . import events
 from .campaigns import Campaign, Step, due_at
+from .db import one_of
 from .models import Enrollment, Message, Subscriber
 
 IN_FLIGHT = ("queued", "deferred", "sending")
@@ -39,7 +40,7 @@ def sent_keys(session: Session, enrollment_ids: Iterable[int]) -> dict[int, set[
     out: dict[int, set[str]] = {i: set() for i in ids}
     if ids:
         for eid, key in session.execute(select(Message.enrollment_id, Message.step_key)
-                                        .where(Message.enrollment_id.in_(ids),
+                                        .where(one_of(session.get_bind().dialect.name, Message.enrollment_id, ids),
                                                # sent_at set: handed over already, even if a provider
                                                # later reports it deferred (it must not stall the reader)
                                                or_(Message.status.notin_(IN_FLIGHT), Message.sent_at.is_not(None)))):
