@@ -334,9 +334,10 @@ def test_server_drops_the_connection_mid_pipeline(wire: WireServer, stage: str) 
     assert wire.connections == 2
 
 
-def test_a_lazy_feed_is_taken_one_email_ahead_at_most(recorder) -> None:  # noqa: ANN001
-    """The batch is pulled one email ahead of the results at most (the next envelope travels with the
-    current content), never counted, and a feed that stops early ends the batch with one result each."""
+def test_a_lazy_feed_is_taken_two_emails_ahead_at_most(recorder) -> None:  # noqa: ANN001
+    """The batch is pulled two emails ahead of the results at most (the next envelope travels with the
+    current content, the one after is composed while the server takes that content in), never counted,
+    and a feed that stops early ends the batch with one result each."""
     handler, port = recorder
     pulled: list[int] = []
 
@@ -352,9 +353,30 @@ def test_a_lazy_feed_is_taken_one_email_ahead_at_most(recorder) -> None:  # noqa
     for n, result in enumerate(transport.send(feed()), start=1):
         assert result.ok
         seen.append(len(pulled))
-        assert len(pulled) <= n + 1
+        assert len(pulled) <= n + 2
     transport.close()
     assert len(seen) == 5 and len(handler.accepted) == 5
+
+
+def test_a_feed_failing_while_taken_early_fails_after_the_answer_in_progress(recorder) -> None:  # noqa: ANN001
+    """The feed fails (a database error in the dispatcher's re-check) while the email after the next is
+    taken early: the answer to the email the server is taking in is still read and returned, then the
+    failure is raised; the announced next email gets no content, and the next batch goes out."""
+    handler, port = recorder
+
+    def feed() -> Iterator[OutboundEmail]:
+        yield outbound(1)
+        yield outbound(2)
+        raise RuntimeError("database went away")
+
+    transport = make_transport(f"smtp://127.0.0.1:{port}?timeout=5")
+    results = transport.send(feed())
+    assert next(results).ok
+    with pytest.raises(RuntimeError, match="database went away"):
+        next(results)
+    assert [r.ok for r in transport.send(iter([outbound(4)]))] == [True]
+    transport.close()
+    assert [r for _f, (r,), _raw in handler.accepted] == ["reader1@example.org", "reader4@example.org"]
 
 
 def test_abandoned_batch_sends_nothing_more(recorder) -> None:  # noqa: ANN001

@@ -154,20 +154,20 @@ class SmtpTransport:
             self._drop()  # an earlier send() was abandoned with an envelope on the wire: nobody reads those replies
         if self._conn is None:
             self._conn = self._connect()  # a TransportError here defers the whole batch
-        items = iter(batch)
-        item = next(items, None)
+        items = _Lookahead(iter(batch))
+        item = items.take()
         while item is not None:
             if self._conn is None:
                 try:
                     self._conn = self._connect()
                 except TransportError as exc:
                     yield SendResult(ok=False, error=str(exc), transport=True)
-                    item = next(items, None)
+                    item = items.take()
                     continue
             conn = self._conn
             if not self._pipelines(conn):
                 yield self._send_one(item)
-                item = next(items, None)
+                item = items.take()
                 continue
             result, nxt = self._send_pipelined(conn, item, items)
             try:
@@ -217,18 +217,19 @@ class SmtpTransport:
         return SendResult(ok=False, code=code, transport=True, error=f"sender {item.envelope_from} refused: {reply}")
 
     def _send_pipelined(self, conn: smtplib.SMTP, item: OutboundEmail,
-                        items: Iterator[OutboundEmail]) -> tuple[SendResult, OutboundEmail | None]:
+                        items: _Lookahead) -> tuple[SendResult, OutboundEmail | None]:
         """Send `item` (its MAIL/RCPT/DATA already written if `_in_flight`) and return its result with
         the next email, taken from `items` while the server works. When `item` is accepted for content,
         that content goes out in one write with the next email's MAIL/RCPT/DATA, whose replies the next
-        call reads: one round trip per email. Replies are judged as smtplib's `sendmail` judges them."""
+        call reads: one round trip per email. While the server takes in that content, the email after
+        the next is composed (`items.prefetch`). Replies are judged as smtplib's `sendmail` judges them."""
         nxt: OutboundEmail | None = None
         try:
             if not self._in_flight:
                 conn.send(_envelope(conn, item))  # a bad address raises ValueError, as smtplib's putcmd does
             self._in_flight = False
             # Taken before reading the replies, so the feed's work (re-checks) overlaps the server's.
-            nxt = next(items, None)
+            nxt = items.take()
             following = _envelope_or_none(conn, nxt)
             for _ in range(self._owed):
                 conn.getreply()  # an RSET's, ignored as smtplib ignores it
@@ -256,6 +257,8 @@ class SmtpTransport:
             content = _content(item.raw)
             conn.send(content + following if following else content)  # one write: no Nagle stall between them
             self._in_flight = following is not None
+            if nxt is not None:
+                items.prefetch()  # composed while the server reads and stores this email
             code, msg = conn.getreply()  # end of data
             if code == 421:
                 self._drop()
@@ -280,6 +283,36 @@ class SmtpTransport:
             except (OSError, smtplib.SMTPException):
                 pass
         self._drop()
+
+
+class _Lookahead:
+    """The emails to send, with room for one taken early: composing the email after the next overlaps
+    the server's work on this one (issue 6). A failure of the feed while taking one early (a database
+    error in a re-check) is held and raised when that email is wanted, so the answer to the email the
+    server is working on is still read and returned first."""
+
+    _EMPTY = object()
+
+    def __init__(self, items: Iterator[OutboundEmail]) -> None:
+        self._items = items
+        self._early: object = self._EMPTY
+        self._error: Exception | None = None
+
+    def prefetch(self) -> None:
+        if self._early is self._EMPTY and self._error is None:
+            try:
+                self._early = next(self._items, None)
+            except Exception as exc:  # noqa: BLE001 - raised again by take(), in order
+                self._error = exc
+
+    def take(self) -> OutboundEmail | None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if self._early is not self._EMPTY:
+            early, self._early = self._early, self._EMPTY
+            return early  # type: ignore[return-value]
+        return next(self._items, None)
 
 
 def _lost(exc: BaseException) -> SendResult:
