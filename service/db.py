@@ -182,9 +182,10 @@ class DriverSQL:
             cursor.close()
 
 
-def driver_time(conn: Connection, value: datetime) -> datetime | str:
+def driver_time(conn: Connection | str, value: datetime) -> datetime | str:
     """A UTC-aware datetime as `UTCDateTime` stores it: as it is on PostgreSQL; on SQLite SQLAlchemy's
-    text form (naive UTC, microseconds always), so stored values keep sorting as text."""
-    if conn.dialect.name == "sqlite":
+    text form (naive UTC, microseconds always), so stored values keep sorting as text. `conn` is a
+    connection or a dialect name."""
+    if (conn if isinstance(conn, str) else conn.dialect.name) == "sqlite":
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     return value

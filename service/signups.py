@@ -168,16 +168,18 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
     `rate_hits` are counted first, in order; the first whose window is full stops the signup
     ("rate_limited", nothing else written, the hits before it counted). On PostgreSQL a new address's
     hits and rows go in one statement (one round trip)."""
-    one_statement = (not campaign.double_opt_in and session.get_bind().dialect.name == "postgresql"
-                     and all(h.limit >= 1 for h in rate_hits))
+    dialect = session.get_bind().dialect.name
+    one_statement = not campaign.double_opt_in and dialect == "postgresql" and all(h.limit >= 1 for h in rate_hits)
+    # Made before the transaction begins: on SQLite every write waits for the single writer, so the
+    # lock is held for the statements only (issue 6).
+    params = None if campaign.double_opt_in else _new_signup_params(data, campaign, meta, now, record_ip, dialect)
     if not one_statement:
         for n, pending in enumerate(rate_hits):
             if not ratelimit.count_pending(session, pending):
                 return SignupResult("rate_limited", None, refused_by=n)
         rate_hits = ()
-    if not campaign.double_opt_in:
-        subscriber_id, refused_by = _new_subscriber(session, data, campaign=campaign, meta=meta, now=now,
-                                                    record_ip=record_ip, rate_hits=rate_hits)
+    if params is not None:
+        subscriber_id, refused_by = _new_subscriber(session, params, rate_hits)
         if refused_by is not None:
             return SignupResult("rate_limited", None, refused_by=refused_by)
         if rate_hits:
@@ -269,21 +271,25 @@ def _new_signup_statements(dialect: str, hits: int = 0) -> tuple[DriverSQL, ...]
     return (DriverSQL(_SUBSCRIBER), *(DriverSQL(sql.format(id=":subscriber_id")) for sql in _FOLLOW_UPS))
 
 
-def _new_subscriber(session: Session, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,
-                    record_ip: bool, rate_hits: Sequence[ratelimit.PendingHit] = ()) -> tuple[int | None, int | None]:
-    """Inserts subscriber, enrollment, consent and event when the address is new and not suppressed;
-    returns (the new subscriber's id or None: nothing written, the index of the refusing hit or None).
-    `rate_hits` only on PostgreSQL."""
+def _new_signup_params(data: SignupInput, campaign: Campaign, meta: ConsentMeta, now: datetime, record_ip: bool,
+                       dialect: str) -> dict[str, object]:
+    return {"public_id": secrets.token_urlsafe(16), "email": data.email, "email_key": data.email_key,
+            "name": data.name, "timezone": data.timezone, "now": driver_time(dialect, now),
+            "email_hash": email_hash(data.email_key), "campaign": data.campaign, "source": meta.source,
+            "source_url": _meta_text(meta.source_url, MAX_URL),
+            "user_agent": _meta_text(meta.user_agent, MAX_USER_AGENT), "ip": meta.ip if record_ip else None,
+            "wording": campaign.consent, "detail": f"signed up for {data.campaign} via {meta.source}"}
+
+
+def _new_subscriber(session: Session, params: dict[str, object],
+                    rate_hits: Sequence[ratelimit.PendingHit] = ()) -> tuple[int | None, int | None]:
+    """Inserts subscriber, enrollment, consent and event (`_new_signup_params`) when the address is new
+    and not suppressed; returns (the new subscriber's id or None: nothing written, the index of the
+    refusing hit or None). `rate_hits` only on PostgreSQL."""
     if session.new or session.dirty or session.deleted:
         session.flush()  # these statements bypass the unit of work: let them see what the caller added
     conn = session.connection()
     first, *rest = _new_signup_statements(conn.dialect.name, len(rate_hits))
-    params = {"public_id": secrets.token_urlsafe(16), "email": data.email, "email_key": data.email_key,
-              "name": data.name, "timezone": data.timezone, "now": driver_time(conn, now),
-              "email_hash": email_hash(data.email_key), "campaign": data.campaign, "source": meta.source,
-              "source_url": _meta_text(meta.source_url, MAX_URL),
-              "user_agent": _meta_text(meta.user_agent, MAX_USER_AGENT), "ip": meta.ip if record_ip else None,
-              "wording": campaign.consent, "detail": f"signed up for {data.campaign} via {meta.source}"}
     for n, pending in enumerate(rate_hits):
         params.update({f"key_{n}": pending.key, f"window_{n}": pending.window_start, f"limit_{n}": pending.limit})
     row = first.first(conn, params)
