@@ -125,7 +125,7 @@ def _qp_line(line: bytes) -> bytes:
 
 
 def _boundary(bodies: Iterable[bytes]) -> bytes:
-    # '=_' cannot occur in quoted-printable output; the check covers 7bit parts too.
+    """A boundary found in none of `bodies` (the 7bit ones: '=_' cannot occur in quoted-printable)."""
     while True:
         boundary = b"=_drip_" + secrets.token_hex(12).encode("ascii")
         if not any(boundary in body for body in bodies):
@@ -145,11 +145,15 @@ def _header_lines(headers: Iterable[tuple[str, str]]) -> list[bytes]:
 def multipart_alternative(headers: Iterable[tuple[str, str]], text: str, html: str) -> bytes:
     """The whole email: `headers` (already formatted values, in order), then text and HTML alternatives."""
     parts = [body_part("plain", text), body_part("html", html)]
-    boundary = _boundary(body for _head, body in parts)
+    boundary = _boundary([body for head, body in parts if not head.endswith(b"quoted-printable")])
     out = _header_lines(headers)
-    out += [b"MIME-Version: 1.0", b'Content-Type: multipart/alternative; boundary="' + boundary + b'"', b""]
+    out += [b"MIME-Version: 1.0", b'Content-Type: multipart/alternative; boundary="' + boundary + b'"']
+    pieces = [b"\r\n".join(out), b"\r\n\r\n"]
     for head, body in parts:
-        out += [b"--" + boundary, head, b"", body if body.endswith(b"\r\n") else body + b"\r\n"]
-        out[-1] = out[-1][:-2]  # the CRLF before the next delimiter belongs to the delimiter (RFC 2046 5.1.1)
-    out += [b"--" + boundary + b"--", b""]
-    return b"\r\n".join(out)
+        # The CRLF before the next delimiter belongs to the delimiter (RFC 2046 5.1.1); written piece by
+        # piece, so the bodies (most of the email) are copied once, by the final join.
+        pieces += [b"--", boundary, b"\r\n", head, b"\r\n\r\n", body]
+        if not body.endswith(b"\r\n"):
+            pieces.append(b"\r\n")
+    pieces += [b"--", boundary, b"--\r\n"]
+    return b"".join(pieces)
