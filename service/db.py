@@ -7,10 +7,12 @@ FOR UPDATE SKIP LOCKED (see dispatch).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
@@ -21,6 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeEngine
 
 from .config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
@@ -66,7 +70,9 @@ def _sqlite_single_writer(engine: Engine) -> None:
             raise
 
 
-_lock_holders: set[int] = set()  # threads of this process holding the writer lock through some connection
+# (lock file, thread) pairs of this process holding a database's writer lock through some connection
+_lock_holders: set[tuple[str, int]] = set()
+WRITER_LOCK_WAIT = 30.0  # seconds, as the busy timeout: then "database is locked", as SQLite says it
 
 
 class _LockedConnection(sqlite3.Connection):
@@ -75,31 +81,47 @@ class _LockedConnection(sqlite3.Connection):
 
     SQLite's own busy handler waits for a locked database by sleeping (1, 2, 5, 10 ... ms between
     tries), so two processes writing at once (gunicorn's workers, `drip worker`) spent part of every
-    busy moment asleep with the lock already free (docs/performance.md, "Signups"). A waiter on flock
-    is woken by the kernel the moment the lock is released, and the kernel drops the lock of a process
-    that dies. Processes that do not take it (the sqlite3 shell, a backup) still meet SQLite's busy
-    timeout as before. A thread that already holds it through another
-    connection does not wait for itself: that connection meets the busy timeout instead."""
+    busy moment asleep with the lock already free (docs/performance.md, "Signups"). Here a waiter tries
+    again every 20-100 us, up to the busy timeout, then gets SQLite's "database is locked" as before;
+    the kernel drops the lock of a process that dies. Processes that do not take it (the sqlite3 shell,
+    a backup) still meet SQLite's busy timeout, and so does a connection whose lock file cannot be
+    opened (another OS user's file) or whose thread already holds this database's lock through
+    another connection (it does not wait for itself)."""
 
     lock_path: str
-    _lock_fd: int | None = None
-    _owner: int | None = None
+    _lock_file = None  # the open lock file (closed with the connection, or by the garbage collector)
+    _owner: tuple[str, int] | None = None
 
     def take_writer_lock(self) -> None:
-        me = threading.get_ident()
-        if me in _lock_holders:
+        key = (self.lock_path, threading.get_ident())
+        if key in _lock_holders or (lock := self._open_lock()) is None:
             return
-        if self._lock_fd is None:
-            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        self._owner = me
-        _lock_holders.add(me)
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _wait_for_lock(lock.fileno())
+        self._owner = key
+        _lock_holders.add(key)
+
+    def _open_lock(self):  # noqa: ANN202
+        if self._lock_file is None:
+            try:  # flock needs no write access: another OS user sharing the database can open it too
+                mode = os.stat(self.lock_path.removesuffix(".writer-lock")).st_mode & 0o666
+            except OSError:
+                mode = 0o644
+            try:
+                fd = os.open(self.lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, mode)
+            except OSError as exc:
+                log.warning("cannot open %s (%s); SQLite's busy timeout applies", self.lock_path, exc)
+                return None
+            self._lock_file = os.fdopen(fd, "rb", buffering=0)
+        return self._lock_file
 
     def drop_writer_lock(self) -> None:
         if self._owner is not None:
             _lock_holders.discard(self._owner)
             self._owner = None
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
 
     def commit(self) -> None:
         try:
@@ -120,9 +142,25 @@ class _LockedConnection(sqlite3.Connection):
             super().close()
         finally:
             self.drop_writer_lock()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
+
+
+def _wait_for_lock(fd: int) -> None:
+    """Another connection holds the writer lock: try again every 20-100 us (flock has no timed wait)
+    until it is ours, or raise SQLite's own error after WRITER_LOCK_WAIT seconds."""
+    deadline = time.monotonic() + WRITER_LOCK_WAIT
+    pause = 0.00002
+    while True:
+        time.sleep(pause)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError("database is locked") from None
+            pause = min(pause * 2, 0.0001)
 
 
 def _writer_locked_connection(lock_path: str) -> type[_LockedConnection]:

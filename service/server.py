@@ -9,6 +9,7 @@ import logging
 import socket
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.util import parse_address
 
 from .config import Settings
 
@@ -67,8 +68,11 @@ def default_threads(database_url: str) -> int:
     return 1 if database_url.startswith("sqlite") else 4
 
 
-# Each worker listens on its own socket (SO_REUSEPORT) and the kernel spreads new connections over them;
-# on one shared socket the worker that happens to be awake takes them, often all of a client's.
+# With two workers or more, each listens on its own socket (SO_REUSEPORT) and the kernel spreads new
+# connections over them; on one shared socket the worker that happens to be awake takes them, often all
+# of a client's. The price: connections still waiting in a worker's own queue when it exits (a HUP
+# reload, a crash) are reset, unless the host sets net.ipv4.tcp_migrate_req=1 (Linux 5.14+), which hands
+# them to the other workers (docs/operations.md). One worker (`drip serve`) keeps gunicorn's shared socket.
 # Requests one keep-alive connection may carry before the answer says "Connection: close" (Apache's
 # MaxKeepAliveRequests default; nginx's keepalive_requests is the same idea). gunicorn has no such limit:
 # a client that keeps a few connections open (a site's backend posting signups through a connection
@@ -100,18 +104,23 @@ def gunicorn_options(*, host: str, port: int, workers: int, threads: int) -> dic
         "limit_request_line": 8190,
         "control_socket_disable": True,
         "pre_request": _close_after_keepalive_limit,
-        "reuse_port": True,
+        "reuse_port": workers > 1,
     }
 
 
 def _refuse_a_taken_port(host: str, port: int) -> None:
     """With SO_REUSEPORT a second `drip web` on the same port would bind too and silently take half the
-    connections; a plain bind first fails as it always did ("address already in use")."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    connections; a plain bind first fails as it always did ("address already in use"). The host as
+    gunicorn reads it (`[::1]` for IPv6); a name that does not resolve is left for gunicorn to report."""
+    host, port = parse_address(f"{host}:{port}")
+    try:
+        family, _type, _proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror:
+        return
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # like gunicorn: TIME_WAIT is no owner
         try:
-            probe.bind((host, port))
+            probe.bind(address)
         except OSError as exc:
             raise SystemExit(f"drip: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 

@@ -84,3 +84,55 @@ def test_a_thread_holding_the_lock_does_not_wait_for_itself(tmp_path: Path) -> N
             assert raw.driver_connection._owner is None
         finally:
             raw.close()
+
+
+def test_a_lock_held_too_long_gives_sqlites_own_error(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A writer waits for the lock at most the busy timeout (shortened here), then gets SQLite's
+    "database is locked", as it did when SQLite's busy handler waited."""
+    import fcntl
+    import sqlite3
+
+    import pytest
+
+    import service.db as db
+
+    engine = _engine(tmp_path / "d.db")
+    monkeypatch.setattr(db, "WRITER_LOCK_WAIT", 0.3)
+    with open(tmp_path / "d.db.writer-lock", "rb") as other:  # another process's hold, as the kernel sees it
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"), engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+    with engine.begin() as conn:  # released: writes go through again
+        conn.execute(text("INSERT INTO t VALUES (2)"))
+        assert conn.execute(text("SELECT n FROM t")).scalars().all() == [2]
+
+
+def test_a_lock_file_that_cannot_be_opened_falls_back_on_the_busy_timeout(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Another OS user's lock file (opening it fails): the connection writes without it, as before."""
+    import os
+
+    engine = _engine(tmp_path / "d.db")
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if str(path).endswith(".writer-lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    fresh = make_engine(f"sqlite:///{tmp_path / 'd.db'}")
+    with fresh.begin() as conn:
+        conn.execute(text("INSERT INTO t VALUES (5)"))
+    monkeypatch.undo()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM t")).scalars().all() == [5]
+
+
+def test_each_database_has_its_own_lock_for_a_thread(tmp_path: Path) -> None:
+    """A thread inside a transaction on one database still takes the other database's lock."""
+    first, second = _engine(tmp_path / "a.db"), _engine(tmp_path / "b.db")
+    with first.begin() as conn:
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+        with second.begin() as other:
+            other.execute(text("INSERT INTO t VALUES (2)"))
+            assert other.connection.driver_connection._owner is not None
