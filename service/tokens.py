@@ -54,7 +54,9 @@ def _dumps(secret_key: str, salt: str, obj: object) -> str:
     without its per-call objects: compact JSON, zlib when that is shorter, URL-safe base64, the timestamp,
     HMAC-SHA1 with the key the library derives (tests/test_fast_paths.py compares both, time frozen)."""
     payload = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    compressed = zlib.compress(payload)
+    # zlib's output is never under 8 bytes (header, an empty block, checksum), so a payload of 9 bytes
+    # or less (a view link's "[12345]") is never sent compressed: no need to try.
+    compressed = zlib.compress(payload) if len(payload) > 9 else payload
     body = b"." + _b64(compressed) if len(compressed) < len(payload) - 1 else _b64(payload)
     value = body + b"." + _b64(int(time.time()).to_bytes(8, "big").lstrip(b"\x00"))
     mac = _mac(secret_key, salt).copy()

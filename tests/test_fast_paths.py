@@ -45,7 +45,8 @@ def test_crlf_fast_path_matches_the_full_normalisation(text: str) -> None:
     assert crlf(text) == text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode()
 
 
-@pytest.mark.parametrize("obj", [["abc123", "back-pain-bundle"], [42], ["Zoë", "ünïcode"], ["x" * 300, "y" * 300], []])
+@pytest.mark.parametrize("obj", [["abc123", "back-pain-bundle"], [42], ["Zoë", "ünïcode"], ["x" * 300, "y" * 300], [],
+                                 [1234567], [12345678], ["aaaaaa"], ["aaaaaaa"], ["aaaaaaaaaaaa"]])
 @pytest.mark.parametrize("salt", ["drip.unsubscribe.v1", "drip.view.v1"])
 def test_our_token_writer_gives_itsdangerous_bytes(monkeypatch, obj: list, salt: str) -> None:  # noqa: ANN001
     """With the clock frozen, `_dumps` writes exactly the library's token (compressed or not), and reads back."""
