@@ -75,6 +75,8 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 _PENDING = "status IN ('queued', 'deferred', 'sending')"
 _DUE = "status = 'active' AND next_due_at IS NOT NULL"
+_NOT_NULL_MESSAGE_ID = text("message_id IS NOT NULL")
+_NOT_NULL_PROVIDER_ID = text("provider_message_id IS NOT NULL")
 
 
 class Base(DeclarativeBase):
@@ -133,8 +135,8 @@ class Enrollment(Base):
     __table_args__ = (
         UniqueConstraint("subscriber_id", "campaign"),
         CheckConstraint(_in("status", ENROLLMENT_STATUSES), name="status"),
-        Index("ix_enrollments_due", "status", "next_due_at"),
-        # What a pass reads: only active enrollments with a due time, in its ORDER BY (migration 0006).
+        # What a pass reads: only active enrollments with a due time, in its ORDER BY (migration 0006). The
+        # full (status, next_due_at) index it replaced is gone since migration 0013.
         Index("ix_enrollments_due_active", "next_due_at", "id", postgresql_where=text(_DUE), sqlite_where=text(_DUE)),
     )
 
@@ -170,6 +172,9 @@ class Message(Base):
         # Unfinished messages only: the claim query never walks sent history (migration 0006).
         Index("ix_messages_pending", "next_attempt_at", "id", postgresql_where=text(_PENDING),
               sqlite_where=text(_PENDING)),
+        # Read by `= value` only (provider webhooks); an SMTP email has none (migration 0013).
+        Index("ix_messages_provider_message_id", "provider_message_id", postgresql_where=_NOT_NULL_PROVIDER_ID,
+              sqlite_where=_NOT_NULL_PROVIDER_ID),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -187,7 +192,7 @@ class Message(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(80))
     last_error: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str | None] = mapped_column(String(255), unique=True)
-    provider_message_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))  # ix_ partial, NOT NULL only
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     first_attempt_at: Mapped[datetime | None]
@@ -199,11 +204,15 @@ class Event(Base):
 
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_subscriber", "subscriber_id", "created_at"),
-                      Index("ix_events_created", "created_at"))  # retention pruning (DRIP_EVENT_RETENTION_DAYS)
+                      Index("ix_events_created", "created_at"),  # retention pruning (DRIP_EVENT_RETENTION_DAYS)
+                      # A message's history, and deletes cascading from messages; a signup's event has no
+                      # message and no entry here (migration 0013).
+                      Index("ix_events_message_id", "message_id", postgresql_where=_NOT_NULL_MESSAGE_ID,
+                            sqlite_where=_NOT_NULL_MESSAGE_ID))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
-    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))  # ix_ partial
     type: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict | None] = mapped_column(JSON)
