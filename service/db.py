@@ -1,8 +1,9 @@
 """Engine and session factory. No module-level engine: callers build one from Settings.
 
 SQLite runs as a single writer: every transaction starts with BEGIN IMMEDIATE, so a claim or an upsert
-never races another process's write, and WAL keeps readers going meanwhile. PostgreSQL claims with
-FOR UPDATE SKIP LOCKED (see dispatch).
+never races another process's write, and WAL keeps readers going meanwhile; Drip's processes queue for
+it on a file lock beside the database (`_LockedConnection`). PostgreSQL claims with FOR UPDATE SKIP
+LOCKED (see dispatch).
 """
 from __future__ import annotations
 
