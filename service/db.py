@@ -125,15 +125,15 @@ class _LockedConnection(sqlite3.Connection):
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
 
     def commit(self) -> None:
-        try:
-            super().commit()
-        finally:
-            if not self.in_transaction:
-                self.drop_writer_lock()
+        self._end(super().commit)
 
     def rollback(self) -> None:
+        self._end(super().rollback)
+
+    def _end(self, finish) -> None:  # noqa: ANN001
+        """COMMIT or ROLLBACK, then the lock is dropped once no transaction is open (also if it failed)."""
         try:
-            super().rollback()
+            finish()
         finally:
             if not self.in_transaction:
                 self.drop_writer_lock()
