@@ -203,18 +203,34 @@ class DriverSQL:
     passed through `driver_time` first.
     """
 
-    def __init__(self, sql: str) -> None:
+    def __init__(self, sql: str, *, binary: bool = False) -> None:
         if "%" in sql or "::" in sql:
             raise ValueError("DriverSQL: no % or :: in the SQL (the parameter rewrite would break them)")
-        self.sql = {"sqlite": sql, "postgresql": re.sub(r":(\w+)", r"%(\1)s", sql)}
+        # binary: psycopg sends every parameter in PostgreSQL's binary format (`%(name)b`). For arrays it
+        # is the one that scales: a list of 100 emails of 29 KB as text is a hex-escaped array literal
+        # (~0.5 ms of CPU per element on each side), and a list of ints or strings costs ~5x more as text.
+        self.sql = {"sqlite": sql, "postgresql": re.sub(r":(\w+)", r"%(\1)b" if binary else r"%(\1)s", sql)}
 
     def first(self, conn: Connection, params: Mapping[str, object]) -> tuple | None:
         """Runs the statement; its first row (RETURNING), or None."""
+        rows = self._run(conn, params, many=False)
+        return rows[0] if rows else None
+
+    def all(self, conn: Connection, params: Mapping[str, object]) -> list[tuple]:
+        """Runs the statement; all its rows (RETURNING), or [] when it returns none."""
+        return self._run(conn, params, many=True)
+
+    def _run(self, conn: Connection, params: Mapping[str, object], *, many: bool) -> list[tuple]:
         sql = self.sql[conn.dialect.name]
         cursor = conn.connection.driver_connection.cursor()
         try:
             cursor.execute(sql, params)
-            return cursor.fetchone() if cursor.description else None
+            if cursor.description is None:
+                return []
+            if many:
+                return cursor.fetchall()
+            row = cursor.fetchone()
+            return [] if row is None else [row]
         except conn.dialect.loaded_dbapi.Error as exc:
             raise DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error) from exc
         finally:

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from .db import DriverSQL
 from .models import Event, Message
 
 log = logging.getLogger(__name__)
@@ -99,5 +100,20 @@ def record_many(session: Session, rows: list[dict]) -> None:
     for row in rows:
         if row["type"] not in EVENT_TYPES:
             raise ValueError(f"unknown event type {row['type']!r}")
+        if row["created_at"].tzinfo is None:  # as UTCDateTime refuses them
+            raise ValueError("naive datetime given; Drip stores UTC-aware datetimes only")
     keys = ("type", "subscriber_id", "message_id", "detail", "created_at")
+    if session.get_bind().dialect.name == "postgresql":
+        _MANY_PG.all(session.connection(), {k: [row.get(k) for row in rows] for k in keys})
+        return
     session.execute(insert(Event), [{k: row.get(k) for k in keys} for row in rows])
+
+
+# PostgreSQL (issue 6): one array per column, unnested, in the rows' order (ids follow it). The ORM's bulk
+# INSERT built a multi-row VALUES statement with five parameters per event, ~25 us of CPU per event.
+_MANY_PG = DriverSQL("""INSERT INTO events (type, subscriber_id, message_id, detail, created_at)
+SELECT type, subscriber_id, message_id, detail, created_at
+FROM unnest(CAST(:type AS TEXT[]), CAST(:subscriber_id AS BIGINT[]), CAST(:message_id AS BIGINT[]),
+            CAST(:detail AS TEXT[]), CAST(:created_at AS TIMESTAMPTZ[]))
+     WITH ORDINALITY AS batch (type, subscriber_id, message_id, detail, created_at, n)
+ORDER BY n""", binary=True)
