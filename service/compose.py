@@ -65,7 +65,8 @@ def header_text(text: str) -> str:
 
 def check_header_block(raw: bytes, allowed: frozenset[str]) -> None:
     """Last line of defence: every header line of the serialised message is one we set."""
-    head = raw.split(b"\r\n\r\n", 1)[0]
+    end = raw.find(b"\r\n\r\n")
+    head = raw if end < 0 else raw[:end]  # not split(): that copied the whole body too
     for line in head.split(b"\r\n"):
         if line[:1] in (b" ", b"\t"):
             continue
@@ -198,15 +199,18 @@ class Composer:
         return header_text(text)[:250]
 
     def render(self, job: ComposeJob) -> tuple[str, str, str]:
+        return self._render(job)[:3]
+
+    def _render(self, job: ComposeJob) -> tuple[str, str, str, tuple | None]:
+        """(subject, text, html, the two MIME body parts when the step's plan encoded them ahead)."""
         ctx = self.context(job)
         subject = self.render_subject(job, ctx)
         ctx["subject"] = subject
         plan = self._plan(job, ctx) if self.plan_renders else None
         if plan is not None:  # issue 6: the step rendered once, filled with this reader's values
-            text, html = plan.render(ctx, _finish_text)
-            return subject, text, html
+            return subject, *plan.render_bodies(ctx, _finish_text)
         text, html = self._render_full(job, ctx)
-        return subject, text, html
+        return subject, text, html, None
 
     def _render_full(self, job: ComposeJob, ctx: dict) -> tuple[str, str]:
         base = f"{job.campaign.key}/{job.step.template}"
@@ -229,7 +233,7 @@ class Composer:
             html_marked = self.inliner.inline(self.env.get_template(f"{base}.html").render(marked))
             html = render_plan.split(html_marked, ("text", "attr"))
             if text is not None and html is not None and render_plan.stylesheet_is_safe(html_marked):
-                plan = render_plan.Plan(text=text, html=html)
+                plan = render_plan.Plan(text=text, html=html, **_body_templates(text, html))
                 empty = render_plan.emptied(ctx)  # check 4: blank text the parser would place elsewhere
                 if plan.render(empty, _finish_text) != self._render_full(job, empty):
                     plan = None
@@ -251,17 +255,19 @@ class Composer:
         return envelope, html
 
     def compose(self, job: ComposeJob) -> OutboundEmail:
-        subject, text, html = self.render(job)
+        subject, text, html, bodies = self._render(job)
         from_header = self.from_header(job.campaign)
         sender = _sender_address(from_header)  # IDN domain -> Punycode everywhere
-        envelope_from, html = self.delivery_tracking(job, html, sender)
+        envelope_from, tracked = self.delivery_tracking(job, html, sender)
+        if tracked is not html:  # links rewritten for tracking: the bodies encoded ahead are not this HTML
+            html, bodies = tracked, None
         domain = sender.rpartition("@")[2]
         recipient = ascii_address(job.to_email)
         mailto = self.unsubscribe_mailto or f"unsubscribe@{domain}"
         token = job.unsubscribe_url.rstrip("/").rpartition("/")[2]
         headers = (
             ("Message-ID", job.message_id),
-            ("Date", email.utils.format_datetime(job.now)),
+            ("Date", _date_header(job.now)),
             ("List-Unsubscribe", f"<{job.unsubscribe_url}>, <mailto:{mailto}?subject={_mailto_subject(token)}>"),
             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
             ("List-Id", f"{one_line(job.campaign.title)} <{job.campaign.key}.{domain}>"),
@@ -274,7 +280,8 @@ class Composer:
         # the largest single cost of composing. Values are made ASCII here (RFC 2047 where needed).
         raw = mime.multipart_alternative(
             (("From", self.from_value(from_header)), ("To", mime.address(to_name, recipient)),
-             ("Subject", mime.unstructured(subject)), *(_ascii_header(n, v) for n, v in headers)), text, html)
+             ("Subject", mime.unstructured(subject)), *(_ascii_header(n, v) for n, v in headers)), text, html,
+            bodies)
         check_header_block(raw, ALLOWED_HEADERS)
         raw = self.sign_message(raw)
         return OutboundEmail(
@@ -322,8 +329,24 @@ def _mailto_subject(token: str) -> str:
     return "unsubscribe%20" + token if _URL_SAFE.fullmatch(token) else quote("unsubscribe " + token)
 
 
+@functools.lru_cache(maxsize=8)  # a chunk of emails shares one `now`
+def _date_header(now: datetime) -> str:
+    return email.utils.format_datetime(now)
+
+
 def _finish_text(text: str) -> str:
     return text.strip() + "\n"
+
+
+def _body_templates(text: render_plan.Part, html: render_plan.Part) -> dict:
+    """Issue 6: a plan's MIME bodies encoded ahead, when its pieces allow (else none: body_part per email).
+    The text's are of the text as `_finish_text` leaves it."""
+    pieces, strip_values = render_plan.finished_pieces(text)
+    try:
+        return {"text_body": mime.BodyTemplate("plain", pieces), "html_body": mime.BodyTemplate("html", html.pieces),
+                "strip_values": strip_values}
+    except ValueError:
+        return {}
 
 
 def _ascii_header(name: str, value: str) -> tuple[str, str]:

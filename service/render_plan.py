@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 from jinja2 import Environment, nodes
 
+from . import mime
+
 # The reader's values in a compose context: plain names, and the attributes of `subscriber`.
 PERSONAL_NAMES = ("greeting", "subject", "unsubscribe_url", "preferences_url", "view_url")
 SUBSCRIBER_ATTRS = ("first_name", "name", "email")
@@ -73,9 +75,16 @@ class Part:
     slots: tuple[tuple[int, str], ...]
 
     def fill(self, values: tuple[str, ...]) -> str:
+        return self.join(self.escaped(values))
+
+    def escaped(self, values: tuple[str, ...]) -> list[str]:
+        """The value of each slot, escaped as its spot asks."""
+        return [_escape(values[index], mode) for index, mode in self.slots]
+
+    def join(self, escaped: list[str]) -> str:
         out = [self.pieces[0]]
-        for (index, mode), piece in zip(self.slots, self.pieces[1:], strict=True):
-            out.append(_escape(values[index], mode))
+        for value, piece in zip(escaped, self.pieces[1:], strict=True):
+            out.append(value)
             out.append(piece)
         return "".join(out)
 
@@ -208,11 +217,51 @@ def _children(node: nodes.Node) -> Iterator[nodes.Node]:
 
 @dataclass(frozen=True)
 class Plan:
-    """One step's text and HTML parts, ready to fill with a reader's values."""
+    """One step's text and HTML parts, ready to fill with a reader's values; with their MIME bodies
+    encoded ahead (`mime.BodyTemplate`) when the caller made them."""
 
     text: Part
     html: Part
+    text_body: mime.BodyTemplate | None = None  # of the text as finished (see `finished_pieces`)
+    html_body: mime.BodyTemplate | None = None
+    strip_values: tuple[bool, bool] = (False, False)  # the text's first/last value is at its start/end
 
     def render(self, context: Mapping, finish_text: Callable[[str], str]) -> tuple[str, str]:
+        return self.render_bodies(context, finish_text)[:2]
+
+    def render_bodies(self, context: Mapping, finish_text: Callable[[str], str]
+                      ) -> tuple[str, str, tuple[tuple[bytes, bytes], tuple[bytes, bytes]] | None]:
+        """(text, html, their `mime.body_part`s, or None when this plan has no body templates or the
+        values reach past an end of the text)."""
         values = values_of(context)
-        return finish_text(self.text.fill(values)), self.html.fill(values)
+        text, html = self.text.escaped(values), self.html.escaped(values)
+        bodies = None
+        if self.text_body is not None and self.html_body is not None:
+            ends = text
+            if self.strip_values[0] or self.strip_values[1]:
+                ends = list(text)
+                if self.strip_values[0]:
+                    ends[0] = ends[0].lstrip()
+                if self.strip_values[1]:
+                    ends[-1] = ends[-1].rstrip()
+            if not ((self.strip_values[0] and not ends[0]) or (self.strip_values[1] and not ends[-1])):
+                bodies = (self.text_body.part(ends), self.html_body.part(html))
+        return finish_text(self.text.join(text)), self.html.join(html), bodies
+
+
+def finished_pieces(part: Part) -> tuple[list[str], tuple[bool, bool]]:
+    """`part`'s pieces as `text.strip() + "\n"` leaves them, and whether that strip reaches the first or
+    the last value (a piece at an end that is all blank): those values are then stripped too, and a
+    value left empty would let the strip go on into the next piece (`Plan.render_bodies` then gives up)."""
+    pieces = list(part.pieces)
+    if len(pieces) == 1:
+        return [pieces[0].strip() + "\n"], (False, False)
+    first, last = not pieces[0].strip(), not pieces[-1].strip()
+    pieces[0] = "" if first else pieces[0].lstrip()
+    pieces[-1] = ("" if last else pieces[-1].rstrip()) + "\n"
+    return pieces, (first, last)
+    if len(pieces) > 1 and not (pieces[0].strip() and pieces[-1].strip()):
+        raise ValueError("a value at either end of the text")
+    pieces[0] = pieces[0].lstrip()
+    pieces[-1] = pieces[-1].rstrip() + "\n"
+    return pieces

@@ -3,6 +3,7 @@ render, for every shipped campaign and for awkward values; templates where that 
 are rendered in full."""
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.campaigns import load_campaigns
+from service import mime
 from service.compose import ComposeJob, Composer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +47,7 @@ def test_every_shipped_step_is_planned_and_gives_the_full_render_bytes() -> None
             for i, name in enumerate(AWKWARD):
                 a, b = planned.compose(job(campaign, step, name, pk=i)), full.compose(job(campaign, step, name, pk=i))
                 assert (a.subject, a.text, a.html) == (b.subject, b.text, b.html), (campaign.key, step.key, name)
+                assert _unbounded(a.raw) == _unbounded(b.raw), (campaign.key, step.key, name)
     plans = [plan for _campaign, plan in planned._plans.values()]
     assert plans and all(plan is not None for plan in plans)  # the shipped templates are all plannable
 
@@ -59,6 +62,32 @@ def test_any_name_and_address_give_the_full_render_bytes(name: str, local: str) 
         a = planned.compose(job(campaign, step, name, email=f"{local}@example.com"))
         b = full.compose(job(campaign, step, name, email=f"{local}@example.com"))
         assert (a.subject, a.text, a.html) == (b.subject, b.text, b.html)
+        assert _unbounded(a.raw) == _unbounded(b.raw)  # the bodies encoded ahead (mime.BodyTemplate) included
+
+
+def _unbounded(raw: bytes) -> bytes:
+    """The email with its random MIME boundary replaced by a fixed one."""
+    boundary = re.search(rb'boundary="([^"]+)"', raw).group(1)
+    assert raw.count(boundary) == 4  # the header, two delimiters, the closing one
+    return raw.replace(boundary, b"BOUNDARY")
+
+
+def test_the_planned_bodies_are_used_and_reader_values_at_the_text_ends_are_handled() -> None:
+    """Issue 6: the shipped steps' plans carry their MIME bodies encoded ahead; a text that starts with a
+    value (the greeting) strips that value, and a value left empty there falls back to encoding whole."""
+    campaign = load_campaigns(ROOT / "email_templates")["back-pain-bundle"]
+    planned, full = _PAIR
+    planned.compose(job(campaign, campaign.steps[0], "Ada"))
+    plans = [plan for _campaign, plan in planned._plans.values() if plan is not None]
+    assert plans and all(p.text_body is not None and p.html_body is not None for p in plans)
+    for greeting in ("  Hi Ada,", "", " \n "):
+        ctx = planned.context(job(campaign, campaign.steps[0], "Ada"))
+        ctx.update(greeting=greeting, subject="S")
+        text, _html, bodies = plans[0].render_bodies(ctx, lambda t: t.strip() + "\n")
+        if bodies is not None:
+            assert bodies[0] == mime.body_part("plain", text)
+        else:
+            assert not greeting.strip()
 
 
 _PAIR = composers(ROOT / "email_templates")
