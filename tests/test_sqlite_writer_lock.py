@@ -136,3 +136,30 @@ def test_each_database_has_its_own_lock_for_a_thread(tmp_path: Path) -> None:
         with second.begin() as other:
             other.execute(text("INSERT INTO t VALUES (2)"))
             assert other.connection.driver_connection._owner is not None
+
+
+def test_wal_checkpoints_are_run_by_drip_after_the_commit_not_inside_it(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """SQLite's automatic checkpoint ran inside the COMMIT, so the writer lock stayed taken through the
+    database file's fsync; connections taking the lock turn it off and checkpoint once CHECKPOINT_ROWS
+    rows were changed, after the lock is dropped. Seen from the outside: rows reach the database file
+    (not only the WAL) once the count is crossed, and not before."""
+    import service.db as db
+
+    monkeypatch.setattr(db, "CHECKPOINT_ROWS", 4)
+    monkeypatch.setitem(db._unchecked, str(tmp_path / "d.db") + ".writer-lock", 0)
+    engine = make_engine(f"sqlite:///{tmp_path / 'd.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE big (b BLOB)"))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    size = (tmp_path / "d.db").stat().st_size
+    blob = b"x" * 50_000
+    with engine.begin() as conn:  # 3 rows (with the CREATE's 0): under the mark, the pages stay in the WAL
+        for _ in range(3):
+            conn.execute(text("INSERT INTO big VALUES (:b)"), {"b": blob})
+    assert (tmp_path / "d.db").stat().st_size == size
+    assert (tmp_path / "d.db-wal").stat().st_size > 150_000
+    with engine.begin() as conn:  # the 4th row crosses it: checkpointed after this commit
+        conn.execute(text("INSERT INTO big VALUES (:b)"), {"b": blob})
+    assert (tmp_path / "d.db").stat().st_size > 200_000
+    assert not db._lock_holders  # and the lock was given back
