@@ -278,17 +278,23 @@ class Composer:
         to_name = header_text(job.name)
         # The lean writer (service/mime.py) instead of EmailMessage: ~0.1 ms instead of ~3 ms per email,
         # the largest single cost of composing. Values are made ASCII here (RFC 2047 where needed).
-        raw = mime.multipart_alternative(
+        pieces = mime.multipart_alternative_pieces(
             (("From", self.from_value(from_header)), ("To", mime.address(to_name, recipient)),
              ("Subject", mime.unstructured(subject)), *(_ascii_header(n, v) for n, v in headers)), text, html,
             bodies)
+        raw = b"".join(pieces)
         check_header_block(raw, ALLOWED_HEADERS)
-        raw = self.sign_message(raw)
+        signed = self.sign_message(raw)  # the signatures, then `raw` (dkim.sign)
+        # Issue 6: the pieces, with the fixed ones shared by every email of the step (as_sent.py stores those once)
+        layout = None
+        if bodies is not None and signed.endswith(raw):
+            layout = (signed[:len(signed) - len(raw)], *pieces) if len(signed) > len(raw) else tuple(pieces)
+        raw = signed
         return OutboundEmail(
             message_pk=job.message_pk, envelope_from=envelope_from, recipient=recipient, from_header=from_header,
             to_header=email.utils.formataddr((to_name, recipient)) if to_name.isascii() else f"{to_name} <{recipient}>",
             subject=subject, text=text, html=html, headers=headers,
-            raw=raw, idempotency_key=f"drip-message-{job.message_pk}",
+            raw=raw, idempotency_key=f"drip-message-{job.message_pk}", layout=layout,
         )
 
     # -- deliverability (issue 8) ----------------------------------------------------------------

@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeEngine
 
-from . import delivery, events, live_edits, optin, retention, sending, sendlimits
+from . import as_sent, delivery, events, live_edits, optin, retention, sending, sendlimits
 from .campaigns import Campaign, Delay, Step, due_at
 from .compose import ComposeJob, Composer, compose_confirmation, new_message_id
 from .config import SendLimits
@@ -52,7 +52,6 @@ from .models import (
     DispatchPass,
     Enrollment,
     Message,
-    MessageContent,
     Subscriber,
     Suppression,
     UTCDateTime,
@@ -157,7 +156,7 @@ class Dispatcher:
     _unfinished: set[int] = field(default_factory=set, init=False, repr=False)
     _lease_renewed: float = field(default=0.0, init=False, repr=False)
     _sent_this_pass: int = field(default=0, init=False, repr=False)
-    _raw: dict[int, bytes] = field(default_factory=dict, init=False, repr=False)
+    _raw: dict[int, bytes | tuple[bytes, ...]] = field(default_factory=dict, init=False, repr=False)
     _recorder: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _in_flight: tuple[Future, PassSummary, tuple] | None = field(default=None, init=False, repr=False)
     _unwritten: tuple | None = field(default=None, init=False, repr=False)
@@ -687,7 +686,7 @@ RETURNING enrollment_id, id""", binary=True)
                                                             error=f"compose failed: {exc}")))
                 continue
             subjects[item.message_pk] = item.subject
-            self._raw[item.message_pk] = item.raw
+            self._raw[item.message_pk] = item.layout or item.raw  # as_sent.store takes either
             handed.append(item)
             yield item
 
@@ -867,8 +866,8 @@ RETURNING enrollment_id, id""", binary=True)
         nxt = campaign.step(here.index + 1 if here is not None else max(row.next_step, row.step_index + 1))
         return (campaign, nxt) if nxt is not None else None
 
-    # PostgreSQL (issue 6): a flush's accepted messages, their enrollments and their "as sent" copies as
-    # one statement each over unnested arrays. executemany ran one statement per row: ~30 us of the
+    # PostgreSQL (issue 6): a flush's accepted messages and their enrollments (and, in as_sent.py, their
+    # "as sent" copies) as one statement each over unnested arrays. executemany ran one statement per row: ~30 us of the
     # worker's CPU per row in SQLAlchemy and psycopg (three rows per email), and an executor start per
     # row on the server.
     _SENT_PG = DriverSQL("""UPDATE messages AS m SET status = 'sent', updated_at = :now, sent_at = :now,
@@ -881,10 +880,6 @@ WHERE m.id = v.id""", binary=True)
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:steps AS INTEGER[]), CAST(:keys AS TEXT[]),
             CAST(:dues AS TIMESTAMPTZ[])) AS v (id, next_step, next_key, due)
 WHERE e.id = v.id AND e.status = 'active'""", binary=True)
-    _CONTENTS_PG = DriverSQL("""INSERT INTO message_contents (message_id, raw, created_at)
-SELECT id, raw, :now FROM unnest(CAST(:ids AS BIGINT[]), CAST(:raws AS BYTEA[])) AS v (id, raw)
-ON CONFLICT (message_id) DO UPDATE SET raw = excluded.raw, created_at = excluded.created_at""", binary=True)
-
     def _write_sent(self, session: Session, sent: list[dict], moved: list[dict], now: datetime) -> None:
         """The common outcome, set-based: the messages become `sent`, their enrollments move on."""
         if session.get_bind().dialect.name == "postgresql":
@@ -913,20 +908,8 @@ ON CONFLICT (message_id) DO UPDATE SET raw = excluded.raw, created_at = excluded
             moved)
 
     def _store_contents(self, session: Session, contents: list[dict], now: datetime) -> None:
-        """Issue 3's "as sent" copies, one statement per flush (the last attempt's copy wins)."""
-        if not contents:
-            return
-        if session.get_bind().dialect.name == "postgresql":
-            self._CONTENTS_PG.all(session.connection(), {"now": now, "ids": [c["c_id"] for c in contents],
-                                                "raws": [c["raw"] for c in contents]})
-            return
-        table = MessageContent.__table__
-        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        stmt = insert(table).values(message_id=bindparam("c_id"), raw=bindparam("raw"),
-                                    created_at=bindparam("created_at", type_=UTCDateTime()))
-        session.execute(stmt.on_conflict_do_update(index_elements=["message_id"],
-                                                   set_={"raw": stmt.excluded.raw,
-                                                         "created_at": stmt.excluded.created_at}), contents)
+        """Issue 3's "as sent" copies, one statement per flush (as_sent.py)."""
+        as_sent.store(session, contents, now)
 
     def _apply(self, session: Session, message: Message, subscriber: Subscriber, enrollment: Enrollment,
                result: SendResult, now: datetime, summary: PassSummary) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import secrets
 from collections.abc import Iterable
@@ -99,6 +100,20 @@ def _part_head(subtype: str, cte: bytes) -> bytes:
     return b'Content-Type: text/' + subtype.encode("ascii") + b'; charset="utf-8"\r\nContent-Transfer-Encoding: ' + cte
 
 
+class Fixed(bytes):
+    """Bytes that are the same in many emails (a BodyTemplate's lines without values), named by their
+    SHA-256, so the "as sent" copy of an email can refer to them instead of holding them (as_sent.py)."""
+
+    digest: str  # hex
+    sha256: bytes
+
+    def __new__(cls, data: bytes) -> Fixed:
+        obj = super().__new__(cls, data)
+        obj.sha256 = hashlib.sha256(data).digest()
+        obj.digest = obj.sha256.hex()
+        return obj
+
+
 class BodyTemplate:
     """`body_part` of the texts `pieces[0] + values[0] + pieces[1] + ... + pieces[-1]`, for many `values`,
     with the fixed lines encoded once (issue 6).
@@ -144,20 +159,27 @@ class BodyTemplate:
         tail = [*lines[-2], b"\r\n", *lines[-1]]
         if all(isinstance(x, bytes) for x in tail):
             data = b"".join(tail)  # type: ignore[arg-type]
-            self._segments.append((data, binascii.b2a_qp(data, istext=True)))
+            self._segments.append((Fixed(data), Fixed(binascii.b2a_qp(data, istext=True))))
         else:
             self._segments.append(tail)
         self._tail = self._segments[-1]
 
     def _flush(self, raw: list[bytes]) -> None:
         if raw:
-            self._segments.append((b"".join(raw), b"".join(binascii.b2a_qp(ln, istext=True) for ln in raw)))
+            encoded = b"".join(binascii.b2a_qp(ln, istext=True) for ln in raw)
+            self._segments.append((Fixed(b"".join(raw)), Fixed(encoded)))
             raw.clear()
 
     def part(self, values: list[str]) -> tuple[bytes, bytes]:
+        head, pieces = self.part_pieces(values)
+        return head, b"".join(pieces)
+
+    def part_pieces(self, values: list[str]) -> tuple[bytes, list[bytes]]:
+        """`part`, with the body as the pieces it is joined from (the fixed ones are `Fixed`)."""
         encoded = [value.encode("utf-8") for value in values]
         if any(b"\n" in value or b"\r" in value for value in encoded):
-            return body_part(self.subtype, "".join(_interleave(self.pieces, values)))
+            head, body = body_part(self.subtype, "".join(_interleave(self.pieces, values)))
+            return head, [body]
         filled: list[tuple[bytes, bytes] | bytes] = [
             seg if isinstance(seg, tuple) else b"".join(x if isinstance(x, bytes) else encoded[x] for x in seg)
             for seg in self._segments]
@@ -168,11 +190,11 @@ class BodyTemplate:
         if seven:
             out = [seg[0] if isinstance(seg, tuple) else seg + b"\r\n" for seg in filled[:-1]]
             out.append(tail[0] if isinstance(tail, tuple) else tail)
-            return _part_head(self.subtype, b"7bit"), b"".join(out)
+            return _part_head(self.subtype, b"7bit"), out
         out = [seg[1] if isinstance(seg, tuple) else binascii.b2a_qp(seg + b"\r\n", istext=True)
                for seg in filled[:-1]]
         out.append(tail[1] if isinstance(tail, tuple) else binascii.b2a_qp(tail, istext=True))
-        return _part_head(self.subtype, _QP), b"".join(out)
+        return _part_head(self.subtype, _QP), out
 
 
 def _interleave(pieces: tuple[str, ...], values: list[str]) -> Iterable[str]:
@@ -230,20 +252,37 @@ def _header_lines(headers: Iterable[tuple[str, str]]) -> list[bytes]:
 
 
 def multipart_alternative(headers: Iterable[tuple[str, str]], text: str, html: str,
-                          parts: tuple[tuple[bytes, bytes], tuple[bytes, bytes]] | None = None) -> bytes:
-    """The whole email: `headers` (already formatted values, in order), then text and HTML alternatives.
-    `parts`: their `body_part`s when the caller has them already (a BodyTemplate's)."""
+                          parts: tuple[tuple[bytes, list[bytes]], tuple[bytes, list[bytes]]] | None = None) -> bytes:
+    """The whole email: `headers` (already formatted values, in order), then text and HTML alternatives."""
+    return b"".join(multipart_alternative_pieces(headers, text, html, parts))
+
+
+def multipart_alternative_pieces(headers: Iterable[tuple[str, str]], text: str, html: str,
+                                 parts: tuple[tuple[bytes, list[bytes]], tuple[bytes, list[bytes]]] | None = None
+                                 ) -> list[bytes]:
+    """`multipart_alternative` as the pieces it is joined from. `parts`: the text and HTML parts as
+    (head, body pieces) when the caller has them already (`BodyTemplate.part_pieces`)."""
     if parts is None:
-        parts = (body_part("plain", text), body_part("html", html))
-    boundary = _boundary([body for head, body in parts if not head.endswith(_QP)])
+        parts = ((head, [body]) for head, body in (body_part("plain", text), body_part("html", html)))
+    parts = [(head, body) for head, body in parts]
+    boundary = _boundary([b"".join(body) for head, body in parts if not head.endswith(_QP)])
     out = _header_lines(headers)
     out += [b"MIME-Version: 1.0", b'Content-Type: multipart/alternative; boundary="' + boundary + b'"']
     pieces = [b"\r\n".join(out), b"\r\n\r\n"]
     for head, body in parts:
         # The CRLF before the next delimiter belongs to the delimiter (RFC 2046 5.1.1); written piece by
         # piece, so the bodies (most of the email) are copied once, by the final join.
-        pieces += [b"--", boundary, b"\r\n", head, b"\r\n\r\n", body]
-        if not body.endswith(b"\r\n"):
+        pieces += [b"--", boundary, b"\r\n", head, b"\r\n\r\n", *body]
+        if not _ends_with_crlf(body):
             pieces.append(b"\r\n")
     pieces += [b"--", boundary, b"--\r\n"]
-    return b"".join(pieces)
+    return pieces
+
+
+def _ends_with_crlf(pieces: list[bytes]) -> bool:
+    end = b""
+    for piece in reversed(pieces):
+        end = piece + end
+        if len(end) >= 2:
+            break
+    return end.endswith(b"\r\n")

@@ -310,7 +310,9 @@ class SendCounter(Base):
 class MessageContent(Base):
     """The email exactly as it was handed to the transport (RFC 5322 bytes), for the operator's "as sent" view.
 
-    Written with the outcome of each attempt (the last attempt wins); erased with the message.
+    Written with the outcome of each attempt (the last attempt wins); erased with the message. `raw` holds
+    the bytes, or (issue 6) a layout: the email's own pieces and references to `content_chunks`, behind a
+    prefix no email starts with; read it with `as_sent.read`.
     """
 
     __tablename__ = "message_contents"
@@ -318,6 +320,17 @@ class MessageContent(Base):
     message_id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
     raw: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class ContentChunk(Base):
+    """A piece of email shared by many "as sent" copies (a step's lines holding no reader's value), stored
+    once and named by its SHA-256 (issue 6). No personal data: erasing a reader leaves these."""
+
+    __tablename__ = "content_chunks"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
 
 

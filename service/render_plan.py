@@ -230,8 +230,8 @@ class Plan:
         return self.render_bodies(context, finish_text)[:2]
 
     def render_bodies(self, context: Mapping, finish_text: Callable[[str], str]
-                      ) -> tuple[str, str, tuple[tuple[bytes, bytes], tuple[bytes, bytes]] | None]:
-        """(text, html, their `mime.body_part`s, or None when this plan has no body templates or the
+                      ) -> tuple[str, str, tuple[tuple[bytes, list[bytes]], tuple[bytes, list[bytes]]] | None]:
+        """(text, html, their `mime.BodyTemplate.part_pieces`, or None when this plan has no body templates or the
         values reach past an end of the text)."""
         values = values_of(context)
         text, html = self.text.escaped(values), self.html.escaped(values)
@@ -245,7 +245,7 @@ class Plan:
                 if self.strip_values[1]:
                     ends[-1] = ends[-1].rstrip()
             if not ((self.strip_values[0] and not ends[0]) or (self.strip_values[1] and not ends[-1])):
-                bodies = (self.text_body.part(ends), self.html_body.part(html))
+                bodies = (self.text_body.part_pieces(ends), self.html_body.part_pieces(html))
         return finish_text(self.text.join(text)), self.html.join(html), bodies
 
 

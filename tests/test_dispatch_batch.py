@@ -11,11 +11,12 @@ from datetime import timedelta
 
 import pytest
 from conftest import at
-from sqlalchemy import event, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from service import as_sent
 from service.db import utcnow
-from service.models import Enrollment, Event, Message, MessageContent, Subscriber
+from service.models import ContentChunk, Enrollment, Event, Message, MessageContent, Subscriber
 from service.signups import ConsentMeta, parse_signup, signup
 from service.suppression import is_suppressed
 
@@ -81,8 +82,11 @@ def test_a_large_mixed_batch_gives_every_reader_exactly_their_outcome(runtime, s
         # the "as sent" copy is exactly what the server received
         raw_by_rcpt = {rcpts[0].lower(): raw for _f, rcpts, raw in smtp.handler.accepted}
         stored = s.get(MessageContent, rows[addresses[42]].id)
-        assert stored is not None and stored.raw.replace(b"\r\n", b"\n") == raw_by_rcpt[addresses[42]].replace(
-            b"\r\n", b"\n")
+        assert stored is not None and as_sent.read(s, stored.raw).replace(b"\r\n", b"\n") == raw_by_rcpt[
+            addresses[42]].replace(b"\r\n", b"\n")
+        # issue 6: stored as a layout, the step's fixed pieces once in content_chunks
+        assert stored.raw.startswith(as_sent.MAGIC) and len(stored.raw) < len(raw_by_rcpt[addresses[42]]) / 3
+        assert s.scalar(select(func.count()).select_from(ContentChunk)) >= 2
 
 
 def _statements_for_one_pass(rt, smtp, count: int, prefix: str) -> int:  # noqa: ANN001

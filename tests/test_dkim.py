@@ -17,10 +17,13 @@ import dkim
 import pytest
 from click.testing import CliRunner
 from conftest import at
+from sqlalchemy import select
 
+from service import as_sent
 from service.cli import main
 from service.config import ConfigError, Settings
 from service.dkim import load_key
+from service.models import MessageContent
 from service.runtime import build_runtime
 from service.signups import ConsentMeta, parse_signup, signup
 
@@ -102,6 +105,10 @@ def test_every_sent_message_verifies_and_signs_both_list_headers(rt_for, keys, a
                      "mime-version", "content-type", "list-id", "feedback-id"):
             assert name in h, f"{name} is outside h="
         assert f"a={algorithm}-sha256".encode() in raw.replace(b"\r\n ", b"").replace(b" ", b"")
+    # the "as sent" copy (a layout since issue 6) reads back as the signed bytes the server received
+    with rt.sessions() as s:
+        stored = [as_sent.read(s, c.raw) for c in s.scalars(select(MessageContent))]
+    assert sorted(r.replace(b"\r\n", b"\n") for r in stored) == sorted(r.replace(b"\r\n", b"\n") for r in received)
 
 
 def test_a_tampered_message_fails_verification(rt_for, keys) -> None:

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.campaigns import load_campaigns
 from service import mime
+from service.campaigns import load_campaigns
 from service.compose import ComposeJob, Composer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,8 @@ def test_the_planned_bodies_are_used_and_reader_values_at_the_text_ends_are_hand
         ctx.update(greeting=greeting, subject="S")
         text, _html, bodies = plans[0].render_bodies(ctx, lambda t: t.strip() + "\n")
         if bodies is not None:
-            assert bodies[0] == mime.body_part("plain", text)
+            head, pieces = bodies[0]
+            assert (head, b"".join(pieces)) == mime.body_part("plain", text)
         else:
             assert not greeting.strip()
 

@@ -25,6 +25,9 @@ class OutboundEmail:
     headers: tuple[tuple[str, str], ...]  # Message-ID, Date, List-Unsubscribe, ... in order
     raw: bytes = field(repr=False)  # the full RFC 5322 message
     idempotency_key: str = ""
+    # Issue 6: the pieces `raw` is joined from, when some are shared by every email of a step (mime.Fixed),
+    # so its "as sent" copy can refer to those (as_sent.py); None when composed in one piece.
+    layout: tuple[bytes, ...] | None = field(default=None, repr=False, compare=False)
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)

@@ -26,6 +26,7 @@ from flask import (
 )
 from sqlalchemy import select
 
+from .. import as_sent
 from ..accounts import authenticate
 from ..db import utcnow
 from ..mailview import parse_email
@@ -149,7 +150,7 @@ def message(message_id: int):  # noqa: ANN201
     subscriber = s.get(Subscriber, m.subscriber_id)
     history = s.scalars(select(Event).where(Event.message_id == m.id).order_by(Event.created_at, Event.id)).all()
     content = s.get(MessageContent, m.id)
-    view = parse_email(content.raw) if content else None
+    view = parse_email(as_sent.read(s, content.raw)) if content else None
     return render_template("admin/message.html", m=m, subscriber=subscriber, history=history, view=view)
 
 
@@ -157,7 +158,7 @@ def message(message_id: int):  # noqa: ANN201
 def message_html(message_id: int):  # noqa: ANN201
     """The HTML part as sent, for the sandboxed frame on the message page."""
     content = db().get(MessageContent, message_id) if 0 < message_id <= MAX_ID else None
-    view = parse_email(content.raw) if content else None
+    view = parse_email(as_sent.read(db(), content.raw)) if content else None
     if view is None or view.html is None:
         abort(404)
     return email_frame(view.html)
