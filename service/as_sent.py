@@ -15,10 +15,11 @@ cannot be confused.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import String, select, update
+from sqlalchemy import String, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -61,15 +62,17 @@ def _records(layout: bytes) -> Iterable[bytes | str]:
     at = len(MAGIC)
     while at < len(layout):
         kind = layout[at:at + 1]
-        if kind == b"L":
+        if kind == b"L" and at + 5 <= len(layout):
             size = int.from_bytes(layout[at + 1:at + 5], "big")
-            yield layout[at + 5:at + 5 + size]
-            at += 5 + size
+            end = at + 5 + size
         elif kind == b"C":
-            yield layout[at + 1:at + 33].hex()
-            at += 33
+            end = at + 33
         else:
-            raise ValueError(f"not an as-sent layout (record {kind!r} at {at})")
+            end = len(layout) + 1
+        if end > len(layout):
+            raise ValueError(f"not an as-sent layout (record {kind!r} at {at} is cut short or unknown)")
+        yield layout[at + 5:end] if kind == b"L" else layout[at + 1:end].hex()
+        at = end
 
 
 def store(session: Session, contents: list[dict], now: datetime) -> None:
@@ -78,19 +81,22 @@ def store(session: Session, contents: list[dict], now: datetime) -> None:
     if not contents:
         return
     chunks: dict[str, bytes] = {}
-    rows = []
+    last: dict[int, bytes] = {}  # one row per message, the last copy given (one INSERT cannot touch a row twice)
     for item in contents:
         raw = item["raw"]
         if not isinstance(raw, bytes):
             raw, used = pack(raw)
             chunks.update(used)
-        rows.append({"c_id": item["c_id"], "raw": raw})
+        last[item["c_id"]] = raw
+    rows = [{"c_id": c_id, "raw": raw} for c_id, raw in last.items()]
     dialect = session.get_bind().dialect.name
     if chunks:
         known = set(session.scalars(select(ContentChunk.digest).where(
             one_of(dialect, ContentChunk.digest, chunks, String))))
+        # In digest order: two workers storing the same new chunks take their row locks in one order,
+        # so neither waits for the other in the opposite order (a deadlock, found in review).
         missing = [{"digest": digest, "data": bytes(data), "created_at": now}
-                   for digest, data in chunks.items() if digest not in known]
+                   for digest, data in sorted(chunks.items()) if digest not in known]
         if missing:  # another worker may store the same chunk at the same moment: either row will do
             insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             session.execute(insert(ContentChunk).on_conflict_do_nothing(index_elements=["digest"]), missing)
@@ -111,29 +117,35 @@ SELECT id, raw, :now FROM unnest(CAST(:ids AS BIGINT[]), CAST(:raws AS BYTEA[]))
 ON CONFLICT (message_id) DO UPDATE SET raw = excluded.raw, created_at = excluded.created_at""", binary=True)
 
 
-def read(session: Session | Connection, stored: bytes) -> bytes:
-    """The email's bytes from a stored copy (`MessageContent.raw`), its chunks read when it has any."""
+def read(session: Session | Connection, stored: bytes, chunks: Mapping[str, bytes] | None = None) -> bytes:
+    """The email's bytes from a stored copy (`MessageContent.raw`), its chunks read when it has any
+    (from `chunks` when given). MissingChunk when one is gone; each chunk is checked against its SHA-256."""
     if not stored.startswith(MAGIC):
         return stored
     pieces = list(_records(stored))
     wanted = {p for p in pieces if isinstance(p, str)}
-    found: Mapping[str, bytes] = {}
-    if wanted:
+    found: Mapping[str, bytes] = chunks if chunks is not None else {}
+    if wanted and chunks is None:
         dialect = session.get_bind().dialect.name if isinstance(session, Session) else session.dialect.name
         found = dict(session.execute(select(ContentChunk.digest, ContentChunk.data).where(
             one_of(dialect, ContentChunk.digest, wanted, String))).all())
-    missing = wanted - set(found)
+    missing = {d for d in wanted if d not in found or hashlib.sha256(found[d]).hexdigest() != d}
     if missing:
-        raise MissingChunk(f"as-sent copy refers to missing chunks {sorted(missing)[:3]}")
+        raise MissingChunk(f"as-sent copy refers to missing or damaged chunks {sorted(missing)[:3]}")
     return b"".join(found[p] if isinstance(p, str) else p for p in pieces)
 
 
 def expand_all(conn: Connection) -> int:
-    """Every layout written back as the bytes it stands for (before `content_chunks` is dropped)."""
+    """Every layout written back as the bytes it stands for (before `content_chunks` is dropped): the
+    chunks read once (a few per step version), the layouts 200 at a time, plain copies never read. Stop the
+    workers first: a copy stored as a layout after this ran would refer to chunks that are gone."""
     table = MessageContent.__table__
-    n = 0
-    for message_id, stored in conn.execute(select(table.c.message_id, table.c.raw)).all():
-        if stored.startswith(MAGIC):
-            conn.execute(update(table).where(table.c.message_id == message_id).values(raw=read(conn, stored)))
-            n += 1
-    return n
+    chunks = dict(conn.execute(select(ContentChunk.digest, ContentChunk.data)).all())
+    ids = list(conn.scalars(select(table.c.message_id).where(
+        func.substr(table.c.raw, 1, len(MAGIC)) == MAGIC).order_by(table.c.message_id)))
+    for start in range(0, len(ids), 200):  # 200 copies in memory at a time
+        batch = conn.execute(select(table.c.message_id, table.c.raw).where(
+            table.c.message_id.in_(ids[start:start + 200]))).all()
+        conn.execute(update(table).where(table.c.message_id == bindparam("m_id")).values(raw=bindparam("bytes")),
+                     [{"m_id": m, "bytes": read(conn, stored, chunks)} for m, stored in batch])
+    return len(ids)

@@ -240,6 +240,7 @@ class DriverSQL:
         # is the one that scales: a list of 100 emails of 29 KB as text is a hex-escaped array literal
         # (~0.5 ms of CPU per element on each side), and a list of ints or strings costs ~5x more as text.
         self.sql = {"sqlite": sql, "postgresql": re.sub(r":(\w+)", r"%(\1)b" if binary else r"%(\1)s", sql)}
+        self.binary = binary
 
     def first(self, conn: Connection, params: Mapping[str, object]) -> tuple | None:
         """Runs the statement; its first row (RETURNING), or None."""
@@ -252,6 +253,8 @@ class DriverSQL:
 
     def _run(self, conn: Connection, params: Mapping[str, object], *, many: bool) -> list[tuple]:
         sql = self.sql[conn.dialect.name]
+        if self.binary:
+            _refuse_naive(params)
         cursor = conn.connection.driver_connection.cursor()
         try:
             cursor.execute(sql, params)
@@ -265,6 +268,15 @@ class DriverSQL:
             raise DBAPIError.instance(sql, params, exc, conn.dialect.loaded_dbapi.Error) from exc
         finally:
             cursor.close()
+
+
+def _refuse_naive(params: Mapping[str, object]) -> None:
+    """As `UTCDateTime` does: a naive datetime would be read in the session's time zone. Values and
+    the elements of list values (the arrays of set-based writes) are checked."""
+    for value in params.values():
+        items = value if isinstance(value, list) else (value,)
+        if any(isinstance(item, datetime) and item.tzinfo is None for item in items):
+            raise ValueError("naive datetime given; Drip stores UTC-aware datetimes only")
 
 
 def driver_time(conn: Connection | str, value: datetime) -> datetime | str:

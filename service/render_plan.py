@@ -260,8 +260,3 @@ def finished_pieces(part: Part) -> tuple[list[str], tuple[bool, bool]]:
     pieces[0] = "" if first else pieces[0].lstrip()
     pieces[-1] = ("" if last else pieces[-1].rstrip()) + "\n"
     return pieces, (first, last)
-    if len(pieces) > 1 and not (pieces[0].strip() and pieces[-1].strip()):
-        raise ValueError("a value at either end of the text")
-    pieces[0] = pieces[0].lstrip()
-    pieces[-1] = pieces[-1].rstrip() + "\n"
-    return pieces

@@ -2,9 +2,13 @@
 back as the very bytes that were sent, on both databases, and survive a downgrade of the schema."""
 from __future__ import annotations
 
+import threading
+from datetime import datetime
+
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.exc import StatementError
 from test_dispatch_batch import T0, enroll_many
 
 from service import as_sent
@@ -71,3 +75,62 @@ def test_downgrading_writes_every_layout_back_as_bytes(database_url: str, settin
             assert conn.execute(select(func.count()).select_from(ContentChunk)).scalar() == 0
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgresql_only
+def test_two_workers_storing_the_same_new_chunks_in_opposite_order_do_not_deadlock(runtime) -> None:  # noqa: ANN001
+    """Found in review: chunks were inserted in the order the layouts named them, so two workers whose
+    flushes held two new steps in opposite order waited on each other's rows (PostgreSQL aborted one)."""
+    ids = _message_ids(runtime, 2)
+    errors: list[BaseException] = []
+    for attempt in range(5):
+        chunks = [Fixed(b"<p>%d-%d</p>\r\n" % (attempt, i) * 40) for i in range(200)]
+        barrier = threading.Barrier(2)
+
+        def worker(pk: int, pieces: tuple, barrier: threading.Barrier = barrier) -> None:
+            try:
+                with runtime.sessions() as s, s.begin():
+                    s.connection()
+                    barrier.wait()
+                    as_sent.store(s, [{"c_id": pk, "raw": pieces}], NOW)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(ids[0], tuple(chunks))),
+                   threading.Thread(target=worker, args=(ids[1], tuple(reversed(chunks))))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, f"{len(errors)} of 5 rounds: " + str(errors[0]).splitlines()[0]
+
+
+def test_a_naive_time_is_refused_as_utcdatetime_refuses_it(runtime, backend) -> None:  # noqa: ANN001
+    """The set-based writes hand datetimes to psycopg as they are: a naive one would be read in the
+    session's time zone. Refused, on both databases, and nothing is stored."""
+    ids = _message_ids(runtime, 1)
+    with runtime.sessions() as s, s.begin():
+        if backend == "postgresql":
+            s.execute(text("SET LOCAL TimeZone = 'America/New_York'"))
+        with pytest.raises((ValueError, StatementError), match="naive datetime"):
+            as_sent.store(s, [{"c_id": ids[0], "raw": b"From: x\r\n\r\nbody\r\n"}], datetime(2026, 1, 5, 12, 0))
+    with runtime.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(MessageContent)) == 0
+
+
+def test_the_last_copy_of_a_message_listed_twice_wins(runtime) -> None:  # noqa: ANN001
+    ids = _message_ids(runtime, 1)
+    with runtime.sessions() as s, s.begin():
+        as_sent.store(s, [{"c_id": ids[0], "raw": b"From: a\r\n\r\nfirst\r\n"},
+                          {"c_id": ids[0], "raw": (b"From: a\r\n\r\n", SHARED)}], NOW)
+    with runtime.sessions() as s:
+        assert as_sent.read(s, s.get(MessageContent, ids[0]).raw) == b"From: a\r\n\r\n" + SHARED
+
+
+def test_a_cut_or_damaged_copy_is_refused() -> None:
+    layout, chunks = as_sent.pack([b"head\r\n\r\n", SHARED])
+    with pytest.raises(ValueError, match="cut short"):
+        as_sent.read(None, layout[:-5], chunks)
+    with pytest.raises(as_sent.MissingChunk):
+        as_sent.read(None, layout, {SHARED.digest: SHARED + b"x"})  # not the bytes the digest names
+    assert as_sent.read(None, layout, chunks) == b"head\r\n\r\n" + SHARED

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hmac
 import io
+import logging
 import secrets
 from dataclasses import replace
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ from ..models import MAX_ID, Event, MessageContent, Subscriber, User
 from ..reporting import CSV_COLUMNS, MAX_LIMIT, MessageFilter, csv_row, get_message, list_messages
 from . import db, runtime
 
+log = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 
@@ -149,19 +151,30 @@ def message(message_id: int):  # noqa: ANN201
         abort(404)
     subscriber = s.get(Subscriber, m.subscriber_id)
     history = s.scalars(select(Event).where(Event.message_id == m.id).order_by(Event.created_at, Event.id)).all()
-    content = s.get(MessageContent, m.id)
-    view = parse_email(as_sent.read(s, content.raw)) if content else None
+    view = _as_sent_view(s, m.id)
     return render_template("admin/message.html", m=m, subscriber=subscriber, history=history, view=view)
 
 
 @bp.get("/messages/<int:message_id>/html")
 def message_html(message_id: int):  # noqa: ANN201
     """The HTML part as sent, for the sandboxed frame on the message page."""
-    content = db().get(MessageContent, message_id) if 0 < message_id <= MAX_ID else None
-    view = parse_email(as_sent.read(db(), content.raw)) if content else None
+    view = _as_sent_view(db(), message_id) if 0 < message_id <= MAX_ID else None
     if view is None or view.html is None:
         abort(404)
     return email_frame(view.html)
+
+
+def _as_sent_view(s, message_id: int):  # noqa: ANN001, ANN202
+    """The stored copy, parsed; None when there is none, or when it cannot be put together (a chunk is
+    missing: logged, and the page shows no content rather than failing)."""
+    content = s.get(MessageContent, message_id)
+    if content is None:
+        return None
+    try:
+        return parse_email(as_sent.read(s, content.raw))
+    except (as_sent.MissingChunk, ValueError):
+        log.exception("the as-sent copy of message %s cannot be read", message_id)
+        return None
 
 
 def _csv_line(values) -> str:  # noqa: ANN001
