@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import delete
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .config import RateLimit
@@ -75,20 +76,19 @@ def hit_cte(n: int, after: str | None) -> str:
             f"""WHERE rate_hits.count < :limit_{n} RETURNING count)""")
 
 
-def forget_old_windows(session: Session, now: datetime) -> None:
+def forget_old_windows(session: Session | Connection, now: datetime) -> None:
     """After hits counted elsewhere (hit_cte): the occasional clean-up hit() does."""
     _forget_old_windows(session, now)
 
 
-def count_pending(session: Session, pending: PendingHit) -> bool:
+def count_pending(conn: Connection, pending: PendingHit) -> bool:
     """Counts a pending hit on its own (one statement, as hit() does); False when its window is full."""
     if pending.limit < 1:
         return False
-    conn = session.connection()
     params = {"key": pending.key, "window_start": driver_time(conn, pending.window_start), "limit": pending.limit}
     if _HIT.first(conn, params) is None:
         return False
-    _forget_old_windows(session, pending.window_start)
+    _forget_old_windows(conn, pending.window_start)
     return True
 
 
@@ -112,7 +112,7 @@ def hit(session: Session, key: str, limit: RateLimit, now: datetime) -> Verdict:
 _last_cleanup = [0.0]  # this process's last clean-up (time.monotonic())
 
 
-def _forget_old_windows(session: Session, start: datetime) -> None:
+def _forget_old_windows(session: Session | Connection, start: datetime) -> None:
     """Now and then (at most once a minute per process), delete windows older than a day. A clock check,
     not `now % 97`: that ran the DELETE on every request during one second in 97, under load too."""
     if time.monotonic() - _last_cleanup[0] < 60:

@@ -14,7 +14,7 @@ from ..campaigns import valid_timezone
 from ..db import utcnow
 from ..metrics import render_metrics
 from ..sending import paused_reason
-from ..signups import ConsentMeta, SignupError, parse_signup, signup
+from ..signups import ConsentMeta, SignupError, parse_signup, signup, signup_known, signup_new
 from ..tokens import BadToken, make_preferences_token, read_unsubscribe_token
 from ..unsubscribe import find_subscriber, unsubscribe
 from . import abuse, db, runtime, wants_json
@@ -72,15 +72,28 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
     refused = abuse.limited(parsed.email_key) if hits is None else None
     if refused is not None:
         return _rate_limited(refused, as_json, data, campaign)
-    session, now = db(), utcnow()
+    now, campaign_ = utcnow(), rt.campaigns[parsed.campaign]
     meta = ConsentMeta(source="json" if request.is_json else "form",
                        source_url=_str(data.get("source_url")) or request.headers.get("Referer"),
                        user_agent=request.headers.get("User-Agent"), ip=request.remote_addr)
-    result = signup(session, parsed, campaign=rt.campaigns[parsed.campaign], meta=meta, now=now,
-                    record_ip=rt.settings.record_ip,
-                    confirm_cooldown=timedelta(minutes=rt.settings.confirm_cooldown_minutes),
-                    rate_hits=[pending for pending, _message in hits or ()])
-    session.commit()
+    rate_hits = [pending for pending, _message in hits or ()]
+    cooldown = timedelta(minutes=rt.settings.confirm_cooldown_minutes)
+    if campaign_.double_opt_in:
+        session = db()
+        result = signup(session, parsed, campaign=campaign_, meta=meta, now=now, record_ip=rt.settings.record_ip,
+                        confirm_cooldown=cooldown, rate_hits=rate_hits)
+        session.commit()
+    else:
+        # Issue 6: a new address (the common case) on a bare connection, one transaction, no ORM session;
+        # a known or suppressed one then through the ORM, its rate-limit hits already counted.
+        with rt.sessions.kw["bind"].begin() as conn:
+            result = signup_new(conn, parsed, campaign=campaign_, meta=meta, now=now, record_ip=rt.settings.record_ip,
+                                rate_hits=rate_hits)
+        if result is None:
+            session = db()
+            result = signup_known(session, parsed, campaign=campaign_, meta=meta, now=now,
+                                  record_ip=rt.settings.record_ip, confirm_cooldown=cooldown)
+            session.commit()
     if result.status == "rate_limited":
         pending, message = hits[result.refused_by]
         return _rate_limited(abuse.refusal(message, pending.retry_after), as_json, data, campaign)
