@@ -284,5 +284,7 @@ def driver_time(conn: Connection | str, value: datetime) -> datetime | str:
     text form (naive UTC, microseconds always), so stored values keep sorting as text. `conn` is a
     connection or a dialect name."""
     if (conn if isinstance(conn, str) else conn.dialect.name) == "sqlite":
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        # = strftime("%Y-%m-%d %H:%M:%S.%f") for years 1000-9999, in C (strftime's %f is done in Python:
+        # 6 us, twice a signup)
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
     return value

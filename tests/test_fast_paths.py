@@ -105,3 +105,18 @@ def test_plain_address_fast_path_on_generated_addresses() -> None:
 
     check()
     assert plain_address("Reader.Name@Example.COM") == "Reader.Name@example.com"  # the common case is fast
+
+
+def test_sqlite_driver_time_is_sqlalchemys_text_form() -> None:
+    """Issue 6: datetimes for SQLite's hand-written statements are written as SQLAlchemy writes them, so
+    stored values sort and compare as text with the rest."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from sqlalchemy.dialects import sqlite
+
+    from service.db import driver_time
+
+    process = sqlite.DATETIME().bind_processor(sqlite.dialect())
+    for value in (datetime(2026, 3, 3, 15, 0, tzinfo=UTC), datetime(2026, 3, 3, 15, 0, 0, 7, tzinfo=UTC),
+                  datetime(2031, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5)))):
+        assert driver_time("sqlite", value) == process(value.astimezone(UTC).replace(tzinfo=None))
