@@ -76,6 +76,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 _PENDING = "status IN ('queued', 'deferred', 'sending')"
 _DUE = "status = 'active' AND next_due_at IS NOT NULL"
 _NOT_NULL_MESSAGE_ID = text("message_id IS NOT NULL")
+_NOT_NULL_PROVIDER_EVENT_ID = text("provider_event_id IS NOT NULL")
 _NOT_NULL_PROVIDER_ID = text("provider_message_id IS NOT NULL")
 
 
@@ -208,7 +209,10 @@ class Event(Base):
                       # A message's history, and deletes cascading from messages; a signup's event has no
                       # message and no entry here (migration 0013).
                       Index("ix_events_message_id", "message_id", postgresql_where=_NOT_NULL_MESSAGE_ID,
-                            sqlite_where=_NOT_NULL_MESSAGE_ID))
+                            sqlite_where=_NOT_NULL_MESSAGE_ID),
+                      # Only provider webhooks set it: no entry for every other event (migration 0015).
+                      Index("uq_events_provider_event_id", "provider_event_id", unique=True,
+                            postgresql_where=_NOT_NULL_PROVIDER_EVENT_ID, sqlite_where=_NOT_NULL_PROVIDER_EVENT_ID))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
@@ -216,7 +220,7 @@ class Event(Base):
     type: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict | None] = mapped_column(JSON)
-    provider_event_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    provider_event_id: Mapped[str | None] = mapped_column(String(255))  # unique where set: uq_ partial
     created_at: Mapped[datetime]
 
 
@@ -289,6 +293,7 @@ class RateHit(Base):
     """Signup rate-limit counters, in the database so they hold across gunicorn workers and machines."""
 
     __tablename__ = "rate_hits"
+    __table_args__ = {"sqlite_with_rowid": False}  # one b-tree entry per counter on SQLite (migration 0015)
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(primary_key=True)
