@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from .db import DriverSQL, one_of
+from .db import DriverSQL, flushed_connection, one_of
 from .mime import Fixed
 from .models import ContentChunk, MessageContent
 
@@ -100,7 +100,7 @@ def store(session: Session, contents: list[dict], now: datetime) -> None:
         if missing:  # another worker may store the same chunk at the same moment: either row will do
             insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             session.execute(insert(ContentChunk).on_conflict_do_nothing(index_elements=["digest"]), missing)
-    conn = session.connection()
+    conn = flushed_connection(session)
     if dialect == "postgresql":
         _STORE_PG.all(conn, {"now": now, "ids": [r["c_id"] for r in rows], "raws": [r["raw"] for r in rows]})
         return

@@ -270,6 +270,15 @@ class DriverSQL:
             cursor.close()
 
 
+def flushed_connection(session: Session) -> Connection:
+    """The session's connection for statements run past the ORM (DriverSQL), after the session has
+    written what it holds, as SQLAlchemy's own execute() would have (autoflush), so those statements
+    see it and rows keep the order they were made in."""
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+    return session.connection()
+
+
 def _refuse_naive(params: Mapping[str, object]) -> None:
     """As `UTCDateTime` does: a naive datetime would be read in the session's time zone. Values and
     the elements of list values (the arrays of set-based writes) are checked."""

@@ -46,7 +46,7 @@ from .campaigns import Campaign, Delay, Step, due_at
 from .compose import ComposeJob, Composer, compose_confirmation, new_message_id
 from .config import SendLimits
 from .continuation import continue_enrollment, origin_why
-from .db import DriverSQL, one_of, utcnow
+from .db import DriverSQL, flushed_connection, one_of, utcnow
 from .models import (
     CampaignState,
     DispatchPass,
@@ -315,7 +315,7 @@ RETURNING enrollment_id, id""", binary=True)
             columns = {"e": "enrollment_id", "s": "subscriber_id", "c": "campaign", "k": "step_key",
                        "i": "step_index", "t": "to_email", "m": "message_id"}
             params = {short: [v[name] for v in values] for short, name in columns.items()}
-            return dict(self._QUEUE_PG.all(session.connection(), {**params, "now": now}))
+            return dict(self._QUEUE_PG.all(flushed_connection(session), {**params, "now": now}))
         # executemany (SQLAlchemy batches it into multi-row INSERTs, "insertmanyvalues") rather than one
         # .values([...]) statement: that one is compiled anew for every batch size, ~80 ms a batch.
         return dict(session.execute(
@@ -886,7 +886,7 @@ WHERE e.id = v.id AND e.status = 'active'""", binary=True)
             # An enrollment listed twice (two of its messages in one flush: an operator's retry) is moved
             # once, by its last row, as the rows applied in order would leave it.
             last = {row["e_id"]: row for row in moved}
-            conn = session.connection()
+            conn = flushed_connection(session)
             self._SENT_PG.all(conn, {
                 "now": now, "ids": [r["m_id"] for r in sent], "subjects": [r["subj"] for r in sent],
                 "provider_ids": [r["provider_id"] for r in sent], "errors": [r["error"] for r in sent]})

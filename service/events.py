@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from .db import DriverSQL
+from .db import DriverSQL, flushed_connection
 from .models import Event, Message
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def record_many(session: Session, rows: list[dict]) -> None:
             raise ValueError("naive datetime given; Drip stores UTC-aware datetimes only")
     keys = ("type", "subscriber_id", "message_id", "detail", "created_at")
     if session.get_bind().dialect.name == "postgresql":
-        _MANY_PG.all(session.connection(), {k: [row.get(k) for row in rows] for k in keys})
+        _MANY_PG.all(flushed_connection(session), {k: [row.get(k) for row in rows] for k in keys})
         return
     session.execute(insert(Event), [{k: row.get(k) for k in keys} for row in rows])
 

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from . import events, optin, ratelimit
 from .campaigns import Campaign, valid_timezone
 from .compose import new_message_id
-from .db import DriverSQL, driver_time
+from .db import DriverSQL, driver_time, flushed_connection
 from .errors import FieldError
 from .models import Consent, Enrollment, Message, Subscriber
 from .suppression import email_hash, is_suppressed
@@ -170,10 +170,8 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
     ("rate_limited", nothing else written, the hits before it counted). On PostgreSQL a new address's
     hits and rows go in one statement (one round trip)."""
     if not campaign.double_opt_in:
-        if session.new or session.dirty or session.deleted:
-            session.flush()  # the new-address statements bypass the unit of work: let them see what was added
-        result = signup_new(session.connection(), data, campaign=campaign, meta=meta, now=now, record_ip=record_ip,
-                            rate_hits=rate_hits)
+        result = signup_new(flushed_connection(session), data, campaign=campaign, meta=meta, now=now,
+                            record_ip=record_ip, rate_hits=rate_hits)
         if result is not None:
             return result
     else:

@@ -206,3 +206,20 @@ def test_a_failed_background_write_is_written_again_when_the_provider_then_refus
         assert fake.sends == 1
     finally:
         fake.close()
+
+
+def test_events_written_past_the_orm_come_after_those_the_session_holds(runtime):  # noqa: ANN001
+    """Issue 6: record_many on PostgreSQL runs past the ORM (one statement over arrays); an event the
+    session still holds is written first, as SQLAlchemy's autoflush did, so ids keep the order of making."""
+    from service import events
+
+    enroll_many(runtime, 1, prefix="order")
+    with runtime.sessions() as s, s.begin():
+        sid = s.scalar(select(Subscriber.id))
+        events.record(s, type="enrollment_completed", now=T0, subscriber_id=sid, detail="held by the session")
+        events.record_many(s, [dict(type="queued", created_at=T0, subscriber_id=sid, detail=f"batch {i}")
+                               for i in range(3)])
+    with runtime.sessions() as s:
+        details = s.scalars(select(Event.detail).where(Event.subscriber_id == sid, Event.type != "signup")
+                            .order_by(Event.id)).all()
+    assert details == ["held by the session", "batch 0", "batch 1", "batch 2"]
