@@ -31,7 +31,9 @@ class _CookieSessions(SecureCookieSessionInterface):
     every reader page) gets an empty session without building the signing serializer first (issue 6)."""
 
     def open_session(self, app: Flask, request):  # noqa: ANN001, ANN201
-        if app.secret_key and self.get_cookie_name(app) not in request.cookies:
+        # No Cookie header at all (a signup form post, an API client): nothing to parse either.
+        if app.secret_key and ("HTTP_COOKIE" not in request.environ
+                               or self.get_cookie_name(app) not in request.cookies):
             return self.session_class()
         return super().open_session(app, request)
 
