@@ -846,7 +846,7 @@ RETURNING enrollment_id, id""", binary=True)
                                             send_hour=hour, send_days=days)})
                 history.append(dict(type="sent", created_at=now, subscriber_id=row.subscriber_id, message_id=row.id,
                                     detail=result.error or f"accepted ({result.code or 'ok'})"))
-            self._store_contents(session, contents, now)
+            as_sent.store(session, contents, now)  # issue 3's "as sent" copies, one statement per flush
             if sent:
                 self._write_sent(session, sent, moved, now)
                 events.record_many(session, history)
@@ -867,9 +867,9 @@ RETURNING enrollment_id, id""", binary=True)
         return (campaign, nxt) if nxt is not None else None
 
     # PostgreSQL (issue 6): a flush's accepted messages and their enrollments (and, in as_sent.py, their
-    # "as sent" copies) as one statement each over unnested arrays. executemany ran one statement per row: ~30 us of the
-    # worker's CPU per row in SQLAlchemy and psycopg (three rows per email), and an executor start per
-    # row on the server.
+    # "as sent" copies) as one statement each over unnested arrays. executemany ran one statement per
+    # row: ~30 us of the worker's CPU per row in SQLAlchemy and psycopg (three rows per email), and an
+    # executor start per row on the server. Naive datetimes are refused by DriverSQL, as UTCDateTime does.
     _SENT_PG = DriverSQL("""UPDATE messages AS m SET status = 'sent', updated_at = :now, sent_at = :now,
     lease_until = NULL, provider_message_id = v.provider_id, last_error = v.error, subject = coalesce(v.subj, m.subject)
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:subjects AS TEXT[]), CAST(:provider_ids AS TEXT[]),
@@ -880,6 +880,7 @@ WHERE m.id = v.id""", binary=True)
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:steps AS INTEGER[]), CAST(:keys AS TEXT[]),
             CAST(:dues AS TIMESTAMPTZ[])) AS v (id, next_step, next_key, due)
 WHERE e.id = v.id AND e.status = 'active'""", binary=True)
+
     def _write_sent(self, session: Session, sent: list[dict], moved: list[dict], now: datetime) -> None:
         """The common outcome, set-based: the messages become `sent`, their enrollments move on."""
         if session.get_bind().dialect.name == "postgresql":
@@ -906,10 +907,6 @@ WHERE e.id = v.id AND e.status = 'active'""", binary=True)
             .values(next_step=bindparam("next_step"), next_step_key=bindparam("next_key"),
                     next_due_at=bindparam("due", type_=UTCDateTime()), last_sent_at=now, updated_at=now),
             moved)
-
-    def _store_contents(self, session: Session, contents: list[dict], now: datetime) -> None:
-        """Issue 3's "as sent" copies, one statement per flush (as_sent.py)."""
-        as_sent.store(session, contents, now)
 
     def _apply(self, session: Session, message: Message, subscriber: Subscriber, enrollment: Enrollment,
                result: SendResult, now: datetime, summary: PassSummary) -> None:

@@ -100,8 +100,6 @@ def record_many(session: Session, rows: list[dict]) -> None:
     for row in rows:
         if row["type"] not in EVENT_TYPES:
             raise ValueError(f"unknown event type {row['type']!r}")
-        if row["created_at"].tzinfo is None:  # as UTCDateTime refuses them
-            raise ValueError("naive datetime given; Drip stores UTC-aware datetimes only")
     keys = ("type", "subscriber_id", "message_id", "detail", "created_at")
     if session.get_bind().dialect.name == "postgresql":
         _MANY_PG.all(flushed_connection(session), {k: [row.get(k) for row in rows] for k in keys})

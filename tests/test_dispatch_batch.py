@@ -223,3 +223,13 @@ def test_events_written_past_the_orm_come_after_those_the_session_holds(runtime)
         details = s.scalars(select(Event.detail).where(Event.subscriber_id == sid, Event.type != "signup")
                             .order_by(Event.id)).all()
     assert details == ["held by the session", "batch 0", "batch 1", "batch 2"]
+
+
+def test_events_with_a_naive_time_are_refused_on_both_paths(runtime):  # noqa: ANN001
+    """record_many leaves the check to the path that writes: UTCDateTime on SQLite, DriverSQL on PostgreSQL."""
+    from datetime import datetime
+
+    from service import events
+
+    with runtime.sessions() as s, s.begin(), pytest.raises((ValueError, SQLAlchemyError), match="naive datetime"):
+        events.record_many(s, [dict(type="queued", created_at=datetime(2026, 1, 5, 12, 0), detail="naive")])
