@@ -167,7 +167,9 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
     """Upsert the subscriber and enrollment; the caller commits. The welcome is due at `now`.
 
     `rate_hits` are counted first, in order; the first whose window is full stops the signup
-    ("rate_limited", nothing else written, the hits before it counted). On PostgreSQL a new address's
+    ("rate_limited", nothing else written, the hits before it counted). A `first_is_new_subscriber`
+    hit (the per-address limit) is counted only for an address already known or suppressed: a new
+    address's first signup is counted by the subscriber row it creates. On PostgreSQL a new address's
     hits and rows go in one statement (one round trip)."""
     if not campaign.double_opt_in:
         result = signup_new(flushed_connection(session), data, campaign=campaign, meta=meta, now=now,
@@ -175,8 +177,15 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
         if result is not None:
             return result
     else:
+        conn = flushed_connection(session)
         for n, pending in enumerate(rate_hits):
-            if not ratelimit.count_pending(session.connection(), pending):
+            used = 0
+            if pending.first_is_new_subscriber:
+                used = _counted_by_subscriber_row(conn, data.email_key, pending, new_is_counted=True)
+                if used is None and not is_suppressed(session, data.email_key):
+                    continue  # a new address: the subscriber row this signup makes is its first hit
+                used = used or 0
+            if not ratelimit.count_pending(conn, pending, used=used):
                 return SignupResult("rate_limited", None, refused_by=n)
     return signup_known(session, data, campaign=campaign, meta=meta, now=now, record_ip=record_ip,
                         confirm_cooldown=confirm_cooldown)
@@ -188,25 +197,51 @@ def signup_new(conn: Connection, data: SignupInput, *, campaign: Campaign, meta:
     hits, then, for an address never seen and not suppressed, the subscriber, enrollment, consent and
     event, no ORM involved (issue 6: the ORM session's own begin and commit cost ~30 us a signup).
     "created" or "rate_limited"; None when the address is known or suppressed (its hits are counted
-    then): `signup_known` takes it from there, with no hits. Not for double opt-in campaigns."""
+    then): `signup_known` takes it from there, with no hits. Not for double opt-in campaigns.
+
+    A `first_is_new_subscriber` hit (the per-address limit) is counted after the insert, only when
+    nothing was inserted: a new address's first signup is counted by its subscriber row (issue 6)."""
     if campaign.double_opt_in:
         raise ValueError("signup_new: double opt-in signups go through signup()")
     dialect = conn.dialect.name
-    one_statement = dialect == "postgresql" and all(h.limit >= 1 for h in rate_hits)
+    before = [(n, hit) for n, hit in enumerate(rate_hits) if not hit.first_is_new_subscriber]
+    after = [(n, hit) for n, hit in enumerate(rate_hits) if hit.first_is_new_subscriber]
+    one_statement = dialect == "postgresql" and all(hit.limit >= 1 for hit in rate_hits)
     # Made before the transaction begins: on SQLite every write waits for the single writer, so the
     # lock is held for the statements only (issue 6).
     params = _new_signup_params(data, campaign, meta, now, record_ip, dialect)
     if not one_statement:
-        for n, pending in enumerate(rate_hits):
+        for n, pending in before:
             if not ratelimit.count_pending(conn, pending):
                 return SignupResult("rate_limited", None, refused_by=n)
-        rate_hits = ()
-    subscriber_id, refused_by = _new_subscriber(conn, params, rate_hits)
-    if refused_by is not None:
-        return SignupResult("rate_limited", None, refused_by=refused_by)
+        if any(pending.limit < 1 for _n, pending in after):  # not even a new address's first signup
+            return SignupResult("rate_limited", None, refused_by=after[0][0])
+        before = []
+    subscriber_id, refused = _new_subscriber(conn, params, [pending for _n, pending in before])
+    if refused is not None:
+        return SignupResult("rate_limited", None, refused_by=before[refused][0])
+    if subscriber_id is None:  # known or suppressed: now the per-address hit counts
+        for n, pending in after:
+            used = _counted_by_subscriber_row(conn, data.email_key, pending, new_is_counted=False)
+            if not ratelimit.count_pending(conn, pending, used=used):
+                return SignupResult("rate_limited", None, refused_by=n)
     if rate_hits:
         ratelimit.forget_old_windows(conn, now)
     return SignupResult("created", subscriber_id) if subscriber_id is not None else None
+
+
+_CREATED_IN = DriverSQL("SELECT created_at >= :window_start FROM subscribers WHERE email_key = :email_key")
+
+
+def _counted_by_subscriber_row(conn: Connection, email_key: str, pending: ratelimit.PendingHit, *,
+                               new_is_counted: bool) -> int | None:
+    """For a `first_is_new_subscriber` hit: 1 when the address's subscriber row was made in this window
+    (that signup's hit), else 0; with no row, None if `new_is_counted` (the row about to be made will be
+    the hit), else 0 (a suppressed address without a row: every signup counts)."""
+    row = _CREATED_IN.first(conn, {"email_key": email_key, "window_start": driver_time(conn, pending.window_start)})
+    if row is None:
+        return None if new_is_counted else 0
+    return 1 if row[0] else 0
 
 
 def signup_known(session: Session, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,

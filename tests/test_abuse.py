@@ -7,6 +7,7 @@ import json
 import logging
 import secrets
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -89,7 +90,8 @@ def test_database_limits_count_in_the_signup_and_stop_it(runtime) -> None:  # no
     first = f"first-{secrets.token_hex(3)}@example.org"
     assert post(client, {"email": first}, ip=ip).status_code == 201
     assert post(client, {"email": first}, ip="198.51.100.8").status_code == 429  # the address's one is used
-    assert hits(f"signup-ip:{ip}") == 1 and hits("signup-ip:198.51.100.8") == 1 and hits(f"signup-email:{first}") == 1
+    # The address's first signup is counted by the subscriber row it made, not by a counter row (issue 6).
+    assert hits(f"signup-ip:{ip}") == 1 and hits("signup-ip:198.51.100.8") == 1 and hits(f"signup-email:{first}") == 0
     assert post(client, {"email": f"second-{secrets.token_hex(3)}@example.org"}, ip=ip).status_code == 201
     third = f"third-{secrets.token_hex(3)}@example.org"
     r = post(client, {"email": third}, ip=ip)
@@ -98,6 +100,52 @@ def test_database_limits_count_in_the_signup_and_stop_it(runtime) -> None:  # no
     page = client.post("/signup", data={"email": third}, environ_base={"REMOTE_ADDR": ip})
     assert page.status_code == 429 and page.headers["Retry-After"] and b"Too many signups" in page.data
     assert count(rt, Subscriber) == 2 and count(rt, Enrollment) == 2 and count(rt, Consent) == 2
+
+
+@pytest.mark.parametrize("double_opt_in", [False, True])
+def test_a_new_address_is_counted_by_its_subscriber_row(runtime, double_opt_in: bool) -> None:  # noqa: ANN001
+    """The per-address limit allows N signups of an address per window whichever path they take: the
+    first, which makes the subscriber row, writes no counter row; the next ones are counted. A row made in
+    an earlier window does not count in this one, and a suppressed address without a row counts every
+    signup."""
+    from service.models import RateHit
+    from service.ratelimit import pending_hit
+    from service.suppression import suppress_address
+
+    campaign = replace(runtime.campaigns["back-pain-bundle"], double_opt_in=double_opt_in)
+    limit = RateLimit(3, 3600)
+    meta = ConsentMeta(source="json", source_url=None, user_agent=None, ip=None)
+
+    def attempt(address: str, now) -> str:  # noqa: ANN001
+        data = parse_signup({"email": address}, campaigns=runtime.campaigns, default_campaign="back-pain-bundle")
+        hit = pending_hit(f"signup-email:{data.email_key}", limit, now, first_is_new_subscriber=True)
+        with runtime.sessions() as s:
+            result = signup(s, data, campaign=campaign, meta=meta, now=now, rate_hits=[hit])
+            s.commit()
+        return result.status
+
+    def counted(address: str) -> int:
+        with runtime.sessions() as s:
+            return s.scalar(select(func.coalesce(func.sum(RateHit.count), 0))
+                            .where(RateHit.key == f"signup-email:{address}"))
+
+    window = datetime(2026, 11, 24, 10, tzinfo=UTC)  # the windows of a 1-hour limit start on the hour
+    address = f"new-{secrets.token_hex(4)}@example.org"
+    first = attempt(address, window.replace(minute=5))
+    assert first == ("pending" if double_opt_in else "created") and counted(address) == 0
+    statuses = [attempt(address, window.replace(minute=m)) for m in (6, 7, 8)]
+    assert "rate_limited" not in statuses[:2] and statuses[2] == "rate_limited"
+    assert counted(address) == 2  # the first was its row: 1 + 2 = the limit of 3
+    # The next window: the row was made in the last one, so three signups pass again.
+    statuses = [attempt(address, window.replace(hour=11, minute=m)) for m in (1, 2, 3, 4)]
+    assert "rate_limited" not in statuses[:3] and statuses[3] == "rate_limited"
+    # A suppressed address that has no subscriber row: every signup is counted.
+    gone = f"gone-{secrets.token_hex(4)}@example.org"
+    with runtime.sessions() as s:
+        suppress_address(s, gone, reason="complaint", now=window)
+        s.commit()
+    assert [attempt(gone, window.replace(minute=m)) for m in (10, 11, 12, 13)] == ["suppressed"] * 3 + ["rate_limited"]
+    assert counted(gone) == 3
 
 
 def test_rate_limit_storage_setting_fails_fast() -> None:

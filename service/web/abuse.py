@@ -59,13 +59,14 @@ def honeypot_filled(data: dict) -> bool:
     return True
 
 
-def _signup_limits(email_key: str) -> list[tuple[RateLimit, str, str]]:
+def _signup_limits(email_key: str) -> list[tuple[RateLimit, str, str, bool]]:
+    """(limit, counter key, refusal message, whether it is the per-address limit) for each limit set."""
     settings = runtime().settings
     checks = [(settings.signup_rate_limit, f"signup-ip:{request.remote_addr}",
-               "too many signups from this address; try again later"),
+               "too many signups from this address; try again later", False),
               (settings.signup_address_rate_limit, f"signup-email:{email_key}",
-               "too many signups for this email address; try again later")]
-    return [(limit, key, message) for limit, key, message in checks if limit is not None]
+               "too many signups for this email address; try again later", True)]
+    return [check for check in checks if check[0] is not None]
 
 
 def pending_hits(email_key: str) -> list[tuple[ratelimit.PendingHit, str]] | None:
@@ -75,7 +76,9 @@ def pending_hits(email_key: str) -> list[tuple[ratelimit.PendingHit, str]] | Non
     if runtime().settings.rate_limit_storage != "database":
         return None
     now = utcnow()
-    return [(ratelimit.pending_hit(key, limit, now), message) for limit, key, message in _signup_limits(email_key)]
+    # The per-address count of a new address starts with the subscriber row its signup creates.
+    return [(ratelimit.pending_hit(key, limit, now, first_is_new_subscriber=per_address), message)
+            for limit, key, message, per_address in _signup_limits(email_key)]
 
 
 def refusal(message: str, retry_after: int) -> tuple[Response, int]:
@@ -91,7 +94,7 @@ def limited(email_key: str) -> tuple[Response, int] | None:
     Counted hits are committed with the signup itself (one transaction, one commit per request, issue 6);
     a refusal commits at once what was counted before it, as a separate commit per limit did."""
     settings, session, now = runtime().settings, db(), utcnow()
-    for limit, key, message in _signup_limits(email_key):
+    for limit, key, message, _per_address in _signup_limits(email_key):
         verdict = ratelimit.check(session, settings.rate_limit_storage, key, limit, now)
         if not verdict.allowed:
             session.commit()
