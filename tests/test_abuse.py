@@ -198,6 +198,8 @@ def test_cors_only_for_configured_origins(runtime) -> None:
     assert "Access-Control-Allow-Origin" not in r.headers
     plain = create_app(runtime=runtime).test_client()  # no origins configured: no CORS at all
     assert plain.options("/signup", headers=pre).status_code == 403
+    r = post(plain, {"email": "cors3@example.org"}, headers={"Origin": "https://blog.example"})
+    assert r.status_code == 201 and "Access-Control-Allow-Origin" not in r.headers and "Vary" not in r.headers
 
 
 REQUIRED = {"Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy"}

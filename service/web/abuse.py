@@ -39,7 +39,10 @@ def cors_preflight() -> Response | None:
 
 
 def cors_headers(response: Response) -> Response:
-    """On the signup response itself, tell a configured origin it may read the answer."""
+    """On the signup response itself, tell a configured origin it may read the answer. With no origin
+    configured the answer never depends on Origin, so it says nothing of it (no Vary either)."""
+    if not runtime().settings.cors_origins:
+        return response
     if request.endpoint == SIGNUP_ENDPOINT and request.method == "POST":
         if "Vary" in response.headers:
             response.vary.add("Origin")
