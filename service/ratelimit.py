@@ -12,13 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import delete
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .config import RateLimit
-from .db import DriverSQL, driver_time
-from .models import RateHit
+from .db import DriverSQL, DriverTransaction, driver_time
 
 log = logging.getLogger(__name__)
 _redis_clients: dict[str, tuple] = {}
@@ -83,12 +81,12 @@ def hit_cte(n: int, after: str | None) -> str:
             f"""WHERE rate_hits.count < :limit_{n} RETURNING count)""")
 
 
-def forget_old_windows(session: Session | Connection, now: datetime) -> None:
+def forget_old_windows(conn: Connection | DriverTransaction, now: datetime) -> None:
     """After hits counted elsewhere (hit_cte): the occasional clean-up hit() does."""
-    _forget_old_windows(session, now)
+    _forget_old_windows(conn, now)
 
 
-def count_pending(conn: Connection, pending: PendingHit, *, used: int = 0) -> bool:
+def count_pending(conn: Connection | DriverTransaction, pending: PendingHit, *, used: int = 0) -> bool:
     """Counts a pending hit on its own (one statement, as hit() does); False when its window is full.
     `used`: hits of this window counted elsewhere (a subscriber row created in it, `first_is_new_subscriber`)."""
     limit = pending.limit - used
@@ -114,20 +112,23 @@ def hit(session: Session, key: str, limit: RateLimit, now: datetime) -> Verdict:
     counted = _HIT.first(conn, {"key": key[:200], "window_start": driver_time(conn, start), "limit": limit.count})
     if counted is None:
         return Verdict(False, retry_after=retry)
-    _forget_old_windows(session, start)
+    _forget_old_windows(conn, start)
     return Verdict(True)
 
 
 _last_cleanup = [0.0]  # this process's last clean-up (time.monotonic())
 
 
-def _forget_old_windows(session: Session | Connection, start: datetime) -> None:
+_FORGET = DriverSQL("DELETE FROM rate_hits WHERE window_start < :before")
+
+
+def _forget_old_windows(conn: Connection | DriverTransaction, start: datetime) -> None:
     """Now and then (at most once a minute per process), delete windows older than a day. A clock check,
     not `now % 97`: that ran the DELETE on every request during one second in 97, under load too."""
     if time.monotonic() - _last_cleanup[0] < 60:
         return
     _last_cleanup[0] = time.monotonic()
-    session.execute(delete(RateHit).where(RateHit.window_start < start - timedelta(days=1)))
+    _FORGET.first(conn, {"before": driver_time(conn, start - timedelta(days=1))})
 
 
 def _redis(url: str):  # noqa: ANN202

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from . import events, optin, ratelimit
 from .campaigns import Campaign, valid_timezone
 from .compose import new_message_id
-from .db import DriverSQL, driver_time, flushed_connection
+from .db import DriverSQL, DriverTransaction, driver_time, flushed_connection
 from .errors import FieldError
 from .models import Consent, Enrollment, Message, Subscriber
 from .suppression import email_hash, is_suppressed
@@ -191,8 +191,9 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
                         confirm_cooldown=confirm_cooldown)
 
 
-def signup_new(conn: Connection, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,
-               record_ip: bool = False, rate_hits: Sequence[ratelimit.PendingHit] = ()) -> SignupResult | None:
+def signup_new(conn: Connection | DriverTransaction, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta,
+               now: datetime, record_ip: bool = False,
+               rate_hits: Sequence[ratelimit.PendingHit] = ()) -> SignupResult | None:
     """The common case on a bare connection, inside its transaction (the caller commits): the rate-limit
     hits, then, for an address never seen and not suppressed, the subscriber, enrollment, consent and
     event, no ORM involved (issue 6: the ORM session's own begin and commit cost ~30 us a signup).
@@ -233,7 +234,7 @@ def signup_new(conn: Connection, data: SignupInput, *, campaign: Campaign, meta:
 _CREATED_IN = DriverSQL("SELECT created_at >= :window_start FROM subscribers WHERE email_key = :email_key")
 
 
-def _counted_by_subscriber_row(conn: Connection, email_key: str, pending: ratelimit.PendingHit, *,
+def _counted_by_subscriber_row(conn: Connection | DriverTransaction, email_key: str, pending: ratelimit.PendingHit, *,
                                new_is_counted: bool) -> int | None:
     """For a `first_is_new_subscriber` hit: 1 when the address's subscriber row was made in this window
     (that signup's hit), else 0; with no row, None if `new_is_counted` (the row about to be made will be
@@ -342,7 +343,7 @@ def _new_signup_params(data: SignupInput, campaign: Campaign, meta: ConsentMeta,
             "wording": campaign.consent, "detail": f"signed up for {data.campaign} via {meta.source}"}
 
 
-def _new_subscriber(conn: Connection, params: dict[str, object],
+def _new_subscriber(conn: Connection | DriverTransaction, params: dict[str, object],
                     rate_hits: Sequence[ratelimit.PendingHit] = ()) -> tuple[int | None, int | None]:
     """Inserts subscriber, enrollment, consent and event (`_new_signup_params`) when the address is new
     and not suppressed; returns (the new subscriber's id or None: nothing written, the index of the

@@ -120,3 +120,27 @@ def test_sqlite_driver_time_is_sqlalchemys_text_form() -> None:
     for value in (datetime(2026, 3, 3, 15, 0, tzinfo=UTC), datetime(2026, 3, 3, 15, 0, 0, 7, tzinfo=UTC),
                   datetime(2031, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5)))):
         assert driver_time("sqlite", value) == process(value.astimezone(UTC).replace(tzinfo=None))
+
+
+def test_driver_transaction_commits_or_rolls_back_and_returns_its_connection(database_url: str) -> None:
+    """Issue 6: the signup's transaction straight on a pooled driver connection commits what its block
+    wrote, writes nothing when the block raises, and leaves no lock held nor connection checked out."""
+    from sqlalchemy import text
+
+    from service import db
+    from service.db import DriverSQL, driver_transaction, make_engine
+
+    engine = make_engine(database_url, pool_size=1)
+    insert = DriverSQL("INSERT INTO suppressions (email_hash, reason, created_at) VALUES (:h, 'complaint', :at)")
+    at = "2026-11-24 10:00:00.000000" if database_url.startswith("sqlite") else "2026-11-24T10:00:00+00:00"
+    with driver_transaction(engine) as conn:
+        insert.first(conn, {"h": "kept", "at": at})
+    with pytest.raises(RuntimeError), driver_transaction(engine) as conn:
+        insert.first(conn, {"h": "dropped", "at": at})
+        raise RuntimeError("the block failed")
+    assert engine.pool.checkedout() == 0
+    assert not db._lock_holders  # SQLite: the writer lock was dropped after the commit and the rollback
+    with engine.begin() as conn:
+        hashes = set(conn.execute(text("SELECT email_hash FROM suppressions")).scalars())
+    assert hashes == {"kept"}
+    engine.dispose()

@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..campaigns import valid_timezone
-from ..db import utcnow
+from ..db import driver_transaction, utcnow
 from ..metrics import render_metrics
 from ..sending import paused_reason
 from ..signups import ConsentMeta, SignupError, parse_signup, signup, signup_known, signup_new
@@ -84,9 +84,10 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
                         confirm_cooldown=cooldown, rate_hits=rate_hits)
         session.commit()
     else:
-        # Issue 6: a new address (the common case) on a bare connection, one transaction, no ORM session;
-        # a known or suppressed one then through the ORM, its rate-limit hits already counted.
-        with rt.sessions.kw["bind"].begin() as conn:
+        # Issue 6: a new address (the common case) in one transaction straight on a pooled driver
+        # connection, no ORM session; a known or suppressed one then through the ORM, its rate-limit hits
+        # already counted.
+        with driver_transaction(rt.sessions.kw["bind"]) as conn:
             result = signup_new(conn, parsed, campaign=campaign_, meta=meta, now=now, record_ip=rt.settings.record_ip,
                                 rate_hits=rate_hits)
         if result is None:
