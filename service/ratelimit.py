@@ -29,10 +29,10 @@ class Verdict:
 
 
 def _window(limit: RateLimit, now: datetime) -> tuple[datetime, int]:
-    epoch = int(now.timestamp())
-    start = datetime.fromtimestamp(epoch - epoch % limit.seconds, UTC)
-    retry = max(1, int((start + timedelta(seconds=limit.seconds) - now).total_seconds()))
-    return start, retry
+    """The fixed window `now` falls in (its start) and the whole seconds until the next one (at least 1)."""
+    stamp = now.timestamp()
+    start = int(stamp) - int(stamp) % limit.seconds
+    return datetime.fromtimestamp(start, UTC), max(1, int(start + limit.seconds - stamp))
 
 
 def check(session: Session, storage: str, key: str, limit: RateLimit, now: datetime) -> Verdict:

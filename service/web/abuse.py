@@ -4,6 +4,7 @@ and the per-IP / per-address rate limits. public.py calls these; the rules live 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from flask import Response, jsonify, request
 
@@ -72,13 +73,12 @@ def _signup_limits(email_key: str) -> list[tuple[RateLimit, str, str, bool]]:
     return [check for check in checks if check[0] is not None]
 
 
-def pending_hits(email_key: str) -> list[tuple[ratelimit.PendingHit, str]] | None:
-    """With the counters in the database: this signup's per-IP and per-address hits, each with the
-    message for its refusal, for the signup to count in its own transaction (signups.signup). None
+def pending_hits(email_key: str, now: datetime) -> list[tuple[ratelimit.PendingHit, str]] | None:
+    """With the counters in the database: this signup's per-IP and per-address hits at `now`, each with
+    the message for its refusal, for the signup to count in its own transaction (signups.signup). None
     when the counters live in Redis: then limited() counts them."""
     if runtime().settings.rate_limit_storage != "database":
         return None
-    now = utcnow()
     # The per-address count of a new address starts with the subscriber row its signup creates.
     return [(ratelimit.pending_hit(key, limit, now, first_is_new_subscriber=per_address), message)
             for limit, key, message, per_address in _signup_limits(email_key)]

@@ -68,14 +68,15 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
         return _looks_accepted(as_json, parsed)
     # Issue 7: per-IP and per-address limits. Counters in the database are counted by the signup itself,
     # in its transaction (on PostgreSQL in its one statement, issue 6); counters in Redis first, here.
-    hits = abuse.pending_hits(parsed.email_key)
+    now, campaign_ = utcnow(), rt.campaigns[parsed.campaign]
+    hits = abuse.pending_hits(parsed.email_key, now)
     refused = abuse.limited(parsed.email_key) if hits is None else None
     if refused is not None:
         return _rate_limited(refused, as_json, data, campaign)
-    now, campaign_ = utcnow(), rt.campaigns[parsed.campaign]
+    environ = request.environ  # the two headers straight from the WSGI environ, as request.headers reads them
     meta = ConsentMeta(source="json" if request.is_json else "form",
-                       source_url=_str(data.get("source_url")) or request.headers.get("Referer"),
-                       user_agent=request.headers.get("User-Agent"), ip=request.remote_addr)
+                       source_url=_str(data.get("source_url")) or environ.get("HTTP_REFERER"),
+                       user_agent=environ.get("HTTP_USER_AGENT"), ip=request.remote_addr)
     rate_hits = [pending for pending, _message in hits or ()]
     cooldown = timedelta(minutes=rt.settings.confirm_cooldown_minutes)
     if campaign_.double_opt_in:
