@@ -2,9 +2,11 @@
 SQLite's sleep-and-retry busy handler (issue 6)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import text
@@ -161,5 +163,44 @@ def test_wal_checkpoints_are_run_by_drip_after_the_commit_not_inside_it(tmp_path
     assert (tmp_path / "d.db-wal").stat().st_size > 150_000
     with engine.begin() as conn:  # the 4th row crosses it: checkpointed after this commit
         conn.execute(text("INSERT INTO big VALUES (:b)"), {"b": blob})
-    assert (tmp_path / "d.db").stat().st_size > 200_000
     assert not db._lock_holders  # and the lock was given back
+    # by this process's checkpoint thread, while the committing thread went on
+    deadline = time.monotonic() + 10
+    while (tmp_path / "d.db").stat().st_size <= 200_000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (tmp_path / "d.db").stat().st_size > 200_000
+
+
+def test_the_checkpoint_thread_ends_when_idle_and_a_new_one_serves_the_next_request(tmp_path: Path,
+                                                                                     monkeypatch) -> None:  # noqa: ANN001
+    """Each database's checkpoints run on a thread of this process that ends after a quiet spell (a test
+    run opens hundreds of databases) and starts again when the next commit crosses the mark."""
+    import service.db as db
+
+    monkeypatch.setattr(db, "CHECKPOINT_ROWS", 1)
+    monkeypatch.setattr(db._Checkpointer, "IDLE_SECONDS", 0.05)
+    path = str(tmp_path / "d.db")
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE big (b BLOB)"))
+
+    def write_and_wait_for_the_database_file() -> None:
+        size = Path(path).stat().st_size
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO big VALUES (:b)"), {"b": b"x" * 50_000})
+        deadline = time.monotonic() + 10
+        while Path(path).stat().st_size <= size and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert Path(path).stat().st_size > size
+
+    def thread_serving() -> threading.Thread | None:
+        checkpointer = db._Checkpointer._running.get((os.getpid(), path))
+        return checkpointer.thread if checkpointer else None
+
+    write_and_wait_for_the_database_file()
+    first = thread_serving()
+    assert first is not None and first is not threading.current_thread()
+    first.join(timeout=10)
+    assert not first.is_alive() and thread_serving() is None  # ended after IDLE_SECONDS
+    write_and_wait_for_the_database_file()  # a new thread checkpoints the next rows
+    engine.dispose()
