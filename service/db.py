@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from sqlalchemy import BigInteger, Connection, Engine, any_, create_engine, event, literal
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -196,7 +197,7 @@ class _Checkpointer:
     leaves the WAL as it was, and the next checkpoint takes its pages."""
 
     IDLE_SECONDS = 30.0
-    _running: dict[tuple[int, str], _Checkpointer] = {}  # (pid, database path): the thread serving it
+    _running: dict[str, _Checkpointer] = {}  # database path: the thread serving it in this process
     _guard = threading.Lock()
 
     def __init__(self, path: str) -> None:
@@ -206,30 +207,46 @@ class _Checkpointer:
 
     @classmethod
     def ask(cls, path: str) -> None:
+        """Never raises: the commit that asks has already succeeded."""
         with cls._guard:
-            key = (os.getpid(), path)
-            checkpointer = cls._running.get(key)
-            if checkpointer is None:
-                checkpointer = cls._running[key] = cls(path)
-                checkpointer.thread.start()
+            checkpointer = cls._running.get(path)
+            if checkpointer is None or not checkpointer.thread.is_alive():
+                checkpointer = cls(path)
+                try:
+                    checkpointer.thread.start()
+                except RuntimeError as exc:  # no thread to be had: the next commit past the mark asks again
+                    log.warning("cannot start the WAL checkpoint thread: %s", exc)
+                    return
+                cls._running[path] = checkpointer
             checkpointer.wanted.set()  # under the guard: the thread cannot be deciding to end meanwhile
+
+    @classmethod
+    def _forget_after_fork(cls) -> None:
+        """In a forked child: the parent's threads are not there, and its guard may have been held."""
+        cls._running = {}
+        cls._guard = threading.Lock()
 
     def _run(self) -> None:
         while True:
             if not self.wanted.wait(self.IDLE_SECONDS):
                 with self._guard:
                     if not self.wanted.is_set():
-                        del self._running[(os.getpid(), self.path)]
+                        if self._running.get(self.path) is self:
+                            del self._running[self.path]
                         return
             self.wanted.clear()
-            try:
-                conn = sqlite3.connect(self.path, timeout=WRITER_LOCK_WAIT, isolation_level=None)
+            try:  # mode=rw: a database deleted meanwhile is not created again, empty
+                conn = sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True, timeout=WRITER_LOCK_WAIT,
+                                       isolation_level=None)
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 finally:
                     conn.close()
-            except sqlite3.Error as exc:  # the commits stand; the next checkpoint takes these pages too
+            except Exception as exc:  # noqa: BLE001 - the commits stand; the next checkpoint takes these pages
                 log.warning("WAL checkpoint failed: %s", exc)
+
+
+os.register_at_fork(after_in_child=_Checkpointer._forget_after_fork)
 
 
 def _wait_for_lock(fd: int) -> None:
@@ -341,23 +358,36 @@ def driver_transaction(engine: Engine) -> Iterator[DriverTransaction]:
     committed on the driver itself, as the engine would (SQLite: writer lock and BEGIN IMMEDIATE;
     PostgreSQL: the driver's implicit BEGIN); rolled back if the block raises. A signup on SQLite spent
     ~14 us in SQLAlchemy's Connection and transaction objects around its four statements (issue 6)."""
+    driver_error = engine.dialect.loaded_dbapi.Error
     pooled = engine.raw_connection()
     try:
-        driver = pooled.driver_connection
         if engine.dialect.name == "sqlite":
-            _begin_sqlite_write(driver)
+            try:
+                _begin_sqlite_write(pooled.driver_connection)
+            except driver_error as exc:  # "database is locked" after the busy timeout, as the engine says it
+                raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, driver_error) from exc
         try:
             yield DriverTransaction(pooled, engine.dialect)
         except BaseException:
-            driver.rollback()
+            _roll_back(pooled)
             raise
         try:
-            driver.commit()
-        except engine.dialect.loaded_dbapi.Error as exc:
-            driver.rollback()
-            raise DBAPIError.instance("COMMIT", None, exc, engine.dialect.loaded_dbapi.Error) from exc
+            pooled.driver_connection.commit()
+        except driver_error as exc:
+            _roll_back(pooled)
+            raise DBAPIError.instance("COMMIT", None, exc, driver_error) from exc
     finally:
-        pooled.close()  # back to the pool
+        pooled.close()  # back to the pool, or closed if invalidated
+
+
+def _roll_back(pooled) -> None:  # noqa: ANN001
+    """Roll back after a failure without hiding it: a connection that cannot even roll back (lost,
+    closed) is logged and discarded from the pool, and the first error is the one raised."""
+    try:
+        pooled.driver_connection.rollback()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("rollback failed (%s); the connection is discarded", exc)
+        pooled.invalidate()
 
 
 def flushed_connection(session: Session) -> Connection:

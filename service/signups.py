@@ -166,29 +166,27 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
            rate_hits: Sequence[ratelimit.PendingHit] = ()) -> SignupResult:
     """Upsert the subscriber and enrollment; the caller commits. The welcome is due at `now`.
 
-    `rate_hits` are counted first, in order; the first whose window is full stops the signup
-    ("rate_limited", nothing else written, the hits before it counted). A `first_is_new_subscriber`
-    hit (the per-address limit) is counted only for an address already known or suppressed: a new
-    address's first signup is counted by the subscriber row it creates. On PostgreSQL a new address's
-    hits and rows go in one statement (one round trip)."""
+    `rate_hits` are counted first, in order, except the `first_is_new_subscriber` one (the per-address
+    limit), counted after the subscriber row is written and only when that row was there already (a
+    known or suppressed address): a new address's first signup is counted by the row it creates. The
+    first hit whose window is full stops the signup ("rate_limited", nothing else written, the hits
+    counted before it kept). On PostgreSQL a new address's hits and rows go in one statement."""
     if not campaign.double_opt_in:
         result = signup_new(flushed_connection(session), data, campaign=campaign, meta=meta, now=now,
                             record_ip=record_ip, rate_hits=rate_hits)
         if result is not None:
             return result
+        address_hit = None
     else:
         conn = flushed_connection(session)
+        address_hit = None
         for n, pending in enumerate(rate_hits):
-            used = 0
-            if pending.first_is_new_subscriber:
-                used = _counted_by_subscriber_row(conn, data.email_key, pending, new_is_counted=True)
-                if used is None and not is_suppressed(session, data.email_key):
-                    continue  # a new address: the subscriber row this signup makes is its first hit
-                used = used or 0
-            if not ratelimit.count_pending(conn, pending, used=used):
+            if pending.first_is_new_subscriber and pending.limit >= 1:
+                address_hit = (n, pending)  # signup_known counts it once it knows whether the row is new
+            elif not ratelimit.count_pending(conn, pending):
                 return SignupResult("rate_limited", None, refused_by=n)
     return signup_known(session, data, campaign=campaign, meta=meta, now=now, record_ip=record_ip,
-                        confirm_cooldown=confirm_cooldown)
+                        confirm_cooldown=confirm_cooldown, address_hit=address_hit)
 
 
 def signup_new(conn: Connection | DriverTransaction, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta,
@@ -208,23 +206,21 @@ def signup_new(conn: Connection | DriverTransaction, data: SignupInput, *, campa
     before = [(n, hit) for n, hit in enumerate(rate_hits) if not hit.first_is_new_subscriber]
     after = [(n, hit) for n, hit in enumerate(rate_hits) if hit.first_is_new_subscriber]
     one_statement = dialect == "postgresql" and all(hit.limit >= 1 for hit in rate_hits)
-    # Made before the transaction begins: on SQLite every write waits for the single writer, so the
-    # lock is held for the statements only (issue 6).
     params = _new_signup_params(data, campaign, meta, now, record_ip, dialect)
     if not one_statement:
         for n, pending in before:
             if not ratelimit.count_pending(conn, pending):
                 return SignupResult("rate_limited", None, refused_by=n)
-        if any(pending.limit < 1 for _n, pending in after):  # not even a new address's first signup
-            return SignupResult("rate_limited", None, refused_by=after[0][0])
+        for n, pending in after:
+            if pending.limit < 1:  # not even a new address's first signup
+                return SignupResult("rate_limited", None, refused_by=n)
         before = []
     subscriber_id, refused = _new_subscriber(conn, params, [pending for _n, pending in before])
     if refused is not None:
         return SignupResult("rate_limited", None, refused_by=before[refused][0])
     if subscriber_id is None:  # known or suppressed: now the per-address hit counts
         for n, pending in after:
-            used = _counted_by_subscriber_row(conn, data.email_key, pending, new_is_counted=False)
-            if not ratelimit.count_pending(conn, pending, used=used):
+            if not _count_address_hit(conn, data.email_key, pending):
                 return SignupResult("rate_limited", None, refused_by=n)
     if rate_hits:
         ratelimit.forget_old_windows(conn, now)
@@ -234,31 +230,40 @@ def signup_new(conn: Connection | DriverTransaction, data: SignupInput, *, campa
 _CREATED_IN = DriverSQL("SELECT created_at >= :window_start FROM subscribers WHERE email_key = :email_key")
 
 
-def _counted_by_subscriber_row(conn: Connection | DriverTransaction, email_key: str, pending: ratelimit.PendingHit, *,
-                               new_is_counted: bool) -> int | None:
-    """For a `first_is_new_subscriber` hit: 1 when the address's subscriber row was made in this window
-    (that signup's hit), else 0; with no row, None if `new_is_counted` (the row about to be made will be
-    the hit), else 0 (a suppressed address without a row: every signup counts)."""
+def _count_address_hit(conn: Connection | DriverTransaction | Session, email_key: str,
+                       pending: ratelimit.PendingHit) -> bool:
+    """Counts a `first_is_new_subscriber` hit for an address whose subscriber row already exists (or a
+    suppressed one without a row): the row, when made in this window, was its first hit there, so the
+    window holds one hit fewer. False when the window is full."""
+    if isinstance(conn, Session):
+        conn = flushed_connection(conn)
     row = _CREATED_IN.first(conn, {"email_key": email_key, "window_start": driver_time(conn, pending.window_start)})
-    if row is None:
-        return None if new_is_counted else 0
-    return 1 if row[0] else 0
+    return ratelimit.count_pending(conn, pending, used=1 if row is not None and row[0] else 0)
 
 
 def signup_known(session: Session, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,
-                 record_ip: bool = False, confirm_cooldown: timedelta = timedelta(minutes=60)) -> SignupResult:
-    """Known, suppressed, or double opt-in: the general path, through the ORM (rate limits already
-    counted by the caller); the caller commits."""
+                 record_ip: bool = False, confirm_cooldown: timedelta = timedelta(minutes=60),
+                 address_hit: tuple[int, ratelimit.PendingHit] | None = None) -> SignupResult:
+    """Known, suppressed, or double opt-in: the general path, through the ORM; the caller commits. The
+    rate-limit hits are counted by the caller, but for `address_hit` (its index among them, the hit):
+    counted here once the subscriber row is written, unless this signup made the row (see signup())."""
     if is_suppressed(session, data.email_key):
+        if address_hit is not None and not _count_address_hit(session, data.email_key, address_hit[1]):
+            return SignupResult("rate_limited", None, refused_by=address_hit[0])
         log.info("signup for a suppressed address ignored (campaign %s)", data.campaign)
         return SignupResult("suppressed", None)
     insert = _insert(session)
-    session.execute(
+    made = session.execute(
         insert(Subscriber)
         .values(public_id=secrets.token_urlsafe(16), email=data.email, email_key=data.email_key, name=data.name,
                 timezone=data.timezone, status="active", created_at=now, updated_at=now)
         .on_conflict_do_nothing(index_elements=["email_key"])
-    )
+        .returning(Subscriber.id)
+    ).scalar()
+    # A concurrent first signup of the same address waited above for this one's row (PostgreSQL) and,
+    # finding it made, is counted here.
+    if made is None and address_hit is not None and not _count_address_hit(session, data.email_key, address_hit[1]):
+        return SignupResult("rate_limited", None, refused_by=address_hit[0])
     subscriber = session.scalars(select(Subscriber).where(Subscriber.email_key == data.email_key)).one()
     if subscriber.status != "active":
         # Someone who unsubscribed or bounced is not re-enrolled by a form post (a bot could do that);

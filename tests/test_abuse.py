@@ -148,6 +148,56 @@ def test_a_new_address_is_counted_by_its_subscriber_row(runtime, double_opt_in: 
     assert counted(gone) == 3
 
 
+@pytest.mark.parametrize("double_opt_in", [False, True])
+def test_a_per_address_limit_of_zero_refuses_even_a_new_address(runtime, double_opt_in: bool) -> None:  # noqa: ANN001
+    """0/hour: no signup at all for any address, new ones included, and nothing is stored."""
+    from service.ratelimit import pending_hit
+
+    campaign = replace(runtime.campaigns["back-pain-bundle"], double_opt_in=double_opt_in)
+    data = parse_signup({"email": f"zero-{secrets.token_hex(3)}@example.org"}, campaigns=runtime.campaigns,
+                        default_campaign="back-pain-bundle")
+    now = datetime(2026, 11, 24, 10, 5, tzinfo=UTC)
+    hit = pending_hit(f"signup-email:{data.email_key}", RateLimit(0, 3600), now, first_is_new_subscriber=True)
+    with runtime.sessions() as s:
+        result = signup(s, data, campaign=campaign, meta=ConsentMeta(source="json", source_url=None,
+                                                                     user_agent=None, ip=None),
+                        now=now, rate_hits=[hit])
+        s.commit()
+    assert result.status == "rate_limited" and count(runtime, Subscriber) == 0
+
+
+def test_two_first_signups_of_one_address_at_once_are_both_counted(runtime) -> None:  # noqa: ANN001
+    """Double opt-in, per-address limit 1: a second first signup of the same new address, made while the
+    first is still uncommitted, waits for its row and is then refused (it is no longer new)."""
+    import threading
+    import time
+
+    from service.ratelimit import pending_hit
+
+    campaign = replace(runtime.campaigns["back-pain-bundle"], double_opt_in=True)
+    data = parse_signup({"email": f"race-{secrets.token_hex(3)}@example.org"}, campaigns=runtime.campaigns,
+                        default_campaign="back-pain-bundle")
+    now = datetime(2026, 11, 24, 10, 5, tzinfo=UTC)
+    hit = pending_hit(f"signup-email:{data.email_key}", RateLimit(1, 3600), now, first_is_new_subscriber=True)
+    meta = ConsentMeta(source="json", source_url=None, user_agent=None, ip=None)
+    results = {}
+    first = runtime.sessions()
+    results["first"] = signup(first, data, campaign=campaign, meta=meta, now=now, rate_hits=[hit]).status
+
+    def second() -> None:
+        with runtime.sessions() as s:
+            results["second"] = signup(s, data, campaign=campaign, meta=meta, now=now, rate_hits=[hit]).status
+            s.commit()
+
+    other = threading.Thread(target=second)
+    other.start()
+    time.sleep(0.5)  # the second waits: on the first's row (PostgreSQL) or for the writer (SQLite)
+    first.commit()
+    first.close()
+    other.join(30)
+    assert results == {"first": "pending", "second": "rate_limited"}
+
+
 def test_rate_limit_storage_setting_fails_fast() -> None:
     """A storage that is neither 'database' nor a redis URL, or a wildcard CORS origin, is refused at start."""
     base = {"DRIP_SECRET_KEY": "k" * 32}

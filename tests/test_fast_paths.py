@@ -144,3 +144,18 @@ def test_driver_transaction_commits_or_rolls_back_and_returns_its_connection(dat
         hashes = set(conn.execute(text("SELECT email_hash FROM suppressions")).scalars())
     assert hashes == {"kept"}
     engine.dispose()
+
+
+def test_driver_transaction_raises_the_blocks_error_when_even_the_rollback_fails(database_url: str) -> None:
+    """A connection lost inside the block (here closed under it): the rollback fails too, and what is
+    raised is still the block's own error; the dead connection is dropped from the pool, not reused."""
+    from service.db import driver_transaction, make_engine
+
+    engine = make_engine(database_url, pool_size=1)
+    with pytest.raises(RuntimeError, match="the block failed"), driver_transaction(engine) as conn:
+        conn.connection.driver_connection.close()
+        raise RuntimeError("the block failed")
+    assert engine.pool.checkedout() == 0
+    with driver_transaction(engine) as conn:  # a fresh connection
+        assert conn.connection.driver_connection.execute("SELECT 1").fetchone()[0] == 1
+    engine.dispose()

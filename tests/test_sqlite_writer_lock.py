@@ -2,7 +2,6 @@
 SQLite's sleep-and-retry busy handler (issue 6)."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -194,7 +193,7 @@ def test_the_checkpoint_thread_ends_when_idle_and_a_new_one_serves_the_next_requ
         assert Path(path).stat().st_size > size
 
     def thread_serving() -> threading.Thread | None:
-        checkpointer = db._Checkpointer._running.get((os.getpid(), path))
+        checkpointer = db._Checkpointer._running.get(path)
         return checkpointer.thread if checkpointer else None
 
     write_and_wait_for_the_database_file()
@@ -203,4 +202,36 @@ def test_the_checkpoint_thread_ends_when_idle_and_a_new_one_serves_the_next_requ
     first.join(timeout=10)
     assert not first.is_alive() and thread_serving() is None  # ended after IDLE_SECONDS
     write_and_wait_for_the_database_file()  # a new thread checkpoints the next rows
+    engine.dispose()
+
+
+def test_a_dead_checkpoint_thread_is_replaced_and_asking_never_fails_a_commit(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A checkpoint thread that died (or never started) does not stop checkpoints for good: the next
+    request starts a new one; and when no thread can be started, the commit that asked still succeeds."""
+    import service.db as db
+
+    monkeypatch.setattr(db, "CHECKPOINT_ROWS", 1)
+    path = str(tmp_path / "d.db")
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE big (b BLOB)"))
+    monkeypatch.setitem(db._Checkpointer._running, path, db._Checkpointer(path))  # never started: dead
+    size = Path(path).stat().st_size
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO big VALUES (:b)"), {"b": b"x" * 50_000})
+    deadline = time.monotonic() + 10
+    while Path(path).stat().st_size <= size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert Path(path).stat().st_size > size
+
+    def no_threads(self) -> None:  # noqa: ANN001
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.delitem(db._Checkpointer._running, path)
+    monkeypatch.setattr(threading.Thread, "start", no_threads)
+    with engine.begin() as conn:  # asks, cannot get a thread, and commits all the same
+        conn.execute(text("INSERT INTO big VALUES (:b)"), {"b": b"y"})
+    monkeypatch.undo()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM big")).scalar() == 2
     engine.dispose()
