@@ -164,10 +164,15 @@ def test_wal_checkpoints_are_run_by_drip_after_the_commit_not_inside_it(tmp_path
         conn.execute(text("INSERT INTO big VALUES (:b)"), {"b": blob})
     assert not db._lock_holders  # and the lock was given back
     # by this process's checkpoint thread, while the committing thread went on
+    _wait_for_the_database_file(tmp_path / "d.db", above=200_000)
+
+
+def _wait_for_the_database_file(path: Path, *, above: int) -> None:
+    """The checkpoint thread has copied pages into the database file: it grew past `above` bytes."""
     deadline = time.monotonic() + 10
-    while (tmp_path / "d.db").stat().st_size <= 200_000 and time.monotonic() < deadline:
+    while path.stat().st_size <= above and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert (tmp_path / "d.db").stat().st_size > 200_000
+    assert path.stat().st_size > above
 
 
 def test_the_checkpoint_thread_ends_when_idle_and_a_new_one_serves_the_next_request(tmp_path: Path,
@@ -187,10 +192,7 @@ def test_the_checkpoint_thread_ends_when_idle_and_a_new_one_serves_the_next_requ
         size = Path(path).stat().st_size
         with engine.begin() as conn:
             conn.execute(text("INSERT INTO big VALUES (:b)"), {"b": b"x" * 50_000})
-        deadline = time.monotonic() + 10
-        while Path(path).stat().st_size <= size and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert Path(path).stat().st_size > size
+        _wait_for_the_database_file(Path(path), above=size)
 
     def thread_serving() -> threading.Thread | None:
         checkpointer = db._Checkpointer._running.get(path)
@@ -219,10 +221,7 @@ def test_a_dead_checkpoint_thread_is_replaced_and_asking_never_fails_a_commit(tm
     size = Path(path).stat().st_size
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO big VALUES (:b)"), {"b": b"x" * 50_000})
-    deadline = time.monotonic() + 10
-    while Path(path).stat().st_size <= size and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert Path(path).stat().st_size > size
+    _wait_for_the_database_file(Path(path), above=size)
 
     def no_threads(self) -> None:  # noqa: ANN001
         raise RuntimeError("can't start new thread")
