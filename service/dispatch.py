@@ -226,7 +226,10 @@ class Dispatcher:
             while not summary.paused and not self.stopping.is_set() and (claimed := self.claim(clock(), summary)):
                 if transport is None:
                     transport = self.transport_factory()
-                self.send_claimed(claimed, transport, clock, summary)
+                # Issue 6: the batch's last flush is still being written (PostgreSQL) while the next batch
+                # is claimed and checked; it is waited for by the next flush, or right below.
+                self.send_claimed(claimed, transport, clock, summary, wait=False)
+            self._wait_recorded(summary)
         finally:
             if transport is not None:
                 transport.close()
@@ -473,7 +476,10 @@ RETURNING enrollment_id, id""", binary=True)
 
     # -- 3. send and record ----------------------------------------------------------------------
     def send_claimed(self, ids: Sequence[int], transport: Transport, clock: Callable[[], datetime],
-                     summary: PassSummary) -> None:
+                     summary: PassSummary, *, wait: bool = True) -> None:
+        """Send claimed messages chunk by chunk. With `wait` (the default) every outcome is written when
+        this returns; without it the last flush may still be in flight on the writer thread (the pass
+        waits for it before it ends; a transport failure always waits)."""
         self._unfinished = set(ids)
         self._lease_renewed = time.monotonic()
         broken: TransportError | None = None
@@ -488,7 +494,8 @@ RETURNING enrollment_id, id""", binary=True)
                 continue
             jobs = self.prepare(chunk, clock(), summary)
             broken = self.send_chunk(jobs, transport, clock, summary)
-        self._wait_recorded(summary)
+        if wait or broken is not None:
+            self._wait_recorded(summary)
         self._unfinished = set()
         if broken is not None and broken.auth_failed:
             summary.paused = 1
@@ -629,7 +636,7 @@ RETURNING enrollment_id, id""", binary=True)
                     flush()
                     last_flush = time.monotonic()
             # Inside the try: this flush is where an earlier background write's failure may surface.
-            flush()  # written in the background on PostgreSQL; send_claimed waits for it before it returns
+            flush()  # written in the background on PostgreSQL; waited for by the next flush or the pass
         except SQLAlchemyError:
             # The database failed mid-chunk (a re-check, a lease renewal or a write of outcomes): write down
             # what the server already answered, if the database lets us, so those emails are not sent again
