@@ -353,22 +353,18 @@ RETURNING enrollment_id, id""", binary=True)
         batch and one INSERT of its events (the ORM cost ~60 us per message here)."""
         real_now = self.real_clock()
         with self.sessions() as session, session.begin():
-            query = (
-                select(Message.id, Message.status, Message.attempts, Message.claimed_by, Message.subscriber_id,
-                       Message.campaign, Message.step_key, Message.step_index)
-                .where(or_(
-                    and_(Message.status.in_(("queued", "deferred")), Message.next_attempt_at <= now),
-                    and_(Message.status == "sending", Message.lease_until < real_now),
-                ), Message.campaign.not_in(_paused_campaigns()))
-                .order_by(Message.next_attempt_at, Message.id)
-                .limit(self.batch_size)
-                .with_for_update(skip_locked=True)
-            )
-            query = query.where(not_snoozed(Message.subscriber_id, now))  # issue 9: held while snoozed
-            if self.limits is not None:  # issue 8: domains at their limit wait; the others still go
-                if full := self._campaigns_at_limit(session, now):
-                    query = query.where(Message.campaign.notin_(full))
-            candidates = self._frequency_cap(session, session.execute(query).all(), now)  # issue 5
+            # Issue 6: two queries, each a walk of ix_messages_pending in (next_attempt_at, id) order that
+            # stops after the batch. One query with both conditions OR-ed read every due message and sorted
+            # them for every batch: 5.8 ms a claim with 4,000 due, and it grew with the backlog (200,000
+            # queued for one morning's send). Expired leases (a worker died mid-batch) go first.
+            full = self._campaigns_at_limit(session, now) if self.limits is not None else []
+            rows = session.execute(self._claim_query(
+                and_(Message.status == "sending", Message.lease_until < real_now), now, full, self.batch_size)).all()
+            if len(rows) < self.batch_size:
+                rows += session.execute(self._claim_query(
+                    and_(Message.status.in_(("queued", "deferred")), Message.next_attempt_at <= now), now, full,
+                    self.batch_size - len(rows))).all()
+            candidates = self._frequency_cap(session, rows, now)  # issue 5
             messages = self._within_limits(session, candidates, now)
             if not messages:
                 return []
@@ -391,6 +387,20 @@ RETURNING enrollment_id, id""", binary=True)
                                                        bindparam("claim_now", now, type_=UTCDateTime()))))
             events.record_many(session, history)
             return [m.id for m in messages]
+
+    def _claim_query(self, due, now: datetime, full: list[str], limit: int):  # noqa: ANN001, ANN202
+        query = (
+            select(Message.id, Message.status, Message.attempts, Message.claimed_by, Message.subscriber_id,
+                   Message.campaign, Message.step_key, Message.step_index)
+            .where(due, Message.campaign.not_in(_paused_campaigns()))
+            .where(not_snoozed(Message.subscriber_id, now))  # issue 9: held while snoozed
+            .order_by(Message.next_attempt_at, Message.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        if full:  # issue 8: domains at their limit wait; the others still go
+            query = query.where(Message.campaign.notin_(full))
+        return query
 
     # -- per-reader daily cap (issue 5) ----------------------------------------------------------
     def _frequency_cap(self, session: Session, messages: Sequence[Row], now: datetime) -> list[Row]:
