@@ -258,3 +258,20 @@ def test_a_claim_takes_expired_leases_first_then_the_oldest_due(runtime):  # noq
     assert rest == queued[3:]  # nothing still leased is taken
     with runtime.sessions() as s:
         assert Counter(s.scalars(select(Message.claimed_by))) == {"second": 3, "third": 3}
+
+
+@pytest.mark.postgresql_only
+def test_drip_connections_plan_for_solid_state_storage_unless_the_operator_chose(postgres_database):  # noqa: ANN001
+    """Issue 6: a server left at random_page_cost 4 gets 1.1 on Drip's connections (index lookups for the
+    chunk-by-id statements on small tables); a value the operator set is kept."""
+    from service.db import make_engine
+
+    for options, expected in (("", "1.1"), ("?options=-c%20random_page_cost%3D2.5", "2.5")):
+        engine = make_engine(postgres_database + options)
+        try:
+            with engine.connect() as conn:
+                assert conn.execute(text("SHOW random_page_cost")).scalar() == expected
+                conn.rollback()  # the setting is the session's, not the transaction's
+                assert conn.execute(text("SHOW random_page_cost")).scalar() == expected
+        finally:
+            engine.dispose()
