@@ -21,8 +21,8 @@ from common import print_table  # noqa: E402
 def main() -> None:
     start = time.monotonic()
     rows = []
-    for name, step in (("send", lambda: send.run(n=4000, workers=(1, 2, 4))),
-                       ("signup", lambda: signup.run(seconds=5)),
+    for name, step in (("send", lambda: send.run(n=10_000, workers=(1, 2, 4))),
+                       ("signup", lambda: signup.run(seconds=12)),
                        ("tick", lambda: tick.run(memory_due=20_000))):
         t = time.monotonic()
         got = step()

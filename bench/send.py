@@ -9,7 +9,7 @@ Limit: a bare smtplib client pushing the same pre-built bytes to the same sink o
 persistent connections (one process per connection, like the workers), measured right before and right
 after the Drip run it is compared with, and averaged.
 
-    .venv/bin/python bench/send.py [--n 4000] [--workers 1,2,4] [--db postgresql|sqlite]
+    .venv/bin/python bench/send.py [--n 10000] [--workers 1,2,4] [--db postgresql|sqlite]
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def measure_drip(db: str, tmp: Path, sink: SinkProcess, templates: Path, n: int,
             "others_ms": results[0]["others_cpu_s"] / n * 1000}
 
 
-def run(n: int = 4000, workers: tuple[int, ...] = (1, 2, 4), db: str = "postgresql") -> list[Row]:
+def run(n: int = 10_000, workers: tuple[int, ...] = (1, 2, 4), db: str = "postgresql") -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -191,7 +191,7 @@ def run(n: int = 4000, workers: tuple[int, ...] = (1, 2, 4), db: str = "postgres
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Drip send throughput vs the smtplib limit")
-    parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--push", type=int, help=argparse.SUPPRESS)
