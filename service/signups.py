@@ -84,10 +84,12 @@ def clean_name(raw: object) -> str:
         return ""
     if not isinstance(raw, str):
         raise SignupError("invalid_name", "name must be a string", "name")
-    text = unicodedata.normalize("NFC", raw)
-    text = _CONTROL.sub(" ", text)
-    # Format characters (bidi, zero-width) and lone surrogates (JSON "\ud800": not encodable, issue 7).
-    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cs"))
+    if raw.isascii():  # issue 6: ASCII is already NFC and holds no format character or surrogate
+        text = _CONTROL.sub(" ", raw)
+    else:
+        text = _CONTROL.sub(" ", unicodedata.normalize("NFC", raw))
+        # Format characters (bidi, zero-width) and lone surrogates (JSON "\ud800": not encodable, issue 7).
+        text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cs"))
     text = " ".join(text.split())
     if len(text) > MAX_NAME:
         raise SignupError("name_too_long", f"name must be at most {MAX_NAME} characters", "name")

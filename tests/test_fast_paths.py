@@ -177,3 +177,26 @@ def test_driver_transaction_raises_the_blocks_error_when_even_the_rollback_fails
     with driver_transaction(engine) as conn:  # a fresh connection
         assert conn.connection.driver_connection.execute("SELECT 1").fetchone()[0] == 1
     engine.dispose()
+
+
+def test_ascii_names_are_cleaned_as_the_full_path_cleans_them() -> None:
+    """Issue 6: an ASCII name skips NFC and the per-character category check; the result is the same."""
+    import unicodedata
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from service.signups import _CONTROL, clean_name
+
+    def full(raw: str) -> str:
+        text = _CONTROL.sub(" ", unicodedata.normalize("NFC", raw))
+        return " ".join("".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Cs")).split())
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=100))
+    def check(raw: str) -> None:
+        assert clean_name(raw) == full(raw)
+
+    check()
+    assert clean_name(" Bench\tReader\x00 ") == "Bench Reader"
+    assert clean_name("Zoe\u0301 \u202eRTL") == "Zoé RTL"  # not ASCII: the full path

@@ -5,7 +5,7 @@ import json
 import logging
 from datetime import timedelta
 
-from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Request, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -47,9 +47,10 @@ def _local_outbox() -> dict:
 @bp.post("/signup")
 @bp.post("/signup/<campaign>")
 def signup_webhook(campaign: str | None = None):  # noqa: ANN201
-    as_json = wants_json(request)
+    req = request._get_current_object()  # issue 6: the proxy resolved once, not at every use
+    as_json = wants_json(req)
     try:
-        data = _read_body()
+        data = _read_body(req)
     except SignupError as exc:
         return _signup_error(exc, as_json, {}, campaign, 400 if exc.code != "unsupported_media_type" else 415)
     rt = runtime()
@@ -73,10 +74,10 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
     refused = abuse.limited(parsed.email_key) if hits is None else None
     if refused is not None:
         return _rate_limited(refused, as_json, data, campaign)
-    environ = request.environ  # the two headers straight from the WSGI environ, as request.headers reads them
-    meta = ConsentMeta(source="json" if request.is_json else "form",
+    environ = req.environ  # the two headers straight from the WSGI environ, as request.headers reads them
+    meta = ConsentMeta(source="json" if req.is_json else "form",
                        source_url=_str(data.get("source_url")) or environ.get("HTTP_REFERER"),
-                       user_agent=environ.get("HTTP_USER_AGENT"), ip=request.remote_addr)
+                       user_agent=environ.get("HTTP_USER_AGENT"), ip=req.remote_addr)
     rate_hits = [pending for pending, _message in hits or ()]
     cooldown = timedelta(minutes=rt.settings.confirm_cooldown_minutes)
     if campaign_.double_opt_in:
@@ -142,7 +143,7 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _read_body() -> dict:
+def _read_body(request: Request) -> dict:
     if request.is_json:
         raw = request.get_data(cache=True)
         try:
