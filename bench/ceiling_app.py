@@ -27,11 +27,18 @@ from service.server import default_threads, gunicorn_options  # noqa: E402
 DDL = "CREATE TABLE IF NOT EXISTS bench_ceiling (id {pk}, email VARCHAR(320) NOT NULL UNIQUE)"
 
 
-def create_app(url: str):  # noqa: ANN201
-    engine = make_engine(url, pool_size=5)
+def create_table(url: str) -> None:
+    """Once, before gunicorn starts: two workers each running CREATE TABLE IF NOT EXISTS at the same
+    moment can both miss the table on PostgreSQL, and the loser's worker fails to boot."""
+    engine = make_engine(url, pool_size=1)
     with engine.begin() as conn:
         pk = "INTEGER PRIMARY KEY" if url.startswith("sqlite") else "BIGSERIAL PRIMARY KEY"
         conn.execute(text(DDL.format(pk=pk)))
+    engine.dispose()
+
+
+def create_app(url: str):  # noqa: ANN201
+    engine = make_engine(url, pool_size=5)
     app = Flask(__name__)
 
     @app.post("/signup")
@@ -63,5 +70,7 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # gunicorn parses argv too
-    Server(Settings.from_env({"DATABASE_URL": os.environ["DATABASE_URL"], "DRIP_SECRET_KEY": "k" * 32},
-                             dotenv=None).database_url, args.port).run()
+    url = Settings.from_env({"DATABASE_URL": os.environ["DATABASE_URL"], "DRIP_SECRET_KEY": "k" * 32},
+                            dotenv=None).database_url
+    create_table(url)
+    Server(url, args.port).run()
