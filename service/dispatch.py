@@ -226,10 +226,7 @@ class Dispatcher:
             while not summary.paused and not self.stopping.is_set() and (claimed := self.claim(clock(), summary)):
                 if transport is None:
                     transport = self.transport_factory()
-                # Issue 6: the batch's last flush is still being written (PostgreSQL) while the next batch
-                # is claimed and checked; it is waited for by the next flush, or right below.
-                self.send_claimed(claimed, transport, clock, summary, wait=False)
-            self._wait_recorded(summary)
+                self.send_claimed(claimed, transport, clock, summary)
         finally:
             if transport is not None:
                 transport.close()
@@ -353,8 +350,8 @@ RETURNING enrollment_id, id""", binary=True)
         batch and one INSERT of its events (the ORM cost ~60 us per message here)."""
         real_now = self.real_clock()
         with self.sessions() as session, session.begin():
-            # Issue 6: two queries, each a walk of ix_messages_pending in (next_attempt_at, id) order that
-            # stops after the batch. One query with both conditions OR-ed read every due message and sorted
+            # Issue 6: two queries. On PostgreSQL each is an index walk in (next_attempt_at, id) order that
+            # stops after the batch; one query with both conditions OR-ed read every due message and sorted
             # them for every batch: 5.8 ms a claim with 4,000 due, and it grew with the backlog (200,000
             # queued for one morning's send). Expired leases (a worker died mid-batch) go first.
             full = self._campaigns_at_limit(session, now) if self.limits is not None else []
@@ -486,10 +483,7 @@ RETURNING enrollment_id, id""", binary=True)
 
     # -- 3. send and record ----------------------------------------------------------------------
     def send_claimed(self, ids: Sequence[int], transport: Transport, clock: Callable[[], datetime],
-                     summary: PassSummary, *, wait: bool = True) -> None:
-        """Send claimed messages chunk by chunk. With `wait` (the default) every outcome is written when
-        this returns; without it the last flush may still be in flight on the writer thread (the pass
-        waits for it before it ends; a transport failure always waits)."""
+                     summary: PassSummary) -> None:
         self._unfinished = set(ids)
         self._lease_renewed = time.monotonic()
         broken: TransportError | None = None
@@ -504,8 +498,7 @@ RETURNING enrollment_id, id""", binary=True)
                 continue
             jobs = self.prepare(chunk, clock(), summary)
             broken = self.send_chunk(jobs, transport, clock, summary)
-        if wait or broken is not None:
-            self._wait_recorded(summary)
+        self._wait_recorded(summary)
         self._unfinished = set()
         if broken is not None and broken.auth_failed:
             summary.paused = 1
@@ -646,7 +639,7 @@ RETURNING enrollment_id, id""", binary=True)
                     flush()
                     last_flush = time.monotonic()
             # Inside the try: this flush is where an earlier background write's failure may surface.
-            flush()  # written in the background on PostgreSQL; waited for by the next flush or the pass
+            flush()  # written in the background on PostgreSQL; send_claimed waits for it before it returns
         except SQLAlchemyError:
             # The database failed mid-chunk (a re-check, a lease renewal or a write of outcomes): write down
             # what the server already answered, if the database lets us, so those emails are not sent again

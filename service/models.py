@@ -204,8 +204,8 @@ class Event(Base):
     """Append-only history: one row per attempt, outcome, signup, unsubscribe or provider event."""
 
     __tablename__ = "events"
-    # No index on created_at alone: retention finds old events by id (service/retention.py, migration 0016).
     __table_args__ = (Index("ix_events_subscriber", "subscriber_id", "created_at"),
+                      Index("ix_events_created", "created_at"),  # retention pruning (DRIP_EVENT_RETENTION_DAYS)
                       # A message's history, and deletes cascading from messages; a signup's event has no
                       # message and no entry here (migration 0013).
                       Index("ix_events_message_id", "message_id", postgresql_where=_NOT_NULL_MESSAGE_ID,

@@ -236,8 +236,9 @@ def test_events_with_a_naive_time_are_refused_on_both_paths(runtime):  # noqa: A
 
 
 def test_a_claim_takes_expired_leases_first_then_the_oldest_due(runtime):  # noqa: ANN001
-    """Issue 6: the claim is two index walks (expired leases, then due messages in queue order) instead
-    of one query sorting every due message; together they still fill one batch, reclaims first."""
+    """Issue 6: the claim is two statements (expired leases, then due messages in queue order) instead
+    of one sorting every due message; together they fill one batch, a dead worker's messages first,
+    even when they come last in queue order."""
     from service.dispatch import PassSummary
 
     enroll_many(runtime, 6)
@@ -245,17 +246,18 @@ def test_a_claim_takes_expired_leases_first_then_the_oldest_due(runtime):  # noq
     with runtime.sessions() as s:
         queued = list(s.scalars(select(Message.id).order_by(Message.next_attempt_at, Message.id)))
     assert len(queued) == 6
-    first = runtime.dispatcher(batch_size=2, worker_id="died")
-    assert first.claim(T0, PassSummary()) == queued[:2]
-    with runtime.sessions() as s, s.begin():  # the first worker died: its lease ran out
-        s.execute(text("UPDATE messages SET lease_until = :t WHERE claimed_by = 'died'"),
-                  {"t": utcnow() - timedelta(minutes=1)})
+    died = queued[-2:]  # a worker that died holding the last two in queue order
+    with runtime.sessions() as s, s.begin():
+        s.execute(text("UPDATE messages SET status = 'sending', attempts = 1, claimed_by = 'died', "
+                       "lease_until = :t, next_attempt_at = :later WHERE id IN (:a, :b)"),
+                  {"t": utcnow() - timedelta(minutes=1), "later": T0 + timedelta(seconds=1),
+                   "a": died[0], "b": died[1]})
 
     summary = PassSummary()
     claimed = runtime.dispatcher(batch_size=3, worker_id="second").claim(T0, summary)
-    assert claimed == queued[:3] and summary.reclaimed == 2
+    assert claimed == [*died, queued[0]] and summary.reclaimed == 2
     rest = runtime.dispatcher(batch_size=10, worker_id="third").claim(T0, PassSummary())
-    assert rest == queued[3:]  # nothing still leased is taken
+    assert rest == queued[1:4]  # nothing still leased is taken
     with runtime.sessions() as s:
         assert Counter(s.scalars(select(Message.claimed_by))) == {"second": 3, "third": 3}
 

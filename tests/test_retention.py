@@ -44,23 +44,3 @@ def test_prune_command_needs_a_period(runtime, monkeypatch, tmp_path):  # noqa: 
     assert r.exit_code != 0 and "DRIP_EVENT_RETENTION_DAYS" in r.output
     r = CliRunner().invoke(main, ["prune", "--days", "30"], env=env)
     assert r.exit_code == 0 and r.output.startswith("prune: ")
-
-
-def test_old_events_are_found_by_id_and_nothing_newer_is_ever_deleted(runtime):  # noqa: ANN001
-    """Issue 6: retention bisects the events' ids (no index on their time). An old event written after a
-    newer one (a late outcome) waits for a later pruning; no event newer than the cutoff goes."""
-    from service.retention import last_event_before
-
-    ages = [900, 800, 700, 30, 600, 20, 10]  # days before "now", in the order written; 600 came late
-    now = T0 + timedelta(days=1000)
-    with runtime.sessions() as s, s.begin():
-        assert last_event_before(s, now) is None  # no events at all
-        for n, age in enumerate(ages):
-            events.record(s, type="sent", now=now - timedelta(days=age), detail=f"event {n}")
-    with runtime.sessions() as s, s.begin():
-        assert prune(s, now=now, days=1000).events == 0  # the oldest is 900 days old
-        assert prune(s, now=now, days=365).events == 3
-        assert sorted(s.scalars(select(Event.detail))) == ["event 3", "event 4", "event 5", "event 6"]
-    with runtime.sessions() as s, s.begin():  # 350 days on, everything but the last one is old
-        assert prune(s, now=now + timedelta(days=350), days=365).events == 3
-        assert s.scalars(select(Event.detail)).all() == ["event 6"]
