@@ -104,7 +104,7 @@ class Settings:
     record_ip: bool = False
     trusted_proxies: int = 0  # reverse proxies in front of `drip web` whose X-Forwarded-For/-Proto we believe
     lease_seconds: int = 300
-    batch_size: int = 200
+    batch_size: int = 500
     max_attempts: int = 12
     retry_base_seconds: int = 60
     retry_cap_seconds: int = 6 * 3600
@@ -191,7 +191,7 @@ class Settings:
             record_ip=_flag(env, "DRIP_RECORD_IP"),
             trusted_proxies=int(_number(env, "DRIP_TRUSTED_PROXIES", 0, minimum=0)),
             lease_seconds=int(_number(env, "DRIP_LEASE_SECONDS", 300, minimum=5)),
-            batch_size=int(_number(env, "DRIP_BATCH_SIZE", 200, minimum=1)),
+            batch_size=int(_number(env, "DRIP_BATCH_SIZE", 500, minimum=1)),
             max_attempts=int(_number(env, "DRIP_MAX_ATTEMPTS", 12, minimum=1)),
             event_retention_days=_retention_days(env),
             unsubscribe_mailto=env.get("DRIP_UNSUBSCRIBE_MAILTO") or None,

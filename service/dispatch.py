@@ -61,7 +61,9 @@ from .transports.base import OutboundEmail, SendResult, Transport, TransportErro
 
 log = logging.getLogger(__name__)
 
-CHUNK = 100  # issue 6: emails per prepare/compose/send round; half the per-chunk statements of 50
+# Issue 6: emails per prepare/compose/send round. With batches of 500 (DRIP_BATCH_SIZE): ~9 % less CPU per
+# email than chunks of 100 in batches of 200 (fewer statements per email), measured with two workers.
+CHUNK = 250
 GIVE_UP_AFTER = timedelta(days=3)
 PASS_HISTORY = timedelta(hours=1)  # dispatch_passes rows kept for the metrics
 
@@ -136,7 +138,7 @@ class Dispatcher:
     transport_factory: Callable[[], Transport]
     unsubscribe_url: Callable[[str, str], str]  # (public_id, campaign) -> URL
     lease: timedelta = timedelta(seconds=300)
-    batch_size: int = 200
+    batch_size: int = 500
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     worker_id: str = field(default_factory=worker_name)
     flush_seconds: float = 0.1
