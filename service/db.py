@@ -50,9 +50,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 
 def _planner_costs(dbapi_connection, _record) -> None:  # noqa: ANN001
     """Issue 6: PostgreSQL's default random_page_cost (4) models spinning disks. With it the planner
-    answers Drip's hot statements (a chunk's 100 messages by id, joined to their readers and enrollments;
+    answers Drip's hot statements (a chunk's messages by id, joined to their readers and enrollments;
     the outcome UPDATEs over unnested ids) by reading whole tables and hashing them, as long as those
-    tables hold up to ~10,000 rows: ~1 ms per statement instead of 100 index lookups. A server left at
+    tables hold up to ~10,000 rows: ~1 ms per statement instead of a few hundred index lookups. A server left at
     the default gets 1.1 on Drip's own connections, the value PostgreSQL's documentation gives for
     solid-state storage; a server whose operator chose another value keeps it."""
     with dbapi_connection.cursor() as cur:
