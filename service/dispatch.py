@@ -38,7 +38,7 @@ from sqlalchemy import BigInteger, String, and_, bindparam, delete, func, or_, s
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.types import TypeEngine
 
 from . import as_sent, delivery, events, live_edits, optin, retention, sending, sendlimits
@@ -116,7 +116,11 @@ def not_snoozed(subscriber_id, now: datetime):  # noqa: ANN001, ANN201
     # made PostgreSQL hash-join the whole subscribers table into every queue and claim (245 ms per batch
     # with a million readers); this one is a lookup per candidate row, served by the small partial index
     # ix_subscribers_snoozed when the planner prefers an anti-join.
-    snoozed = select(Subscriber.id).where(Subscriber.id == subscriber_id, Subscriber.snoozed_until > now)
+    # The subquery reads its own alias of the readers' table. With the plain table, a query that already
+    # joins subscribers would make the subquery compare `subscribers.id` with itself (SQLAlchemy will not
+    # correlate a subquery's only table away), asking "is anyone snoozed" instead of "is this reader".
+    reader = aliased(Subscriber)
+    snoozed = select(reader.id).where(reader.id == subscriber_id, reader.snoozed_until > now)
     return ~snoozed.exists()
 
 
@@ -247,7 +251,7 @@ class Dispatcher:
                 .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
                 .where(Enrollment.status == "active", Enrollment.next_due_at <= now,
                        Enrollment.campaign.not_in(_paused_campaigns()))
-                .where(not_snoozed(Subscriber.id, now))  # issue 9: a snoozed reader's steps wait
+                .where(not_snoozed(Enrollment.subscriber_id, now))  # a snoozed reader's steps wait
                 .order_by(Enrollment.next_due_at, Enrollment.id)
                 .limit(self.batch_size)
                 .with_for_update(skip_locked=True, of=Enrollment)
