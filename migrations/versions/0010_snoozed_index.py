@@ -1,8 +1,8 @@
-"""A partial index on subscribers.snoozed_until (issue 6).
+"""A partial index on subscribers.snoozed_until, so a dispatch pass finds snoozed readers without a full scan.
 
-The dispatcher leaves snoozed readers' mail waiting (issue 9). Finding the snoozed readers scanned the
-whole subscribers table in every queue and claim batch (245 ms per batch with a million readers); only
-the few rows with a snooze are indexed here.
+The dispatcher leaves snoozed readers' mail waiting (a reader can snooze from the preference page).
+Finding the snoozed readers scanned the whole subscribers table in every queue and claim batch (245 ms
+per batch with a million readers); only the few rows with a snooze are indexed here.
 
 Revision ID: 0012_snoozed_index
 Revises: 0011_lz4_contents

@@ -1,4 +1,5 @@
-"""issue 8: send_counters (per-domain hourly and daily send limits, warm-up)
+"""send_counters: emails sent per recipient domain per hour and per day, so the dispatcher can keep to
+each domain's hourly and daily send limits and ramp a new sending domain up slowly (warm-up).
 
 Revision ID: 0008_issue8
 Revises: 0001

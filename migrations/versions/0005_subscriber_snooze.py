@@ -1,4 +1,4 @@
-"""issue 9: subscribers.snoozed_until (the reader's snooze from the preference page)
+"""subscribers.snoozed_until: a reader can snooze her emails from the preference page until this time.
 
 Revision ID: 0009_issue9
 Revises: 0004_issue4
@@ -7,7 +7,6 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_issue9"
-# Chained after 0008_issue8 (already merged) so the tree has one head; the integrator re-chains.
 down_revision = "0004_issue4"
 branch_labels = None
 depends_on = None

@@ -1,4 +1,4 @@
-"""issue 6: partial indexes so a pass costs what is due, not what the tables hold
+"""Partial indexes so a dispatch pass costs what is due, not what the tables hold.
 
 - `ix_messages_pending (next_attempt_at, id) WHERE status IN ('queued', 'deferred', 'sending')`: the claim
   query reads only unfinished messages, in its own ORDER BY; sent history (millions of rows after a

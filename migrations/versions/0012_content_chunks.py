@@ -1,4 +1,4 @@
-"""Shared pieces of "as sent" copies (issue 6).
+"""Shared pieces of "as sent" copies, stored once instead of in every email's copy.
 
 An email of a campaign step is ~29 KB, of which ~1-3 KB hold the reader's values (headers, the lines with
 their name and links); the rest is the same in every email of the step. `content_chunks` holds those

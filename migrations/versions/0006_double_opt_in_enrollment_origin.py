@@ -1,9 +1,12 @@
-"""issue 5: enrollments.origin_campaign (the lead magnet a continued enrollment came from) and
-enrollments.next_step_key (the key the step pointer was set to, for `drip campaigns diff`), and
-pending_confirmations (double opt-in); consents.source widened to 100 for "import:<file name>"
+"""Double opt-in, campaign continuations and imported consents.
+
+- enrollments.origin_campaign (the lead magnet a continued enrollment came from) and
+  enrollments.next_step_key (the key the step pointer was set to, for `drip campaigns diff`).
+- pending_confirmations: signups waiting for the reader to confirm her address (double opt-in).
+- consents.source widened from 16 to 100 characters, to hold "import:<file name>" for imported readers.
 
 Revision ID: 0005_issue5
-Revises: 0008_issue8 (the head on this branch; the integrator re-chains)
+Revises: 0009_issue9
 """
 import sqlalchemy as sa
 from alembic import op

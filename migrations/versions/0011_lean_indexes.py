@@ -1,4 +1,4 @@
-"""Fewer index entries per signup and per email (issue 6).
+"""Fewer index entries per signup and per email, so each signup and each send writes less to the database.
 
 - `ix_enrollments_due (status, next_due_at)` is dropped: every query on due enrollments also says
   `status = 'active'` and `next_due_at <= ...`, which the partial `ix_enrollments_due_active` serves;

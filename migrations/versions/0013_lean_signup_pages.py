@@ -1,4 +1,5 @@
-"""Two database pages fewer per signup (issue 6).
+"""Two database pages fewer written per signup: a partial unique index on events, and (SQLite) a WITHOUT ROWID
+rate_hits.
 
 - `events.provider_event_id`'s unique constraint indexed every event, though only provider webhooks
   set it: a signup's event, and the queued/attempt/sent events of every email, each added a NULL

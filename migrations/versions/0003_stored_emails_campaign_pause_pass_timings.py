@@ -1,4 +1,9 @@
-"""issue 3: stored email content, campaign pause state, dispatch pass timings
+"""Tables behind the operator console and API: each sent email's bytes, per-campaign pause switches,
+dispatch pass timings.
+
+- `message_contents`: the exact bytes of each sent email, for the operator's "as sent" view.
+- `campaign_states`: a paused campaign queues no new step and claims none of its messages.
+- `dispatch_passes`: one row per dispatch pass (any worker), the source of the pass-duration metrics.
 
 Revision ID: 0003_issue3
 Revises: 0008_issue8

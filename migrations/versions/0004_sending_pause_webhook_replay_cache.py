@@ -1,4 +1,9 @@
-"""issue 4: sending pause state and the webhook token replay cache
+"""A global sending pause and the webhook token replay cache.
+
+- `sending_state`: one row saying whether all sending is paused, e.g. after the email provider refused
+  our credentials, and why.
+- `webhook_tokens`: tokens of provider webhooks already accepted. Mailgun signs only timestamp + token,
+  so a replayed webhook is refused by remembering each token and accepting it once.
 
 Revision ID: 0004_issue4
 Revises: 0003_issue3
