@@ -5,9 +5,10 @@ challenge-response mails and anything else that lands in the bounce mailbox are 
 ignored, so a holiday never suppresses a reader (listmonk#1334 counted those as bounces).
 
 The message is found by the VERP envelope sender (`bounces+<id>-<sig>@…`, the address the DSN was
-sent to), else by the Message-ID in the returned headers. The class of the RFC 3463 status decides:
-5.x.x is a hard bounce except 5.6/5.7 (content or policy, not the mailbox: counted as soft);
-4.x.x and Action "delayed" are soft.
+sent to), else by the Message-ID in the returned headers. A failed delivery's RFC 3463 status is read
+by the same rule as a refusal answered at once (service/smtp_status.py): about the mailbox, a hard
+bounce; any other permanent status (too big, content, policy), the email failed and the reader stays;
+4.x.x, a soft bounce. Action "delayed" is a deferral.
 """
 from __future__ import annotations
 
@@ -17,18 +18,18 @@ import hashlib
 import imaplib
 import logging
 import mailbox
-import re
 import ssl
 from collections.abc import Iterator
 from email.message import Message as MimeMessage
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from . import smtp_status
 from .delivery import DeliveryEvent
+from .smtp_status import Verdict
 from .verp import parse_verp
 
 log = logging.getLogger(__name__)
-STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 def parse_dsn(raw: bytes, *, secret: str) -> list[DeliveryEvent]:
@@ -60,16 +61,18 @@ def parse_dsn(raw: bytes, *, secret: str) -> list[DeliveryEvent]:
 
 def _kind(action: str, status: str) -> str | None:
     action = action.strip().lower()
-    m = STATUS.search(status)
     if action in ("delivered", "relayed", "expanded"):
         return "delivered"
-    if action == "delayed" or (m and m.group(1) == "4"):
-        return "soft_bounce" if action == "failed" else "deferred"
-    if action == "failed":
-        if m and m.group(1) == "5" and m.group(2) not in ("6", "7"):
-            return "hard_bounce"
-        return "soft_bounce"
-    return None
+    if action == "delayed":
+        return "deferred"
+    if action != "failed":
+        return None
+    verdict = smtp_status.classify(None, status)
+    if verdict is Verdict.MAILBOX:
+        return "hard_bounce"
+    if verdict is Verdict.REFUSED:
+        return "failed"
+    return "soft_bounce"
 
 
 def _returned_message_id(msg: MimeMessage) -> str | None:

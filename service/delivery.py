@@ -1,13 +1,16 @@
 """One status model for what happens after a message leaves us (provider webhooks, DSNs, tracking).
 
 Every source (the five provider webhooks, bounce mailboxes, our own open/click tracker) turns its
-payload into `DeliveryEvent`s with one of seven kinds, and `apply` maps each kind onto the message
+payload into `DeliveryEvent`s with one of eight kinds, and `apply` maps each kind onto the message
 statuses of `service.events`:
 
 - delivered    -> message `delivered`
 - deferred     -> message `deferred` (parked: no retry of ours; the deadline below fails it)
 - soft_bounce  -> a `soft_bounce` event; the message is parked as for deferred; the address is suppressed
                   once `soft_threshold` soft bounces fall on distinct days within `soft_window`
+- failed       -> message `failed`: refused for good, but not because of the mailbox (too big, content,
+                  policy; see service/smtp_status.py); the reader stays subscribed, as when the relay
+                  refuses the same status at once
 - hard_bounce  -> message `bounced`, address suppressed, subscriber `bounced`, every enrollment stopped
 - complaint    -> message `complained`, address suppressed, subscriber `complained`, enrollments stopped
 - open, click  -> `opened` / `clicked` events only
@@ -31,7 +34,7 @@ from .suppression import stop_subscriber, suppress_address
 
 log = logging.getLogger(__name__)
 
-KINDS = frozenset({"delivered", "deferred", "soft_bounce", "hard_bounce", "complaint", "open", "click"})
+KINDS = frozenset({"delivered", "deferred", "failed", "soft_bounce", "hard_bounce", "complaint", "open", "click"})
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def _apply(session: Session, ev: DeliveryEvent, message: Message | None, subscri
     detail = f"{ev.source}: {ev.detail}".strip().rstrip(":") or ev.source
     data = {"source": ev.source, "kind": ev.kind, **ev.data}
     target = {"delivered": "delivered", "hard_bounce": "bounced", "complaint": "complained",
-              "deferred": "deferred", "soft_bounce": "deferred"}.get(ev.kind)
+              "deferred": "deferred", "soft_bounce": "deferred", "failed": "failed"}.get(ev.kind)
     event_type = {"soft_bounce": "soft_bounce", "open": "opened", "click": "clicked"}.get(ev.kind, target)
     moved = False
     if message is not None and target and _may_move(message, target):

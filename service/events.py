@@ -24,7 +24,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     # until the provider reports delivery or a bounce, or the deferral deadline fails it.
     "deferred": frozenset({"sending", "suppressed", "failed", "delivered", "bounced", "complained"}),
     "sending": frozenset({"sent", "deferred", "failed", "bounced", "suppressed", "sending"}),
-    "sent": frozenset({"delivered", "bounced", "complained", "deferred"}),
+    # "failed" after "sent": a bounce email reports a permanent refusal that is not about the mailbox.
+    "sent": frozenset({"delivered", "bounced", "complained", "deferred", "failed"}),
     "delivered": frozenset({"bounced", "complained"}),
     "failed": frozenset({"queued"}),  # an operator's retry
     "bounced": frozenset(),

@@ -1,10 +1,9 @@
 """SMTP and SMTPS: one connection for the whole batch, STARTTLS, AUTH, timeouts.
 
 Replies are classified the RFC 5321 way: 4xx and dropped connections are transient (retry later);
-5xx is permanent for that email. Only a refusal that is about the mailbox suppresses the address:
-an RFC 3463 code 5.1.x (addressing) or 5.2.x (mailbox, except 5.2.3 message too big), or a bare
-550/551/553 at RCPT. Everything else permanent (5.3.4 too big, 5.6.x content, 5.7.x policy, relay
-denied) fails the email without blaming the reader. Failing to connect, to authenticate, or having our
+5xx is permanent for that email. Only a refusal that is about the mailbox suppresses the address
+(the rule lives in service/smtp_status.py, shared with bounce emails); everything else permanent
+fails the email without blaming the reader. Failing to connect, to authenticate, or having our
 own envelope sender refused is the transport's failure, not any recipient's: the batch waits and
 retries without counting attempts.
 
@@ -23,10 +22,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .. import smtp_status
+from ..smtp_status import Verdict
 from .base import OutboundEmail, SendResult, TransportError
 
 log = logging.getLogger(__name__)
-ENHANCED = re.compile(rb"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 class _PlainAuthRefused(Exception):
@@ -68,21 +68,16 @@ class SmtpConfig:
 
 
 def classify(code: int, message: bytes | str, *, stage: str = "DATA") -> SendResult:
+    """One reply as a SendResult; whether a refusal is about the mailbox is service.smtp_status's rule,
+    the same one a bounce email that reports this status later is read by."""
     raw = message if isinstance(message, bytes) else str(message).encode()
     text = f"{code} {raw.decode('utf-8', 'replace')}".strip()
-    if 200 <= code < 300:
+    verdict = smtp_status.classify(code, raw, stage=stage)
+    if verdict is Verdict.OK:
         return SendResult(ok=True, code=code)
-    if code >= 500:
-        return SendResult(ok=False, permanent=True, code=code, error=text, suppress=_about_mailbox(code, raw, stage))
-    return SendResult(ok=False, code=code, error=text)
-
-
-def _about_mailbox(code: int, raw: bytes, stage: str) -> bool:
-    m = ENHANCED.search(raw)
-    if m:
-        subject, detail = m.group(2), m.group(3)
-        return subject == b"1" or (subject == b"2" and detail != b"3")
-    return stage == "RCPT" and code in (550, 551, 553) and b"relay" not in raw.lower()
+    if verdict is Verdict.TRANSIENT:
+        return SendResult(ok=False, code=code, error=text)
+    return SendResult(ok=False, permanent=True, code=code, error=text, suppress=verdict is Verdict.MAILBOX)
 
 
 class SmtpTransport:
