@@ -137,6 +137,24 @@ def due_at(*, delay: Delay, after: datetime, tz_name: str, send_hour: int,
     return local.astimezone(UTC) + timedelta(seconds=delay.seconds)
 
 
+def step_due(campaign: Campaign, step: Step, *, after: datetime, reader_timezone: str | None) -> datetime:
+    """The one rule for when a reader's `step` is due: its delay after `after` (the previous step's actual
+    send, or the moment the reader joined), in the step's send window (its send hour and weekdays, else the
+    campaign's) in the reader's time zone, else the campaign's. Every caller uses it: the dispatcher after a
+    send, the preference page's time-zone change and digest switch, continuation, live edits, import."""
+    hour, days = campaign.window(step)
+    return due_at(delay=step.delay, after=after, tz_name=reader_timezone or campaign.timezone, send_hour=hour,
+                  send_days=days)
+
+
+def next_window_day(campaign: Campaign, step: Step | None, *, after: datetime, reader_timezone: str | None) -> datetime:
+    """The step's send hour on the next allowed day after `after`, in the reader's zone: where a message held
+    back by the reader's daily cap goes."""
+    hour, days = campaign.window(step) if step is not None else (campaign.send_hour, campaign.send_days)
+    return due_at(delay=Delay(days=1), after=after, tz_name=reader_timezone or campaign.timezone, send_hour=hour,
+                  send_days=days)
+
+
 def valid_timezone(name: str | None) -> bool:
     if not name or len(name) > 64 or not re.fullmatch(r"[A-Za-z0-9_+\-/]+", name):
         return False

@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from . import events
-from .campaigns import Campaign, due_at
+from .campaigns import Campaign, step_due
 from .models import Consent, Enrollment, Subscriber
 
 
@@ -32,9 +32,7 @@ def continue_enrollment(session: Session, *, enrollment: Enrollment, subscriber:
     step = target.step_by_key(campaign.continue_at) if campaign.continue_at else target.steps[0]
     if step is None:  # load_campaigns refuses this; a hot-edited target could still lose the step
         return None
-    hour, days = target.window(step)
-    due = due_at(delay=step.delay, after=now, tz_name=subscriber.timezone or target.timezone, send_hour=hour,
-                 send_days=days)
+    due = step_due(target, step, after=now, reader_timezone=subscriber.timezone)
     origin = enrollment.origin_campaign or campaign.key
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     new_id = session.execute(

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.types import TypeEngine
 
 from . import as_sent, delivery, events, live_edits, optin, retention, sending, sendlimits
-from .campaigns import Campaign, Delay, Step, due_at
+from .campaigns import Campaign, Step, next_window_day, step_due
 from .compose import ComposeJob, Composer, compose_confirmation, new_message_id
 from .config import SendLimits
 from .continuation import continue_enrollment, origin_why
@@ -433,9 +433,8 @@ RETURNING enrollment_id, id""", binary=True)
             if room[m.subscriber_id] > 0:
                 room[m.subscriber_id] -= 1
                 continue
-            step = campaign.step_by_key(m.step_key)
-            hour, days = campaign.window(step) if step is not None else (campaign.send_hour, campaign.send_days)
-            held[m.id] = later = due_at(delay=Delay(days=1), after=now, tz_name=tz, send_hour=hour, send_days=days)
+            held[m.id] = later = next_window_day(campaign, campaign.step_by_key(m.step_key), after=now,
+                                                 reader_timezone=tz)
             history.append(dict(type="held", created_at=now, subscriber_id=m.subscriber_id, message_id=m.id,
                                 detail=f"daily cap of {self.max_per_day} reached; "
                                        f"next try {later:%Y-%m-%d %H:%M} UTC"))
@@ -854,12 +853,10 @@ RETURNING enrollment_id, id""", binary=True)
                     continue
                 events.check_transition(row.id, row.status, "sent")
                 campaign, step = nxt
-                hour, days = campaign.window(step)
                 sent.append({"m_id": row.id, "subj": subjects.get(row.id), "provider_id": result.provider_id,
                              "error": result.error or None})
                 moved.append({"e_id": row.enrollment_id, "next_step": step.index, "next_key": step.key,
-                              "due": due_at(delay=step.delay, after=now, tz_name=row.timezone or campaign.timezone,
-                                            send_hour=hour, send_days=days)})
+                              "due": step_due(campaign, step, after=now, reader_timezone=row.timezone)})
                 history.append(dict(type="sent", created_at=now, subscriber_id=row.subscriber_id, message_id=row.id,
                                     detail=result.error or f"accepted ({result.code or 'ok'})"))
             as_sent.store(session, contents, now)  # issue 3's "as sent" copies, one statement per flush
@@ -982,9 +979,7 @@ WHERE e.id = v.id AND e.status = 'active'""", binary=True)
                           detail=campaign.key)
             self._continue_into(session, enrollment, subscriber, campaign, now)
             return
-        hour, days = campaign.window(nxt)  # issue 5: per-step send hour and allowed weekdays
-        enrollment.next_due_at = due_at(delay=nxt.delay, after=now, tz_name=subscriber.timezone or campaign.timezone,
-                                        send_hour=hour, send_days=days)
+        enrollment.next_due_at = step_due(campaign, nxt, after=now, reader_timezone=subscriber.timezone)
 
     # -- double opt-in confirmations (issue 5) ---------------------------------------------------
     def _send_confirmations(self, now: datetime) -> int:

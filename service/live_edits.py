@@ -25,7 +25,7 @@ from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
 from . import events
-from .campaigns import Campaign, Step, due_at
+from .campaigns import Campaign, Step, step_due
 from .db import one_of
 from .models import Enrollment, Message, Subscriber
 
@@ -76,11 +76,9 @@ def reactivate_grown(session: Session, campaigns: Mapping[str, Campaign], now: d
             step = next_step(campaign, enrollment, had[enrollment.id])
             if step is None or not had[enrollment.id]:
                 continue
-            hour, days = campaign.window(step)
             enrollment.status, enrollment.next_step = "active", step.index
-            enrollment.next_due_at = due_at(delay=step.delay, after=enrollment.last_sent_at or now,
-                                            tz_name=subscriber.timezone or campaign.timezone, send_hour=hour,
-                                            send_days=days)
+            enrollment.next_due_at = step_due(campaign, step, after=enrollment.last_sent_at or now,
+                                              reader_timezone=subscriber.timezone)
             enrollment.updated_at = now
             events.record(session, type="reactivated", now=now, subscriber_id=subscriber.id,
                           detail=f"{campaign.key} gained step {step.key}")

@@ -14,7 +14,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import events
-from .campaigns import Campaign, due_at, valid_timezone
+from .campaigns import Campaign, step_due, valid_timezone
 from .errors import FieldError
 from .models import Consent, Enrollment, Event, Message, Subscriber
 from .signups import SignupError, clean_name
@@ -138,8 +138,7 @@ def _reschedule(session: Session, subscriber: Subscriber, campaigns: dict[str, C
         step = campaign.step(e.next_step) if campaign else None
         if campaign is None or step is None:
             continue
-        e.next_due_at = due_at(delay=step.delay, after=e.last_sent_at, tz_name=subscriber.timezone or campaign.timezone,
-                               send_hour=campaign.send_hour)
+        e.next_due_at = step_due(campaign, step, after=e.last_sent_at, reader_timezone=subscriber.timezone)
         e.updated_at = now
         moved += 1
     return moved
@@ -178,8 +177,7 @@ def switch_to_digest(session: Session, subscriber: Subscriber, campaign: str, *,
     _stop_enrollment(session, enrollment, reason=f"switched to {digest.key}", now=now)
     first = 1 if len(digest.steps) > 1 else 0
     step = digest.step(first)
-    due = due_at(delay=step.delay, after=now, tz_name=subscriber.timezone or digest.timezone,
-                 send_hour=digest.send_hour) if first else now
+    due = step_due(digest, step, after=now, reader_timezone=subscriber.timezone) if first else now
     target = session.scalar(select(Enrollment).where(Enrollment.subscriber_id == subscriber.id,
                                                      Enrollment.campaign == digest.key))
     if target is None:
@@ -188,7 +186,8 @@ def switch_to_digest(session: Session, subscriber: Subscriber, campaign: str, *,
     elif target.status != "active":  # they had left the digest before: it restarts where they left it
         target.status, target.stopped_reason, target.updated_at = "active", None, now
         target.next_step = max(target.next_step, first)
-        target.next_due_at = due if digest.step(target.next_step) else now
+        resume = digest.step(target.next_step)
+        target.next_due_at = step_due(digest, resume, after=now, reader_timezone=subscriber.timezone) if resume else now
     session.add(Consent(subscriber_id=subscriber.id, campaign=digest.key, created_at=now, source="preferences",
                         wording=f"Switched from {source.title} to {digest.title} on the preference page."))
     events.record(session, type="switched_to_digest", now=now, subscriber_id=subscriber.id,

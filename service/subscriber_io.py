@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .campaigns import Campaign, due_at, valid_timezone
+from .campaigns import Campaign, step_due, valid_timezone
 from .models import Enrollment, Subscriber
 from .signups import ConsentMeta, SignupError, SignupInput, clean_name, normalize_email, signup
 
@@ -77,10 +77,8 @@ def _skip_welcome(session: Session, subscriber_id: int, campaign: Campaign, tz: 
     enrollment.next_step = 1
     step = campaign.step(1)
     if step is not None:
-        hour, days = campaign.window(step)
         enrollment.next_step_key = step.key
-        enrollment.next_due_at = due_at(delay=step.delay, after=now, tz_name=tz or campaign.timezone,
-                                        send_hour=hour, send_days=days)
+        enrollment.next_due_at = step_due(campaign, step, after=now, reader_timezone=tz)
 
 
 EXPORT_COLUMNS = ("email", "name", "timezone", "status", "created_at", "campaigns")

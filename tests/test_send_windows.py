@@ -11,7 +11,8 @@ from conftest import ROOT, at, with_settings
 from sqlalchemy import select
 
 from service.campaigns import CampaignError, Delay, due_at, load_campaigns
-from service.models import Enrollment, Message
+from service.app import create_app
+from service.models import Enrollment, Message, Subscriber
 from service.signups import ConsentMeta, parse_signup, signup
 
 MON, THU = 0, 3
@@ -86,3 +87,37 @@ def test_monday_only_sequence_walks_across_dst_with_a_frozen_clock(runtime, smtp
     assert [(t.date(), t.hour) for t in sent] == [
         (date(2026, 3, 16) + timedelta(weeks=n), 8) for n in range(weeks)]
     rt.sessions.kw["bind"].dispose()
+
+
+def test_a_time_zone_change_reschedules_by_the_same_rule_the_dispatcher_uses(client, runtime, tmp_path) -> None:
+    """Week 1 may only go on Saturdays at 11:00. Two readers in New York get the welcome; one moves to
+    Tokyo on the preference page. Her week 1 is then due on a Saturday at 11:00 Tokyo time, exactly what
+    the dispatcher computes for a reader who signed up in Tokyo; the other reader's due time is unchanged."""
+    def edit(text: str) -> str:
+        return text.replace('key = "week-01"\n', 'key = "week-01"\nsend_days = ["sat"]\nsend_hour = 11\n')
+    rt = with_settings(runtime, templates_dir=templates_with(tmp_path, "back-pain-bundle", edit))
+    t0 = at("2026-03-04T15:00:00")  # a Wednesday
+    ids = {}
+    for name, tz in (("ny", "America/New_York"), ("mover", "America/New_York"), ("tokyo", "Asia/Tokyo")):
+        data = parse_signup({"email": f"{name}@example.org", "timezone": tz}, campaigns=rt.campaigns,
+                            default_campaign="back-pain-bundle")
+        with rt.sessions() as s, s.begin():
+            ids[name] = signup(s, data, campaign=rt.campaigns["back-pain-bundle"], meta=ConsentMeta("json"),
+                               now=t0).subscriber_id
+    assert rt.dispatcher().run_pass(t0).sent == 3
+
+    def due(name: str):  # noqa: ANN202
+        with rt.sessions() as s:
+            return s.scalars(select(Enrollment.next_due_at).where(Enrollment.subscriber_id == ids[name])).one()
+    before = due("ny")
+    app = create_app(runtime=rt)
+    with rt.sessions() as s:
+        public_id = s.get_one(Subscriber, ids["mover"]).public_id
+    path = rt.reader_links(public_id, 0)["preferences_url"].removeprefix(rt.settings.base_url)
+    r = app.test_client().post(f"{path}/profile", data={"name": "Mover", "timezone": "Asia/Tokyo"},
+                               headers={"Origin": "https://drip.example.org"})
+    assert r.status_code == 303
+    local = due("mover").astimezone(ZoneInfo("Asia/Tokyo"))
+    assert (local.weekday(), local.hour) == (5, 11)
+    assert due("mover") == due("tokyo")
+    assert due("ny") == before
