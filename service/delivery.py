@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from . import events
 from .models import Event, Message, Subscriber, WebhookToken
-from .suppression import stop_subscriber, suppress_address
+from .suppression import stop_for
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +124,11 @@ def _apply(session: Session, ev: DeliveryEvent, message: Message | None, subscri
         events.record(session, type=event_type or "delivered", now=now, subscriber_id=subscriber.id,
                       message_id=message.id if message else None, detail=detail, data=data, provider_event_id=pid)
     session.flush()
-    if ev.kind == "hard_bounce":
-        _stop(session, subscriber, "hard_bounce", "bounced", detail, now)
-    elif ev.kind == "complaint":
-        _stop(session, subscriber, "complaint", "complained", detail, now)
+    if ev.kind in ("hard_bounce", "complaint"):
+        stop_for(session, subscriber, ev.kind, now=now, detail=detail)
     elif ev.kind == "soft_bounce" and soft_bounce_days(session, subscriber.id, now, policy) >= policy.soft_threshold:
-        _stop(session, subscriber, "soft_bounces", "bounced",
-              f"{policy.soft_threshold} soft bounces within {policy.soft_window.days} days", now)
+        stop_for(session, subscriber, "soft_bounces", now=now,
+                 detail=f"{policy.soft_threshold} soft bounces within {policy.soft_window.days} days")
 
 
 def _may_move(message: Message, target: str) -> bool:
@@ -139,12 +137,6 @@ def _may_move(message: Message, target: str) -> bool:
     if target == "deferred" and message.status != "sent":
         return False  # only a message the provider accepted can be deferred by the provider
     return target in events.ALLOWED[message.status]
-
-
-def _stop(session: Session, subscriber: Subscriber, reason: str, status: str, detail: str, now: datetime) -> None:
-    suppress_address(session, subscriber.email_key, reason=reason, now=now, detail=detail)
-    if subscriber.status in ("active", "unsubscribed") or (status == "complained" and subscriber.status != status):
-        stop_subscriber(session, subscriber, status=status, reason=reason.replace("_", " "), now=now, detail=detail)
 
 
 def soft_bounce_days(session: Session, subscriber_id: int, now: datetime, policy: Policy) -> int:

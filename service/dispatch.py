@@ -56,7 +56,7 @@ from .models import (
     Suppression,
     UTCDateTime,
 )
-from .suppression import email_hash, stop_subscriber, suppress_address
+from .suppression import email_hash, stop_for
 from .transports.base import OutboundEmail, SendResult, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -934,8 +934,7 @@ WHERE e.id = v.id AND e.status = 'active'""", binary=True)
             self._advance(session, enrollment, subscriber, self.campaigns.get(message.campaign), message, now)
         elif result.permanent and result.suppress:
             events.transition(session, message, "bounced", now=now, detail=result.error)
-            suppress_address(session, subscriber.email_key, reason="hard_bounce", now=now, detail=result.error)
-            summary.suppressed += stop_subscriber(session, subscriber, status="bounced", reason="hard bounce", now=now)
+            summary.suppressed += stop_for(session, subscriber, "hard_bounce", now=now, detail=result.error)
             summary.bounced += 1
         elif result.transport:
             # Not the reader's fault: the attempt does not count and the message is never given up.

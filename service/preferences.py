@@ -2,23 +2,23 @@
 correct name and time zone, snooze, download or erase their data.
 
 Domain functions only: they take a session and plain values, the caller commits. Every change is
-recorded as an event, so the operator's timeline shows what the reader did and when. The data export and
-erasure here are deliberately small; the integrator may point them at service/privacy.py (issue 3).
+recorded as an event, so the operator's timeline shows what the reader did and when. Export and erasure
+are service/privacy.py's, the same ones the operator uses.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from . import events
+from . import events, privacy
 from .campaigns import Campaign, step_due, valid_timezone
 from .errors import FieldError
-from .models import Consent, Enrollment, Event, Message, Subscriber
+from .models import Consent, Enrollment, Message, Subscriber
 from .signups import SignupError, clean_name
-from .suppression import PENDING, stop_subscriber, suppress_address
+from .suppression import PENDING, stop_subscriber
 
 SNOOZE_WEEKS = (2, 4, 8)
 
@@ -195,51 +195,12 @@ def switch_to_digest(session: Session, subscriber: Subscriber, campaign: str, *,
     return digest.key
 
 
-# -- the reader's data ---------------------------------------------------------------------------------
-def _when(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def _rows(session: Session, model, sid: int) -> list:  # noqa: ANN001
-    return list(session.scalars(select(model).where(model.subscriber_id == sid).order_by(model.id)))
-
-
+# -- the reader's data: export and erasure are service/privacy.py's, shared with the operator ------------
 def export_reader_data(session: Session, subscriber: Subscriber, *, now: datetime) -> dict:
-    """Everything held about the reader, as JSON-ready data (GDPR art. 15/20). The export is recorded."""
-    sid = subscriber.id
-    data = {
-        "exported_at": now.isoformat(),
-        "subscriber": {"email": subscriber.email, "name": subscriber.name, "timezone": subscriber.timezone,
-                       "status": subscriber.status, "created_at": _when(subscriber.created_at),
-                       "unsubscribed_at": _when(subscriber.unsubscribed_at),
-                       "snoozed_until": _when(subscriber.snoozed_until)},
-        "consents": [{"campaign": c.campaign, "created_at": _when(c.created_at), "source": c.source,
-                      "source_url": c.source_url, "user_agent": c.user_agent, "ip": c.ip, "wording": c.wording}
-                     for c in _rows(session, Consent, sid)],
-        "enrollments": [{"campaign": e.campaign, "status": e.status, "next_step": e.next_step,
-                         "next_due_at": _when(e.next_due_at), "last_sent_at": _when(e.last_sent_at),
-                         "stopped_reason": e.stopped_reason, "created_at": _when(e.created_at)}
-                        for e in _rows(session, Enrollment, sid)],
-        "messages": [{"campaign": m.campaign, "step": m.step_key, "to": m.to_email, "subject": m.subject,
-                      "status": m.status, "created_at": _when(m.created_at), "sent_at": _when(m.sent_at)}
-                     for m in _rows(session, Message, sid)],
-        "events": [{"type": ev.type, "detail": ev.detail, "created_at": _when(ev.created_at)}
-                   for ev in _rows(session, Event, sid)],
-    }
-    events.record(session, type="data_exported", now=now, subscriber_id=sid, detail="downloaded their data")
-    return data
+    """Everything held about the reader, downloaded from their own preference page."""
+    return privacy.export_subscriber(session, subscriber, now=now, by="the reader")
 
 
 def erase_reader(session: Session, subscriber: Subscriber, *, now: datetime) -> None:
-    """Deletes the reader and everything about them; only the SHA-256 of the address stays, on the
-    suppression list, so no later signup or import mails them again. The event left has no address."""
-    sid = subscriber.id
-    suppress_address(session, subscriber.email_key, reason="erased", now=now, detail="erased by the reader")
-    message_ids = select(Message.id).where(Message.subscriber_id == sid).scalar_subquery()
-    session.execute(delete(Event).where(or_(Event.subscriber_id == sid, Event.message_id.in_(message_ids))))
-    session.execute(delete(Message).where(Message.subscriber_id == sid))
-    session.execute(delete(Consent).where(Consent.subscriber_id == sid))
-    session.execute(delete(Enrollment).where(Enrollment.subscriber_id == sid))
-    session.execute(delete(Subscriber).where(Subscriber.id == sid))
-    session.expunge(subscriber)
-    events.record(session, type="erased", now=now, detail="a reader erased their data from the preference page")
+    """The reader erases everything about them; only the address's hash stays, suppressed."""
+    privacy.erase_subscriber(session, subscriber, now, by="the reader on the preference page")

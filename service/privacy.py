@@ -20,8 +20,9 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def export_subscriber(session: Session, subscriber: Subscriber) -> dict:
-    """Everything stored about one person, as JSON-ready values (GDPR art. 15 and 20)."""
+def export_subscriber(session: Session, subscriber: Subscriber, *, now: datetime, by: str) -> dict:
+    """Everything stored about one person, as JSON-ready values (GDPR art. 15 and 20): the one export,
+    for the reader's own download and the operator's alike. The export is recorded in their timeline."""
     sid = subscriber.id
     consents = session.scalars(select(Consent).where(Consent.subscriber_id == sid).order_by(Consent.id)).all()
     enrollments = session.scalars(select(Enrollment).where(Enrollment.subscriber_id == sid)
@@ -29,11 +30,13 @@ def export_subscriber(session: Session, subscriber: Subscriber) -> dict:
     messages = session.scalars(select(Message).where(Message.subscriber_id == sid).order_by(Message.id)).all()
     history = session.scalars(select(Event).where(Event.subscriber_id == sid)
                               .order_by(Event.created_at, Event.id)).all()
-    return {
+    data = {
+        "exported_at": _iso(now),
         "subscriber": {"id": sid, "email": subscriber.email, "name": subscriber.name,
                        "timezone": subscriber.timezone, "status": subscriber.status,
                        "created_at": _iso(subscriber.created_at), "updated_at": _iso(subscriber.updated_at),
-                       "unsubscribed_at": _iso(subscriber.unsubscribed_at)},
+                       "unsubscribed_at": _iso(subscriber.unsubscribed_at),
+                       "snoozed_until": _iso(subscriber.snoozed_until)},
         "consents": [{"campaign": c.campaign, "created_at": _iso(c.created_at), "source": c.source,
                       "source_url": c.source_url, "user_agent": c.user_agent, "ip": c.ip, "wording": c.wording}
                      for c in consents],
@@ -47,10 +50,13 @@ def export_subscriber(session: Session, subscriber: Subscriber) -> dict:
         "events": [{"type": e.type, "message_id": e.message_id, "detail": e.detail,
                     "created_at": _iso(e.created_at)} for e in history],
     }
+    events.record(session, type="data_exported", now=now, subscriber_id=sid, detail=f"data exported by {by}")
+    return data
 
 
 def erase_subscriber(session: Session, subscriber: Subscriber, now: datetime, *, by: str = "operator") -> str:
-    """Delete the person and all their rows; keep the address's hash suppressed. Returns that hash.
+    """Delete the person and all their rows; keep the address's hash suppressed. Returns that hash. The one
+    erasure, for the reader's own request on the preference page and the operator's alike.
 
     The caller commits. Rows are deleted explicitly (children first) rather than trusting ON DELETE
     CASCADE, so the result is the same on every backend and with foreign keys off.

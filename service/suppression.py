@@ -58,3 +58,21 @@ def stop_subscriber(session: Session, subscriber: Subscriber, *, status: str, re
         events.record(session, type="suppressed", now=now, subscriber_id=subscriber.id, message_id=message_id,
                       detail=f"cancelled: {reason}")
     return len(cancelled)
+
+
+# What each delivery failure does to the reader: (suppression reason, the subscriber's new status).
+STOPS = {"hard_bounce": ("hard_bounce", "bounced"), "soft_bounces": ("soft_bounces", "bounced"),
+         "complaint": ("complaint", "complained")}
+
+
+def stop_for(session: Session, subscriber: Subscriber, kind: str, *, now: datetime, detail: str | None) -> int:
+    """The one effect of a hard bounce, of too many soft bounces, or of a complaint, wherever it was learnt
+    (the relay's answer at once, a bounce email, a provider's webhook): the address is suppressed for good,
+    and the reader stops everywhere with their queued mail cancelled. A reader who had already left keeps
+    that status, except that a complaint is always recorded as one. Returns how many emails were cancelled."""
+    reason, status = STOPS[kind]
+    suppress_address(session, subscriber.email_key, reason=reason, now=now, detail=detail)
+    if subscriber.status in ("active", "unsubscribed") or (status == "complained" and subscriber.status != status):
+        return stop_subscriber(session, subscriber, status=status, reason=reason.replace("_", " "), now=now,
+                               detail=detail)
+    return 0

@@ -10,8 +10,8 @@ import pytest
 from conftest import ROOT, at, with_settings
 from sqlalchemy import select
 
-from service.campaigns import CampaignError, Delay, due_at, load_campaigns
 from service.app import create_app
+from service.campaigns import CampaignError, Delay, due_at, load_campaigns
 from service.models import Enrollment, Message, Subscriber
 from service.signups import ConsentMeta, parse_signup, signup
 

@@ -26,11 +26,12 @@ def register(main: click.Group) -> None:
     @click.argument("email")
     def export(email: str) -> None:
         """Print everything stored about EMAIL as JSON."""
+        from ..db import utcnow
         from ..privacy import export_subscriber
 
         rt = _runtime(_settings())
         with rt.sessions() as session, session.begin():
-            data = export_subscriber(session, _find(session, email))
+            data = export_subscriber(session, _find(session, email), now=utcnow(), by="drip subscribers export")
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
     @subscribers.command("erase")
