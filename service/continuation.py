@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from . import events
+from . import enrollment_start, events
 from .campaigns import Campaign, step_due
 from .models import Consent, Enrollment, Subscriber
 
@@ -34,14 +33,8 @@ def continue_enrollment(session: Session, *, enrollment: Enrollment, subscriber:
         return None
     due = step_due(target, step, after=now, reader_timezone=subscriber.timezone)
     origin = enrollment.origin_campaign or campaign.key
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    new_id = session.execute(
-        insert(Enrollment)
-        .values(subscriber_id=subscriber.id, campaign=target.key, status="active", next_step=step.index,
-                next_step_key=step.key, next_due_at=due, origin_campaign=origin, created_at=now, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["subscriber_id", "campaign"])
-        .returning(Enrollment.id)
-    ).scalar()
+    new_id = enrollment_start.start(session, subscriber_id=subscriber.id, campaign=target.key, step=step, due=due,
+                                    now=now, origin_campaign=origin)
     if new_id is None:
         return None
     session.add(Consent(

@@ -22,7 +22,7 @@ from sqlalchemy import delete, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import events
+from . import enrollment_start, events
 from .campaigns import Campaign
 from .models import Consent, Enrollment, PendingConfirmation, Subscriber
 from .transports.base import OutboundEmail, Transport
@@ -72,13 +72,8 @@ def confirm(session: Session, *, public_id: str, campaign: Campaign, now: dateti
         .where(PendingConfirmation.subscriber_id == subscriber.id, PendingConfirmation.campaign == campaign.key)
         .returning(PendingConfirmation.id)
     ).scalar()
-    enrolled = session.execute(
-        _insert(session)(Enrollment)
-        .values(subscriber_id=subscriber.id, campaign=campaign.key, status="active", next_step=0,
-                next_due_at=now, created_at=now, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["subscriber_id", "campaign"])
-        .returning(Enrollment.id)
-    ).scalar() if pending is not None else None
+    enrolled = enrollment_start.start(session, subscriber_id=subscriber.id, campaign=campaign.key,
+                                      step=campaign.steps[0], due=now, now=now) if pending is not None else None
     if enrolled is None:
         exists = session.scalar(select(Enrollment.id).where(Enrollment.subscriber_id == subscriber.id,
                                                             Enrollment.campaign == campaign.key))

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from . import events, privacy
+from . import enrollment_start, events, privacy
 from .campaigns import Campaign, step_due, valid_timezone
 from .errors import FieldError
 from .models import Consent, Enrollment, Message, Subscriber
@@ -181,8 +181,7 @@ def switch_to_digest(session: Session, subscriber: Subscriber, campaign: str, *,
     target = session.scalar(select(Enrollment).where(Enrollment.subscriber_id == subscriber.id,
                                                      Enrollment.campaign == digest.key))
     if target is None:
-        session.add(Enrollment(subscriber_id=subscriber.id, campaign=digest.key, status="active", next_step=first,
-                               next_due_at=due, created_at=now, updated_at=now))
+        enrollment_start.start(session, subscriber_id=subscriber.id, campaign=digest.key, step=step, due=due, now=now)
     elif target.status != "active":  # they had left the digest before: it restarts where they left it
         target.status, target.stopped_reason, target.updated_at = "active", None, now
         target.next_step = max(target.next_step, first)

@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from . import events, optin, ratelimit
+from . import enrollment_start, events, optin, ratelimit
 from .campaigns import Campaign, valid_timezone
 from .compose import new_message_id
 from .db import DriverSQL, DriverTransaction, driver_time, flushed_connection
@@ -274,13 +274,8 @@ def signup_known(session: Session, data: SignupInput, *, campaign: Campaign, met
     if campaign.double_opt_in:  # issue 5: no enrollment until the emailed link is confirmed
         return _request_confirmation(session, subscriber, data, campaign=campaign, meta=meta, now=now,
                                      record_ip=record_ip, cooldown=confirm_cooldown)
-    inserted = session.execute(
-        insert(Enrollment)
-        .values(subscriber_id=subscriber.id, campaign=data.campaign, status="active", next_step=0,
-                next_due_at=now, created_at=now, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["subscriber_id", "campaign"])
-        .returning(Enrollment.id)
-    ).scalar()
+    inserted = enrollment_start.start(session, subscriber_id=subscriber.id, campaign=data.campaign,
+                                      step=campaign.steps[0], due=now, now=now)
     if inserted is None:
         _welcome_a_continued_reader(session, subscriber, campaign, meta=meta, now=now, record_ip=record_ip)
         return SignupResult("existing", subscriber.id)
@@ -306,10 +301,12 @@ _SUBSCRIBER = """INSERT INTO subscribers (public_id, email, email_key, name, tim
 SELECT :public_id, :email, :email_key, :name, :timezone, 'active', :now, :now
 WHERE NOT EXISTS (SELECT 1 FROM suppressions WHERE email_hash = :email_hash)
 ON CONFLICT (email_key) DO NOTHING RETURNING id"""
-# What a new subscriber gets with it: the enrollment (the welcome is due now), the consent, the event.
+# What a new subscriber gets with it: the enrollment (the welcome is due now: the row
+# enrollment_start.start writes for every other way of joining), the consent, the event.
 _FOLLOW_UPS = (
-    """INSERT INTO enrollments (subscriber_id, campaign, status, next_step, next_due_at, created_at, updated_at)
-SELECT {id}, :campaign, 'active', 0, :now, :now, :now""",
+    """INSERT INTO enrollments (subscriber_id, campaign, status, next_step, next_step_key, next_due_at, created_at,
+    updated_at)
+SELECT {id}, :campaign, 'active', 0, :first_step, :now, :now, :now""",
     """INSERT INTO consents (subscriber_id, campaign, created_at, source, source_url, user_agent, ip, wording)
 SELECT {id}, :campaign, :now, :source, :source_url, :user_agent, :ip, :wording""",
     """INSERT INTO events (subscriber_id, type, detail, created_at) SELECT {id}, 'signup', :detail, :now""",
@@ -344,7 +341,8 @@ def _new_signup_params(data: SignupInput, campaign: Campaign, meta: ConsentMeta,
                        dialect: str) -> dict[str, object]:
     return {"public_id": secrets.token_urlsafe(16), "email": data.email, "email_key": data.email_key,
             "name": data.name, "timezone": data.timezone, "now": driver_time(dialect, now),
-            "email_hash": email_hash(data.email_key), "campaign": data.campaign, "source": meta.source,
+            "email_hash": email_hash(data.email_key), "campaign": data.campaign, "first_step": campaign.steps[0].key,
+            "source": meta.source,
             "source_url": _meta_text(meta.source_url, MAX_URL),
             "user_agent": _meta_text(meta.user_agent, MAX_USER_AGENT), "ip": meta.ip if record_ip else None,
             "wording": campaign.consent, "detail": f"signed up for {data.campaign} via {meta.source}"}

@@ -242,3 +242,15 @@ def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(runtime)
         assert r.status_code == 201
     with rt.sessions() as s:
         assert sorted(s.scalars(select(Consent.ip))) == ["198.51.100.1", "198.51.100.2"]
+
+
+def test_every_way_of_joining_starts_the_same_enrollment(runtime, client) -> None:
+    """A new address (the fast plain-SQL path) and a known address joining a second campaign (the ORM path)
+    start alike: active, at the welcome step by key, due at once."""
+    for payload in ({"email": "new@example.org"}, {"email": "new@example.org", "campaign": "monthly-newsletter"}):
+        assert client.post("/signup", json=payload).status_code in (200, 201, 202)
+    with runtime.sessions() as s:
+        rows = s.execute(select(Enrollment.campaign, Enrollment.status, Enrollment.next_step, Enrollment.next_step_key,
+                                Enrollment.next_due_at.is_not(None))).all()
+    first = {key: runtime.campaigns[key].steps[0].key for key in ("back-pain-bundle", "monthly-newsletter")}
+    assert sorted(rows) == sorted((c, "active", 0, first[c], True) for c in first)
