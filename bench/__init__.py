@@ -1,1 +1,1 @@
-"""Load and soak scripts (issue 7); run them from the project root, see docs/operations.md."""
+"""Load, soak and speed scripts; run them from the project root, see docs/operations.md."""

@@ -12,10 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import send  # noqa: E402
-import signup  # noqa: E402
-import tick  # noqa: E402
-from common import print_table  # noqa: E402
+import send
+import signup
+import tick
+from common import print_table
 
 
 def main() -> None:

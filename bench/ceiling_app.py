@@ -1,6 +1,6 @@
 """The signup ceiling: a minimal Flask app whose POST /signup inserts one row, nothing else.
 
-Same driver and engine settings as Drip (service.db.make_engine: psycopg pool on PostgreSQL; WAL,
+Same driver and engine settings as Drip (service.core.db.make_engine: psycopg pool on PostgreSQL; WAL,
 BEGIN IMMEDIATE single writer on SQLite) and the same gunicorn settings as `drip web --workers 2`, taken
 from the same function (service.server.gunicorn_options, with default_threads for this database), so
 the difference from Drip's own figure is what Drip's signup path adds.
@@ -16,13 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flask import Flask, jsonify, request  # noqa: E402
-from gunicorn.app.base import BaseApplication  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+from flask import Flask, jsonify, request
+from gunicorn.app.base import BaseApplication
+from sqlalchemy import text
 
-from service.config import Settings  # noqa: E402
-from service.db import make_engine  # noqa: E402
-from service.server import default_threads, gunicorn_options  # noqa: E402
+from service.core.config import Settings
+from service.core.db import make_engine
+from service.server import default_threads, gunicorn_options
 
 DDL = "CREATE TABLE IF NOT EXISTS bench_ceiling (id {pk}, email VARCHAR(320) NOT NULL UNIQUE)"
 
@@ -37,12 +37,12 @@ def create_table(url: str) -> None:
     engine.dispose()
 
 
-def create_app(url: str):  # noqa: ANN201
+def create_app(url: str):
     engine = make_engine(url, pool_size=5)
     app = Flask(__name__)
 
     @app.post("/signup")
-    def signup():  # noqa: ANN202
+    def signup():
         data = request.get_json()
         with engine.begin() as conn:
             conn.execute(text("INSERT INTO bench_ceiling (email) VALUES (:e)"), {"e": data["email"]})
@@ -61,7 +61,7 @@ class Server(BaseApplication):
         for key, value in options.items():
             self.cfg.set(key, value)
 
-    def load(self):  # noqa: ANN201
+    def load(self):
         return create_app(self.url)
 
 

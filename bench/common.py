@@ -4,7 +4,8 @@ The bench campaign ("tuesday-bench") is generated into a temporary templates fol
 the real `_base` layout and `back-pain-bundle`: its one step is the "Tuesday coaching email", the
 content blocks of the first five weekly coaching emails in one message, rendered through the real base
 layout (CSS inlined, footer, unsubscribe link) and personalised with the reader's name. That gives
-about 25 KB on the wire (text + HTML parts, quoted-printable), the size the issue asks for.
+about 25 KB on the wire (text + HTML parts, quoted-printable), the message size the send-speed targets
+are set for.
 """
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ class Row:
         return self.value / self.baseline if self.baseline else float("nan")
 
 
-def print_table(rows: list[Row], out=sys.stdout) -> None:  # noqa: ANN001
+def print_table(rows: list[Row], out=sys.stdout) -> None:
     head = f"| {'figure':<44} | {'value':>12} | {'limit or baseline':<40} | {'ratio':>6} | {'goal':<10} | ok |"
     print(head, file=out)
     print("|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|", file=out)
@@ -130,7 +131,7 @@ def pg_create(name: str) -> str:
     """A fresh PostgreSQL database for one bench phase, migrated to head; returns its SQLAlchemy URL."""
     from sqlalchemy import create_engine, text
 
-    from service.migrate import upgrade
+    from service.core.migrate import upgrade
 
     name = f"{name}_{os.getpid()}"  # two bench runs at once never share a database
     admin_url = PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1)
@@ -154,7 +155,7 @@ def pg_drop(name: str) -> None:
 
 
 def sqlite_create(path: Path) -> str:
-    from service.migrate import upgrade
+    from service.core.migrate import upgrade
 
     url = f"sqlite:///{path}"
     upgrade(url)
@@ -165,7 +166,7 @@ def elapsed(start: float) -> float:
     return time.perf_counter() - start
 
 
-def seed(url: str, *, total: int, due: int, now, campaign: str = CAMPAIGN, pad_name: int = 0) -> None:  # noqa: ANN001
+def seed(url: str, *, total: int, due: int, now, campaign: str = CAMPAIGN, pad_name: int = 0) -> None:
     """`total` active subscribers, each enrolled in `campaign`; the first `due` are due at `now`, the rest
     wait for a later step (spread over a week from tomorrow), as in a real list mid-campaign.
 
@@ -174,12 +175,12 @@ def seed(url: str, *, total: int, due: int, now, campaign: str = CAMPAIGN, pad_n
     import secrets
     from datetime import timedelta
 
-    def subscribers():  # noqa: ANN202
+    def subscribers():
         for i in range(1, total + 1):
             addr = f"reader{i:07d}@example.com"
             yield (i, secrets.token_urlsafe(12), addr, addr, f"Reader {i}" + "x" * pad_name, "active", now, now)
 
-    def enrollments():  # noqa: ANN202
+    def enrollments():
         week = timedelta(days=7)
         for i in range(1, total + 1):
             # the others: due over the next week, but not before tomorrow, so none falls due mid-bench
@@ -206,7 +207,7 @@ def seed(url: str, *, total: int, due: int, now, campaign: str = CAMPAIGN, pad_n
     path = url.removeprefix("sqlite:///")
     conn = sqlite3.connect(path)
 
-    def naive(rows):  # noqa: ANN001, ANN202
+    def naive(rows):
         for row in rows:
             # SQLAlchemy's SQLite format (naive UTC, microseconds always), so string comparison orders it
             yield tuple(v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if hasattr(v, "tzinfo") else v for v in row)
@@ -220,10 +221,10 @@ def seed(url: str, *, total: int, due: int, now, campaign: str = CAMPAIGN, pad_n
     conn.close()
 
 
-def seed_history(url: str, *, first: int, last: int, now) -> None:  # noqa: ANN001
+def seed_history(url: str, *, first: int, last: int, now) -> None:
     """One `sent` message per enrollment first..last: the history a list mid-campaign carries, so the
     claim query has a large messages table to ignore. PostgreSQL: COPY; SQLite: executemany."""
-    def rows():  # noqa: ANN202
+    def rows():
         for i in range(first, last + 1):
             yield (i, i, i, CAMPAIGN, "history", 0, f"reader{i:07d}@example.com", "sent", 1, f"<h{i}@bench>",
                    now, now, now)
@@ -251,7 +252,7 @@ def seed_history(url: str, *, first: int, last: int, now) -> None:  # noqa: ANN0
     conn.close()
 
 
-def cpu_seconds(pids) -> float:  # noqa: ANN001
+def cpu_seconds(pids) -> float:
     """User + system CPU seconds used so far by the processes `pids` (Linux /proc), for per-email CPU."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0

@@ -1,4 +1,4 @@
-"""Load and soak for Drip (issue 7). Run from the project root with the venv's Python.
+"""Load and soak for Drip. Run from the project root with the venv's Python.
 
 Load (default): `drip web` (gunicorn) on PostgreSQL takes POST /signup from this second process over
 loopback for --seconds; then every 201 must be in the database, and after a `drip tick` against a local
@@ -33,8 +33,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, func, insert, select, text
 
 from bench.smtp_sink import Sink
-from service.config import Settings
-from service.models import Consent, Enrollment, Message, Subscriber
+from service.core.config import Settings
+from service.core.models import Consent, Enrollment, Message, Subscriber
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIP = [sys.executable, "-m", "service"]
@@ -71,7 +71,7 @@ class Bench:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, *args: str) -> subprocess.Popen:
-        log = open(self.workdir / f"{args[0]}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        log = open(self.workdir / f"{args[0]}-{len(self.procs)}.log", "wb")
         proc = subprocess.Popen([*DRIP, *args], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs.append(proc)
@@ -258,7 +258,7 @@ def soak(bench: Bench, n: int, workers: int, stall_seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Drip load test and soak (issue 7)")
+    p = argparse.ArgumentParser(description="Drip load test and soak")
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_DB))
     p.add_argument("--seconds", type=float, default=20.0, help="load duration (default 20)")
     p.add_argument("--clients", type=int, default=16, help="concurrent keep-alive clients (default 16)")

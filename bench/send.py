@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     CAMPAIGN,
     POSTAL,
     PY,
@@ -83,8 +83,8 @@ def rate(results: list[dict], n: int) -> float:
 
 def prebuilt_email(templates: Path) -> tuple[str, str, bytes]:
     """One bench email composed by Drip's own composer: (envelope from, recipient, bytes)."""
-    from service.campaigns import load_campaigns
-    from service.compose import ComposeJob, Composer
+    from service.campaigns.loader import load_campaigns
+    from service.compose.composer import ComposeJob, Composer
 
     campaign = load_campaigns(templates)[CAMPAIGN]
     composer = Composer(templates_dir=templates, base_url="https://drip.example.org", postal_address=POSTAL)

@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import PY, ROOT, Row, cpu_seconds, free_port, pg_create, pg_drop, print_table, sqlite_create  # noqa: E402
-from send import worker_env  # noqa: E402
+from common import PY, ROOT, Row, cpu_seconds, free_port, pg_create, pg_drop, print_table, sqlite_create
+from send import worker_env
 
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

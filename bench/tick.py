@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     Row,
     make_templates,
     pg_create,
@@ -35,7 +35,7 @@ from common import (  # noqa: E402
     seed_history,
     sqlite_create,
 )
-from send import run_workers, worker_env  # noqa: E402
+from send import run_workers, worker_env
 
 
 def build(db: str, tmp: Path, name: str, total: int, due: int, now: datetime) -> str:
@@ -46,11 +46,11 @@ def build(db: str, tmp: Path, name: str, total: int, due: int, now: datetime) ->
     return url
 
 
-def make_due(conn, count: int, now: datetime) -> None:  # noqa: ANN001
+def make_due(conn, count: int, now: datetime) -> None:
     """Enrollments 1..count due at `now` again (through the model's column types: SQLite stores naive UTC)."""
     from sqlalchemy import update
 
-    from service.models import Enrollment
+    from service.core.models import Enrollment
 
     conn.execute(update(Enrollment).where(Enrollment.id <= count).values(next_due_at=now, status="active"))
 
@@ -61,8 +61,8 @@ def time_pass(url: str, templates: Path, due: int, now: datetime, runs: int = 3)
 
     from sqlalchemy import text
 
-    from service.config import Settings
-    from service.dispatch import PassSummary
+    from service.core.config import Settings
+    from service.dispatch.policy import PassSummary
     from service.runtime import build_runtime
 
     os.environ.update(worker_env(url, "file:///dev/null", templates))

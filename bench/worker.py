@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.config import Settings  # noqa: E402
-from service.runtime import build_runtime  # noqa: E402
-from service.transports.base import OutboundEmail, SendResult  # noqa: E402
+from service.core.config import Settings
+from service.runtime import build_runtime
+from service.transports.base import OutboundEmail, SendResult
 
 
 class DiscardTransport:

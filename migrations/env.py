@@ -2,9 +2,9 @@
 from alembic import context
 from sqlalchemy import pool
 
-from service.config import Settings
-from service.db import make_engine
-from service.models import Base
+from service.core.config import Settings
+from service.core.db import make_engine
+from service.core.models import Base
 
 config = context.config
 url = config.attributes.get("database_url") or Settings.from_env().database_url

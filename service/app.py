@@ -12,8 +12,8 @@ from flask import Flask, g, request
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.orm import Session
 
-from .config import Settings
-from .runtime import Runtime, build_runtime
+from service.core.config import Settings
+from service.runtime import Runtime, build_runtime
 
 log = logging.getLogger(__name__)
 _SECURITY_HEADERS = (
@@ -28,9 +28,9 @@ _NO_STORE = (("Cache-Control", "no-store"),)
 
 class _CookieSessions(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, except that a request without the session cookie (every signup,
-    every reader page) gets an empty session without building the signing serializer first (issue 6)."""
+    every reader page) gets an empty session without building the signing serializer first."""
 
-    def open_session(self, app: Flask, request):  # noqa: ANN001, ANN201
+    def open_session(self, app: Flask, request):
         # No Cookie header at all (a signup form post, an API client): nothing to parse either.
         if app.secret_key and ("HTTP_COOKIE" not in request.environ
                                or self.get_cookie_name(app) not in request.cookies):
@@ -71,24 +71,35 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
             session.close()
 
     @app.after_request
-    def _security_headers(response):  # noqa: ANN001, ANN202
+    def _security_headers(response):
         h = response.headers
-        # One pass over the few headers present instead of a setdefault each (issue 6: every request pays
+        # One pass over the few headers present instead of a setdefault each (every request pays
         # this; an absent key costs Headers a KeyError per lookup).
         present = {key.lower() for key in h.keys()}
         wanted = _SECURITY_HEADERS + (_NO_STORE if request.path.startswith(("/admin", "/api")) else ())
         h.extend([(key, value) for key, value in wanted if key.lower() not in present])
         return response
 
-    from .web import admin, api, public, reader, tracking, webhooks
+    from service.web import (  # noqa: F401 (console routes)
+        admin,
+        admin_campaigns,
+        admin_outbox,
+        admin_subscribers,
+        api,
+        console,
+        public,
+        reader,
+        tracking,
+        webhooks,
+    )
 
     app.register_blueprint(public.bp)
-    app.register_blueprint(admin.bp)
+    app.register_blueprint(console.bp)
     app.register_blueprint(api.bp)
-    app.register_blueprint(webhooks.bp)  # issue 4
-    app.register_blueprint(tracking.bp)  # issue 4
-    app.register_blueprint(reader.bp)  # issue 9: preference page, view in browser
-    from .web import campaign_preview, confirm  # issue 5: double opt-in links; the console's campaign pages
+    app.register_blueprint(webhooks.bp)  # provider event webhooks
+    app.register_blueprint(tracking.bp)  # open pixel and click redirect
+    app.register_blueprint(reader.bp)  # preference page, view in browser
+    from service.web import campaign_preview, confirm  # double opt-in links; the console's campaign pages
 
     app.register_blueprint(confirm.bp)
     app.register_blueprint(campaign_preview.bp)

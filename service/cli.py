@@ -9,26 +9,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from .config import ConfigError, Settings
+from service.commands.context import load_runtime, load_settings
+from service.core.config import ConfigError, Settings
 
 log = logging.getLogger("drip")
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _runtime(settings: Settings, **kw):  # noqa: ANN003, ANN202
-    from .campaigns import CampaignError
-    from .runtime import build_runtime
-
-    try:
-        return build_runtime(settings, **kw)
-    except CampaignError as exc:
-        raise click.ClickException(f"invalid campaign: {exc}") from None
 
 
 def masked(url: str) -> str:
@@ -60,8 +44,8 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply Alembic migrations (idempotent)."""
-    from .config import database_url_from_env
-    from .migrate import upgrade
+    from service.core.config import database_url_from_env
+    from service.core.migrate import upgrade
 
     try:
         url = database_url_from_env()
@@ -82,10 +66,10 @@ def _warn_placeholders(settings: Settings) -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 def serve(host: str, port: int) -> None:
     """Web app and scheduler in one process (the embedded default)."""
-    from .server import run_gunicorn
+    from service.server import run_gunicorn
 
-    settings = _settings()
-    _runtime(settings)  # fail fast on a bad campaign, before forking
+    settings = load_settings()
+    load_runtime(settings)  # fail fast on a bad campaign, before forking
     _warn_placeholders(settings)
     base = f"http://{host}:{port}"
     click.echo(f"\nDrip is running.\n  signup form:   {base}/\n  operator:      {base}/admin "
@@ -102,10 +86,10 @@ def serve(host: str, port: int) -> None:
               help="threads per worker  [default: 4 on PostgreSQL, 1 on SQLite]")
 def web(host: str, port: int, workers: int, threads: int | None) -> None:
     """The web app alone under gunicorn; never starts a scheduler."""
-    from .server import default_threads, run_gunicorn
+    from service.server import default_threads, run_gunicorn
 
-    settings = _settings()
-    _runtime(settings)
+    settings = load_settings()
+    load_runtime(settings)
     run_gunicorn(settings, host=host, port=port, workers=workers,
                  threads=threads or default_threads(settings.database_url), with_scheduler=False)
 
@@ -113,10 +97,10 @@ def web(host: str, port: int, workers: int, threads: int | None) -> None:
 @main.command()
 def worker() -> None:
     """Dispatch passes every DRIP_TICK_SECONDS until stopped; run as many as you like."""
-    from .scheduler import run_blocking
+    from service.scheduler import run_blocking
 
-    settings = _settings()
-    rt = _runtime(settings)
+    settings = load_settings()
+    rt = load_runtime(settings)
     _warn_placeholders(settings)
     log.info("worker started: a pass every %ss, sending via %s", settings.tick_seconds, masked(settings.email_url))
     run_blocking(rt.dispatcher(), settings.tick_seconds)
@@ -133,7 +117,7 @@ def tick(now_text: str | None) -> None:
         except ValueError:
             raise click.BadParameter(f"not an ISO-8601 time: {now_text!r}", param_hint="--now") from None
         now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-    rt = _runtime(_settings())
+    rt = load_runtime(load_settings())
     summary = rt.dispatcher().run_pass(now)
     click.echo(f"tick: {summary.line()}")
 
@@ -147,8 +131,8 @@ def users() -> None:
 @click.argument("email")
 def users_add(email: str) -> None:
     """Create an operator (or reset their password). Password from stdin when it is not a terminal."""
-    from .accounts import AccountError, add_user
-    from .db import utcnow
+    from service.core.db import utcnow
+    from service.operator.accounts import AccountError, add_user
 
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
@@ -156,7 +140,7 @@ def users_add(email: str) -> None:
             raise click.ClickException("the passwords differ")
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    rt = _runtime(_settings())
+    rt = load_runtime(load_settings())
     with rt.sessions() as session, session.begin():
         try:
             user = add_user(session, email, password, now=utcnow())
@@ -174,10 +158,10 @@ def tokens() -> None:
 @click.argument("name")
 def tokens_create(name: str) -> None:
     """Print a new API token (shown once; only its hash is kept)."""
-    from .accounts import AccountError, create_token
-    from .db import utcnow
+    from service.core.db import utcnow
+    from service.operator.accounts import AccountError, create_token
 
-    rt = _runtime(_settings())
+    rt = load_runtime(load_settings())
     with rt.sessions() as session, session.begin():
         try:
             token = create_token(session, name, now=utcnow())
@@ -187,7 +171,7 @@ def tokens_create(name: str) -> None:
 
 
 def _register_extensions() -> None:
-    from .commands import register_all
+    from service.commands import register_all
 
     register_all(main)
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from .dispatch import Dispatcher
+from service.dispatch.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 JOB_ID = "dispatch-pass"
@@ -65,7 +65,7 @@ class PassRunner:
             return True
 
 
-def _add_job(scheduler, runner: PassRunner, seconds: float) -> None:  # noqa: ANN001
+def _add_job(scheduler, runner: PassRunner, seconds: float) -> None:
     scheduler.add_job(runner, "interval", seconds=seconds, id=JOB_ID, max_instances=1, coalesce=True,
                       misfire_grace_time=None, next_run_time=datetime.now(UTC))
 
@@ -91,9 +91,9 @@ def run_blocking(dispatcher: Dispatcher, seconds: float) -> None:
     scheduler = BlockingScheduler(timezone=UTC)
     _add_job(scheduler, PassRunner(dispatcher), seconds)
 
-    def stop(signum, _frame):  # noqa: ANN001
+    def stop(signum, _frame):
         log.info("signal %s: finishing the current batch, then stopping", signum)
-        dispatcher.stopping.set()  # issue 7: claim nothing more
+        dispatcher.stopping.set()  # claim nothing more
         threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)

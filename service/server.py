@@ -11,7 +11,7 @@ import socket
 from gunicorn.app.base import BaseApplication
 from gunicorn.util import parse_address
 
-from .config import Settings
+from service.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class _Gunicorn(BaseApplication):
 
     _stop_scheduler = None
 
-    def _worker_exit(self, _server, _worker) -> None:  # noqa: ANN001
+    def _worker_exit(self, _server, _worker) -> None:
         """In the worker, after SIGTERM and the last request: like `drip worker`, the pass in progress
         claims nothing more, finishes the batch it holds and records every outcome before the process
         exits (within gunicorn's graceful_timeout); otherwise the scheduler thread would die mid-pass,
@@ -38,14 +38,14 @@ class _Gunicorn(BaseApplication):
         if self._stop_scheduler is not None:
             self._stop_scheduler()
 
-    def load(self):  # noqa: ANN201
-        from .app import create_app
-        from .runtime import build_runtime
+    def load(self):
+        from service.app import create_app
+        from service.runtime import build_runtime
 
         runtime = build_runtime(self.settings, pool_size=self.options.get("threads", 4) + 1)
         wake = None
         if self.with_scheduler:
-            from .scheduler import start_background
+            from service.scheduler import start_background
 
             dispatcher = runtime.dispatcher()
             scheduler, wake = start_background(dispatcher, self.settings.tick_seconds)
@@ -82,7 +82,7 @@ def default_threads(database_url: str) -> int:
 KEEPALIVE_REQUESTS = 100
 
 
-def _close_after_keepalive_limit(_worker, req) -> None:  # noqa: ANN001
+def _close_after_keepalive_limit(_worker, req) -> None:
     """gunicorn's pre_request hook: the response to a connection's 100th request closes it."""
     if req.req_number >= KEEPALIVE_REQUESTS:
         req.must_close = True

@@ -24,9 +24,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, text
 
-from service.config import Settings
-from service.migrate import upgrade
-from service.models import Base
+from service.core.config import Settings
+from service.core.migrate import upgrade
+from service.core.models import Base
 from service.runtime import Runtime, build_runtime
 
 PG_ENV = "DRIP_TEST_POSTGRES_URL"
@@ -120,7 +120,7 @@ class SmtpRecorder:
         self.pipelining = pipelining
         self.ehlos = 0
 
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001, ANN201, N802
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
         self.ehlos += 1
         session.host_name = hostname
         return [*responses[:-1], "250-PIPELINING", responses[-1]] if self.pipelining else responses
@@ -134,7 +134,7 @@ class SmtpRecorder:
             queue = self._script.get((address.lower(), stage))
             return queue.pop(0) if queue else None
 
-    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: ANN001, ANN201, N802
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
         reply = self._next("", "MAIL")  # script("", "MAIL", reply) refuses the next envelope sender
         if reply:
             return reply
@@ -142,14 +142,14 @@ class SmtpRecorder:
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001, ANN201, N802
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self._next(address, "RCPT")
         if reply:
             return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201, N802
+    async def handle_DATA(self, server, session, envelope):
         for rcpt in envelope.rcpt_tos:
             reply = self._next(rcpt, "DATA")
             if reply:
@@ -231,7 +231,7 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 
 
 @pytest.fixture
-def app(runtime: Runtime):  # noqa: ANN201
+def app(runtime: Runtime):
     from service.app import create_app
 
     application = create_app(runtime=runtime)
@@ -240,7 +240,7 @@ def app(runtime: Runtime):  # noqa: ANN201
 
 
 @pytest.fixture
-def client(app):  # noqa: ANN001, ANN201
+def client(app):
     return app.test_client()
 
 
@@ -260,7 +260,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 @pytest.fixture(scope="module")
-def browser():  # noqa: ANN201
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -270,7 +270,7 @@ def browser():  # noqa: ANN201
 
 
 @pytest.fixture
-def page(browser):  # noqa: ANN001, ANN201
+def page(browser):
     context = browser.new_context(timezone_id="Europe/Paris")
     yield context.new_page()
     context.close()

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from service.webhook_auth import sns_string_to_sign
+from service.feedback.webhook_auth import sns_string_to_sign
 
 
 @dataclass
@@ -59,12 +59,12 @@ class FakeProvider:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 fake._record(self, b"")
                 body = fake.files.get(self.path)
                 self._answer(200 if body is not None else 404, {}, body or b"not found")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 status, headers, body, delay = fake._respond(self, raw)
                 if delay:
@@ -230,7 +230,7 @@ class FakeImap:
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def command(self, h, tag: str, words: list[str], user: str, password: str) -> bool:  # noqa: ANN001
+    def command(self, h, tag: str, words: list[str], user: str, password: str) -> bool:
         cmd = words[0].upper()
         if cmd == "CAPABILITY":
             h.reply("* CAPABILITY IMAP4rev1")

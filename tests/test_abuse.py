@@ -1,4 +1,4 @@
-"""Abuse refused (issue 7): per-IP and per-address signup limits in the database or Redis, the honeypot,
+"""Abuse refused: per-IP and per-address signup limits in the database or Redis, the honeypot,
 CORS only for configured origins, security headers on every route and error page, and no secret in logs,
 metrics or pages."""
 from __future__ import annotations
@@ -15,31 +15,31 @@ from aiosmtpd.smtp import AuthResult
 from conftest import SmtpRecorder, free_port
 from sqlalchemy import func, select
 
-from service.accounts import add_user
 from service.app import create_app
-from service.config import ConfigError, RateLimit, Settings
-from service.db import utcnow
-from service.models import Consent, Enrollment, Message, Subscriber
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.core.config import ConfigError, RateLimit, Settings
+from service.core.db import utcnow
+from service.core.models import Consent, Enrollment, Message, Subscriber
+from service.operator.accounts import add_user
 from service.runtime import build_runtime
-from service.signups import ConsentMeta, parse_signup, signup
 
 # A prefix per test session: counters of an earlier run (same minute, same 127.0.0.1) never leak in.
 REDIS_URL = f"redis://127.0.0.1:6379/0?prefix=drip-test-{secrets.token_hex(4)}"
 
 
-def count(runtime, model) -> int:  # noqa: ANN001
+def count(runtime, model) -> int:
     with runtime.sessions() as s:
         return s.scalar(select(func.count()).select_from(model))
 
 
-def app_with(runtime, **changes):  # noqa: ANN001, ANN003, ANN201
+def app_with(runtime, **changes):
     rt = build_runtime(replace(runtime.settings, **changes))
     application = create_app(runtime=rt)
     application.config["TESTING"] = True
     return application, rt
 
 
-def post(client, body: dict, ip: str = "198.51.100.7", **kw):  # noqa: ANN001, ANN201
+def post(client, body: dict, ip: str = "198.51.100.7", **kw):
     return client.post("/signup", data=json.dumps(body), content_type="application/json",
                        environ_base={"REMOTE_ADDR": ip}, **kw)
 
@@ -72,11 +72,11 @@ def test_per_ip_limit_in_redis(runtime) -> None:
     assert count(rt, Subscriber) == 2
 
 
-def test_database_limits_count_in_the_signup_and_stop_it(runtime) -> None:  # noqa: ANN001
+def test_database_limits_count_in_the_signup_and_stop_it(runtime) -> None:
     """Counters in the database are counted by the signup itself (on PostgreSQL in its one statement):
     past the per-IP limit a new address is refused with nothing stored and its address hit not counted;
     past the per-address limit the IP hit before it is counted; a browser gets the form back with 429."""
-    from service.models import RateHit
+    from service.core.models import RateHit
 
     ip = f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250)}"
     application, rt = app_with(runtime, signup_rate_limit=RateLimit(2, 3600),
@@ -90,7 +90,7 @@ def test_database_limits_count_in_the_signup_and_stop_it(runtime) -> None:  # no
     first = f"first-{secrets.token_hex(3)}@example.org"
     assert post(client, {"email": first}, ip=ip).status_code == 201
     assert post(client, {"email": first}, ip="198.51.100.8").status_code == 429  # the address's one is used
-    # The address's first signup is counted by the subscriber row it made, not by a counter row (issue 6).
+    # The address's first signup is counted by the subscriber row it made, not by a counter row (one write fewer).
     assert hits(f"signup-ip:{ip}") == 1 and hits("signup-ip:198.51.100.8") == 1 and hits(f"signup-email:{first}") == 0
     assert post(client, {"email": f"second-{secrets.token_hex(3)}@example.org"}, ip=ip).status_code == 201
     third = f"third-{secrets.token_hex(3)}@example.org"
@@ -103,20 +103,20 @@ def test_database_limits_count_in_the_signup_and_stop_it(runtime) -> None:  # no
 
 
 @pytest.mark.parametrize("double_opt_in", [False, True])
-def test_a_new_address_is_counted_by_its_subscriber_row(runtime, double_opt_in: bool) -> None:  # noqa: ANN001
+def test_a_new_address_is_counted_by_its_subscriber_row(runtime, double_opt_in: bool) -> None:
     """The per-address limit allows N signups of an address per window whichever path they take: the
     first, which makes the subscriber row, writes no counter row; the next ones are counted. A row made in
     an earlier window does not count in this one, and a suppressed address without a row counts every
     signup."""
-    from service.models import RateHit
-    from service.ratelimit import pending_hit
-    from service.suppression import suppress_address
+    from service.audience.ratelimit import pending_hit
+    from service.core.models import RateHit
+    from service.enrollment.suppression import suppress_address
 
     campaign = replace(runtime.campaigns["back-pain-bundle"], double_opt_in=double_opt_in)
     limit = RateLimit(3, 3600)
     meta = ConsentMeta(source="json", source_url=None, user_agent=None, ip=None)
 
-    def attempt(address: str, now) -> str:  # noqa: ANN001
+    def attempt(address: str, now) -> str:
         data = parse_signup({"email": address}, campaigns=runtime.campaigns, default_campaign="back-pain-bundle")
         hit = pending_hit(f"signup-email:{data.email_key}", limit, now, first_is_new_subscriber=True)
         with runtime.sessions() as s:
@@ -149,9 +149,9 @@ def test_a_new_address_is_counted_by_its_subscriber_row(runtime, double_opt_in: 
 
 
 @pytest.mark.parametrize("double_opt_in", [False, True])
-def test_a_per_address_limit_of_zero_refuses_even_a_new_address(runtime, double_opt_in: bool) -> None:  # noqa: ANN001
+def test_a_per_address_limit_of_zero_refuses_even_a_new_address(runtime, double_opt_in: bool) -> None:
     """0/hour: no signup at all for any address, new ones included, and nothing is stored."""
-    from service.ratelimit import pending_hit
+    from service.audience.ratelimit import pending_hit
 
     campaign = replace(runtime.campaigns["back-pain-bundle"], double_opt_in=double_opt_in)
     data = parse_signup({"email": f"zero-{secrets.token_hex(3)}@example.org"}, campaigns=runtime.campaigns,
@@ -166,13 +166,13 @@ def test_a_per_address_limit_of_zero_refuses_even_a_new_address(runtime, double_
     assert result.status == "rate_limited" and count(runtime, Subscriber) == 0
 
 
-def test_two_first_signups_of_one_address_at_once_are_both_counted(runtime) -> None:  # noqa: ANN001
+def test_two_first_signups_of_one_address_at_once_are_both_counted(runtime) -> None:
     """Double opt-in, per-address limit 1: a second first signup of the same new address, made while the
     first is still uncommitted, waits for its row and is then refused (it is no longer new)."""
     import threading
     import time
 
-    from service.ratelimit import pending_hit
+    from service.audience.ratelimit import pending_hit
 
     campaign = replace(runtime.campaigns["back-pain-bundle"], double_opt_in=True)
     data = parse_signup({"email": f"race-{secrets.token_hex(3)}@example.org"}, campaigns=runtime.campaigns,
@@ -210,7 +210,7 @@ def test_rate_limit_storage_setting_fails_fast() -> None:
         Settings.from_env({**base, "DRIP_SIGNUP_ADDRESS_RATE_LIMIT": "lots"})
 
 
-def test_honeypot_looks_accepted_but_stores_and_sends_nothing(client, runtime, smtp, caplog) -> None:  # noqa: ANN001
+def test_honeypot_looks_accepted_but_stores_and_sends_nothing(client, runtime, smtp, caplog) -> None:
     """A bot that fills the hidden `website` field gets the usual 201 / 303, but no row is written, the
     next pass sends nothing, and a log line says why."""
     page = client.get("/").data.decode()
@@ -255,7 +255,7 @@ def test_cors_only_for_configured_origins(runtime) -> None:
 REQUIRED = {"Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy"}
 
 
-def _check_headers(r, what: str) -> None:  # noqa: ANN001
+def _check_headers(r, what: str) -> None:
     missing = REQUIRED - set(r.headers.keys())
     assert not missing, f"{what} -> {r.status_code} lacks {missing}"
     assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
@@ -268,7 +268,7 @@ def test_security_headers_on_every_route_and_error_page(runtime) -> None:
     application = create_app(runtime=runtime)
     application.config.update(TESTING=False, PROPAGATE_EXCEPTIONS=False)
 
-    def boom():  # noqa: ANN202
+    def boom():
         raise RuntimeError("boom")
 
     application.add_url_rule("/__boom", "boom", boom)
@@ -292,12 +292,12 @@ def test_security_headers_on_every_route_and_error_page(runtime) -> None:
     _check_headers(r, "500")
 
 
-def test_secrets_never_in_logs_metrics_or_pages(runtime, smtp, caplog) -> None:  # noqa: ANN001
+def test_secrets_never_in_logs_metrics_or_pages(runtime, smtp, caplog) -> None:
     """A pass whose SMTP login is refused, with the password in DRIP_EMAIL_URL, logs and records the failure
     but the password appears nowhere: not in logs, /metrics, the send log pages or the API."""
     password = "Sup3r-" + secrets.token_hex(8)
 
-    def refuse(server, session, envelope, mechanism, auth_data):  # noqa: ANN001, ANN202
+    def refuse(server, session, envelope, mechanism, auth_data):
         return AuthResult(success=False, handled=False)
 
     port = free_port()
@@ -338,7 +338,7 @@ def test_secrets_never_in_logs_metrics_or_pages(runtime, smtp, caplog) -> None: 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("storage", ["database", "redis"])
-def test_limits_are_shared_by_four_gunicorn_workers(database_url: str, smtp, tmp_path, storage: str) -> None:  # noqa: ANN001
+def test_limits_are_shared_by_four_gunicorn_workers(database_url: str, smtp, tmp_path, storage: str) -> None:
     """Under `drip web --workers 4` the per-IP limit (5/minute) and the per-address limit (2/hour) hold in
     total, not per worker: 20 distinct signups from loopback get exactly 5 accepted, then one address posted
     again is refused past 2 (Retry-After is checked in the in-process tests)."""
@@ -367,7 +367,7 @@ def test_limits_are_shared_by_four_gunicorn_workers(database_url: str, smtp, tmp
         drip.stop_all()
 
 
-def test_html_in_user_fields_is_escaped_on_pages(client) -> None:  # noqa: ANN001
+def test_html_in_user_fields_is_escaped_on_pages(client) -> None:
     """Markup in the name and email fields comes back escaped on the form's error page (the operator pages
     show no names; HTML emails are checked in test_dispatch)."""
     xss = "<script>alert(1)</script><img src=x onerror=alert(2)>"

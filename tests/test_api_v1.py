@@ -1,4 +1,4 @@
-"""The operator API (issue 3): tokens and revocation, subscribers and campaigns, one error shape, and an OpenAPI
+"""The operator API: tokens and revocation, subscribers and campaigns, one error shape, and an OpenAPI
 document that lists exactly the routes served and that schemathesis finds the responses faithful to."""
 from __future__ import annotations
 
@@ -18,23 +18,23 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy import select
 from test_admin_api import seed
 
-from service.accounts import create_token
 from service.cli import main
-from service.db import utcnow
-from service.models import Consent, Subscriber
+from service.core.db import utcnow
+from service.core.models import Consent, Subscriber
+from service.operator.accounts import create_token
 from service.web.openapi import OPENAPI
 
 CAMPAIGN = "back-pain-bundle"
 
 
 @pytest.fixture
-def auth(runtime) -> dict:  # noqa: ANN001
+def auth(runtime) -> dict:
     with runtime.sessions() as s, s.begin():
         token = create_token(s, "tests", now=utcnow())
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_api_refuses_missing_bad_and_revoked_tokens(client, runtime, tmp_path, monkeypatch):  # noqa: ANN001
+def test_api_refuses_missing_bad_and_revoked_tokens(client, runtime, tmp_path, monkeypatch):
     """Every API route but the spec answers 401 in the one error shape without a valid token; `drip tokens revoke`
     ends a token at once, and `drip tokens list` shows it revoked."""
     paths = ["/api/v1/messages", "/api/v1/subscribers", "/api/v1/subscribers/1", "/api/v1/campaigns",
@@ -61,7 +61,7 @@ def test_api_refuses_missing_bad_and_revoked_tokens(client, runtime, tmp_path, m
     assert r.exit_code != 0 and "no live token" in r.output
 
 
-def test_subscribers_create_read_list_unsubscribe_erase(client, runtime, auth):  # noqa: ANN001
+def test_subscribers_create_read_list_unsubscribe_erase(client, runtime, auth):
     """POST creates through the signup path (consent source api, idempotent), GET reads and lists with filters,
     unsubscribe stops them, DELETE erases; errors keep one shape."""
     r = client.post("/api/v1/subscribers", json={"email": "Api@Example.org", "name": "Api", "timezone": "Europe/Rome"},
@@ -98,7 +98,7 @@ def test_subscribers_create_read_list_unsubscribe_erase(client, runtime, auth): 
     assert gone.status_code == 409 and gone.get_json()["error"]["code"] == "suppressed"
 
 
-def test_campaign_stats_and_send_log_filters(client, runtime, auth):  # noqa: ANN001
+def test_campaign_stats_and_send_log_filters(client, runtime, auth):
     """/campaigns counts per step; /messages validates its date filters strictly."""
     seed(runtime, "c1@example.org", "c2@example.org")
     runtime.dispatcher().run_pass()
@@ -114,7 +114,7 @@ def test_campaign_stats_and_send_log_filters(client, runtime, auth):  # noqa: AN
     assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "since"
 
 
-def test_openapi_lists_exactly_the_routes_served(app):  # noqa: ANN001
+def test_openapi_lists_exactly_the_routes_served(app):
     """Every /api/v1 rule and method is in the document, and the document names nothing that is not served."""
     served = set()
     for rule in app.url_map.iter_rules():
@@ -125,7 +125,7 @@ def test_openapi_lists_exactly_the_routes_served(app):  # noqa: ANN001
     assert documented == served
 
 
-def test_api_conforms_to_its_openapi_document(app, runtime, auth) -> None:  # noqa: ANN001
+def test_api_conforms_to_its_openapi_document(app, runtime, auth) -> None:
     """Schemathesis, in-process over WSGI with a valid token: generated requests for every operation get no 5xx,
     only documented status codes and content types, and bodies that match the schemas (bounded examples)."""
     seed(runtime, "s1@example.org", "s2@example.org")
@@ -142,7 +142,7 @@ def test_api_conforms_to_its_openapi_document(app, runtime, auth) -> None:  # no
         @given(case=operation.as_strategy(mode))
         @settings(max_examples=20, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
-        def run(case) -> None:  # noqa: ANN001
+        def run(case) -> None:
             case.call_and_validate(headers=auth, checks=checks)
 
         run()

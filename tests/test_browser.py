@@ -21,7 +21,7 @@ from conftest import SmtpServer, free_port
 from playwright.sync_api import Page
 from sqlalchemy import select
 
-from service.models import Consent, Subscriber
+from service.core.models import Consent, Subscriber
 
 pytestmark = pytest.mark.browser
 
@@ -81,20 +81,20 @@ def sign_up(page: Page, base: str, address: str) -> None:
     page.wait_for_url(re.compile(rf"/thanks/{CAMPAIGN}"))  # the home page form is this campaign's
 
 
-def welcome_for(smtp: SmtpServer, address: str):  # noqa: ANN201
+def welcome_for(smtp: SmtpServer, address: str):
     smtp.handler.wait_for(1, timeout=20)
     found = smtp.handler.messages(to=address)
     assert found, f"no email reached the SMTP server for {address} within 20 s"
     return found[0]
 
 
-def unsubscribe_url(message) -> str:  # noqa: ANN001
+def unsubscribe_url(message) -> str:
     match = re.search(r"<(https?://[^>]+)>", str(message["List-Unsubscribe"]))
     assert match, f"no http URL in List-Unsubscribe: {message['List-Unsubscribe']!r}"
     return match.group(1)
 
 
-def subscriber(runtime, address: str) -> Subscriber:  # noqa: ANN001
+def subscriber(runtime, address: str) -> Subscriber:
     with runtime.sessions() as session:
         return session.scalars(select(Subscriber).where(Subscriber.email_key == address.lower())).one()
 

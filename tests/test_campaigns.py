@@ -9,8 +9,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import ROOT
 
-from service.campaigns import CampaignError, Delay, due_at, load_campaigns
-from service.compose import ComposeJob, Composer
+from service.campaigns.loader import load_campaigns
+from service.campaigns.model import CampaignError, Delay
+from service.campaigns.schedule import due_at
+from service.compose.composer import ComposeJob, Composer
 
 TEMPLATES = ROOT / "email_templates"
 
@@ -105,7 +107,7 @@ def _copy(tmp_path: Path) -> Path:
     (lambda t: t.replace("from = ", "from_ = "), "'from'"),
     (lambda t: t + "\n[[steps]\n", "campaign.toml"),
 ])
-def test_invalid_campaign_files_are_refused_naming_the_problem(tmp_path: Path, change, message: str) -> None:  # noqa: ANN001
+def test_invalid_campaign_files_are_refused_naming_the_problem(tmp_path: Path, change, message: str) -> None:
     """A broken campaign file stops loading with an error naming the file and what is wrong."""
     root = _copy(tmp_path)
     path = root / "back-pain-bundle" / "campaign.toml"

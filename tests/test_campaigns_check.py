@@ -1,4 +1,4 @@
-"""Issue 5: `drip campaigns check` names the file AND the line of each kind of error: a missing template,
+"""`drip campaigns check` names the file AND the line of each kind of error: a missing template,
 an unknown variable, a bad delay, a duplicate step key, a broken link (and a bad send window)."""
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ template = "{template}"
 
 
 def run(tmp_path: Path, *, delay: str = "7d", template: str = "two", second_key: str = "two",
-        greeting: str = "{{ greeting }}", extra: str = ""):  # noqa: ANN202
+        greeting: str = "{{ greeting }}", extra: str = ""):
     folder = tmp_path / "templates" / "check"
     folder.mkdir(parents=True)
     (folder / "campaign.toml").write_text(

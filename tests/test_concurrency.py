@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from service.models import Consent, Enrollment, Event, Message, Subscriber
-from service.signups import ConsentMeta, parse_signup, signup
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.core.models import Consent, Enrollment, Event, Message, Subscriber
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIP = str(ROOT / ".venv" / "bin" / "drip")
@@ -108,7 +108,7 @@ class Drip:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DRIP_") and k != "DATABASE_URL"}
         env.update(DATABASE_URL=database_url, DRIP_EMAIL_URL=smtp_url, DRIP_SECRET_KEY=SECRET_KEY,
                    DRIP_BASE_URL=self.base_url, DRIP_POSTAL_ADDRESS=POSTAL_ADDRESS, DRIP_SIGNUP_RATE_LIMIT="off",
-                   DRIP_SIGNUP_ADDRESS_RATE_LIMIT="off")  # issue 7: 30 posts of one address on purpose
+                   DRIP_SIGNUP_ADDRESS_RATE_LIMIT="off")  # 30 posts of one address, on purpose
         self.env = env
         self.procs: list[Proc] = []
 
@@ -147,14 +147,14 @@ class Drip:
 
 
 @pytest.fixture
-def drip(database_url: str, smtp, tmp_path: Path) -> Iterator[Drip]:  # noqa: ANN001
+def drip(database_url: str, smtp, tmp_path: Path) -> Iterator[Drip]:
     launcher = Drip(database_url, smtp.url, tmp_path)
     yield launcher
     launcher.stop_all()
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-def seed(runtime, count: int, now: datetime, prefix: str = "reader") -> list[str]:  # noqa: ANN001
+def seed(runtime, count: int, now: datetime, prefix: str = "reader") -> list[str]:
     """Sign `count` readers up through the signup function, all due at `now`; returns their addresses."""
     addresses = [f"{prefix}{i:03d}@example.com" for i in range(count)]
     campaign = runtime.campaigns[CAMPAIGN]
@@ -166,7 +166,7 @@ def seed(runtime, count: int, now: datetime, prefix: str = "reader") -> list[str
     return addresses
 
 
-def received(smtp) -> Counter[tuple[str, str]]:  # noqa: ANN001
+def received(smtp) -> Counter[tuple[str, str]]:
     """How many emails the SMTP server accepted per (envelope recipient, Subject)."""
     with smtp.handler.lock:
         items = list(smtp.handler.accepted)
@@ -206,7 +206,7 @@ def post_burst(url: str, addresses: list[str], timeout: float = 60.0) -> list[tu
     return results
 
 
-def assert_one_signup(runtime, results: list[tuple[int | None, str]], email_key: str) -> None:  # noqa: ANN001
+def assert_one_signup(runtime, results: list[tuple[int | None, str]], email_key: str) -> None:
     statuses = Counter(status for status, _body in results)
     assert set(statuses) <= {200, 201}, results
     assert statuses[201] == 1, statuses
@@ -218,14 +218,14 @@ def assert_one_signup(runtime, results: list[tuple[int | None, str]], email_key:
         assert s.scalar(select(func.count()).select_from(Consent).where(Consent.subscriber_id == sub_id)) == 1
 
 
-def message_statuses(runtime) -> Counter[str]:  # noqa: ANN001
+def message_statuses(runtime) -> Counter[str]:
     with runtime.sessions() as s:
         return Counter(dict(s.execute(select(Message.status, func.count()).group_by(Message.status)).all()))
 
 
 # -- tests ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_thirty_concurrent_duplicate_signups(drip: Drip, runtime, smtp) -> None:  # noqa: ANN001
+def test_thirty_concurrent_duplicate_signups(drip: Drip, runtime, smtp) -> None:
     """Thirty simultaneous signups of one address (then of one address in mixed case) make one subscriber,
     enrollment and consent each, exactly one 201, no 5xx, and one welcome email."""
     drip.web(workers=2)
@@ -248,7 +248,7 @@ def test_thirty_concurrent_duplicate_signups(drip: Drip, runtime, smtp) -> None:
 
 
 @pytest.mark.slow
-def test_three_processes_tick_the_same_database(backend: str, drip: Drip, runtime, smtp) -> None:  # noqa: ANN001
+def test_three_processes_tick_the_same_database(backend: str, drip: Drip, runtime, smtp) -> None:
     """Three `drip tick` processes racing over 320 readers for three steps send every step to every reader once
     (FOR UPDATE SKIP LOCKED on PostgreSQL; one writer at a time on SQLite)."""
     readers = 320
@@ -282,7 +282,7 @@ def test_three_processes_tick_the_same_database(backend: str, drip: Drip, runtim
 
 
 @pytest.mark.slow
-def test_sigkilled_worker_loses_nothing(drip: Drip, runtime, smtp) -> None:  # noqa: ANN001
+def test_sigkilled_worker_loses_nothing(drip: Drip, runtime, smtp) -> None:
     """A tick SIGKILLed mid-pass leaves leased rows that the next pass reclaims: nobody is skipped, and only
     the emails handed to SMTP but not yet recorded can go out twice, each with a 'reclaimed' event."""
     addresses = seed(runtime, 40, T0)
@@ -329,7 +329,7 @@ def test_sigkilled_worker_loses_nothing(drip: Drip, runtime, smtp) -> None:  # n
 
 
 @pytest.mark.slow
-def test_smtp_down_then_back(drip: Drip, runtime, smtp) -> None:  # noqa: ANN001
+def test_smtp_down_then_back(drip: Drip, runtime, smtp) -> None:
     """With the SMTP server down a tick defers the welcome (the reader stays active); once it is back the
     next tick sends it, exactly once."""
     smtp.stop()
@@ -353,7 +353,7 @@ def test_smtp_down_then_back(drip: Drip, runtime, smtp) -> None:  # noqa: ANN001
 
 
 @pytest.mark.slow
-def test_a_slow_live_worker_keeps_its_lease(drip: Drip, runtime, smtp) -> None:  # noqa: ANN001
+def test_a_slow_live_worker_keeps_its_lease(drip: Drip, runtime, smtp) -> None:
     """A worker still sending past its lease renews it, so a second worker never takes over and re-sends."""
     seed(runtime, 30, datetime.now(UTC) - timedelta(minutes=1), prefix="slow")
     smtp.handler.data_delay = 0.25  # the first pass takes ~7.5 s against a 5 s lease
@@ -367,7 +367,7 @@ def test_a_slow_live_worker_keeps_its_lease(drip: Drip, runtime, smtp) -> None: 
     assert message_statuses(runtime) == Counter({"sent": 30})
 
 
-def test_sigterm_to_drip_serve_finishes_the_batch_and_records_it(drip: Drip, runtime, smtp) -> None:  # noqa: ANN001
+def test_sigterm_to_drip_serve_finishes_the_batch_and_records_it(drip: Drip, runtime, smtp) -> None:
     """`drip serve` stopped mid-pass (SIGTERM, as systemd or a deploy does): like `drip worker`, the pass
     finishes the batch it holds, records every outcome and claims no more before the process exits; the
     rest waits, queued, for the next start. Nothing is left `sending` to be re-sent after its lease."""

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import ConfigError, RateLimit, Settings, _instance_secret
+from service.core.config import ConfigError, RateLimit, Settings, _instance_secret
 
 
-def test_embedded_defaults(tmp_path) -> None:  # noqa: ANN001
+def test_embedded_defaults(tmp_path) -> None:
     """With nothing set: SQLite and the outbox in the project folder, a generated key, a placeholder address."""
     s = Settings.from_env({"DRIP_INSTANCE_DIR": str(tmp_path / "instance")})
     assert s.database_url == f"sqlite:///{tmp_path / 'instance' / 'drip.sqlite3'}"
@@ -37,7 +37,7 @@ def test_passwords_never_in_repr() -> None:
     assert "hunter2hunter2" not in repr(s) and "pgpass123" not in repr(s)
 
 
-def test_generated_key_is_shared_and_never_empty(tmp_path) -> None:  # noqa: ANN001
+def test_generated_key_is_shared_and_never_empty(tmp_path) -> None:
     """Two starts agree on one key; an emptied key file is refused rather than used."""
     assert _instance_secret(tmp_path) == _instance_secret(tmp_path)
     (tmp_path / "secret_key").write_text("")

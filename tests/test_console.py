@@ -1,4 +1,4 @@
-"""The operator console (issue 3) through the Flask test client on SQLite and PostgreSQL: guards, escaping, the
+"""The operator console through the Flask test client on SQLite and PostgreSQL: guards, escaping, the
 send log's date filter and CSV export, the email as sent, subscriber actions, pause/resume, the outbox viewer."""
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from sqlalchemy import func, select
 from test_admin_api import PASSWORD, csrf, login, operator, seed  # noqa: F401  (operator is a fixture)
 
 from service.app import create_app
-from service.dispatch import PassSummary
-from service.models import CampaignState, Consent, Enrollment, Event, Message, Subscriber, Suppression
+from service.core.models import CampaignState, Consent, Enrollment, Event, Message, Subscriber, Suppression
+from service.dispatch.policy import PassSummary
+from service.enrollment.suppression import email_hash
 from service.runtime import build_runtime
-from service.suppression import email_hash
 
 T0 = at("2026-02-02T09:00:00")
 CAMPAIGN = "back-pain-bundle"
@@ -26,27 +26,27 @@ EVIL = "<script>alert(1)</script>"
 
 
 @pytest.fixture
-def admin(client, operator):  # noqa: ANN001, ANN201, F811
+def admin(client, operator):  # noqa: F811
     assert login(client, operator, PASSWORD).status_code == 302
     return client
 
 
-def token(client, path: str = "/admin/messages") -> str:  # noqa: ANN001
+def token(client, path: str = "/admin/messages") -> str:
     return csrf(client, path)
 
 
-def subscriber_id(runtime, address: str) -> int:  # noqa: ANN001
+def subscriber_id(runtime, address: str) -> int:
     with runtime.sessions() as s:
         return s.scalar(select(Subscriber.id).where(Subscriber.email_key == address))
 
 
-def _fill(rule) -> str:  # noqa: ANN001
+def _fill(rule) -> str:
     values = {"message_id": 1, "subscriber_id": 1, "key": CAMPAIGN, "name": "x.eml", "filename": "drip.css",
               "campaign_key": CAMPAIGN, "step_key": "welcome"}
     return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), rule.rule)
 
 
-def test_every_admin_route_refuses_an_anonymous_user(app, client, operator):  # noqa: ANN001, F811
+def test_every_admin_route_refuses_an_anonymous_user(app, client, operator):  # noqa: F811
     """Walk app.url_map: every /admin route but the login page sends an anonymous GET to the login page and
     refuses an anonymous POST, even one carrying a valid CSRF token of the anonymous session."""
     rules = [r for r in app.url_map.iter_rules() if r.rule.startswith("/admin") and r.endpoint != "admin.login"]
@@ -62,7 +62,7 @@ def test_every_admin_route_refuses_an_anonymous_user(app, client, operator):  # 
             assert r.status_code == 302 and "/admin/login" in r.headers["Location"], path
 
 
-def test_admin_posts_without_csrf_are_refused(app, admin, runtime):  # noqa: ANN001
+def test_admin_posts_without_csrf_are_refused(app, admin, runtime):
     """Logged in, every admin POST route (but login) refuses a form without its CSRF token, and nothing changes."""
     seed(runtime, "keep@example.org")
     posts = [r for r in app.url_map.iter_rules() if r.rule.startswith("/admin") and "POST" in r.methods
@@ -77,9 +77,9 @@ def test_admin_posts_without_csrf_are_refused(app, admin, runtime):  # noqa: ANN
         assert s.scalar(select(func.count()).select_from(CampaignState)) == 0
 
 
-def test_a_script_name_is_escaped_on_every_page(admin, runtime):  # noqa: ANN001
+def test_a_script_name_is_escaped_on_every_page(admin, runtime):
     """A reader named <script>... shows as text on the send log, message, subscriber list and subscriber pages."""
-    from service.signups import ConsentMeta, parse_signup, signup
+    from service.audience.signups import ConsentMeta, parse_signup, signup
 
     data = parse_signup({"email": "evil@example.org", "name": EVIL}, campaigns=runtime.campaigns,
                         default_campaign=CAMPAIGN)
@@ -100,7 +100,7 @@ def test_a_script_name_is_escaped_on_every_page(admin, runtime):  # noqa: ANN001
     assert "sandbox" in body.headers["Content-Security-Policy"]
 
 
-def test_message_page_shows_the_email_as_sent(admin, runtime, smtp):  # noqa: ANN001
+def test_message_page_shows_the_email_as_sent(admin, runtime, smtp):
     """The message page shows the headers and text that reached the SMTP server; the HTML is in a sandboxed frame
     whose own response forbids scripts."""
     seed(runtime, "reader@example.org")
@@ -120,13 +120,13 @@ def test_message_page_shows_the_email_as_sent(admin, runtime, smtp):  # noqa: AN
     assert frame.data.decode() == received.get_body(preferencelist=("html",)).get_content()
 
 
-def test_date_range_filter_and_csv_export(admin, runtime):  # noqa: ANN001
+def test_date_range_filter_and_csv_export(admin, runtime):
     """since/until narrow the log to whole UTC days, the form keeps them, and the CSV holds every filtered row."""
     seed(runtime, "early@example.org")
     runtime.dispatcher().run_pass(T0)
     with runtime.sessions() as s, s.begin():
         s.execute(Enrollment.__table__.update().values(next_due_at=None))
-    from service.signups import ConsentMeta, parse_signup, signup
+    from service.audience.signups import ConsentMeta, parse_signup, signup
 
     later = T0 + timedelta(days=3)
     data = parse_signup({"email": "=cmd@example.org"}, campaigns=runtime.campaigns, default_campaign=CAMPAIGN)
@@ -147,7 +147,7 @@ def test_date_range_filter_and_csv_export(admin, runtime):  # noqa: ANN001
     assert [row["to"] for row in one] == ["'=cmd@example.org"]
 
 
-def test_subscriber_page_and_actions_write_events(admin, runtime, smtp):  # noqa: ANN001
+def test_subscriber_page_and_actions_write_events(admin, runtime, smtp):
     """The subscriber page shows consent, enrollment and timeline; unsubscribe, resubscribe (reason required) and
     each action lands in the timeline as an event."""
     seed(runtime, "ann@example.org")
@@ -178,7 +178,7 @@ def test_subscriber_page_and_actions_write_events(admin, runtime, smtp):  # noqa
     assert "operator" not in types
 
 
-def test_retry_moves_a_failed_message_back_to_the_queue(admin, runtime, smtp):  # noqa: ANN001
+def test_retry_moves_a_failed_message_back_to_the_queue(admin, runtime, smtp):
     """A message refused by policy (5.7.x, failed) is retried by the operator: failed -> queued, then sent."""
     smtp.handler.script("pol@example.org", "RCPT", "550 5.7.1 policy refusal")
     seed(runtime, "pol@example.org")
@@ -204,7 +204,7 @@ def test_retry_moves_a_failed_message_back_to_the_queue(admin, runtime, smtp):  
     assert "only a failed message" in r.data.decode()
 
 
-def test_erase_keeps_only_the_hash(admin, runtime, smtp):  # noqa: ANN001
+def test_erase_keeps_only_the_hash(admin, runtime, smtp):
     """Erasing from the page deletes every row of the person; the address's SHA-256 stays suppressed; signing up
     again is ignored."""
     seed(runtime, "gone@example.org", "stay@example.org")
@@ -229,7 +229,7 @@ def test_erase_keeps_only_the_hash(admin, runtime, smtp):  # noqa: ANN001
     assert subscriber_id(runtime, "gone@example.org") is None
 
 
-def test_pause_holds_queue_and_claim_and_resume_sends_one_each(admin, runtime, smtp):  # noqa: ANN001
+def test_pause_holds_queue_and_claim_and_resume_sends_one_each(admin, runtime, smtp):
     """Paused: no step is queued and no queued message is claimed. Resumed: the held welcome goes out, one email
     per reader, and the next step keeps its weekly delay."""
     seed(runtime, "p1@example.org", "p2@example.org")
@@ -256,7 +256,7 @@ def test_pause_holds_queue_and_claim_and_resume_sends_one_each(admin, runtime, s
     assert runtime.dispatcher().run_pass(later + timedelta(minutes=5)).sent == 0
 
 
-def test_campaign_page_has_counts_and_svg_charts(admin, runtime, smtp):  # noqa: ANN001
+def test_campaign_page_has_counts_and_svg_charts(admin, runtime, smtp):
     """The campaign page counts per step and draws emails per day and the funnel as inline SVG with titles."""
     smtp.handler.script("b@example.org", "RCPT", "550 5.1.1 unknown user")
     seed(runtime, "a@example.org", "b@example.org")
@@ -273,7 +273,7 @@ def test_campaign_page_has_counts_and_svg_charts(admin, runtime, smtp):  # noqa:
     assert admin.get("/admin/campaigns/nope").status_code == 404
 
 
-def test_outbox_viewer_lists_and_shows_files_and_refuses_traversal(runtime, operator, tmp_path):  # noqa: ANN001, F811
+def test_outbox_viewer_lists_and_shows_files_and_refuses_traversal(runtime, operator, tmp_path):  # noqa: F811
     """With the file transport, /admin/outbox lists the .eml files newest first and shows one; any other path is a
     404; with SMTP the viewer does not exist."""
     outbox = tmp_path / "outbox"
@@ -298,7 +298,7 @@ def test_outbox_viewer_lists_and_shows_files_and_refuses_traversal(runtime, oper
     assert smtp_client.get("/admin/outbox").status_code == 404
 
 
-def test_metrics_add_signups_queue_depth_and_pass_duration(client, runtime):  # noqa: ANN001
+def test_metrics_add_signups_queue_depth_and_pass_duration(client, runtime):
     """/metrics reports signups per campaign, queue depth and the duration of passes recorded by any worker."""
     seed(runtime, "m1@example.org", "m2@example.org")
     runtime.dispatcher().queue_due(T0, PassSummary())
@@ -313,9 +313,9 @@ def test_metrics_add_signups_queue_depth_and_pass_duration(client, runtime):  # 
     assert 0 < duration < 30
 
 
-def test_a_sending_pause_is_shown_on_every_console_page_until_resumed(runtime, admin) -> None:  # noqa: ANN001
-    from service import sending
-    from service.db import utcnow
+def test_a_sending_pause_is_shown_on_every_console_page_until_resumed(runtime, admin) -> None:
+    from service.core.db import utcnow
+    from service.dispatch import sending_pause as sending
 
     assert "Sending is paused" not in admin.get("/admin/messages").data.decode()
     with runtime.sessions() as s, s.begin():

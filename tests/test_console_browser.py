@@ -12,9 +12,9 @@ from playwright.sync_api import Page, expect
 from sqlalchemy import select
 from test_browser import CAMPAIGN, server, sign_up, welcome_for  # noqa: F401  (server is a fixture)
 
-from service.accounts import add_user
-from service.db import utcnow
-from service.models import CampaignState
+from service.core.db import utcnow
+from service.core.models import CampaignState
+from service.operator.accounts import add_user
 
 pytestmark = pytest.mark.browser
 PASSWORD = "correct horse battery"
@@ -26,7 +26,7 @@ def shoot(tab: Page, tmp_path: Path, name: str) -> None:
     assert shot.read_bytes().startswith(b"\x89PNG")
 
 
-def log_in(tab: Page, base: str, runtime) -> None:  # noqa: ANN001
+def log_in(tab: Page, base: str, runtime) -> None:
     with runtime.sessions() as s, s.begin():
         add_user(s, "ops@example.org", PASSWORD, now=utcnow())
     tab.goto(f"{base}/admin/messages")
@@ -37,11 +37,11 @@ def log_in(tab: Page, base: str, runtime) -> None:  # noqa: ANN001
     expect(tab.get_by_role("heading", name="Send log")).to_be_visible()
 
 
-def wait_until_recorded(runtime, timeout: float = 15) -> None:  # noqa: ANN001
+def wait_until_recorded(runtime, timeout: float = 15) -> None:
     """The SMTP server has the email a moment before Drip records the outcome; pages show the record."""
     import time
 
-    from service.models import Message
+    from service.core.models import Message
 
     deadline = time.monotonic() + timeout
     while True:
@@ -70,7 +70,7 @@ def test_operator_finds_a_welcome_and_runs_the_campaign(server, page, smtp, runt
 
     with page.expect_download() as info:
         page.get_by_role("link", name="Export CSV").click()
-    exported = list(csv.DictReader(open(info.value.path(), newline="")))  # noqa: SIM115
+    exported = list(csv.DictReader(open(info.value.path(), newline="")))
     assert [(r["to"], r["step"], r["status"]) for r in exported] == [("reader@example.org", welcome.key, "sent")]
 
     rows.first.get_by_role("link", name="reader@example.org").click()
@@ -108,7 +108,7 @@ def test_operator_finds_a_welcome_and_runs_the_campaign(server, page, smtp, runt
     assert width <= 400  # wide tables scroll inside their box, the page does not
 
 
-def _paused(runtime) -> bool:  # noqa: ANN001
+def _paused(runtime) -> bool:
     with runtime.sessions() as s:
         return s.scalar(select(CampaignState.paused).where(CampaignState.campaign == CAMPAIGN))
 
@@ -117,7 +117,7 @@ def test_email_html_cannot_run_script_in_the_console(server, page, smtp, runtime
     """An email whose HTML carries script is shown, but the script never runs: not in its frame, not in the page."""
     from email.message import EmailMessage
 
-    from service.models import Message, MessageContent
+    from service.core.models import Message, MessageContent
 
     sign_up(page, server, "victim@example.org")
     welcome_for(smtp, "victim@example.org")

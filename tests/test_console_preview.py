@@ -1,18 +1,18 @@
-"""Issue 5: the operator console lists campaigns and shows each step's preview, behind the login."""
+"""The operator console lists campaigns and shows each step's preview, behind the login."""
 from __future__ import annotations
 
 import re
 
 import pytest
 
-from service.accounts import add_user
-from service.db import utcnow
+from service.core.db import utcnow
+from service.operator.accounts import add_user
 
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def logged_in(runtime, client):  # noqa: ANN001, ANN201
+def logged_in(runtime, client):
     with runtime.sessions() as s, s.begin():
         add_user(s, "ops@example.org", PASSWORD, now=utcnow())
     page = client.get("/admin/login").data.decode()
@@ -22,7 +22,7 @@ def logged_in(runtime, client):  # noqa: ANN001, ANN201
     return client
 
 
-def test_campaign_pages_need_a_login(client):  # noqa: ANN001
+def test_campaign_pages_need_a_login(client):
     """Without a session every campaign page redirects to the login."""
     for path in ("/admin/campaigns/", "/admin/campaigns/glute-guide/welcome",
                  "/admin/campaigns/glute-guide/welcome/html"):
@@ -30,7 +30,7 @@ def test_campaign_pages_need_a_login(client):  # noqa: ANN001
         assert r.status_code == 302 and "/admin/login" in r.headers["Location"]
 
 
-def test_console_lists_campaigns_and_previews_a_step(runtime, logged_in):  # noqa: ANN001
+def test_console_lists_campaigns_and_previews_a_step(runtime, logged_in):
     """The list shows every campaign with its continuation; a step page shows subject and text, and its
     HTML comes from a sandboxed frame URL with a locked-down policy."""
     page = logged_in.get("/admin/campaigns/").data.decode()

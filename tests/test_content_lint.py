@@ -32,7 +32,7 @@ subject = "{subject}"
 """
 
 
-def run(tmp_path: Path, *, html: str = GOOD_HTML, text: str = GOOD_TEXT, subject: str = "Meet the psoas"):  # noqa: ANN201
+def run(tmp_path: Path, *, html: str = GOOD_HTML, text: str = GOOD_TEXT, subject: str = "Meet the psoas"):
     root = tmp_path / "templates"
     (root / "lint").mkdir(parents=True)
     (root / "lint" / "campaign.toml").write_text(TOML.format(subject=subject))

@@ -1,4 +1,4 @@
-"""Issue 5: lead-magnet campaigns continue into the shared weekly sequence, never sending a coaching email twice."""
+"""Lead-magnet campaigns continue into the shared weekly sequence, never sending a coaching email twice."""
 from __future__ import annotations
 
 import shutil
@@ -11,29 +11,30 @@ import pytest
 from conftest import ROOT, at
 from sqlalchemy import select
 
-from service.campaigns import CampaignError, load_campaigns
-from service.models import Consent, Enrollment, Message
-from service.signups import ConsentMeta, parse_signup, signup
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.campaigns.loader import load_campaigns
+from service.campaigns.model import CampaignError
+from service.core.models import Consent, Enrollment, Message
 
 T0 = at("2026-03-02T15:00:00")  # a Monday, 10:00 in New York
 BUNDLE = "back-pain-bundle"
 
 
-def join(rt, email: str, campaign: str, now, tz: str | None = None) -> str:  # noqa: ANN001
+def join(rt, email: str, campaign: str, now, tz: str | None = None) -> str:
     data = parse_signup({"email": email, "campaign": campaign, "timezone": tz}, campaigns=rt.campaigns,
                         default_campaign=BUNDLE)
     with rt.sessions() as s, s.begin():
         return signup(s, data, campaign=rt.campaigns[campaign], meta=ConsentMeta("form"), now=now).status
 
 
-def walk(rt, start, days: int) -> None:  # noqa: ANN001
+def walk(rt, start, days: int) -> None:
     """One pass a day at 19:00 UTC (afternoon in New York), the clock frozen at each pass."""
     d = rt.dispatcher()
     for n in range(days):
         d.run_pass(start + timedelta(days=n, hours=4))
 
 
-def test_lead_magnet_continues_into_week_01_with_consent_and_its_own_why(runtime, smtp):  # noqa: ANN001
+def test_lead_magnet_continues_into_week_01_with_consent_and_its_own_why(runtime, smtp):
     """After the glute guide's welcome, the reader is enrolled in the bundle at week-01, due 7 local days
     after the welcome at the send hour; consent says "continuation" and the footer names the glute guide."""
     join(runtime, "g@example.org", "glute-guide", T0, tz="America/New_York")
@@ -58,7 +59,7 @@ def test_lead_magnet_continues_into_week_01_with_consent_and_its_own_why(runtime
     assert "free back-pain resource bundle" not in " ".join(text.split())
 
 
-def test_two_lead_magnets_and_the_bundle_send_each_coaching_email_once(runtime, smtp):  # noqa: ANN001
+def test_two_lead_magnets_and_the_bundle_send_each_coaching_email_once(runtime, smtp):
     """glute-guide, then leaner-you, then (after two coaching weeks) the bundle itself: three welcomes,
     week-01..09 once each, and from the bundle signup on the footer names the bundle."""
     assert join(runtime, "r@example.org", "glute-guide", T0) == "created"
@@ -91,7 +92,7 @@ def test_two_lead_magnets_and_the_bundle_send_each_coaching_email_once(runtime, 
     assert sources == ["continuation", "form"]
 
 
-def test_every_lead_magnet_continues_into_the_bundle(runtime):  # noqa: ANN001
+def test_every_lead_magnet_continues_into_the_bundle(runtime):
     """All six lead magnets are wired to the shared sequence at week-01."""
     magnets = [c for c in runtime.campaigns.values() if c.continue_into]
     assert len(magnets) == 6

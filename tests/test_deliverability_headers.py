@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, at
 
-from service.campaigns import CampaignError, load_campaign
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.campaigns.loader import load_campaign
+from service.campaigns.model import CampaignError
 from service.runtime import build_runtime
-from service.signups import ConsentMeta, parse_signup, signup
 
 T0 = at("2026-03-02T15:00:00")
 
 
-def send_one(rt, smtp, address: str = "ada@example.com"):  # noqa: ANN001, ANN201
+def send_one(rt, smtp, address: str = "ada@example.com"):
     data = parse_signup({"email": address}, campaigns=rt.campaigns, default_campaign=rt.settings.default_campaign)
     with rt.sessions() as s, s.begin():
         signup(s, data, campaign=rt.campaigns[data.campaign], meta=ConsentMeta("json"), now=T0)
@@ -27,10 +28,10 @@ def send_one(rt, smtp, address: str = "ada@example.com"):  # noqa: ANN001, ANN20
 
 
 @pytest.fixture
-def rt_with(settings):  # noqa: ANN001, ANN201
+def rt_with(settings):
     built = []
 
-    def make(**changes: object):  # noqa: ANN202
+    def make(**changes: object):
         rt = build_runtime(replace(settings, **changes))
         built.append(rt)
         return rt
@@ -55,7 +56,7 @@ def test_configured_sender_id_bounce_domain_and_reply_to(rt_with, smtp) -> None:
                  reply_to="Coach Sofia <coach@backpainwarriors.example>")
     mail_from, msg = send_one(rt, smtp)
     assert msg["Feedback-ID"] == "back-pain-bundle:welcome:drip-prod"
-    # becomes Return-Path at the receiver: a VERP address per message (issue 4) on the bounce domain
+    # becomes Return-Path at the receiver: a VERP address per message on the bounce domain (a bounce names its message)
     assert re.fullmatch(r"bounces\+\d+-[0-9a-f]+@bounce\.backpainwarriors\.example", mail_from), mail_from
     assert msg["Reply-To"] == "Coach Sofia <coach@backpainwarriors.example>"
 

@@ -10,16 +10,16 @@ from zoneinfo import ZoneInfo
 from conftest import at
 from sqlalchemy import func, select
 
-from service.models import Enrollment, Event, Message, Subscriber
-from service.signups import ConsentMeta, parse_signup, signup
-from service.suppression import is_suppressed
-from service.tokens import UnsubscribeClaim
-from service.unsubscribe import unsubscribe
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.audience.unsubscribe import unsubscribe
+from service.core.models import Enrollment, Event, Message, Subscriber
+from service.core.tokens import UnsubscribeClaim
+from service.enrollment.suppression import is_suppressed
 
 T0 = at("2026-03-02T15:00:00")  # a Monday; US daylight saving starts on Sunday 2026-03-08
 
 
-def enroll(rt, email: str, *, name: str = "", tz: str | None = None, now=T0) -> int:  # noqa: ANN001
+def enroll(rt, email: str, *, name: str = "", tz: str | None = None, now=T0) -> int:
     data = parse_signup({"email": email, "name": name, "timezone": tz}, campaigns=rt.campaigns,
                         default_campaign=rt.settings.default_campaign)
     with rt.sessions() as s, s.begin():
@@ -27,16 +27,16 @@ def enroll(rt, email: str, *, name: str = "", tz: str | None = None, now=T0) -> 
     return result.subscriber_id
 
 
-def message_rows(rt) -> list[Message]:  # noqa: ANN001
+def message_rows(rt) -> list[Message]:
     with rt.sessions() as s:
         return list(s.scalars(select(Message).order_by(Message.id)))
 
 
-def steps(rt):  # noqa: ANN001, ANN201
+def steps(rt):
     return rt.campaigns["back-pain-bundle"].steps
 
 
-def test_welcome_goes_out_over_smtp_with_every_header(runtime, smtp):  # noqa: ANN001
+def test_welcome_goes_out_over_smtp_with_every_header(runtime, smtp):
     """The first pass after a signup sends the welcome, with the headers and footer every email needs."""
     enroll(runtime, "Ada@Example.com", name="Ada Lovelace")
     summary = runtime.dispatcher().run_pass(T0)
@@ -70,7 +70,7 @@ def test_welcome_goes_out_over_smtp_with_every_header(runtime, smtp):  # noqa: A
     assert kinds == ["queued", "attempt", "sent"]
 
 
-def test_weekly_emails_follow_the_send_hour_across_daylight_saving(runtime, smtp):  # noqa: ANN001
+def test_weekly_emails_follow_the_send_hour_across_daylight_saving(runtime, smtp):
     """Each weekly step is due 7 local days after the previous send, at 09:00 in the reader's zone, DST or not."""
     enroll(runtime, "w@example.org", tz="America/New_York")
     d = runtime.dispatcher()
@@ -94,7 +94,7 @@ def test_weekly_emails_follow_the_send_hour_across_daylight_saving(runtime, smtp
     assert d.run_pass(now + timedelta(days=60)).sent == 0
 
 
-def test_a_late_service_catches_up_one_email_per_pass(runtime, smtp):  # noqa: ANN001
+def test_a_late_service_catches_up_one_email_per_pass(runtime, smtp):
     """After weeks of downtime a pass sends late instead of skipping, and never more than one email per reader."""
     enroll(runtime, "late@example.org")
     d = runtime.dispatcher()
@@ -105,7 +105,7 @@ def test_a_late_service_catches_up_one_email_per_pass(runtime, smtp):  # noqa: A
     assert [m["Subject"] for m in smtp.handler.messages()] == [s.subject for s in steps(runtime)[:2]]
 
 
-def test_451_then_250_retries_with_backoff(runtime, smtp):  # noqa: ANN001
+def test_451_then_250_retries_with_backoff(runtime, smtp):
     """A 4xx reply defers the message with backoff; the retry succeeds and the reader gets one email."""
     smtp.handler.script("retry@example.org", "DATA", "451 4.3.0 Try again later")
     enroll(runtime, "retry@example.org")
@@ -123,7 +123,7 @@ def test_451_then_250_retries_with_backoff(runtime, smtp):  # noqa: ANN001
         assert s.scalars(select(Subscriber.status)).one() == "active"
 
 
-def test_550_bounces_suppresses_and_never_retries(runtime, smtp, client):  # noqa: ANN001
+def test_550_bounces_suppresses_and_never_retries(runtime, smtp, client):
     """A 5xx refusal marks the message bounced, suppresses the address and stops the enrollment for good."""
     smtp.handler.script("nobody@example.org", "RCPT", "550 5.1.1 No such user")
     enroll(runtime, "nobody@example.org")
@@ -141,7 +141,7 @@ def test_550_bounces_suppresses_and_never_retries(runtime, smtp, client):  # noq
     assert smtp.handler.messages() == []
 
 
-def test_policy_refusal_fails_the_message_without_suppressing(runtime, smtp):  # noqa: ANN001
+def test_policy_refusal_fails_the_message_without_suppressing(runtime, smtp):
     """A 5.7.x policy refusal fails that email but says nothing about the mailbox: no suppression."""
     smtp.handler.script("policy@example.org", "DATA", "554 5.7.1 Message rejected by policy")
     enroll(runtime, "policy@example.org")
@@ -152,7 +152,7 @@ def test_policy_refusal_fails_the_message_without_suppressing(runtime, smtp):  #
     assert enrollment.status == "active" and enrollment.next_step == 1 and enrollment.next_due_at is not None
 
 
-def test_smtp_down_then_back(runtime, smtp):  # noqa: ANN001
+def test_smtp_down_then_back(runtime, smtp):
     """While the SMTP server is down messages wait with backoff; once it is back each is sent once."""
     enroll(runtime, "a@example.org")
     enroll(runtime, "b@example.org")
@@ -170,7 +170,7 @@ def test_smtp_down_then_back(runtime, smtp):  # noqa: ANN001
         assert set(s.scalars(select(Subscriber.status))) == {"active"}
 
 
-def test_a_relay_down_for_days_never_gives_readers_up(runtime, smtp):  # noqa: ANN001
+def test_a_relay_down_for_days_never_gives_readers_up(runtime, smtp):
     """Days of refused connections leave the welcome waiting, no attempt burned; it goes out once the relay is back."""
     enroll(runtime, "patient@example.org")
     smtp.stop()
@@ -188,7 +188,7 @@ def test_a_relay_down_for_days_never_gives_readers_up(runtime, smtp):  # noqa: A
     assert [m["Subject"] for m in smtp.handler.messages()] == [steps(runtime)[0].subject]
 
 
-def test_refused_sender_is_a_configuration_problem_not_a_bounce(runtime, smtp):  # noqa: ANN001
+def test_refused_sender_is_a_configuration_problem_not_a_bounce(runtime, smtp):
     """A 5xx to our own MAIL FROM defers the message without counting an attempt or suppressing anyone."""
     enroll(runtime, "fine@example.org")
     smtp.handler.script("", "MAIL", "553 5.7.1 Sender address rejected")
@@ -200,7 +200,7 @@ def test_refused_sender_is_a_configuration_problem_not_a_bounce(runtime, smtp): 
         assert not is_suppressed(ses, "fine@example.org")
 
 
-def test_replies_about_the_message_do_not_suppress_the_reader(runtime, smtp):  # noqa: ANN001
+def test_replies_about_the_message_do_not_suppress_the_reader(runtime, smtp):
     """5.3.4 (too big) and a bare 'relay not permitted' fail the email but leave the address alone."""
     enroll(runtime, "big@example.org")
     enroll(runtime, "relay@example.org")
@@ -213,7 +213,7 @@ def test_replies_about_the_message_do_not_suppress_the_reader(runtime, smtp):  #
         assert set(ses.scalars(select(Subscriber.status))) == {"active"}
 
 
-def test_persistent_4xx_gives_up_as_failed(runtime, smtp):  # noqa: ANN001
+def test_persistent_4xx_gives_up_as_failed(runtime, smtp):
     """A message refused with 4xx past the attempt cap is marked failed with the reason, not retried forever."""
     smtp.handler.script("full@example.org", "DATA", *["452 4.2.2 Mailbox full"] * 20)
     enroll(runtime, "full@example.org")
@@ -231,7 +231,7 @@ def test_persistent_4xx_gives_up_as_failed(runtime, smtp):  # noqa: ANN001
     assert smtp.handler.messages() == []
 
 
-def test_421_mid_batch_defers_one_and_sends_the_rest(runtime, smtp):  # noqa: ANN001
+def test_421_mid_batch_defers_one_and_sends_the_rest(runtime, smtp):
     """A 421 closes the connection for one message; the transport reconnects for the others."""
     for name in ("one", "two", "three"):
         enroll(runtime, f"{name}@example.org")
@@ -241,9 +241,9 @@ def test_421_mid_batch_defers_one_and_sends_the_rest(runtime, smtp):  # noqa: AN
     assert {m["To"].addresses[0].addr_spec for m in smtp.handler.messages()} == {"one@example.org", "three@example.org"}
 
 
-def test_unsubscribe_after_claim_is_caught_before_sending(runtime, smtp):  # noqa: ANN001
+def test_unsubscribe_after_claim_is_caught_before_sending(runtime, smtp):
     """A reader who unsubscribes after a worker claimed their email is checked again and not sent it."""
-    from service.dispatch import PassSummary
+    from service.dispatch.policy import PassSummary
 
     sub_id = enroll(runtime, "quick@example.org")
     d = runtime.dispatcher()
@@ -261,9 +261,9 @@ def test_unsubscribe_after_claim_is_caught_before_sending(runtime, smtp):  # noq
     assert message_rows(runtime)[0].status == "suppressed"
 
 
-def test_unsubscribe_cancels_queued_messages(runtime, smtp):  # noqa: ANN001
+def test_unsubscribe_cancels_queued_messages(runtime, smtp):
     """Messages already queued are cancelled by an unsubscribe and never sent."""
-    from service.dispatch import PassSummary
+    from service.dispatch.policy import PassSummary
 
     sub_id = enroll(runtime, "q@example.org")
     runtime.dispatcher().queue_due(T0, PassSummary())
@@ -275,7 +275,7 @@ def test_unsubscribe_cancels_queued_messages(runtime, smtp):  # noqa: ANN001
     assert smtp.handler.messages() == []
 
 
-def test_names_cannot_inject_headers_and_html_is_escaped(runtime, smtp):  # noqa: ANN001
+def test_names_cannot_inject_headers_and_html_is_escaped(runtime, smtp):
     """Encoded newlines or markup in a name never become a header or live HTML in the email."""
     enroll(runtime, "inj@example.org", name="=?UTF-8?Q?=0A?=Bcc: victim@example.org")
     enroll(runtime, "xss@example.org", name="<script>alert(1)</script>")
@@ -289,7 +289,7 @@ def test_names_cannot_inject_headers_and_html_is_escaped(runtime, smtp):  # noqa
     assert "<script>alert(1)</script>" in xss.get_body(("plain",)).get_content()
 
 
-def test_idn_domain_goes_out_in_punycode(runtime, smtp):  # noqa: ANN001
+def test_idn_domain_goes_out_in_punycode(runtime, smtp):
     """An internationalised domain is stored in Unicode and sent to the ASCII (Punycode) envelope address."""
     enroll(runtime, "user@bücher.example")
     assert runtime.dispatcher().run_pass(T0).sent == 1
@@ -299,9 +299,9 @@ def test_idn_domain_goes_out_in_punycode(runtime, smtp):  # noqa: ANN001
         assert s.scalars(select(Subscriber.email)).one() == "user@bücher.example"
 
 
-def test_one_message_row_per_enrollment_and_step(runtime, smtp):  # noqa: ANN001
+def test_one_message_row_per_enrollment_and_step(runtime, smtp):
     """Queueing the same due enrollment twice (two passes racing) creates one message row, not two."""
-    from service.dispatch import PassSummary
+    from service.dispatch.policy import PassSummary
 
     enroll(runtime, "once@example.org")
     d = runtime.dispatcher()
@@ -315,7 +315,7 @@ def test_one_message_row_per_enrollment_and_step(runtime, smtp):  # noqa: ANN001
     assert len(smtp.handler.messages()) == 1
 
 
-def test_unsubscribe_while_a_slow_relay_works_through_the_chunk(runtime, smtp):  # noqa: ANN001
+def test_unsubscribe_while_a_slow_relay_works_through_the_chunk(runtime, smtp):
     """Readers are re-checked about a second before each send, so an unsubscribe mid-chunk still counts."""
     import threading
     import time
@@ -339,11 +339,11 @@ def test_unsubscribe_while_a_slow_relay_works_through_the_chunk(runtime, smtp): 
     assert smtp.handler.messages(to="slow5@example.org") == []
 
 
-def test_a_look_ahead_tick_leases_on_the_real_clock(runtime, smtp):  # noqa: ANN001
+def test_a_look_ahead_tick_leases_on_the_real_clock(runtime, smtp):
     """`tick --now` in the past or future decides what is due, but leases run on real time: no live worker
     can take over its claim at once, and a killed look-ahead tick does not lock rows until that date."""
-    from service.db import utcnow
-    from service.dispatch import PassSummary
+    from service.core.db import utcnow
+    from service.dispatch.policy import PassSummary
 
     enroll(runtime, "past@example.org", now=T0)
     d = runtime.dispatcher()

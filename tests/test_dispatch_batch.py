@@ -1,4 +1,4 @@
-"""Issue 6: the dispatcher writes whole batches at once; what each reader gets must not change.
+"""The dispatcher writes whole batches at once, for speed; what each reader gets must not change.
 
 A pass over many readers with mixed outcomes in one chunk, checked reader by reader; the number of SQL
 statements a pass makes does not grow with the number of readers it sends to; PostgreSQL stores the
@@ -14,16 +14,16 @@ from conftest import at
 from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from service import as_sent
-from service.db import utcnow
-from service.models import ContentChunk, Enrollment, Event, Message, MessageContent, Subscriber
-from service.signups import ConsentMeta, parse_signup, signup
-from service.suppression import is_suppressed
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.compose import as_sent
+from service.core.db import utcnow
+from service.core.models import ContentChunk, Enrollment, Event, Message, MessageContent, Subscriber
+from service.enrollment.suppression import is_suppressed
 
 T0 = at("2026-03-03T15:00:00")  # a Tuesday
 
 
-def enroll_many(rt, count: int, *, prefix: str = "reader", tz: str | None = None) -> list[str]:  # noqa: ANN001
+def enroll_many(rt, count: int, *, prefix: str = "reader", tz: str | None = None) -> list[str]:
     addresses = [f"{prefix}{i:04d}@example.com" for i in range(count)]
     campaign = rt.campaigns[rt.settings.default_campaign]
     with rt.sessions() as s, s.begin():
@@ -34,7 +34,7 @@ def enroll_many(rt, count: int, *, prefix: str = "reader", tz: str | None = None
     return addresses
 
 
-def test_a_large_mixed_batch_gives_every_reader_exactly_their_outcome(runtime, smtp):  # noqa: ANN001
+def test_a_large_mixed_batch_gives_every_reader_exactly_their_outcome(runtime, smtp):
     """250 readers in one pass (several chunks and claim batches): refusals, a deferral and an unsubscribed
     reader sit among accepted emails of the same chunk; each reader's message, events and next step are
     exactly what they would be alone."""
@@ -84,17 +84,17 @@ def test_a_large_mixed_batch_gives_every_reader_exactly_their_outcome(runtime, s
         stored = s.get(MessageContent, rows[addresses[42]].id)
         assert stored is not None and as_sent.read(s, stored.raw).replace(b"\r\n", b"\n") == raw_by_rcpt[
             addresses[42]].replace(b"\r\n", b"\n")
-        # issue 6: stored as a layout, the step's fixed pieces once in content_chunks
+        # stored as a layout, the step's fixed pieces once in content_chunks
         assert stored.raw.startswith(as_sent.MAGIC) and len(stored.raw) < len(raw_by_rcpt[addresses[42]]) / 3
         assert s.scalar(select(func.count()).select_from(ContentChunk)) >= 2
 
 
-def _statements_for_one_pass(rt, smtp, count: int, prefix: str) -> int:  # noqa: ANN001
+def _statements_for_one_pass(rt, smtp, count: int, prefix: str) -> int:
     enroll_many(rt, count, prefix=prefix)
     engine = rt.sessions.kw["bind"]
     seen: list[str] = []
 
-    def count_it(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001, ANN202, PLR0913
+    def count_it(conn, cursor, statement, parameters, context, executemany):
         seen.append(statement)
 
     event.listen(engine, "before_cursor_execute", count_it)
@@ -107,7 +107,7 @@ def _statements_for_one_pass(rt, smtp, count: int, prefix: str) -> int:  # noqa:
     return len(seen)
 
 
-def test_statements_per_pass_do_not_grow_with_the_readers_it_sends_to(runtime, smtp):  # noqa: ANN001
+def test_statements_per_pass_do_not_grow_with_the_readers_it_sends_to(runtime, smtp):
     """Set-based queue, claim, re-check and record: 90 readers take as many SQL statements as 9 (one
     chunk each); a per-reader write anywhere on the common path would add at least 81."""
     few = _statements_for_one_pass(runtime, smtp, 9, "few")
@@ -116,7 +116,7 @@ def test_statements_per_pass_do_not_grow_with_the_readers_it_sends_to(runtime, s
 
 
 @pytest.mark.postgresql_only
-def test_postgresql_compresses_stored_emails_with_lz4(runtime):  # noqa: ANN001
+def test_postgresql_compresses_stored_emails_with_lz4(runtime):
     with runtime.sessions() as s:
         method = s.execute(text("SELECT attcompression FROM pg_attribute WHERE attrelid = "
                                 "'message_contents'::regclass AND attname = 'raw'")).scalar()
@@ -124,7 +124,7 @@ def test_postgresql_compresses_stored_emails_with_lz4(runtime):  # noqa: ANN001
 
 
 @pytest.fixture
-def fail_once(runtime):  # noqa: ANN001, ANN201
+def fail_once(runtime):
     """A real database error, once: a trigger refuses the first write of a given address's message as
     `sent` (the sequence is not transactional, so the refusal is not rolled back with the write)."""
     def arm(address: str) -> None:
@@ -142,7 +142,7 @@ def fail_once(runtime):  # noqa: ANN001, ANN201
         s.execute(text("DROP SEQUENCE IF EXISTS fault_once"))
 
 
-def _sent_again_after_the_lease(rt, smtp) -> int:  # noqa: ANN001
+def _sent_again_after_the_lease(rt, smtp) -> int:
     """A later pass whose real clock is past every lease: how many more emails reach the server."""
     before = len(smtp.handler.accepted)
     rt.dispatcher(real_clock=lambda: utcnow() + timedelta(hours=1)).run_pass(T0)
@@ -150,7 +150,7 @@ def _sent_again_after_the_lease(rt, smtp) -> int:  # noqa: ANN001
 
 
 @pytest.mark.postgresql_only  # outcomes are written on a second thread on PostgreSQL only
-def test_a_failed_background_write_is_written_again_when_the_chunk_ends(runtime, smtp, fail_once):  # noqa: ANN001
+def test_a_failed_background_write_is_written_again_when_the_chunk_ends(runtime, smtp, fail_once):
     """The write of an accepted email fails once and the chunk then ends: the pass still fails, but the
     email is recorded as sent (one retry, as for a write on the dispatcher's own thread), so it is never
     sent a second time after its lease."""
@@ -165,7 +165,7 @@ def test_a_failed_background_write_is_written_again_when_the_chunk_ends(runtime,
 
 
 @pytest.mark.postgresql_only
-def test_a_background_write_failing_before_the_last_flush_loses_no_answers(runtime, smtp, fail_once):  # noqa: ANN001
+def test_a_background_write_failing_before_the_last_flush_loses_no_answers(runtime, smtp, fail_once):
     """The write of the first email fails while the server answers the second; that failure surfaces at
     the chunk's last flush. Both answers are still written: the first email as sent (not sent again after
     its lease), the second as deferred."""
@@ -182,14 +182,14 @@ def test_a_background_write_failing_before_the_last_flush_loses_no_answers(runti
 
 
 @pytest.mark.postgresql_only
-def test_a_failed_background_write_is_written_again_when_the_provider_then_refuses_our_key(runtime, fail_once):  # noqa: ANN001
+def test_a_failed_background_write_is_written_again_when_the_provider_then_refuses_our_key(runtime, fail_once):
     """The provider accepts the first email, whose write then fails on the second thread, and refuses our key
     on the second: the first is still recorded as sent, the second is handed back and sending is paused."""
     from dataclasses import replace
 
     from fakes import FakeProvider, Reply, transport_url
 
-    from service import sending
+    from service.dispatch import sending_pause as sending
     from service.runtime import build_runtime
 
     fake = FakeProvider("postmark")
@@ -208,10 +208,10 @@ def test_a_failed_background_write_is_written_again_when_the_provider_then_refus
         fake.close()
 
 
-def test_events_written_past_the_orm_come_after_those_the_session_holds(runtime):  # noqa: ANN001
-    """Issue 6: record_many on PostgreSQL runs past the ORM (one statement over arrays); an event the
+def test_events_written_past_the_orm_come_after_those_the_session_holds(runtime):
+    """record_many on PostgreSQL runs past the ORM (one statement over arrays); an event the
     session still holds is written first, as SQLAlchemy's autoflush did, so ids keep the order of making."""
-    from service import events
+    from service.core import events
 
     enroll_many(runtime, 1, prefix="order")
     with runtime.sessions() as s, s.begin():
@@ -225,21 +225,21 @@ def test_events_written_past_the_orm_come_after_those_the_session_holds(runtime)
     assert details == ["held by the session", "batch 0", "batch 1", "batch 2"]
 
 
-def test_events_with_a_naive_time_are_refused_on_both_paths(runtime):  # noqa: ANN001
+def test_events_with_a_naive_time_are_refused_on_both_paths(runtime):
     """record_many leaves the check to the path that writes: UTCDateTime on SQLite, DriverSQL on PostgreSQL."""
     from datetime import datetime
 
-    from service import events
+    from service.core import events
 
     with runtime.sessions() as s, s.begin(), pytest.raises((ValueError, SQLAlchemyError), match="naive datetime"):
         events.record_many(s, [dict(type="queued", created_at=datetime(2026, 1, 5, 12, 0), detail="naive")])
 
 
-def test_a_claim_takes_expired_leases_first_then_the_oldest_due(runtime):  # noqa: ANN001
-    """Issue 6: the claim is two statements (expired leases, then due messages in queue order) instead
+def test_a_claim_takes_expired_leases_first_then_the_oldest_due(runtime):
+    """The claim is two statements (expired leases, then due messages in queue order) instead
     of one sorting every due message; together they fill one batch, a dead worker's messages first,
     even when they come last in queue order."""
-    from service.dispatch import PassSummary
+    from service.dispatch.policy import PassSummary
 
     enroll_many(runtime, 6)
     runtime.dispatcher(batch_size=50).queue_due(T0, PassSummary())
@@ -263,10 +263,10 @@ def test_a_claim_takes_expired_leases_first_then_the_oldest_due(runtime):  # noq
 
 
 @pytest.mark.postgresql_only
-def test_drip_connections_plan_for_solid_state_storage_unless_the_operator_chose(postgres_database):  # noqa: ANN001
-    """Issue 6: a server left at random_page_cost 4 gets 1.1 on Drip's connections (index lookups for the
+def test_drip_connections_plan_for_solid_state_storage_unless_the_operator_chose(postgres_database):
+    """A server left at random_page_cost 4 gets 1.1 on Drip's connections (index lookups for the
     chunk-by-id statements on small tables); a value the operator set is kept."""
-    from service.db import make_engine
+    from service.core.db import make_engine
 
     for options, expected in (("", "1.1"), ("?options=-c%20random_page_cost%3D2.5", "2.5")):
         engine = make_engine(postgres_database + options)

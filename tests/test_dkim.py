@@ -19,13 +19,13 @@ from click.testing import CliRunner
 from conftest import at
 from sqlalchemy import select
 
-from service import as_sent
+from service.audience.signups import ConsentMeta, parse_signup, signup
 from service.cli import main
-from service.config import ConfigError, Settings
-from service.dkim import load_key
-from service.models import MessageContent
+from service.compose import as_sent
+from service.core.config import ConfigError, Settings
+from service.core.dkim_keys import load_key
+from service.core.models import MessageContent
 from service.runtime import build_runtime
-from service.signups import ConsentMeta, parse_signup, signup
 
 T0 = at("2026-03-02T15:00:00")
 DOMAIN = "backpainwarriors.example"
@@ -49,14 +49,14 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]
     return {alg: (d / f"{alg}.pem", genkey(d / f"{alg}.pem", alg)) for alg in ("rsa", "ed25519")}
 
 
-def dns_of(records: dict[str, str]):  # noqa: ANN201
+def dns_of(records: dict[str, str]):
     def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
         value = records.get(name.decode().rstrip("."))
         return value.encode() if value is not None else None
     return dnsfunc
 
 
-def send_to(rt, *addresses: str) -> list[bytes]:  # noqa: ANN001
+def send_to(rt, *addresses: str) -> list[bytes]:
     for address in addresses:
         data = parse_signup({"email": address, "name": "Ada Lovelace"}, campaigns=rt.campaigns,
                             default_campaign=rt.settings.default_campaign)
@@ -76,10 +76,10 @@ def signed_headers(raw: bytes) -> list[list[str]]:
 
 
 @pytest.fixture
-def rt_for(settings, smtp, keys):  # noqa: ANN001, ANN201
+def rt_for(settings, smtp, keys):
     built = []
 
-    def make(**changes: object):  # noqa: ANN202
+    def make(**changes: object):
         rt = build_runtime(replace(settings, **changes))
         rt.smtp = smtp
         built.append(rt)
@@ -105,7 +105,7 @@ def test_every_sent_message_verifies_and_signs_both_list_headers(rt_for, keys, a
                      "mime-version", "content-type", "list-id", "feedback-id"):
             assert name in h, f"{name} is outside h="
         assert f"a={algorithm}-sha256".encode() in raw.replace(b"\r\n ", b"").replace(b" ", b"")
-    # the "as sent" copy (a layout since issue 6) reads back as the signed bytes the server received
+    # the "as sent" copy (stored as a layout) reads back as the signed bytes the server received
     with rt.sessions() as s:
         stored = [as_sent.read(s, c.raw) for c in s.scalars(select(MessageContent))]
     assert sorted(r.replace(b"\r\n", b"\n") for r in stored) == sorted(r.replace(b"\r\n", b"\n") for r in received)
@@ -157,7 +157,7 @@ def test_dkimpy_raw_seed_format_is_accepted(tmp_path: Path, keys) -> None:
     ("", {"DRIP_DKIM_SELECTOR_2": "new"}, "DRIP_DKIM_KEY_FILE_2: must be set"),
 ])
 def test_bad_dkim_configuration_stops_start_up_naming_the_variable(tmp_path: Path, keys, content, env,
-                                                                   message: str) -> None:  # noqa: ANN001
+                                                                   message: str) -> None:
     """A broken key or half a configuration is refused at start-up, never silently unsigned."""
     path = tmp_path / "key.pem"
     if content:

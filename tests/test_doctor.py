@@ -15,8 +15,8 @@ from test_dkim import genkey
 from tlshelp import make_cert, server_context
 
 from service.cli import main
-from service.dkim import load_key
-from service.doctor import (
+from service.core.dkim_keys import load_key
+from service.operator.doctor import (
     check_base_url,
     check_bounce_mx,
     check_dkim,
@@ -39,7 +39,7 @@ class Zone(BaseResolver):
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], list] = {}
 
-    def resolve(self, request, handler):  # noqa: ANN001, ANN201
+    def resolve(self, request, handler):
         reply = request.reply()
         name, qtype = str(request.q.qname).rstrip(".").lower(), QTYPE[request.q.qtype]
         for value in self.records.get((name, qtype), []):
@@ -70,7 +70,7 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def tls_relay(cert) -> Iterator[int]:  # noqa: ANN001
+def tls_relay(cert) -> Iterator[int]:
     ctx = server_context(cert)
     port = free_port()
     controller = Controller(SmtpRecorder(), hostname="127.0.0.1", port=port, tls_context=ctx, ready_timeout=10)
@@ -95,7 +95,7 @@ def good_records(zone: Zone, dkim_txt: str) -> None:
     })
 
 
-def test_a_good_setup_passes_every_check_through_the_cli(zone, tls_relay, rsa) -> None:  # noqa: ANN001
+def test_a_good_setup_passes_every_check_through_the_cli(zone, tls_relay, rsa) -> None:
     """All records right, https, postal address, a STARTTLS relay: every line OK and exit code 0."""
     resolver, (host, port) = zone
     good_records(resolver, rsa[1])
@@ -110,7 +110,7 @@ def test_a_good_setup_passes_every_check_through_the_cli(zone, tls_relay, rsa) -
     assert all(line.startswith("  OK ") for line in result.output.splitlines()[1:])
 
 
-def test_a_broken_setup_lists_each_problem_with_its_fix_and_exits_1(zone, smtp) -> None:  # noqa: ANN001
+def test_a_broken_setup_lists_each_problem_with_its_fix_and_exits_1(zone, smtp) -> None:
     """Nothing published, http, no postal address, a relay without STARTTLS: FAIL lines with fixes, exit 1."""
     _resolver, (host, port) = zone
     env = {"DRIP_SECRET_KEY": "k" * 32, "DRIP_DNS_SERVER": f"{host}:{port}", "DRIP_EMAIL_URL": smtp.url,
@@ -138,7 +138,7 @@ def test_a_broken_setup_lists_each_problem_with_its_fix_and_exits_1(zone, smtp) 
     (["v=spf1 include:sendgrid.net -all"], "smtp.other.example", "fail", "include:other.example"),
     (["v=spf1 ip4:999.1.1.1 a:bad..name include:%{d}.x ip4:127.0.0.1 -all"], "127.0.0.1", "ok", "ip4:127.0.0.1"),
 ])
-def test_spf_verdicts(zone, records: list[str], relay: str, status: str, text: str) -> None:  # noqa: ANN001
+def test_spf_verdicts(zone, records: list[str], relay: str, status: str, text: str) -> None:
     """SPF: missing, duplicated, +all, not covering the relay, and covered by ip4, a, redirect or include."""
     resolver, server = zone
     resolver.records[(DOMAIN, "TXT")] = records
@@ -150,7 +150,7 @@ def test_spf_verdicts(zone, records: list[str], relay: str, status: str, text: s
     assert text in finding.detail + finding.fix
 
 
-def test_dkim_verdicts(zone, rsa, tmp_path: Path) -> None:  # noqa: ANN001
+def test_dkim_verdicts(zone, rsa, tmp_path: Path) -> None:
     """DKIM: no key, no record, a different key, a revoked key, the right key, and a misaligned d=."""
     resolver, server = zone
     dns = make_resolver(server)
@@ -179,7 +179,7 @@ def test_dkim_verdicts(zone, rsa, tmp_path: Path) -> None:  # noqa: ANN001
     (["v=DMARC1; rua=mailto:x@y.example"], "fail", "no valid p="),
     (["v=DMARC1; p=reject", "v=DMARC1; p=none"], "fail", "2 DMARC records"),
 ])
-def test_dmarc_verdicts(zone, records: list[str], status: str, text: str) -> None:  # noqa: ANN001
+def test_dmarc_verdicts(zone, records: list[str], status: str, text: str) -> None:
     """DMARC: present or not, and its policy."""
     resolver, server = zone
     resolver.records[(f"_dmarc.{DOMAIN}", "TXT")] = records
@@ -187,7 +187,7 @@ def test_dmarc_verdicts(zone, records: list[str], status: str, text: str) -> Non
     assert (finding.status, text in finding.detail) == (status, True)
 
 
-def test_bounce_mx_verdicts(zone) -> None:  # noqa: ANN001
+def test_bounce_mx_verdicts(zone) -> None:
     """Bounce domain: unset is a warning, no MX a failure, an MX passes."""
     resolver, server = zone
     dns = make_resolver(server)
@@ -206,7 +206,7 @@ def test_configuration_checks() -> None:
     assert check_free_mail("yahoo.com").status == "fail" and check_free_mail(DOMAIN).status == "ok"
 
 
-def test_relay_verdicts(tls_relay, smtp) -> None:  # noqa: ANN001
+def test_relay_verdicts(tls_relay, smtp) -> None:
     """Relay: STARTTLS completed, STARTTLS not used by the URL, not offered, and nothing listening."""
     url = f"smtp://127.0.0.1:{tls_relay}?verify=false"
     assert check_relay(relay_of(url + "&starttls=true"), 3).status == "ok"

@@ -1,4 +1,4 @@
-"""Issue 5: fifty simultaneous form posts for one address, against `drip web` with two workers, grant one
+"""Fifty simultaneous form posts for one address, against `drip web` with two workers, grant one
 confirmation email: the inbox-bombing guard holds under real concurrency, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from conftest import ROOT
 from sqlalchemy import func, select
 from test_concurrency import Drip, drip, post_burst, received  # noqa: F401  (drip is a fixture)
 
-from service.models import Consent, Enrollment, PendingConfirmation
+from service.core.models import Consent, Enrollment, PendingConfirmation
 
 
 @pytest.mark.slow
-def test_fifty_simultaneous_posts_send_one_confirmation(drip: Drip, runtime, smtp, tmp_path) -> None:  # noqa: ANN001, F811
+def test_fifty_simultaneous_posts_send_one_confirmation(drip: Drip, runtime, smtp, tmp_path) -> None:  # noqa: F811
     """All 50 answers are 200/201 "confirmation_sent"; one pending row, one consent, no enrollment, and
     the next pass sends exactly one confirmation email."""
     root = tmp_path / "templates"

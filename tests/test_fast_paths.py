@@ -1,11 +1,11 @@
-"""Issue 6 fast paths give exactly what the slow paths give."""
+"""The fast paths taken for speed give exactly what the slow paths they skip give."""
 from __future__ import annotations
 
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
-from service.compose import _ascii_address, ascii_address
-from service.tokens import UNSUBSCRIBE_SALT, make_unsubscribe_token, read_unsubscribe_token
+from service.core.addresses import _ascii_address, ascii_address
+from service.core.tokens import UNSUBSCRIBE_SALT, make_unsubscribe_token, read_unsubscribe_token
 
 
 @pytest.mark.parametrize("address", [
@@ -33,14 +33,14 @@ def test_tokens_with_the_key_derived_once_are_plain_itsdangerous_tokens() -> Non
 def test_mailto_subject_fast_path_matches_quote(token: str) -> None:
     from urllib.parse import quote
 
-    from service.compose import _mailto_subject
+    from service.compose.composer import _mailto_subject
 
     assert _mailto_subject(token) == quote("unsubscribe " + token)
 
 
 @pytest.mark.parametrize("text", ["a\nb\n", "a\r\nb", "a\rb\n", "", "\r", "no newline"])
 def test_crlf_fast_path_matches_the_full_normalisation(text: str) -> None:
-    from service.mime import crlf
+    from service.compose.mime import crlf
 
     assert crlf(text) == text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n").encode()
 
@@ -49,13 +49,13 @@ def test_crlf_fast_path_matches_the_full_normalisation(text: str) -> None:
                                  [1234567], [12345678], ["aaaaaa"], ["aaaaaaa"], ["aaaaaaaaaaaa"],
                                  ["Hq3xT0b-YpWmZr8sK1uVdA", "back-pain-bundle"], ["Hq3xT0b-YpWmZr8sK1uVdA"]])
 @pytest.mark.parametrize("salt", ["drip.unsubscribe.v1", "drip.view.v1"])
-def test_our_token_writer_gives_itsdangerous_bytes(monkeypatch, obj: list, salt: str) -> None:  # noqa: ANN001
+def test_our_token_writer_gives_itsdangerous_bytes(monkeypatch, obj: list, salt: str) -> None:
     """With the clock frozen, `_dumps` writes exactly the library's token wherever the library does not
     compress (every payload Drip makes: a random id, a campaign key, a row id), and the library reads
     every token it writes, the ones it would have compressed too."""
     import time
 
-    from service.tokens import _dumps
+    from service.core.tokens import _dumps
 
     monkeypatch.setattr(time, "time", lambda: 1_790_000_000.25)
     secret = "s" * 40
@@ -70,7 +70,7 @@ def test_our_token_writer_gives_itsdangerous_bytes(monkeypatch, obj: list, salt:
 
 def test_a_compressed_token_made_before_still_reads() -> None:
     """Tokens in emails already sent may be compressed (Drip used the library's own choice before)."""
-    from service.tokens import UNSUBSCRIBE_SALT, read_unsubscribe_token
+    from service.core.tokens import UNSUBSCRIBE_SALT, read_unsubscribe_token
 
     secret = "s" * 40
     token = URLSafeTimedSerializer(secret, salt=UNSUBSCRIBE_SALT).dumps(["a" * 40, "b" * 40])
@@ -98,7 +98,7 @@ def _validator_answer(address: str) -> str | None:
 ])
 def test_plain_address_fast_path_matches_email_validator(address: str) -> None:
     """The signup's fast path accepts only addresses validate_email accepts, and normalizes them alike."""
-    from service.signups import plain_address
+    from service.audience.signups import plain_address
 
     fast = plain_address(address)
     assert fast is None or fast == _validator_answer(address)
@@ -108,7 +108,7 @@ def test_plain_address_fast_path_on_generated_addresses() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from service.signups import plain_address
+    from service.audience.signups import plain_address
 
     atom = st.text(alphabet="aZ09.-_+!'`{|}~@" + "é", min_size=0, max_size=70)
     label = st.text(alphabet="abcXYZ019-", min_size=0, max_size=66)
@@ -126,13 +126,13 @@ def test_plain_address_fast_path_on_generated_addresses() -> None:
 
 
 def test_sqlite_driver_time_is_sqlalchemys_text_form() -> None:
-    """Issue 6: datetimes for SQLite's hand-written statements are written as SQLAlchemy writes them, so
+    """Datetimes for SQLite's hand-written statements are written as SQLAlchemy writes them, so
     stored values sort and compare as text with the rest."""
     from datetime import UTC, datetime, timedelta, timezone
 
     from sqlalchemy.dialects import sqlite
 
-    from service.db import driver_time
+    from service.core.db import driver_time
 
     process = sqlite.DATETIME().bind_processor(sqlite.dialect())
     for value in (datetime(2026, 3, 3, 15, 0, tzinfo=UTC), datetime(2026, 3, 3, 15, 0, 0, 7, tzinfo=UTC),
@@ -141,12 +141,12 @@ def test_sqlite_driver_time_is_sqlalchemys_text_form() -> None:
 
 
 def test_driver_transaction_commits_or_rolls_back_and_returns_its_connection(database_url: str) -> None:
-    """Issue 6: the signup's transaction straight on a pooled driver connection commits what its block
+    """The signup's transaction straight on a pooled driver connection commits what its block
     wrote, writes nothing when the block raises, and leaves no lock held nor connection checked out."""
     from sqlalchemy import text
 
-    from service import db
-    from service.db import DriverSQL, driver_transaction, make_engine
+    from service.core import db
+    from service.core.db import DriverSQL, driver_transaction, make_engine
 
     engine = make_engine(database_url, pool_size=1)
     insert = DriverSQL("INSERT INTO suppressions (email_hash, reason, created_at) VALUES (:h, 'complaint', :at)")
@@ -167,7 +167,7 @@ def test_driver_transaction_commits_or_rolls_back_and_returns_its_connection(dat
 def test_driver_transaction_raises_the_blocks_error_when_even_the_rollback_fails(database_url: str) -> None:
     """A connection lost inside the block (here closed under it): the rollback fails too, and what is
     raised is still the block's own error; the dead connection is dropped from the pool, not reused."""
-    from service.db import driver_transaction, make_engine
+    from service.core.db import driver_transaction, make_engine
 
     engine = make_engine(database_url, pool_size=1)
     with pytest.raises(RuntimeError, match="the block failed"), driver_transaction(engine) as conn:
@@ -180,13 +180,13 @@ def test_driver_transaction_raises_the_blocks_error_when_even_the_rollback_fails
 
 
 def test_ascii_names_are_cleaned_as_the_full_path_cleans_them() -> None:
-    """Issue 6: an ASCII name skips NFC and the per-character category check; the result is the same."""
+    """An ASCII name skips NFC and the per-character category check; the result is the same."""
     import unicodedata
 
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from service.signups import _CONTROL, clean_name
+    from service.audience.signups import _CONTROL, clean_name
 
     def full(raw: str) -> str:
         text = _CONTROL.sub(" ", unicodedata.normalize("NFC", raw))

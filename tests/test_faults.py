@@ -1,4 +1,4 @@
-"""Faults survived (issue 7): PostgreSQL connections killed mid-pass, SMTP dropping the connection mid-DATA,
+"""Faults survived: PostgreSQL connections killed mid-pass, SMTP dropping the connection mid-DATA,
 hanging, answering 421, an unwritable outbox, a web worker SIGKILLed during signups, clock jumps, and a
 campaign file edited under running workers. Each ends with nothing lost and nothing sent twice beyond the
 documented in-flight window. Real PostgreSQL, real SMTP servers, real processes; nothing mocked."""
@@ -25,12 +25,12 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 from test_concurrency import CAMPAIGN, HTTP, T0, Drip, message_statuses, received, seed
 
-from service.dispatch import PassSummary
-from service.models import Consent, Enrollment, Event, Message, Subscriber
+from service.core.models import Consent, Enrollment, Event, Message, Subscriber
+from service.dispatch.policy import PassSummary
 from service.runtime import build_runtime
 
 
-def sent_once_each(smtp, addresses: list[str], subject: str) -> None:  # noqa: ANN001
+def sent_once_each(smtp, addresses: list[str], subject: str) -> None:
     got = received(smtp)
     assert {a: got[(a, subject)] for a in addresses} == {a: 1 for a in addresses}
 
@@ -39,7 +39,7 @@ def sent_once_each(smtp, addresses: list[str], subject: str) -> None:  # noqa: A
 @pytest.mark.slow
 @pytest.mark.postgresql_only  # pg_terminate_backend needs the server; SQLite has no connection to lose
 def test_postgres_connections_killed_mid_pass(backend: str, database_url: str, smtp, tmp_path: Path,
-                                              runtime) -> None:  # noqa: ANN001
+                                              runtime) -> None:
     """pg_terminate_backend on every connection of a running `drip worker` mid-pass (as a PostgreSQL restart
     does): a pass caught inside a transaction fails and is logged, a dead idle connection is replaced at
     checkout (pool_pre_ping); the worker never dies, and in the end every
@@ -139,7 +139,7 @@ class RawSmtp:
 
 
 @pytest.mark.parametrize("mode", ["drop", "hang", "421"])
-def test_smtp_faults_defer_then_send_once(runtime, smtp, mode: str) -> None:  # noqa: ANN001
+def test_smtp_faults_defer_then_send_once(runtime, smtp, mode: str) -> None:
     """A server that drops the connection after DATA, hangs past the timeout, or answers 421 leaves the
     welcome deferred (not sent, not bounced, reader still active); the next pass against a healthy server
     sends it once."""
@@ -171,7 +171,7 @@ def test_smtp_faults_defer_then_send_once(runtime, smtp, mode: str) -> None:  # 
 
 
 # -- the file transport ----------------------------------------------------------------------------------
-def test_unusable_outbox_defers_then_delivers(runtime, tmp_path: Path) -> None:  # noqa: ANN001
+def test_unusable_outbox_defers_then_delivers(runtime, tmp_path: Path) -> None:
     """DRIP_EMAIL_URL naming a folder that cannot be created (a file stands there) defers the welcome; once
     the folder is usable the next pass writes it, once."""
     blocker = tmp_path / "outbox"
@@ -219,7 +219,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_web_worker_sigkilled_during_signups(database_url: str, smtp, tmp_path: Path, runtime) -> None:  # noqa: ANN001
+def test_web_worker_sigkilled_during_signups(database_url: str, smtp, tmp_path: Path, runtime) -> None:
     """While 8 clients stream signups, a gunicorn worker of `drip web` is SIGKILLed twice. Clients see
     successes or errors, never a half-written subscriber: every 201 is in the database, and every subscriber
     that exists has exactly one enrollment and one consent."""
@@ -274,7 +274,7 @@ def test_web_worker_sigkilled_during_signups(database_url: str, smtp, tmp_path: 
 
 
 # -- clock jumps -----------------------------------------------------------------------------------------
-def test_clock_jumps_back_and_far_forward(runtime, smtp) -> None:  # noqa: ANN001
+def test_clock_jumps_back_and_far_forward(runtime, smtp) -> None:
     """Passes whose clock goes back a week and then a year forward send every step once, in order: going back
     sends nothing again, jumping forward sends the next step only (not a burst of missed weeks)."""
     addresses = seed(runtime, 3, T0, prefix="clock")
@@ -299,7 +299,7 @@ def test_clock_jumps_back_and_far_forward(runtime, smtp) -> None:  # noqa: ANN00
 
 
 # -- campaign file edited under running workers ----------------------------------------------------------
-def test_campaign_edited_while_workers_run(runtime, smtp, tmp_path: Path) -> None:  # noqa: ANN001
+def test_campaign_edited_while_workers_run(runtime, smtp, tmp_path: Path) -> None:
     """A worker keeps the campaign it loaded when the file changes; a worker started after a step was
     renamed fails that step's queued message visibly ('no longer exists') and carries on with the next."""
     templates = tmp_path / "templates"
@@ -333,7 +333,7 @@ def test_campaign_edited_while_workers_run(runtime, smtp, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("code", [535, 454])
-def test_smtp_login_refused_pauses_sending_or_waits(runtime, code: int) -> None:  # noqa: ANN001
+def test_smtp_login_refused_pauses_sending_or_waits(runtime, code: int) -> None:
     """A relay refusing our credentials (535) pauses sending, like a provider's 401: no attempt counted,
     the welcome waits; once the operator resumes, with the credentials right, it goes out once. A
     temporary refusal (454) only defers the batch."""
@@ -341,12 +341,12 @@ def test_smtp_login_refused_pauses_sending_or_waits(runtime, code: int) -> None:
     from aiosmtpd.smtp import AuthResult
     from conftest import SmtpRecorder, free_port
 
-    from service import sending
-    from service.signups import ConsentMeta, parse_signup, signup
+    from service.audience.signups import ConsentMeta, parse_signup, signup
+    from service.dispatch import sending_pause as sending
 
     accept = {"ok": False}
 
-    def check(server, session, envelope, mechanism, auth_data):  # noqa: ANN001, ANN202
+    def check(server, session, envelope, mechanism, auth_data):
         if accept["ok"]:
             return AuthResult(success=True)
         return AuthResult(success=False, handled=False, message=f"{code} 4.7.0 nope" if code < 500

@@ -1,4 +1,4 @@
-"""Issue 5: a reader in three campaigns gets at most one Drip email per local day; the rest wait, in order."""
+"""A reader in three campaigns gets at most one Drip email per local day; the rest wait, in order."""
 from __future__ import annotations
 
 import shutil
@@ -11,9 +11,9 @@ import pytest
 from conftest import ROOT, at, with_settings
 from sqlalchemy import select
 
-from service.config import ConfigError, Settings
-from service.models import Event, Message
-from service.signups import ConsentMeta, parse_signup, signup
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.core.config import ConfigError, Settings
+from service.core.models import Event, Message
 
 T0 = at("2026-03-02T15:00:00")  # a Monday, 10:00 in New York
 NY = ZoneInfo("America/New_York")
@@ -30,7 +30,7 @@ def three_weekly_campaigns(tmp_path: Path) -> Path:
     return root
 
 
-def join(rt, email: str, campaign: str) -> None:  # noqa: ANN001
+def join(rt, email: str, campaign: str) -> None:
     data = parse_signup({"email": email, "campaign": campaign, "timezone": "America/New_York"},
                         campaigns=rt.campaigns, default_campaign="back-pain-bundle")
     with rt.sessions() as s, s.begin():
@@ -38,13 +38,13 @@ def join(rt, email: str, campaign: str) -> None:  # noqa: ANN001
 
 
 @pytest.fixture
-def capped(runtime, tmp_path):  # noqa: ANN001, ANN201
+def capped(runtime, tmp_path):
     rt = with_settings(runtime, templates_dir=three_weekly_campaigns(tmp_path), max_emails_per_day=1)
     yield rt
     rt.sessions.kw["bind"].dispose()
 
 
-def test_three_overlapping_campaigns_send_one_email_a_day_in_order(capped, smtp):  # noqa: ANN001
+def test_three_overlapping_campaigns_send_one_email_a_day_in_order(capped, smtp):
     """Three welcomes go at once (exempt); after that no local day carries two emails, held ones go on
     the next days in the order they were queued, and every step still reaches the reader exactly once."""
     for campaign in CAMPAIGNS:
@@ -73,7 +73,7 @@ def test_three_overlapping_campaigns_send_one_email_a_day_in_order(capped, smtp)
     assert len(other) == len(capped.campaigns["back-pain-bundle"].steps)  # never held: one email a week
 
 
-def test_a_cap_of_zero_turns_it_off(capped, smtp):  # noqa: ANN001
+def test_a_cap_of_zero_turns_it_off(capped, smtp):
     """DRIP_MAX_EMAILS_PER_DAY=0: all three week-01 emails go on the day they are due."""
     d = capped.dispatcher(max_per_day=0)
     for campaign in CAMPAIGNS:

@@ -1,4 +1,4 @@
-"""Property-based tests (issue 7): the signup parser, the schedule arithmetic and the token codecs never
+"""Property-based tests: the signup parser, the schedule arithmetic and the token codecs never
 misbehave on any input, and neither the API (schemathesis: test_api_v1.py) nor POST /signup
 answers 5xx to anything. Example counts are bounded so the file runs in well under a minute."""
 from __future__ import annotations
@@ -13,12 +13,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from service.accounts import check_token, create_token
-from service.campaigns import Delay, due_at
-from service.compose import ComposeJob, check_header_block, header_text
-from service.db import utcnow
-from service.signups import SignupError, clean_name, normalize_email, parse_signup
-from service.tokens import BadToken, make_unsubscribe_token, read_unsubscribe_token
+from service.audience.signups import SignupError, clean_name, normalize_email, parse_signup
+from service.campaigns.model import Delay
+from service.campaigns.schedule import due_at
+from service.compose.composer import ComposeJob, check_header_block, header_text
+from service.core.db import utcnow
+from service.core.tokens import BadToken, make_unsubscribe_token, read_unsubscribe_token
+from service.operator.accounts import check_token, create_token
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 SLOW = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
@@ -38,7 +39,7 @@ def _has_control(text: str) -> bool:
 # -- the signup parser -----------------------------------------------------------------------------------
 @FAST
 @given(data=st.dictionaries(st.sampled_from(["email", "name", "campaign", "timezone", "x"]), json_value))
-def test_parse_signup_raises_only_signup_error(runtime, data: dict) -> None:  # noqa: ANN001
+def test_parse_signup_raises_only_signup_error(runtime, data: dict) -> None:
     """Whatever the body holds, parse_signup returns clean values or raises SignupError, nothing else."""
     try:
         parsed = parse_signup(data, campaigns=runtime.campaigns, default_campaign=CAMPAIGN)
@@ -89,7 +90,7 @@ def test_header_text_never_carries_a_newline_or_encoded_word(raw: str) -> None:
 # -- header injection through every field, end to end -----------------------------------------------------
 @SLOW
 @given(name=nasty, tz=st.sampled_from(["", "Europe/Paris"]))
-def test_no_field_can_inject_a_header(runtime, name: str, tz: str) -> None:  # noqa: ANN001
+def test_no_field_can_inject_a_header(runtime, name: str, tz: str) -> None:
     """Any name (encoded newlines, trailing LF, NUL, bidi) composes to a message whose header block holds
     exactly the headers we set: one To, no Bcc, nothing after a blank line."""
     campaign = runtime.campaigns[CAMPAIGN]
@@ -170,7 +171,7 @@ def test_unsubscribe_token_round_trip_and_mutation(public_id: str, campaign: str
         read_unsubscribe_token("other" * 8, token, max_age_days=400)
 
 
-def test_api_tokens_refuse_every_mutation(runtime) -> None:  # noqa: ANN001
+def test_api_tokens_refuse_every_mutation(runtime) -> None:
     """An API token is found by its SHA-256; the token with any one character changed finds nothing."""
     with runtime.sessions() as s, s.begin():
         token = create_token(s, "fuzz", now=utcnow())
@@ -187,7 +188,7 @@ def test_api_tokens_refuse_every_mutation(runtime) -> None:  # noqa: ANN001
 @given(body=st.dictionaries(st.sampled_from(["email", "name", "campaign", "timezone", "website", "source_url"]),
                             json_value, max_size=5),
        as_form=st.booleans(), path=st.sampled_from(["/signup", "/signup/back-pain-bundle", "/signup/nope"]))
-def test_signup_never_answers_5xx(client, body: dict, as_form: bool, path: str) -> None:  # noqa: ANN001
+def test_signup_never_answers_5xx(client, body: dict, as_form: bool, path: str) -> None:
     """POST /signup with any JSON body or form fields answers 2xx/3xx/4xx, never 5xx."""
     if as_form:
         form = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in body.items()}
@@ -199,7 +200,7 @@ def test_signup_never_answers_5xx(client, body: dict, as_form: bool, path: str) 
     assert r.status_code < 500, (body, r.get_data(as_text=True)[:300])
 
 
-def test_nul_bytes_found_by_fuzzing_are_refused_cleanly(app, client, runtime) -> None:  # noqa: ANN001
+def test_nul_bytes_found_by_fuzzing_are_refused_cleanly(app, client, runtime) -> None:
     """Regression for what schemathesis found on PostgreSQL: a NUL in an API filter or in a signup's
     source_url answered 500 (PostgreSQL refuses NUL in text); now the filter ignores it and the consent
     keeps the URL without it."""
@@ -213,6 +214,6 @@ def test_nul_bytes_found_by_fuzzing_are_refused_cleanly(app, client, runtime) ->
     assert r.status_code == 201  # a lone surrogate in the name (found by hypothesis) is dropped, not a 500
     from sqlalchemy import select
 
-    from service.models import Consent
+    from service.core.models import Consent
     with runtime.sessions() as s:
         assert s.scalar(select(Consent.source_url)) == "https://ab"

@@ -9,23 +9,23 @@ import pytest
 from conftest import at
 from sqlalchemy import func, select
 
-from service.config import ConfigError, Settings
-from service.delivery import DeliveryEvent, apply
-from service.models import Enrollment, Message, MessageContent
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.core.config import ConfigError, Settings
+from service.core.models import Enrollment, Message, MessageContent
+from service.feedback.delivery import DeliveryEvent, apply
 from service.runtime import build_runtime
-from service.signups import ConsentMeta, parse_signup, signup
 
 T0 = at("2026-04-06T10:00:00")
 
 
-def enroll(rt, email: str, now=T0) -> int:  # noqa: ANN001
+def enroll(rt, email: str, now=T0) -> int:
     data = parse_signup({"email": email}, campaigns=rt.campaigns, default_campaign="back-pain-bundle")
     with rt.sessions() as s, s.begin():
         result = signup(s, data, campaign=rt.campaigns["back-pain-bundle"], meta=ConsentMeta("json"), now=now)
     return result.subscriber_id
 
 
-def test_a_provider_deferral_after_sending_does_not_stall_the_reader(runtime, smtp):  # noqa: ANN001
+def test_a_provider_deferral_after_sending_does_not_stall_the_reader(runtime, smtp):
     """A sent email the provider later reports as deferred still counts as sent for the sequence: the next
     week's email goes out on time instead of the enrollment waiting for ever."""
     enroll(runtime, "later@example.org")
@@ -42,7 +42,7 @@ def test_a_provider_deferral_after_sending_does_not_stall_the_reader(runtime, sm
     assert subjects == [welcome.subject, runtime.campaigns["back-pain-bundle"].steps[1].subject]
 
 
-def test_an_idn_from_domain_is_sent_in_punycode(runtime, smtp):  # noqa: ANN001
+def test_an_idn_from_domain_is_sent_in_punycode(runtime, smtp):
     """A sender address on an internationalised domain goes out with every derived address in ASCII."""
     rt = build_runtime(replace(runtime.settings, from_address="Coach Søfia <sofia@bäckpain.example>"))
     enroll(rt, "idn@example.org")
@@ -53,7 +53,7 @@ def test_an_idn_from_domain_is_sent_in_punycode(runtime, smtp):  # noqa: ANN001
     assert msg["Message-ID"].endswith("@xn--bckpain-5wa.example>")
 
 
-def test_drip_from_keeps_a_non_ascii_campaign_name_readable(runtime, smtp):  # noqa: ANN001
+def test_drip_from_keeps_a_non_ascii_campaign_name_readable(runtime, smtp):
     """DRIP_FROM without a display name keeps the campaign's name, encoded once (not as literal '=?utf-8?')."""
     campaign = runtime.campaigns["back-pain-bundle"]
     campaigns = {**runtime.campaigns, "back-pain-bundle": replace(campaign, from_address="Coach Søfia <s@x.example>")}
@@ -66,7 +66,7 @@ def test_drip_from_keeps_a_non_ascii_campaign_name_readable(runtime, smtp):  # n
     assert msg["From"].addresses[0].addr_spec == "news@backpainwarriors.example"
 
 
-def test_after_a_long_outage_a_greylisting_retry_is_not_given_up(runtime, smtp):  # noqa: ANN001
+def test_after_a_long_outage_a_greylisting_retry_is_not_given_up(runtime, smtp):
     """Four days of a dead relay, then one 451 greylisting reply: the message is retried, not failed at once."""
     enroll(runtime, "grey@example.org")
     d = runtime.dispatcher()
@@ -84,7 +84,7 @@ def test_after_a_long_outage_a_greylisting_retry_is_not_given_up(runtime, smtp):
     assert d.run_pass(now + timedelta(hours=1)).sent == 1
 
 
-def test_nothing_is_kept_as_sent_for_an_email_the_relay_never_took(runtime, smtp):  # noqa: ANN001
+def test_nothing_is_kept_as_sent_for_an_email_the_relay_never_took(runtime, smtp):
     """The console's "as sent" bytes exist only for emails handed to the server."""
     enroll(runtime, "never@example.org")
     smtp.stop()

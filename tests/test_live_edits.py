@@ -1,4 +1,4 @@
-"""Issue 5: editing a live campaign is safe: removed steps are skipped, appended steps reach readers who had
+"""Editing a live campaign is safe: removed steps are skipped, appended steps reach readers who had
 finished, reordering and delay changes have their documented effect, and `drip campaigns diff` shows it."""
 from __future__ import annotations
 
@@ -12,27 +12,27 @@ from click.testing import CliRunner
 from conftest import ROOT, at, with_settings
 from sqlalchemy import select
 
+from service.audience.signups import ConsentMeta, parse_signup, signup
 from service.cli import main
-from service.models import Enrollment, Message, Subscriber
-from service.signups import ConsentMeta, parse_signup, signup
+from service.core.models import Enrollment, Message, Subscriber
 
 T0 = at("2026-06-01T20:00:00")  # a Monday; readers joined 0, 3 and 12 weeks before
 BUNDLE = "back-pain-bundle"
 
 
-def join(rt, email: str, now) -> None:  # noqa: ANN001
+def join(rt, email: str, now) -> None:
     data = parse_signup({"email": email}, campaigns=rt.campaigns, default_campaign=BUNDLE)
     with rt.sessions() as s, s.begin():
         signup(s, data, campaign=rt.campaigns[BUNDLE], meta=ConsentMeta("json"), now=now)
 
 
-def walk(rt, start, days: int) -> None:  # noqa: ANN001
+def walk(rt, start, days: int) -> None:
     d = rt.dispatcher(max_per_day=0)
     for n in range(days + 1):
         d.run_pass(start + timedelta(days=n))
 
 
-def readers_at_three_places(rt) -> None:  # noqa: ANN001
+def readers_at_three_places(rt) -> None:
     """new@ got the welcome only; mid@ got welcome..week-03; done@ completed the sequence."""
     join(rt, "done@example.org", T0 - timedelta(weeks=12))
     join(rt, "mid@example.org", T0 - timedelta(weeks=3))
@@ -40,14 +40,14 @@ def readers_at_three_places(rt) -> None:  # noqa: ANN001
     walk(rt, T0 - timedelta(weeks=12), 12 * 7)
 
 
-def edited(rt, tmp_path: Path, edit) -> object:  # noqa: ANN001
+def edited(rt, tmp_path: Path, edit) -> object:
     root = tmp_path / "edited"
     shutil.copytree(ROOT / "email_templates", root)
     edit(root / BUNDLE)
     return with_settings(rt, templates_dir=root)
 
 
-def got(rt) -> dict[str, list[str]]:  # noqa: ANN001
+def got(rt) -> dict[str, list[str]]:
     with rt.sessions() as s:
         rows = s.execute(select(Message.to_email, Message.step_key, Message.status).order_by(Message.sent_at)).all()
     out: dict[str, list[str]] = {}
@@ -65,7 +65,7 @@ def remove_week_04_and_append_week_10(folder: Path) -> None:
     toml.write_text(text)
 
 
-def test_removed_step_is_skipped_and_appended_step_reaches_finished_readers(runtime, smtp, tmp_path):  # noqa: ANN001
+def test_removed_step_is_skipped_and_appended_step_reaches_finished_readers(runtime, smtp, tmp_path):
     """With week-04 removed and week-10 appended: new@ and mid@ skip week-04 (mid@ was due it next) and
     get week-10; done@ (completed) is reactivated and gets only week-10; nobody gets anything twice."""
     readers_at_three_places(runtime)
@@ -86,9 +86,9 @@ def test_removed_step_is_skipped_and_appended_step_reaches_finished_readers(runt
     rt.sessions.kw["bind"].dispose()
 
 
-def test_diff_shows_moved_readers(runtime, smtp, tmp_path):  # noqa: ANN001
+def test_diff_shows_moved_readers(runtime, smtp, tmp_path):
     """A step inserted before a reader's next step: `diff` reports them as moved, with what comes next."""
-    from service.live_edits import diff
+    from service.enrollment.live_edits import diff
 
     readers_at_three_places(runtime)
 
@@ -103,7 +103,7 @@ def test_diff_shows_moved_readers(runtime, smtp, tmp_path):  # noqa: ANN001
     rt.sessions.kw["bind"].dispose()
 
 
-def test_reorder_and_delay_change(runtime, smtp, tmp_path):  # noqa: ANN001
+def test_reorder_and_delay_change(runtime, smtp, tmp_path):
     """week-06 and week-07 swapped, and week-05 made 3 days: mid@ (at week-04 next) gets week-05 three days
     after week-04, then week-07, week-06, week-08; new@ too; done@ gets nothing more."""
     readers_at_three_places(runtime)
@@ -131,7 +131,7 @@ def test_reorder_and_delay_change(runtime, smtp, tmp_path):  # noqa: ANN001
     rt.sessions.kw["bind"].dispose()
 
 
-def test_campaigns_diff_counts_readers_per_change(runtime, smtp, tmp_path, monkeypatch):  # noqa: ANN001
+def test_campaigns_diff_counts_readers_per_change(runtime, smtp, tmp_path, monkeypatch):
     """`drip campaigns diff` against the edited files (week-04 removed, week-10 appended): mid@ was due the
     removed step and gets week-05 next, done@ gets week-10, new@ is unaffected; the database is untouched."""
     readers_at_three_places(runtime)
@@ -152,10 +152,10 @@ def test_campaigns_diff_counts_readers_per_change(runtime, smtp, tmp_path, monke
     rt.sessions.kw["bind"].dispose()
 
 
-def test_a_queued_message_whose_step_moved_still_goes(runtime, smtp, tmp_path):  # noqa: ANN001
+def test_a_queued_message_whose_step_moved_still_goes(runtime, smtp, tmp_path):
     """A message queued for week-04 before week-02 was removed (so week-04's position changed) is sent as
     week-04, found by its key; the reader then continues at week-05."""
-    from service.dispatch import PassSummary
+    from service.dispatch.policy import PassSummary
 
     readers_at_three_places(runtime)
     d = runtime.dispatcher(max_per_day=0)

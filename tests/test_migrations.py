@@ -9,12 +9,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from service.migrate import upgrade
-from service.models import Base
+from service.core.migrate import upgrade
+from service.core.models import Base
 
 VERSIONS = Path(__file__).resolve().parent.parent / "migrations" / "versions"
 FILE_NAME = re.compile(r"(?P<number>\d{4})_(?P<what>[a-z0-9_]+)\.py")
-TRACKER_REFERENCE = re.compile(r"\bissues?\s*#?\s*\d+", re.IGNORECASE)  # "issue 3", "Issue 6:", "(issue #5)"
+TRACKER_REFERENCE = re.compile(r"\bissues?\s*#?\s*\d+", re.IGNORECASE)  # the word issue, then a number
 
 
 def test_upgrade_is_idempotent_and_models_match(database_url: str) -> None:

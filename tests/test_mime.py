@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import mime
+from service.compose import mime
 
 TRICKY = [
     ("Zoë Ångström-Øre", "Ünïcödé sübject ✓ with emoji 🧘‍♀️ and more words to make it longer than one encoded word"),
@@ -99,7 +99,7 @@ _QP_PIECES = ["a", " ", "\t", "é", "=", "\n", ".", "x" * 80, "\u200c", "From ",
 @settings(max_examples=2000, deadline=None)
 @given(st.lists(st.sampled_from(_QP_PIECES), max_size=40), st.text(max_size=200))
 def test_line_by_line_quoted_printable_is_binascii_exactly(pieces: list[str], free: str) -> None:
-    """The cached line-by-line encoder (issue 6) gives b2a_qp's bytes for any CRLF text, twice in a row
+    """The cached line-by-line encoder gives b2a_qp's bytes for any CRLF text, twice in a row
     (the second time from the cache)."""
     import binascii
 
@@ -116,7 +116,7 @@ _TEXTS = st.lists(st.sampled_from([*_QP_PIECES, "\r", "y" * 1000, "😀"]), max_
 @settings(max_examples=1500, deadline=None)
 @given(st.lists(_TEXTS, min_size=1, max_size=5), st.data(), st.sampled_from(["plain", "html"]))
 def test_a_body_template_gives_body_part_exactly(pieces: list[str], data: st.DataObject, subtype: str) -> None:
-    """Issue 6: fixed lines encoded ahead, values' lines per email: the same bytes as `body_part` of the whole
+    """Fixed lines encoded ahead, values' lines per email: the same bytes as `body_part` of the whole
     text, 7bit or quoted-printable, whatever the values (line breaks in them included)."""
     try:
         template = mime.BodyTemplate(subtype, pieces)

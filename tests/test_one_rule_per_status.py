@@ -9,12 +9,12 @@ import pytest
 from conftest import at
 from sqlalchemy import select
 
-from service.bounces import parse_dsn
-from service.delivery import apply
-from service.models import Message, Subscriber
-from service.signups import ConsentMeta, parse_signup, signup
-from service.smtp_status import Verdict, classify
-from service.suppression import is_suppressed
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.core.models import Message, Subscriber
+from service.core.smtp_status import Verdict, classify
+from service.enrollment.suppression import is_suppressed
+from service.feedback.delivery import apply
+from service.feedback.dsn import parse_dsn
 
 T0 = at("2026-05-04T13:00:00")
 BUNDLE = "back-pain-bundle"
@@ -32,20 +32,20 @@ CASES = [
 ]
 
 
-def enroll(rt, email: str) -> int:  # noqa: ANN001
+def enroll(rt, email: str) -> int:
     data = parse_signup({"email": email, "name": "Reader", "campaign": BUNDLE}, campaigns=rt.campaigns,
                         default_campaign=BUNDLE)
     with rt.sessions() as s, s.begin():
         return signup(s, data, campaign=rt.campaigns[BUNDLE], meta=ConsentMeta("json"), now=T0).subscriber_id
 
 
-def reader_state(rt, sid: int) -> tuple[str, bool]:  # noqa: ANN001
+def reader_state(rt, sid: int) -> tuple[str, bool]:
     with rt.sessions() as s:
         subscriber = s.get_one(Subscriber, sid)
         return subscriber.status, is_suppressed(s, subscriber.email_key)
 
 
-def dsn_for(rt, address: str, status: str) -> bytes:  # noqa: ANN001
+def dsn_for(rt, address: str, status: str) -> bytes:
     with rt.sessions() as s:
         message_id = s.scalars(select(Message.message_id).where(Message.to_email == address)).one()
     code, enhanced = status.split()[:2]

@@ -1,4 +1,4 @@
-"""Issue 5: `drip preview` writes a rendered step to files; `drip send-test` sends it marked as a test and
+"""`drip preview` writes a rendered step to files; `drip send-test` sends it marked as a test and
 keeps it out of the message log."""
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from service.cli import main
-from service.models import Event, Message
+from service.core.models import Event, Message
 
 
-def env_for(runtime, smtp) -> dict[str, str]:  # noqa: ANN001
+def env_for(runtime, smtp) -> dict[str, str]:
     return {"DATABASE_URL": runtime.settings.database_url, "DRIP_SECRET_KEY": runtime.settings.secret_key,
             "DRIP_EMAIL_URL": smtp.url, "DRIP_BASE_URL": "https://drip.example.org",
             "DRIP_POSTAL_ADDRESS": "1 Preview Street"}
 
 
-def test_preview_writes_eml_html_and_text(runtime, smtp, tmp_path, monkeypatch):  # noqa: ANN001
+def test_preview_writes_eml_html_and_text(runtime, smtp, tmp_path, monkeypatch):
     """The step is written as .eml/.html/.txt in the folder, with the sample reader and the footer; nothing is sent."""
     monkeypatch.chdir(tmp_path)
     step = runtime.campaigns["glute-guide"].steps[0]
@@ -34,7 +34,7 @@ def test_preview_writes_eml_html_and_text(runtime, smtp, tmp_path, monkeypatch):
     assert smtp.handler.messages() == []
 
 
-def test_send_test_is_marked_and_not_recorded(runtime, smtp, tmp_path, monkeypatch):  # noqa: ANN001
+def test_send_test_is_marked_and_not_recorded(runtime, smtp, tmp_path, monkeypatch):
     """send-test goes through the configured SMTP relay with "[TEST] " and X-Drip-Test: 1; no message or
     event row is written, so the stats never count it."""
     monkeypatch.chdir(tmp_path)
@@ -49,7 +49,7 @@ def test_send_test_is_marked_and_not_recorded(runtime, smtp, tmp_path, monkeypat
         assert s.scalar(select(func.count()).select_from(Event)) == 0
 
 
-def test_unknown_campaign_step_or_address_is_a_clear_error(runtime, smtp, tmp_path, monkeypatch):  # noqa: ANN001
+def test_unknown_campaign_step_or_address_is_a_clear_error(runtime, smtp, tmp_path, monkeypatch):
     """A wrong campaign, step or address names what exists or what is wrong, exit 1 or 2, nothing sent."""
     monkeypatch.chdir(tmp_path)
     env = env_for(runtime, smtp)

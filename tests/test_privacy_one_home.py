@@ -9,14 +9,14 @@ from sqlalchemy import func, select
 from test_admin_api import PASSWORD, login
 from test_reader import SITE, enroll, prefs_path
 
-from service.accounts import add_user
-from service.db import utcnow
-from service.models import Consent, Enrollment, Event, Message, MessageContent, Subscriber
+from service.core.db import utcnow
+from service.core.models import Consent, Enrollment, Event, Message, MessageContent, Subscriber
+from service.operator.accounts import add_user
 
 T0 = at("2026-05-04T10:00:00")
 
 
-def shape(value):  # noqa: ANN001, ANN201
+def shape(value):
     """The keys of a JSON document, recursively (lists by their first item)."""
     if isinstance(value, dict):
         return {k: shape(v) for k, v in value.items()}
@@ -25,7 +25,7 @@ def shape(value):  # noqa: ANN001, ANN201
     return None
 
 
-def rows_of(rt, sid: int) -> dict[str, int]:  # noqa: ANN001
+def rows_of(rt, sid: int) -> dict[str, int]:
     with rt.sessions() as s:
         counts = {m.__name__: s.scalar(select(func.count()).select_from(m).where(m.subscriber_id == sid))
                   for m in (Enrollment, Message, Consent, Event)}

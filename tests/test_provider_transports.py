@@ -14,22 +14,22 @@ from conftest import at, with_settings
 from fakes import FakeProvider, Reply, transport_url
 from sqlalchemy import select
 
-from service.models import Event, Message, Subscriber
-from service.signups import ConsentMeta, parse_signup, signup
-from service.suppression import is_suppressed
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.core.models import Event, Message, Subscriber
+from service.enrollment.suppression import is_suppressed
 
 T0 = at("2026-03-02T15:00:00")
 PROVIDERS = ["postmark", "sendgrid", "mailgun", "ses", "resend"]
 
 
-def enroll(rt, address: str, name: str = "Ada Lovelace") -> int:  # noqa: ANN001
+def enroll(rt, address: str, name: str = "Ada Lovelace") -> int:
     data = parse_signup({"email": address, "name": name}, campaigns=rt.campaigns,
                         default_campaign=rt.settings.default_campaign)
     with rt.sessions() as s, s.begin():
         return signup(s, data, campaign=rt.campaigns[data.campaign], meta=ConsentMeta("json"), now=T0).subscriber_id
 
 
-def only_message(rt) -> Message:  # noqa: ANN001
+def only_message(rt) -> Message:
     with rt.sessions() as s:
         [m] = s.scalars(select(Message)).all()
         s.expunge(m)
@@ -37,17 +37,17 @@ def only_message(rt) -> Message:  # noqa: ANN001
 
 
 @pytest.fixture
-def fake(request: pytest.FixtureRequest):  # noqa: ANN201
+def fake(request: pytest.FixtureRequest):
     server = FakeProvider(getattr(request, "param", "postmark"))
     yield server
     server.close()
 
 
-def provider_runtime(runtime, fake: FakeProvider, **query: str):  # noqa: ANN001, ANN201
+def provider_runtime(runtime, fake: FakeProvider, **query: str):
     return with_settings(runtime, email_url=transport_url(fake.provider, fake, **query))
 
 
-def check_shape(provider: str, seen, rt) -> None:  # noqa: ANN001
+def check_shape(provider: str, seen, rt) -> None:
     """Each provider's documented request: path, auth header, body fields, our List-Unsubscribe."""
     h = {k.lower(): v for k, v in seen.headers.items()}
     if provider == "postmark":
@@ -87,7 +87,7 @@ def check_shape(provider: str, seen, rt) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("fake", PROVIDERS, indirect=True)
-def test_each_provider_gets_its_documented_request_and_its_id_is_stored(runtime, fake) -> None:  # noqa: ANN001
+def test_each_provider_gets_its_documented_request_and_its_id_is_stored(runtime, fake) -> None:
     """One welcome email per provider: the request has the provider's shape, the provider's id lands on the row."""
     rt = provider_runtime(runtime, fake)
     enroll(rt, "ada@example.com")
@@ -105,7 +105,7 @@ def test_each_provider_gets_its_documented_request_and_its_id_is_stored(runtime,
     ("resend", {"ratelimit-reset": "400"}, 400),
     ("postmark", {}, 0),
 ], indirect=["fake"])
-def test_429_waits_as_told_or_backs_off_then_sends_once(runtime, fake, headers, floor) -> None:  # noqa: ANN001
+def test_429_waits_as_told_or_backs_off_then_sends_once(runtime, fake, headers, floor) -> None:
     """A 429 defers the message at least as long as the provider's header says (Postmark sends none:
     backoff with jitter); no second request before then; the next pass after it sends it once."""
     headers = {k: str(int(time.time()) + 600) if v == "EPOCH+600" else v for k, v in headers.items()}
@@ -125,7 +125,7 @@ def test_429_waits_as_told_or_backs_off_then_sends_once(runtime, fake, headers, 
 
 
 @pytest.mark.parametrize("fake", ["resend"], indirect=True)
-def test_resend_timeout_after_accepting_retries_with_the_same_idempotency_key(runtime, fake) -> None:  # noqa: ANN001
+def test_resend_timeout_after_accepting_retries_with_the_same_idempotency_key(runtime, fake) -> None:
     """The first request is accepted but answered too late: the retry carries the same key and the fake
     (like Resend) answers it without a second send."""
     fake.script.append(Reply(200, delay=1.5))
@@ -141,7 +141,7 @@ def test_resend_timeout_after_accepting_retries_with_the_same_idempotency_key(ru
 
 
 @pytest.mark.parametrize("fake", ["postmark", "sendgrid", "mailgun", "ses"], indirect=True)
-def test_timeout_without_idempotency_is_retried_once_and_may_duplicate(runtime, fake) -> None:  # noqa: ANN001
+def test_timeout_without_idempotency_is_retried_once_and_may_duplicate(runtime, fake) -> None:
     """Pinned policy for APIs without an idempotency key: an ambiguous timeout is retried (at most one
     possible duplicate, preferred over a lost email), and the history says the outcome was unknown."""
     fake.script.append(Reply(200, delay=1.5))
@@ -163,7 +163,7 @@ def test_timeout_without_idempotency_is_retried_once_and_may_duplicate(runtime, 
     ("mailgun", 400, {"message": "to parameter is not a valid address"}),
     ("ses", 400, {"message": "Email address is not verified."}),
 ], indirect=["fake"])
-def test_validation_errors_fail_without_retry_or_suppression(runtime, fake, status, body) -> None:  # noqa: ANN001
+def test_validation_errors_fail_without_retry_or_suppression(runtime, fake, status, body) -> None:
     """400/422 fail that message for good; the reader is neither bounced nor suppressed."""
     fake.script.append(Reply(status, body))
     rt = provider_runtime(runtime, fake)
@@ -179,7 +179,7 @@ def test_validation_errors_fail_without_retry_or_suppression(runtime, fake, stat
 
 
 @pytest.mark.parametrize("fake", ["postmark"], indirect=True)
-def test_postmark_inactive_recipient_406_suppresses(runtime, fake) -> None:  # noqa: ANN001
+def test_postmark_inactive_recipient_406_suppresses(runtime, fake) -> None:
     """Postmark ErrorCode 406 means the address already hard-bounced or complained: bounced and suppressed."""
     fake.script.append(Reply(422, {"ErrorCode": 406, "Message": "You tried to send to a recipient that has been "
                                    "marked as inactive."}))
@@ -192,7 +192,7 @@ def test_postmark_inactive_recipient_406_suppresses(runtime, fake) -> None:  # n
 
 @pytest.mark.parametrize(("fake", "status"), [("postmark", 401), ("sendgrid", 403), ("resend", 401),
                                               ("mailgun", 401), ("ses", 403)], indirect=["fake"])
-def test_bad_key_pauses_sending_and_leaves_the_queue_untouched(runtime, fake, status, caplog) -> None:  # noqa: ANN001
+def test_bad_key_pauses_sending_and_leaves_the_queue_untouched(runtime, fake, status, caplog) -> None:
     """401/403: no message fails or bounces, no attempt is charged; sending pauses for every worker, an ERROR
     is logged, /healthz says degraded, metrics say paused; `drip sending resume` lets the next pass send."""
     fake.script.append(Reply(status, {"message": "invalid API key"}))
@@ -226,7 +226,7 @@ def test_bad_key_pauses_sending_and_leaves_the_queue_untouched(runtime, fake, st
 
 
 @pytest.mark.parametrize("fake", ["sendgrid"], indirect=True)
-def test_server_errors_and_unreachable_api_are_transient(runtime, fake) -> None:  # noqa: ANN001
+def test_server_errors_and_unreachable_api_are_transient(runtime, fake) -> None:
     """A 503 defers with backoff; an API that refuses connections defers too; neither fails the message."""
     fake.script.append(Reply(503, {"errors": [{"message": "unavailable"}]}))
     rt = provider_runtime(runtime, fake)
@@ -242,7 +242,7 @@ def test_server_errors_and_unreachable_api_are_transient(runtime, fake) -> None:
 def test_malformed_provider_urls_fail_fast_and_keys_are_never_printed() -> None:
     """A provider URL missing its key, domain or region names DRIP_EMAIL_URL; `masked` hides API keys."""
     from service.cli import masked
-    from service.config import ConfigError
+    from service.core.config import ConfigError
     from service.transports import make_transport
 
     for url in ("postmark://", "sendgrid://@", "mailgun://key@", "ses://AKID@us-east-1", "ses://AKID:s@",
@@ -256,7 +256,7 @@ def test_malformed_provider_urls_fail_fast_and_keys_are_never_printed() -> None:
 
 
 @pytest.mark.parametrize("fake", ["ses"], indirect=True)
-def test_ses_account_suspended_pauses_like_a_bad_key(runtime, fake) -> None:  # noqa: ANN001
+def test_ses_account_suspended_pauses_like_a_bad_key(runtime, fake) -> None:
     """SES answers 400 AccountSuspendedException when the account may not send: no message fails, sending pauses."""
     fake.script.append(Reply(400, {"message": "Account suspended"},
                              {"x-amzn-ErrorType": "AccountSuspendedException:http://internal.amazon.com/"}))

@@ -1,4 +1,4 @@
-"""The reader's side (issue 9) through the Flask test client and real dispatch passes over real SMTP: the
+"""The reader's side through the Flask test client and real dispatch passes over real SMTP: the
 preference page (leave one, leave all, profile and time zone, snooze, digest, export, erase), its token
 and cross-site checks, the view-in-browser copy, footer links, UTM tagging and the email's size."""
 from __future__ import annotations
@@ -13,42 +13,42 @@ import pytest
 from conftest import at
 from sqlalchemy import func, select
 
-from service.compose import ComposeJob
-from service.dispatch import PassSummary
-from service.models import Consent, Enrollment, Event, Message, Subscriber, Suppression
-from service.signups import ConsentMeta, parse_signup, signup
-from service.suppression import email_hash
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.compose.composer import ComposeJob
+from service.core.models import Consent, Enrollment, Event, Message, Subscriber, Suppression
+from service.dispatch.policy import PassSummary
+from service.enrollment.suppression import email_hash
 
 T0 = at("2026-05-04T10:00:00")
 BUNDLE, NEWS = "back-pain-bundle", "monthly-newsletter"
 SITE = {"Origin": "https://drip.example.org"}
 
 
-def enroll(rt, email: str, campaign: str = BUNDLE, tz: str | None = None, now=T0) -> int:  # noqa: ANN001
+def enroll(rt, email: str, campaign: str = BUNDLE, tz: str | None = None, now=T0) -> int:
     data = parse_signup({"email": email, "name": "Ada Lovelace", "timezone": tz, "campaign": campaign},
                         campaigns=rt.campaigns, default_campaign=BUNDLE)
     with rt.sessions() as s, s.begin():
         return signup(s, data, campaign=rt.campaigns[campaign], meta=ConsentMeta("json"), now=now).subscriber_id
 
 
-def prefs_path(rt, sid: int) -> str:  # noqa: ANN001
+def prefs_path(rt, sid: int) -> str:
     with rt.sessions() as s:
         public_id = s.get(Subscriber, sid).public_id
     return rt.reader_links(public_id, 0)["preferences_url"].removeprefix(rt.settings.base_url)
 
 
-def enrollment(rt, sid: int, campaign: str) -> Enrollment:  # noqa: ANN001
+def enrollment(rt, sid: int, campaign: str) -> Enrollment:
     with rt.sessions() as s:
         return s.scalars(select(Enrollment).where(Enrollment.subscriber_id == sid,
                                                   Enrollment.campaign == campaign)).one()
 
 
-def event_types(rt, sid: int) -> list[str]:  # noqa: ANN001
+def event_types(rt, sid: int) -> list[str]:
     with rt.sessions() as s:
         return list(s.scalars(select(Event.type).where(Event.subscriber_id == sid).order_by(Event.id)))
 
 
-def link(message, path: str) -> str:  # noqa: ANN001
+def link(message, path: str) -> str:
     text = message.get_body(preferencelist=("plain",)).get_content()
     return re.search(rf"https://drip\.example\.org/{path}/\S+", text).group(0)
 
@@ -266,7 +266,7 @@ def test_view_in_browser_shows_what_was_sent(client, runtime, smtp, step: int) -
 
 def test_lint_flags_an_image_without_alt(runtime) -> None:
     """`drip campaigns check` reports an <img> without alt as an error, and accepts one with alt (even empty)."""
-    from service.lint import lint_step
+    from service.compose.lint import lint_step
 
     campaign = runtime.campaigns[BUNDLE]
     unsub = "https://drip.example.org/unsubscribe/t"

@@ -1,4 +1,4 @@
-"""The reader's side in a real browser (issue 9): headless Chromium drives `drip serve` (a subprocess sending through
+"""The reader's side in a real browser: headless Chromium drives `drip serve` (a subprocess sending through
 the real aiosmtpd server); `drip tick --now` is the controllable clock.
 
 Covers: a received email's HTML at 320/375/600 px (screenshots saved to tmp_path, no horizontal overflow, alt
@@ -22,7 +22,7 @@ from conftest import SmtpServer
 from sqlalchemy import select
 from test_browser import serving, sign_up
 
-from service.models import Enrollment, Subscriber
+from service.core.models import Enrollment, Subscriber
 
 pytestmark = pytest.mark.browser
 
@@ -38,7 +38,7 @@ class Drip:
     def __init__(self, base: str, env: dict[str, str], cwd: Path) -> None:
         self.base, self.env, self.cwd = base, env, cwd
 
-    def tick(self, now) -> str:  # noqa: ANN001
+    def tick(self, now) -> str:
         out = subprocess.run([str(DRIP), "tick", "--now", now.isoformat()], env=self.env, cwd=self.cwd,
                              capture_output=True, text=True, timeout=60, check=True)
         return out.stdout
@@ -65,7 +65,7 @@ def received(smtp: SmtpServer, address: str, count: int = 1, timeout: float = 20
     return found
 
 
-def footer_link(message, path: str) -> str:  # noqa: ANN001
+def footer_link(message, path: str) -> str:
     text = message.get_body(preferencelist=("plain",)).get_content()
     return re.search(rf"http://127\.0\.0\.1:\d+/{path}/\S+", text).group(0)
 

@@ -1,4 +1,4 @@
-"""Issue 6: a step rendered once and filled with each reader's values gives exactly the bytes of a full
+"""A step rendered once and filled with each reader's values gives exactly the bytes of a full
 render, for every shipped campaign and for awkward values; templates where that cannot be guaranteed
 are rendered in full."""
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import mime
-from service.campaigns import load_campaigns
-from service.compose import ComposeJob, Composer
+from service.campaigns.loader import load_campaigns
+from service.compose import mime
+from service.compose.composer import ComposeJob, Composer
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 3, 15, 0, tzinfo=UTC)
@@ -33,7 +33,7 @@ def composers(templates: Path) -> tuple[Composer, Composer]:
     return make(True), make(False)
 
 
-def job(campaign, step, name: str, email: str = "reader@example.com", pk: int = 1) -> ComposeJob:  # noqa: ANN001
+def job(campaign, step, name: str, email: str = "reader@example.com", pk: int = 1) -> ComposeJob:
     return ComposeJob(message_pk=pk, message_id=f"<drip.{pk}.x@example.org>", campaign=campaign, step=step,
                       to_email=email, name=name, unsubscribe_url=f"https://drip.example.org/u/tok{pk}?x=1&y=\"2\"",
                       now=NOW, public_id=f"pub{pk}")
@@ -73,7 +73,7 @@ def _unbounded(raw: bytes) -> bytes:
 
 
 def test_the_planned_bodies_are_used_and_reader_values_at_the_text_ends_are_handled() -> None:
-    """Issue 6: the shipped steps' plans carry their MIME bodies encoded ahead; a text that starts with a
+    """The shipped steps' plans carry their MIME bodies encoded ahead; a text that starts with a
     value (the greeting) strips that value, and a value left empty there falls back to encoding whole."""
     campaign = load_campaigns(ROOT / "email_templates")["back-pain-bundle"]
     planned, full = _PAIR

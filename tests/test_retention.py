@@ -1,4 +1,4 @@
-"""Data retention (issue 7): DRIP_EVENT_RETENTION_DAYS deletes old history and stored emails, keeps opt-out evidence."""
+"""Data retention: DRIP_EVENT_RETENTION_DAYS deletes old history and stored emails, keeps opt-out evidence."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -7,16 +7,16 @@ from click.testing import CliRunner
 from conftest import at
 from sqlalchemy import func, select
 
-from service import events
+from service.audience.signups import ConsentMeta, parse_signup, signup
 from service.cli import main
-from service.models import Event, MessageContent
-from service.retention import prune
-from service.signups import ConsentMeta, parse_signup, signup
+from service.core import events
+from service.core.models import Event, MessageContent
+from service.dispatch.retention import prune
 
 T0 = at("2026-01-05T10:00:00")
 
 
-def test_old_events_and_stored_emails_go_evidence_stays(runtime, smtp):  # noqa: ANN001
+def test_old_events_and_stored_emails_go_evidence_stays(runtime, smtp):
     """After the retention period the send history and stored bytes are deleted; an unsubscribe record is not."""
     data = parse_signup({"email": "old@example.org"}, campaigns=runtime.campaigns, default_campaign="back-pain-bundle")
     with runtime.sessions() as s, s.begin():
@@ -36,7 +36,7 @@ def test_old_events_and_stored_emails_go_evidence_stays(runtime, smtp):  # noqa:
         assert s.scalar(select(func.count()).select_from(MessageContent)) == 0
 
 
-def test_prune_command_needs_a_period(runtime, monkeypatch, tmp_path):  # noqa: ANN001
+def test_prune_command_needs_a_period(runtime, monkeypatch, tmp_path):
     """`drip prune` refuses to run without a retention period rather than guess one."""
     monkeypatch.chdir(tmp_path)
     env = {"DATABASE_URL": runtime.settings.database_url, "DRIP_SECRET_KEY": runtime.settings.secret_key}

@@ -10,19 +10,19 @@ import pytest
 from conftest import at
 from sqlalchemy import select
 
-from service.config import ConfigError, SendLimits, Settings
-from service.models import Message
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.core.config import ConfigError, SendLimits, Settings
+from service.core.models import Message
 from service.runtime import build_runtime
-from service.signups import ConsentMeta, parse_signup, signup
 
 T0 = at("2026-11-24T10:05:00")
 
 
 @pytest.fixture
-def limited(settings):  # noqa: ANN001, ANN201
+def limited(settings):
     built = []
 
-    def make(limits: str, warmup: str = ""):  # noqa: ANN202
+    def make(limits: str, warmup: str = ""):
         rt = build_runtime(replace(settings, send_limits=SendLimits.parse(limits, warmup)))
         built.append(rt)
         return rt
@@ -31,7 +31,7 @@ def limited(settings):  # noqa: ANN001, ANN201
         rt.sessions.kw["bind"].dispose()
 
 
-def enroll_many(rt, n: int) -> None:  # noqa: ANN001
+def enroll_many(rt, n: int) -> None:
     for i in range(n):
         data = parse_signup({"email": f"reader{i}@example.com"}, campaigns=rt.campaigns,
                             default_campaign=rt.settings.default_campaign)
@@ -39,7 +39,7 @@ def enroll_many(rt, n: int) -> None:  # noqa: ANN001
             signup(s, data, campaign=rt.campaigns[data.campaign], meta=ConsentMeta("json"), now=T0)
 
 
-def statuses(rt) -> dict[str, list[int]]:  # noqa: ANN001
+def statuses(rt) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     with rt.sessions() as s:
         for m in s.scalars(select(Message)):
@@ -47,7 +47,7 @@ def statuses(rt) -> dict[str, list[int]]:  # noqa: ANN001
     return out
 
 
-def test_two_dispatchers_share_the_hourly_and_daily_allowance(limited, smtp) -> None:  # noqa: ANN001
+def test_two_dispatchers_share_the_hourly_and_daily_allowance(limited, smtp) -> None:
     """hour=3, day=5 across two workers running at the same moment: 3 this hour, 2 the next, 0 after that
     until the next UTC day; waiting messages stay queued with 0 attempts."""
     rt = limited("hour=3,day=5")
@@ -56,7 +56,7 @@ def test_two_dispatchers_share_the_hourly_and_daily_allowance(limited, smtp) -> 
     barrier = threading.Barrier(2)
     sent: dict[str, int] = {}
 
-    def run(d, name: str) -> None:  # noqa: ANN001
+    def run(d, name: str) -> None:
         barrier.wait()
         sent[name] = d.run_pass(T0).sent
     threads = [threading.Thread(target=run, args=(d, n)) for d, n in ((a, "A"), (b, "B"))]
@@ -73,7 +73,7 @@ def test_two_dispatchers_share_the_hourly_and_daily_allowance(limited, smtp) -> 
     assert b.run_pass(at("2026-11-25T00:10:00")).sent == 3
 
 
-def test_warm_up_doubles_the_daily_cap(limited, smtp) -> None:  # noqa: ANN001
+def test_warm_up_doubles_the_daily_cap(limited, smtp) -> None:
     """DRIP_WARMUP=start:2 allows 2 on the first day, 4 on the second, then the day limit (5) caps it."""
     rt = limited("day=5", "2026-11-24:2")
     enroll_many(rt, 12)
@@ -82,7 +82,7 @@ def test_warm_up_doubles_the_daily_cap(limited, smtp) -> None:  # noqa: ANN001
     assert [d.run_pass(T0 + i * day).sent for i in range(4)] == [2, 4, 5, 1]
 
 
-def test_without_limits_nothing_waits(limited, smtp) -> None:  # noqa: ANN001
+def test_without_limits_nothing_waits(limited, smtp) -> None:
     """No DRIP_SEND_LIMITS: every due message goes in one pass (the counters are not even touched)."""
     rt = limited("")
     assert rt.settings.send_limits is None
@@ -90,7 +90,7 @@ def test_without_limits_nothing_waits(limited, smtp) -> None:  # noqa: ANN001
     assert rt.dispatcher().run_pass(T0).sent == 4
 
 
-def test_limits_are_per_sending_domain(limited, smtp) -> None:  # noqa: ANN001
+def test_limits_are_per_sending_domain(limited, smtp) -> None:
     """Another sending domain has its own allowance: a full domain does not hold back the other's mail."""
     rt = limited("hour=2")
     enroll_many(rt, 3)

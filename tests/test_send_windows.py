@@ -1,4 +1,4 @@
-"""Issue 5: send windows (allowed weekdays and a send hour in the reader's zone), correct across DST."""
+"""Send windows (allowed weekdays and a send hour in the reader's zone), correct across DST."""
 from __future__ import annotations
 
 import shutil
@@ -11,14 +11,16 @@ from conftest import ROOT, at, with_settings
 from sqlalchemy import select
 
 from service.app import create_app
-from service.campaigns import CampaignError, Delay, due_at, load_campaigns
-from service.models import Enrollment, Message, Subscriber
-from service.signups import ConsentMeta, parse_signup, signup
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.campaigns.loader import load_campaigns
+from service.campaigns.model import CampaignError, Delay
+from service.campaigns.schedule import due_at
+from service.core.models import Enrollment, Message, Subscriber
 
 MON, THU = 0, 3
 
 
-def templates_with(tmp_path: Path, campaign: str, edit) -> Path:  # noqa: ANN001
+def templates_with(tmp_path: Path, campaign: str, edit) -> Path:
     root = tmp_path / "templates"
     shutil.copytree(ROOT / "email_templates", root)
     path = root / campaign / "campaign.toml"
@@ -62,7 +64,7 @@ def test_bad_send_days_are_refused(tmp_path: Path, days: str, message: str) -> N
 
 
 @pytest.mark.parametrize("zone", ["America/New_York", "Europe/Paris"])
-def test_monday_only_sequence_walks_across_dst_with_a_frozen_clock(runtime, smtp, tmp_path, zone):  # noqa: ANN001
+def test_monday_only_sequence_walks_across_dst_with_a_frozen_clock(runtime, smtp, tmp_path, zone):
     """A Thursday signup with Monday-only sending: every weekly email goes on consecutive Mondays at 08:00
     local, through the March DST change (US 8 March, EU 29 March): none skipped, none doubled."""
     root = templates_with(tmp_path, "back-pain-bundle", lambda t: t.replace(
@@ -106,7 +108,7 @@ def test_a_time_zone_change_reschedules_by_the_same_rule_the_dispatcher_uses(cli
                                now=t0).subscriber_id
     assert rt.dispatcher().run_pass(t0).sent == 3
 
-    def due(name: str):  # noqa: ANN202
+    def due(name: str):
         with rt.sessions() as s:
             return s.scalars(select(Enrollment.next_due_at).where(Enrollment.subscriber_id == ids[name])).one()
     before = due("ny")

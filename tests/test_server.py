@@ -1,4 +1,4 @@
-"""`drip web` / `drip serve` under gunicorn: the port check and the listening-socket choice (issue 6)."""
+"""`drip web` / `drip serve` under gunicorn: the port check and the listening-socket choice."""
 from __future__ import annotations
 
 import socket

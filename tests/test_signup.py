@@ -6,21 +6,21 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from service.models import Consent, Enrollment, Event, Message, Subscriber, Suppression
-from service.suppression import email_hash
+from service.core.models import Consent, Enrollment, Event, Message, Subscriber, Suppression
+from service.enrollment.suppression import email_hash
 
 
-def count(runtime, model) -> int:  # noqa: ANN001
+def count(runtime, model) -> int:
     with runtime.sessions() as s:
         return s.scalar(select(func.count()).select_from(model))
 
 
-def post_json(client, body, path="/signup", **kw):  # noqa: ANN001, ANN201
+def post_json(client, body, path="/signup", **kw):
     return client.post(path, data=json.dumps(body) if not isinstance(body, (bytes, str)) else body,
                        content_type="application/json", **kw)
 
 
-def test_json_signup_creates_subscriber_enrollment_and_consent(client, runtime, smtp):  # noqa: ANN001
+def test_json_signup_creates_subscriber_enrollment_and_consent(client, runtime, smtp):
     """A JSON signup answers 201 and stores subscriber, enrollment and consent, but sends nothing."""
     r = post_json(client, {"email": "  Ada@Example.COM ", "name": "Ada Lovelace", "timezone": "Europe/London"},
                   headers={"User-Agent": "test-agent/1.0", "Referer": "https://blog.example/psoas"})
@@ -47,7 +47,7 @@ def test_json_signup_creates_subscriber_enrollment_and_consent(client, runtime, 
     assert smtp.handler.messages() == []
 
 
-def test_same_address_again_is_one_subscriber(client, runtime):  # noqa: ANN001
+def test_same_address_again_is_one_subscriber(client, runtime):
     """Repeating a signup, in any letter case or with spaces, is idempotent: 200, nothing new."""
     assert post_json(client, {"email": "Alice@Example.COM"}).status_code == 201
     for variant in ("Alice@example.com", "alice@EXAMPLE.com ", " ALICE@example.com"):
@@ -58,7 +58,7 @@ def test_same_address_again_is_one_subscriber(client, runtime):  # noqa: ANN001
     assert count(runtime, Consent) == 1
 
 
-def test_browser_form_post_redirects_to_thank_you_page(client, runtime):  # noqa: ANN001
+def test_browser_form_post_redirects_to_thank_you_page(client, runtime):
     """A browser form post gets a 303 to the campaign's thank-you page, which shows its text."""
     r = client.post("/signup", data={"email": "bo@example.org", "name": "Bo"}, headers={"Accept": "text/html"})
     assert r.status_code == 303
@@ -70,7 +70,7 @@ def test_browser_form_post_redirects_to_thank_you_page(client, runtime):  # noqa
         assert s.scalars(select(Consent)).one().source == "form"
 
 
-def test_campaign_in_path(client, runtime):  # noqa: ANN001
+def test_campaign_in_path(client, runtime):
     """POST /signup/<campaign> enrolls in that campaign; an unknown one is a 404 naming the field."""
     assert post_json(client, {"email": "c@example.org"}, path="/signup/back-pain-bundle").status_code == 201
     r = post_json(client, {"email": "d@example.org"}, path="/signup/no-such-campaign")
@@ -84,7 +84,7 @@ def test_campaign_in_path(client, runtime):  # noqa: ANN001
     "a@b", "user@localhost", "x@invalid", '"a b"@example.com', "u@[127.0.0.1]", "", "   ",
     "a" * 330 + "@example.com", "u@exa mple.com", "no-at-sign", "ツ-test@example.com",
 ])
-def test_invalid_addresses_are_refused_with_the_field(client, runtime, bad):  # noqa: ANN001
+def test_invalid_addresses_are_refused_with_the_field(client, runtime, bad):
     """Addresses that are malformed or that a plain SMTP relay cannot take get a 400 naming `email`."""
     r = post_json(client, {"email": bad})
     assert r.status_code == 400
@@ -93,7 +93,7 @@ def test_invalid_addresses_are_refused_with_the_field(client, runtime, bad):  # 
     assert count(runtime, Subscriber) == 0
 
 
-def test_missing_email_and_wrong_types(client):  # noqa: ANN001
+def test_missing_email_and_wrong_types(client):
     """Missing or non-string fields are clear 400s, never 500s."""
     assert post_json(client, {"name": "x"}).get_json()["error"]["field"] == "email"
     assert post_json(client, {"email": ["a@example.org"]}).status_code == 400
@@ -103,7 +103,7 @@ def test_missing_email_and_wrong_types(client):  # noqa: ANN001
     assert r.status_code == 400 and r.get_json()["error"]["field"] == "timezone"
 
 
-def test_malformed_json_is_400_and_too_large_is_413(client, runtime):  # noqa: ANN001
+def test_malformed_json_is_400_and_too_large_is_413(client, runtime):
     """Broken JSON gets 400, a JSON array 400, an oversized body 413, an unknown media type 415."""
     r = post_json(client, b'{"email": "a@example.org"')
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "malformed_json"
@@ -116,7 +116,7 @@ def test_malformed_json_is_400_and_too_large_is_413(client, runtime):  # noqa: A
     assert count(runtime, Subscriber) == 0
 
 
-def test_names_lose_control_characters_and_unknown_fields_are_ignored(client, runtime):  # noqa: ANN001
+def test_names_lose_control_characters_and_unknown_fields_are_ignored(client, runtime):
     """Control characters, bidi overrides and newlines are stripped from names; extra fields are ignored."""
     r = post_json(client, {"email": "eve@example.org", "name": "Eve\r\nBcc: victim@example.org\x00\u202e",
                            "favourite_colour": "blue"})
@@ -127,7 +127,7 @@ def test_names_lose_control_characters_and_unknown_fields_are_ignored(client, ru
     assert post_json(client, {"email": "z@example.org", "name": "x" * 101}).status_code == 400
 
 
-def test_ip_is_recorded_only_when_configured(app, runtime):  # noqa: ANN001
+def test_ip_is_recorded_only_when_configured(app, runtime):
     """The consent record keeps the client IP only when DRIP_RECORD_IP is on."""
     from dataclasses import replace
 
@@ -142,9 +142,9 @@ def test_ip_is_recorded_only_when_configured(app, runtime):  # noqa: ANN001
         assert s.scalars(select(Consent.ip)).one() == "203.0.113.9"
 
 
-def test_suppressed_address_is_not_resurrected(client, runtime):  # noqa: ANN001
+def test_suppressed_address_is_not_resurrected(client, runtime):
     """An address on the suppression list (a past hard bounce) is not enrolled again by a signup."""
-    from service.db import utcnow
+    from service.core.db import utcnow
 
     with runtime.sessions() as s, s.begin():
         s.add(Suppression(email_hash=email_hash("gone@example.org"), reason="hard_bounce", created_at=utcnow()))
@@ -153,7 +153,7 @@ def test_suppressed_address_is_not_resurrected(client, runtime):  # noqa: ANN001
     assert count(runtime, Subscriber) == 0 and count(runtime, Enrollment) == 0
 
 
-def test_unsubscribed_reader_is_not_reenrolled_by_a_form(client, runtime):  # noqa: ANN001
+def test_unsubscribed_reader_is_not_reenrolled_by_a_form(client, runtime):
     """Someone who unsubscribed stays unsubscribed when the form is posted again (bots do that)."""
     assert post_json(client, {"email": "left@example.org"}).status_code == 201
     with runtime.sessions() as s, s.begin():
@@ -165,12 +165,12 @@ def test_unsubscribed_reader_is_not_reenrolled_by_a_form(client, runtime):  # no
         assert s.scalar(select(func.count()).select_from(Event).where(Event.type == "signup")) == 1
 
 
-def test_signup_rate_limit_answers_429_with_retry_after(app, runtime):  # noqa: ANN001
+def test_signup_rate_limit_answers_429_with_retry_after(app, runtime):
     """Past DRIP_SIGNUP_RATE_LIMIT a client gets 429 with Retry-After, and nothing is stored."""
     from dataclasses import replace
 
     from service.app import create_app
-    from service.config import RateLimit
+    from service.core.config import RateLimit
     from service.runtime import build_runtime
 
     rt = build_runtime(replace(runtime.settings, signup_rate_limit=RateLimit(3, 3600)))
@@ -183,7 +183,7 @@ def test_signup_rate_limit_answers_429_with_retry_after(app, runtime):  # noqa: 
         assert s.scalar(select(func.count()).select_from(Subscriber)) == 3
 
 
-def test_form_error_shows_the_form_again(client):  # noqa: ANN001
+def test_form_error_shows_the_form_again(client):
     """A browser posting a bad address sees the form again with the message, not a JSON blob."""
     r = client.post("/signup", data={"email": "nope", "name": "<b>Al</b>"}, headers={"Accept": "text/html"})
     assert r.status_code == 400
@@ -191,7 +191,7 @@ def test_form_error_shows_the_form_again(client):  # noqa: ANN001
     assert b"&lt;b&gt;Al&lt;/b&gt;" in r.data  # the typed name comes back escaped
 
 
-def test_home_page_shows_the_bundle_form(client, runtime):  # noqa: ANN001
+def test_home_page_shows_the_bundle_form(client, runtime):
     """The home page is the back-pain bundle signup form with its consent wording."""
     page = client.get("/")
     assert page.status_code == 200
@@ -200,7 +200,7 @@ def test_home_page_shows_the_bundle_form(client, runtime):  # noqa: ANN001
     assert "Content-Security-Policy" in page.headers
 
 
-def test_browser_with_an_unknown_time_zone_still_signs_up(client, runtime):  # noqa: ANN001
+def test_browser_with_an_unknown_time_zone_still_signs_up(client, runtime):
     """A hidden time-zone field the reader cannot fix never loses a browser signup: the campaign's zone is used."""
     r = client.post("/signup", data={"email": "tz@example.org", "timezone": "Etc/Unknown"},
                     headers={"Accept": "text/html"})
@@ -209,12 +209,12 @@ def test_browser_with_an_unknown_time_zone_still_signs_up(client, runtime):  # n
         assert s.scalars(select(Subscriber.timezone)).one() is None
 
 
-def test_browser_over_the_rate_limit_gets_a_page_not_json(app, runtime):  # noqa: ANN001
+def test_browser_over_the_rate_limit_gets_a_page_not_json(app, runtime):
     """A browser past the limit sees the form with a message and Retry-After, not a JSON blob."""
     from dataclasses import replace
 
     from service.app import create_app
-    from service.config import RateLimit
+    from service.core.config import RateLimit
     from service.runtime import build_runtime
 
     rt = build_runtime(replace(runtime.settings, signup_rate_limit=RateLimit(1, 3600)))
@@ -225,12 +225,12 @@ def test_browser_over_the_rate_limit_gets_a_page_not_json(app, runtime):  # noqa
     assert b"Too many signups" in r.data
 
 
-def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(runtime):  # noqa: ANN001
+def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(runtime):
     """With DRIP_TRUSTED_PROXIES=1, readers behind one proxy get their own rate-limit bucket and consent IP."""
     from dataclasses import replace
 
     from service.app import create_app
-    from service.config import RateLimit
+    from service.core.config import RateLimit
     from service.runtime import build_runtime
 
     rt = build_runtime(replace(runtime.settings, trusted_proxies=1, record_ip=True,

@@ -182,7 +182,7 @@ def test_pipelined_bytes_are_smtplibs_bytes(wire: WireServer) -> None:
     assert wire.lines[1].startswith(b"mail FROM:<a@example.org> size=")  # SIZE announced: smtplib's option kept
 
 
-def test_delivered_messages_are_identical_with_and_without_pipelining(recorder) -> None:  # noqa: ANN001
+def test_delivered_messages_are_identical_with_and_without_pipelining(recorder) -> None:
     """aiosmtpd stores the same messages (dot-stuffing undone) whichever way they were sent."""
     handler, port = recorder
     items = [outbound(i, body=body) for i, body in enumerate(AWKWARD)]
@@ -212,7 +212,7 @@ def test_one_round_trip_per_email(wire: WireServer) -> None:
     assert wire.connections == 1 and len(wire.accepted) == n
 
 
-def test_many_emails_over_one_connection(recorder) -> None:  # noqa: ANN001
+def test_many_emails_over_one_connection(recorder) -> None:
     """A long batch goes over one connection, every email delivered once, in order."""
     handler, port = recorder
     items = [outbound(i) for i in range(200)]
@@ -237,7 +237,7 @@ SCRIPTS = [  # (recipient, stage, reply) -> the result expected, the same with a
 
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "smtplib"])
-def test_refusals_mid_batch_keep_per_email_results(recorder, pipelining: bool) -> None:  # noqa: ANN001
+def test_refusals_mid_batch_keep_per_email_results(recorder, pipelining: bool) -> None:
     """Each scripted refusal lands on its own email and is classified as before (5.1.1 and a bare 550 at
     RCPT suppress, 5.2.2 suppresses, 4xx and policy refusals do not); the emails after it are delivered;
     a 421 drops the connection and the next email reconnects."""
@@ -268,7 +268,7 @@ def test_refusals_mid_batch_keep_per_email_results(recorder, pipelining: bool) -
 
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "smtplib"])
-def test_our_sender_refused_is_a_transport_fault(recorder, pipelining: bool) -> None:  # noqa: ANN001
+def test_our_sender_refused_is_a_transport_fault(recorder, pipelining: bool) -> None:
     """MAIL refused is our configuration's fault, not the reader's: a transport result, the connection
     dropped (the RCPT/DATA replies of its group ignored), and the next email sent on a new one."""
     handler, port = recorder
@@ -334,7 +334,7 @@ def test_server_drops_the_connection_mid_pipeline(wire: WireServer, stage: str) 
     assert wire.connections == 2
 
 
-def test_a_lazy_feed_is_taken_two_emails_ahead_at_most(recorder) -> None:  # noqa: ANN001
+def test_a_lazy_feed_is_taken_two_emails_ahead_at_most(recorder) -> None:
     """The batch is pulled two emails ahead of the results at most (the next envelope travels with the
     current content, the one after is composed while the server takes that content in), never counted,
     and a feed that stops early ends the batch with one result each."""
@@ -358,7 +358,7 @@ def test_a_lazy_feed_is_taken_two_emails_ahead_at_most(recorder) -> None:  # noq
     assert len(seen) == 5 and len(handler.accepted) == 5
 
 
-def test_a_feed_failing_while_taken_early_fails_after_the_answer_in_progress(recorder) -> None:  # noqa: ANN001
+def test_a_feed_failing_while_taken_early_fails_after_the_answer_in_progress(recorder) -> None:
     """The feed fails (a database error in the dispatcher's re-check) while the email after the next is
     taken early: the answer to the email the server is taking in is still read and returned, then the
     failure is raised; the announced next email gets no content, and the next batch goes out."""
@@ -379,7 +379,7 @@ def test_a_feed_failing_while_taken_early_fails_after_the_answer_in_progress(rec
     assert [r for _f, (r,), _raw in handler.accepted] == ["reader1@example.org", "reader4@example.org"]
 
 
-def test_abandoned_batch_sends_nothing_more(recorder) -> None:  # noqa: ANN001
+def test_abandoned_batch_sends_nothing_more(recorder) -> None:
     """A caller that stops reading results after the first leaves the email already announced (its
     envelope written) unsent: that connection is dropped, and the transport still serves the next batch."""
     handler, port = recorder
@@ -393,7 +393,7 @@ def test_abandoned_batch_sends_nothing_more(recorder) -> None:  # noqa: ANN001
     assert handler.ehlos == 2
 
 
-def test_without_pipelining_smtplib_is_used(recorder) -> None:  # noqa: ANN001
+def test_without_pipelining_smtplib_is_used(recorder) -> None:
     """A server that does not announce PIPELINING (or `?pipelining=false`) gets smtplib's dialogue, with
     the same results."""
     handler, port = recorder

@@ -36,8 +36,8 @@ class CountingRecorder(SmtpRecorder):
         self.logins: list[str] = []
 
 
-def authenticator(logins: list[str]):  # noqa: ANN201
-    def check(server, session, envelope, mechanism, auth_data):  # noqa: ANN001, ANN202
+def authenticator(logins: list[str]):
+    def check(server, session, envelope, mechanism, auth_data):
         ok = auth_data.login == b"drip" and auth_data.password == b"s3cret pass"
         logins.append(auth_data.login.decode())
         return AuthResult(success=ok, handled=False)
@@ -45,7 +45,7 @@ def authenticator(logins: list[str]):  # noqa: ANN201
 
 
 @pytest.fixture
-def auth_relay(cert) -> Iterator[tuple[int, CountingRecorder]]:  # noqa: ANN001
+def auth_relay(cert) -> Iterator[tuple[int, CountingRecorder]]:
     """A relay that demands STARTTLS and then AUTH (user drip, password 's3cret pass')."""
     handler = CountingRecorder()
     port = free_port()
@@ -56,7 +56,7 @@ def auth_relay(cert) -> Iterator[tuple[int, CountingRecorder]]:  # noqa: ANN001
     controller.stop()
 
 
-def test_starttls_auth_and_one_connection_for_the_batch(auth_relay) -> None:  # noqa: ANN001
+def test_starttls_auth_and_one_connection_for_the_batch(auth_relay) -> None:
     """STARTTLS upgrades, AUTH logs in (password URL-encoded), and three emails share one connection."""
     port, handler = auth_relay
     transport = make_transport(f"smtp://drip:s3cret%20pass@127.0.0.1:{port}?starttls=true&verify=false")
@@ -68,7 +68,7 @@ def test_starttls_auth_and_one_connection_for_the_batch(auth_relay) -> None:  # 
     assert handler.ehlos == 2  # once in clear, once after STARTTLS: one connection
 
 
-def test_wrong_password_is_a_transport_error_not_a_bounce(auth_relay) -> None:  # noqa: ANN001
+def test_wrong_password_is_a_transport_error_not_a_bounce(auth_relay) -> None:
     """Bad credentials fail the transport (retry later, operator told), never the recipients."""
     port, handler = auth_relay
     transport = make_transport(f"smtp://drip:wrong@127.0.0.1:{port}?starttls=true&verify=false")
@@ -77,7 +77,7 @@ def test_wrong_password_is_a_transport_error_not_a_bounce(auth_relay) -> None:  
     assert handler.accepted == []
 
 
-def test_smtps_implicit_tls(cert) -> None:  # noqa: ANN001
+def test_smtps_implicit_tls(cert) -> None:
     """smtps:// speaks TLS from the first byte."""
     ctx = server_context(cert)
     handler = SmtpRecorder()
@@ -93,7 +93,7 @@ def test_smtps_implicit_tls(cert) -> None:  # noqa: ANN001
     assert len(handler.accepted) == 1
 
 
-def test_certificate_is_verified_by_default(cert) -> None:  # noqa: ANN001
+def test_certificate_is_verified_by_default(cert) -> None:
     """Without verify=false a self-signed certificate is refused: no mail over an unverified TLS link."""
     ctx = server_context(cert)
     port = free_port()

@@ -1,5 +1,5 @@
 """SQLite writers wait on an OS file lock (db._LockedConnection), woken when it is released, instead of
-SQLite's sleep-and-retry busy handler (issue 6)."""
+SQLite's sleep-and-retry busy handler."""
 from __future__ import annotations
 
 import subprocess
@@ -10,10 +10,10 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from service.db import _LockedConnection, make_engine
+from service.core.db import _LockedConnection, make_engine
 
 
-def _engine(path: Path):  # noqa: ANN202
+def _engine(path: Path):
     engine = make_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE IF NOT EXISTS t (n INTEGER)"))
@@ -59,10 +59,10 @@ def test_the_lock_is_released_on_rollback_and_on_a_failed_statement(tmp_path: Pa
     try:
         with engine.begin() as conn:
             conn.execute(text("INSERT INTO missing_table VALUES (1)"))
-    except Exception:  # noqa: BLE001, S110 - the failure is the point; the lock must be free after it
+    except Exception:  # noqa: S110 - the failure is the point; the lock must be free after it
         pass
     code = ("import sys; sys.path.insert(0, sys.argv[2]); from sqlalchemy import text; "
-            "from service.db import make_engine; e = make_engine('sqlite:///' + sys.argv[1]); "
+            "from service.core.db import make_engine; e = make_engine('sqlite:///' + sys.argv[1]); "
             "c = e.connect(); c.execute(text('INSERT INTO t VALUES (3)')); c.commit(); print('written')")
     # Another process gets the lock (a lock leaked by the failed transaction would hang it: timeout).
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "d.db"), str(Path(__file__).parent.parent)],
@@ -87,7 +87,7 @@ def test_a_thread_holding_the_lock_does_not_wait_for_itself(tmp_path: Path) -> N
             raw.close()
 
 
-def test_a_lock_held_too_long_gives_sqlites_own_error(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_a_lock_held_too_long_gives_sqlites_own_error(tmp_path: Path, monkeypatch) -> None:
     """A writer waits for the lock at most the busy timeout (shortened here), then gets SQLite's
     "database is locked", as it did when SQLite's busy handler waited."""
     import fcntl
@@ -95,7 +95,7 @@ def test_a_lock_held_too_long_gives_sqlites_own_error(tmp_path: Path, monkeypatc
 
     import pytest
 
-    import service.db as db
+    import service.core.db as db
 
     engine = _engine(tmp_path / "d.db")
     monkeypatch.setattr(db, "WRITER_LOCK_WAIT", 0.3)
@@ -108,14 +108,14 @@ def test_a_lock_held_too_long_gives_sqlites_own_error(tmp_path: Path, monkeypatc
         assert conn.execute(text("SELECT n FROM t")).scalars().all() == [2]
 
 
-def test_a_lock_file_that_cannot_be_opened_falls_back_on_the_busy_timeout(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_a_lock_file_that_cannot_be_opened_falls_back_on_the_busy_timeout(tmp_path: Path, monkeypatch) -> None:
     """Another OS user's lock file (opening it fails): the connection writes without it, as before."""
     import os
 
     engine = _engine(tmp_path / "d.db")
     real_open = os.open
 
-    def refuse(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def refuse(path, *args, **kwargs):
         if str(path).endswith(".writer-lock"):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
@@ -139,12 +139,12 @@ def test_each_database_has_its_own_lock_for_a_thread(tmp_path: Path) -> None:
             assert other.connection.driver_connection._owner is not None
 
 
-def test_wal_checkpoints_are_run_by_drip_after_the_commit_not_inside_it(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_wal_checkpoints_are_run_by_drip_after_the_commit_not_inside_it(tmp_path: Path, monkeypatch) -> None:
     """SQLite's automatic checkpoint ran inside the COMMIT, so the writer lock stayed taken through the
     database file's fsync; connections taking the lock turn it off and checkpoint once CHECKPOINT_ROWS
     rows were changed, after the lock is dropped. Seen from the outside: rows reach the database file
     (not only the WAL) once the count is crossed, and not before."""
-    import service.db as db
+    import service.core.db as db
 
     monkeypatch.setattr(db, "CHECKPOINT_ROWS", 4)
     monkeypatch.setitem(db._unchecked, str(tmp_path / "d.db") + ".writer-lock", 0)
@@ -176,10 +176,10 @@ def _wait_for_the_database_file(path: Path, *, above: int) -> None:
 
 
 def test_the_checkpoint_thread_ends_when_idle_and_a_new_one_serves_the_next_request(tmp_path: Path,
-                                                                                     monkeypatch) -> None:  # noqa: ANN001
+                                                                                     monkeypatch) -> None:
     """Each database's checkpoints run on a thread of this process that ends after a quiet spell (a test
     run opens hundreds of databases) and starts again when the next commit crosses the mark."""
-    import service.db as db
+    import service.core.db as db
 
     monkeypatch.setattr(db, "CHECKPOINT_ROWS", 1)
     monkeypatch.setattr(db._Checkpointer, "IDLE_SECONDS", 0.05)
@@ -207,10 +207,10 @@ def test_the_checkpoint_thread_ends_when_idle_and_a_new_one_serves_the_next_requ
     engine.dispose()
 
 
-def test_a_dead_checkpoint_thread_is_replaced_and_asking_never_fails_a_commit(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_a_dead_checkpoint_thread_is_replaced_and_asking_never_fails_a_commit(tmp_path: Path, monkeypatch) -> None:
     """A checkpoint thread that died (or never started) does not stop checkpoints for good: the next
     request starts a new one; and when no thread can be started, the commit that asked still succeeds."""
-    import service.db as db
+    import service.core.db as db
 
     monkeypatch.setattr(db, "CHECKPOINT_ROWS", 1)
     path = str(tmp_path / "d.db")
@@ -223,7 +223,7 @@ def test_a_dead_checkpoint_thread_is_replaced_and_asking_never_fails_a_commit(tm
         conn.execute(text("INSERT INTO big VALUES (:b)"), {"b": b"x" * 50_000})
     _wait_for_the_database_file(Path(path), above=size)
 
-    def no_threads(self) -> None:  # noqa: ANN001
+    def no_threads(self) -> None:
         raise RuntimeError("can't start new thread")
 
     monkeypatch.delitem(db._Checkpointer._running, path)

@@ -1,4 +1,4 @@
-"""Issue 5: `drip import-subscribers` (validation report, no duplicate enrollments, consent "import:<file>",
+"""`drip import-subscribers` (validation report, no duplicate enrollments, consent "import:<file>",
 --skip-welcome) and `drip export-subscribers` (CSV)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from service.cli import main
-from service.models import Consent, Enrollment, Subscriber
+from service.core.models import Consent, Enrollment, Subscriber
 
 CSV = """email,name,timezone
 ada@example.org,Ada Lovelace,Europe/London
@@ -20,12 +20,12 @@ linus@example.org,,America/New_York
 """
 
 
-def env_for(runtime, smtp) -> dict[str, str]:  # noqa: ANN001
+def env_for(runtime, smtp) -> dict[str, str]:
     return {"DATABASE_URL": runtime.settings.database_url, "DRIP_SECRET_KEY": runtime.settings.secret_key,
             "DRIP_EMAIL_URL": smtp.url}
 
 
-def test_import_reports_bad_rows_and_never_enrolls_twice(runtime, smtp, tmp_path, monkeypatch):  # noqa: ANN001
+def test_import_reports_bad_rows_and_never_enrolls_twice(runtime, smtp, tmp_path, monkeypatch):
     """Good rows are enrolled with consent "import:<file>"; bad ones are listed as file:line: reason; a
     second import of the same file enrolls nobody again."""
     monkeypatch.chdir(tmp_path)
@@ -50,7 +50,7 @@ def test_import_reports_bad_rows_and_never_enrolls_twice(runtime, smtp, tmp_path
         assert s.scalar(select(func.count()).select_from(Consent)) == 2
 
 
-def test_skip_welcome_starts_at_the_second_step(runtime, smtp, tmp_path, monkeypatch):  # noqa: ANN001
+def test_skip_welcome_starts_at_the_second_step(runtime, smtp, tmp_path, monkeypatch):
     """--skip-welcome: the first pass sends nothing; the enrollment waits for week-01 at its usual delay."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "r.csv").write_text("email\nkeep@example.org\n")
@@ -64,7 +64,7 @@ def test_skip_welcome_starts_at_the_second_step(runtime, smtp, tmp_path, monkeyp
 
 
 def test_import_refuses_a_file_without_an_email_column_or_an_unknown_campaign(runtime, smtp, tmp_path,
-                                                                             monkeypatch):  # noqa: ANN001
+                                                                             monkeypatch):
     """No `email` header, or a campaign that does not exist: a clear error, nothing imported."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x.csv").write_text("address\nx@example.org\n")
@@ -77,7 +77,7 @@ def test_import_refuses_a_file_without_an_email_column_or_an_unknown_campaign(ru
         assert s.scalar(select(func.count()).select_from(Subscriber)) == 0
 
 
-def test_export_writes_every_subscriber_as_csv(runtime, smtp, tmp_path, monkeypatch):  # noqa: ANN001
+def test_export_writes_every_subscriber_as_csv(runtime, smtp, tmp_path, monkeypatch):
     """export-subscribers prints a header and one row per reader with their campaigns."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "r.csv").write_text("email,name\nada@example.org,Ada\nbob@example.org,Bob\n")

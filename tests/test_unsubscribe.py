@@ -8,30 +8,30 @@ from unittest import mock
 from conftest import at
 from sqlalchemy import func, select
 
-from service.models import Event, Message, Subscriber
-from service.signups import ConsentMeta, parse_signup, signup
-from service.tokens import make_unsubscribe_token
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.core.models import Event, Message, Subscriber
+from service.core.tokens import make_unsubscribe_token
 
 T0 = at("2026-05-04T10:00:00")
 
 
-def enroll(rt, email: str) -> Subscriber:  # noqa: ANN001
+def enroll(rt, email: str) -> Subscriber:
     data = parse_signup({"email": email}, campaigns=rt.campaigns, default_campaign="back-pain-bundle")
     with rt.sessions() as s, s.begin():
         result = signup(s, data, campaign=rt.campaigns["back-pain-bundle"], meta=ConsentMeta("json"), now=T0)
         return s.get(Subscriber, result.subscriber_id)
 
 
-def path_of(rt, sub: Subscriber) -> str:  # noqa: ANN001
+def path_of(rt, sub: Subscriber) -> str:
     return rt.unsubscribe_url(sub.public_id, "back-pain-bundle").removeprefix(rt.settings.base_url)
 
 
-def status(rt, sub: Subscriber) -> str:  # noqa: ANN001
+def status(rt, sub: Subscriber) -> str:
     with rt.sessions() as s:
         return s.get(Subscriber, sub.id).status
 
 
-def test_get_and_head_show_a_page_and_change_nothing(client, runtime):  # noqa: ANN001
+def test_get_and_head_show_a_page_and_change_nothing(client, runtime):
     """Link scanners fetch URLs: GET shows one button, HEAD does nothing, the reader stays subscribed."""
     sub = enroll(runtime, "scan@example.org")
     path = path_of(runtime, sub)
@@ -42,7 +42,7 @@ def test_get_and_head_show_a_page_and_change_nothing(client, runtime):  # noqa: 
     assert status(runtime, sub) == "active"
 
 
-def test_one_click_post_urlencoded_and_multipart(client, runtime):  # noqa: ANN001
+def test_one_click_post_urlencoded_and_multipart(client, runtime):
     """RFC 8058: a POST with List-Unsubscribe=One-Click, no cookie, no CSRF token, gets 200 and no redirect."""
     a, b = enroll(runtime, "a@example.org"), enroll(runtime, "b@example.org")
     client.delete_cookie("drip_session")
@@ -58,7 +58,7 @@ def test_one_click_post_urlencoded_and_multipart(client, runtime):  # noqa: ANN0
     assert [m["method"] for m in methods] == ["one-click", "one-click"]
 
 
-def test_repeated_posts_are_idempotent(client, runtime):  # noqa: ANN001
+def test_repeated_posts_are_idempotent(client, runtime):
     """The same one-click POST three times answers 200 each time and records one unsubscribe."""
     sub = enroll(runtime, "thrice@example.org")
     for _ in range(3):
@@ -67,9 +67,9 @@ def test_repeated_posts_are_idempotent(client, runtime):  # noqa: ANN001
         assert s.scalar(select(func.count()).select_from(Event).where(Event.type == "unsubscribed")) == 1
 
 
-def test_unsubscribe_cancels_the_queued_welcome(client, runtime, smtp):  # noqa: ANN001
+def test_unsubscribe_cancels_the_queued_welcome(client, runtime, smtp):
     """An unsubscribe before the first pass cancels the queued welcome: nothing is ever sent."""
-    from service.dispatch import PassSummary
+    from service.dispatch.policy import PassSummary
 
     sub = enroll(runtime, "fast@example.org")
     runtime.dispatcher().queue_due(T0, PassSummary())
@@ -80,7 +80,7 @@ def test_unsubscribe_cancels_the_queued_welcome(client, runtime, smtp):  # noqa:
         assert s.scalars(select(Message.status)).one() == "suppressed"
 
 
-def test_forged_or_foreign_tokens_change_nothing(client, runtime):  # noqa: ANN001
+def test_forged_or_foreign_tokens_change_nothing(client, runtime):
     """A flipped character, another salt, or another key: 404, and nobody is unsubscribed."""
     sub = enroll(runtime, "safe@example.org")
     path = path_of(runtime, sub)
@@ -97,7 +97,7 @@ def test_forged_or_foreign_tokens_change_nothing(client, runtime):  # noqa: ANN0
     assert status(runtime, sub) == "active"
 
 
-def test_token_is_opaque_and_still_works_after_60_days(client, runtime):  # noqa: ANN001
+def test_token_is_opaque_and_still_works_after_60_days(client, runtime):
     """The token holds no address or row id, and a link from an email two months old still works."""
     sub = enroll(runtime, "old@example.org")
     path = path_of(runtime, sub)
@@ -109,7 +109,7 @@ def test_token_is_opaque_and_still_works_after_60_days(client, runtime):  # noqa
     assert status(runtime, sub) == "unsubscribed"
 
 
-def test_database_down_is_an_error_not_a_false_success(runtime):  # noqa: ANN001
+def test_database_down_is_an_error_not_a_false_success(runtime):
     """If the unsubscribe cannot be stored the answer is 5xx, so the mail client or reader can retry."""
     from dataclasses import replace
 

@@ -1,4 +1,4 @@
-"""`drip serve` sends a welcome at once: a signup wakes the scheduler (issue 6 made the wake cheaper). A
+"""`drip serve` sends a welcome at once: a signup wakes the scheduler, cheaply. A
 burst of signups asks for one pass, not one each, and a signup that arrives while a pass is sending
 still gets its welcome right after that pass, not at the next tick."""
 from __future__ import annotations
@@ -8,18 +8,18 @@ import time
 from sqlalchemy import func, select
 
 from service.app import create_app
-from service.models import DispatchPass
+from service.core.models import DispatchPass
 from service.scheduler import start_background
 
 TICK = 120.0  # far beyond the test: only wakes (and the first run at start) make passes here
 
 
-def passes(rt) -> int:  # noqa: ANN001
+def passes(rt) -> int:
     with rt.sessions() as s:
         return s.scalar(select(func.count()).select_from(DispatchPass))
 
 
-def wait_until(check, timeout: float = 20.0) -> bool:  # noqa: ANN001
+def wait_until(check, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -28,7 +28,7 @@ def wait_until(check, timeout: float = 20.0) -> bool:  # noqa: ANN001
     return False
 
 
-def test_signups_wake_the_scheduler_once_per_burst_and_again_after_a_busy_pass(runtime, smtp) -> None:  # noqa: ANN001
+def test_signups_wake_the_scheduler_once_per_burst_and_again_after_a_busy_pass(runtime, smtp) -> None:
     """The first signup's welcome arrives at once; one arriving while that (slow) pass sends also arrives
     long before the tick; ten signups in a burst cost a handful of passes, not ten."""
     scheduler, wake = start_background(runtime.dispatcher(), TICK)

@@ -14,19 +14,19 @@ from sqlalchemy import func, select
 from test_provider_transports import T0, enroll
 
 from service.app import create_app
-from service.models import Event, Message, Subscriber, Suppression
-from service.suppression import is_suppressed
-from service.webhook_auth import Rejected, check_cert_url
+from service.core.models import Event, Message, Subscriber, Suppression
+from service.enrollment.suppression import is_suppressed
+from service.feedback.webhook_auth import Rejected, check_cert_url
 
 
 @pytest.fixture
-def fake(request: pytest.FixtureRequest):  # noqa: ANN201
+def fake(request: pytest.FixtureRequest):
     server = FakeProvider(request.param)
     yield server
     server.close()
 
 
-def sent_setup(runtime, fake: FakeProvider, addresses=("ada@example.com",), **settings):  # noqa: ANN001, ANN201
+def sent_setup(runtime, fake: FakeProvider, addresses=("ada@example.com",), **settings):
     """Send the welcome to each address through the fake provider; return runtime, client, {address: Message}."""
     rt = with_settings(runtime, email_url=transport_url(fake.provider, fake), **settings)
     for a in addresses:
@@ -41,7 +41,7 @@ def sent_setup(runtime, fake: FakeProvider, addresses=("ada@example.com",), **se
     return rt, app.test_client(), rows
 
 
-def state(rt) -> dict:  # noqa: ANN001
+def state(rt) -> dict:
     """Everything a webhook may change: message statuses, subscriber statuses, suppressions, event count."""
     with rt.sessions() as s:
         return {"messages": sorted((m.to_email, m.status) for m in s.scalars(select(Message))),
@@ -50,7 +50,7 @@ def state(rt) -> dict:  # noqa: ANN001
                 "events": s.scalar(select(func.count()).select_from(Event))}
 
 
-def status_of(rt, address: str) -> tuple[str, str, bool]:  # noqa: ANN001
+def status_of(rt, address: str) -> tuple[str, str, bool]:
     with rt.sessions() as s:
         m = s.scalars(select(Message).where(Message.to_email == address)).one()
         sub = s.get(Subscriber, m.subscriber_id)
@@ -59,8 +59,8 @@ def status_of(rt, address: str) -> tuple[str, str, bool]:  # noqa: ANN001
 
 # -- SendGrid ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fake", ["sendgrid"], indirect=True)
-def test_sendgrid_signed_batch_applies_once_and_forgeries_change_nothing(runtime, fake, caplog) -> None:  # noqa: ANN001
-    """T31/T32/T38: another key, a re-serialised body and stale/future timestamps are refused; the genuine batch
+def test_sendgrid_signed_batch_applies_once_and_forgeries_change_nothing(runtime, fake, caplog) -> None:
+    """Another key, a re-serialised body and stale/future timestamps are refused; the genuine batch
     applies each event once even when delivered twice; an event for an unknown address is acked and logged."""
     signer = SendGridSigner()
     rt, client, rows = sent_setup(runtime, fake, ("ada@example.com", "bob@example.com"),
@@ -99,8 +99,8 @@ def test_sendgrid_signed_batch_applies_once_and_forgeries_change_nothing(runtime
 
 # -- Mailgun -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fake", ["mailgun"], indirect=True)
-def test_mailgun_hmac_with_token_replay_cache(runtime, fake) -> None:  # noqa: ANN001
-    """T33: a valid timestamp+token HMAC is applied; the same token with different event-data is acked but not
+def test_mailgun_hmac_with_token_replay_cache(runtime, fake) -> None:
+    """A valid timestamp+token HMAC is applied; the same token with different event-data is acked but not
     applied (the signature does not cover event-data); a bad HMAC or a stale timestamp is refused."""
     key = "key-" + secrets.token_hex(16)
     rt, client, rows = sent_setup(runtime, fake, ("ada@example.com", "bob@example.com"), mailgun_signing_key=key)
@@ -134,8 +134,8 @@ def test_mailgun_hmac_with_token_replay_cache(runtime, fake) -> None:  # noqa: A
 
 # -- Postmark ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fake", ["postmark"], indirect=True)
-def test_postmark_basic_auth_and_bounce_types(runtime, fake) -> None:  # noqa: ANN001
-    """T36: no or wrong Basic auth -> 401 and nothing changes; Transient and AutoResponder do not suppress;
+def test_postmark_basic_auth_and_bounce_types(runtime, fake) -> None:
+    """No or wrong Basic auth -> 401 and nothing changes; Transient and AutoResponder do not suppress;
     HardBounce does; a Delivery record marks the message delivered."""
     rt, client, rows = sent_setup(runtime, fake, ("ada@example.com", "bob@example.com"),
                                   postmark_webhook_user="drip", postmark_webhook_password="s3cret-pw")
@@ -168,7 +168,7 @@ def test_postmark_basic_auth_and_bounce_types(runtime, fake) -> None:  # noqa: A
 
 # -- Resend (Svix) -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fake", ["resend"], indirect=True)
-def test_resend_svix_signatures_tolerance_and_replay(runtime, fake) -> None:  # noqa: ANN001
+def test_resend_svix_signatures_tolerance_and_replay(runtime, fake) -> None:
     """Svix HMAC over id.timestamp.body with several v1 signatures; 6 minutes off either way is refused; the same
     svix-id retried applies once; a complaint suppresses and stops the reader."""
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
@@ -199,8 +199,8 @@ TOPIC = "arn:aws:sns:us-east-1:123456789012:drip-ses-events"
 
 
 @pytest.mark.parametrize("fake", ["ses"], indirect=True)
-def test_sns_subscription_confirmation_only_after_verifying(runtime, fake) -> None:  # noqa: ANN001
-    """T34: a certificate on another host, or another topic, is refused and SubscribeURL is never fetched; a
+def test_sns_subscription_confirmation_only_after_verifying(runtime, fake) -> None:
+    """A certificate on another host, or another topic, is refused and SubscribeURL is never fetched; a
     valid confirmation fetches SubscribeURL once."""
     signer = SnsSigner(fake)
     rt, client, _rows = sent_setup(runtime, fake, sns_topic_arns=(TOPIC,), sns_cert_hosts=(fake.netloc,))
@@ -221,8 +221,8 @@ def test_sns_subscription_confirmation_only_after_verifying(runtime, fake) -> No
 
 @pytest.mark.parametrize("version", ["1", "2"])
 @pytest.mark.parametrize("fake", ["ses"], indirect=True)
-def test_sns_bounce_notification_suppresses_each_recipient_once(runtime, fake, version) -> None:  # noqa: ANN001
-    """T35: a text/plain SNS Notification (signature v1 and v2) whose Message holds 3 Permanent bouncedRecipients
+def test_sns_bounce_notification_suppresses_each_recipient_once(runtime, fake, version) -> None:
+    """A text/plain SNS Notification (signature v1 and v2) whose Message holds 3 Permanent bouncedRecipients
     suppresses all three; the same MessageId again adds nothing; a changed Message fails the signature."""
     signer = SnsSigner(fake)
     addrs = ("a1@example.com", "a2@example.com", "a3@example.com")
@@ -261,7 +261,7 @@ def test_sns_certificate_host_rules() -> None:
 
 
 @pytest.mark.parametrize("fake", ["postmark"], indirect=True)
-def test_unconfigured_or_unknown_webhooks_are_refused(runtime, fake) -> None:  # noqa: ANN001
+def test_unconfigured_or_unknown_webhooks_are_refused(runtime, fake) -> None:
     """A provider whose secret is not configured refuses everything; an unknown provider is 404."""
     _rt, client, _rows = sent_setup(runtime, fake)
     for provider in ("postmark", "sendgrid", "mailgun", "resend", "ses"):
@@ -270,7 +270,7 @@ def test_unconfigured_or_unknown_webhooks_are_refused(runtime, fake) -> None:  #
 
 
 @pytest.mark.parametrize("fake", ["sendgrid"], indirect=True)
-def test_a_large_sendgrid_batch_is_accepted(runtime, fake) -> None:  # noqa: ANN001
+def test_a_large_sendgrid_batch_is_accepted(runtime, fake) -> None:
     """SendGrid posts batches far above the app's 64 KB form limit; the webhook takes them (no 413 retry loop)."""
     signer = SendGridSigner()
     _rt, client, rows = sent_setup(runtime, fake, sendgrid_webhook_key=signer.public_b64)
@@ -285,11 +285,11 @@ def test_a_large_sendgrid_batch_is_accepted(runtime, fake) -> None:  # noqa: ANN
 
 
 @pytest.mark.parametrize("fake", ["postmark"], indirect=True)
-def test_listmonk_style_bounce_mix_seen_through_the_api(runtime, fake) -> None:  # noqa: ANN001
-    """T37: 2 soft bounces for A, 2 hard for B, 1 complaint for C: A stays active, B bounced, C complained;
+def test_listmonk_style_bounce_mix_seen_through_the_api(runtime, fake) -> None:
+    """2 soft bounces for A, 2 hard for B, 1 complaint for C: A stays active, B bounced, C complained;
     the send log API shows the message statuses."""
-    from service.accounts import create_token
-    from service.db import utcnow
+    from service.core.db import utcnow
+    from service.operator.accounts import create_token
 
     rt, client, rows = sent_setup(runtime, fake, ("a@example.com", "b@example.com", "c@example.com"),
                                   postmark_webhook_user="u", postmark_webhook_password="p")

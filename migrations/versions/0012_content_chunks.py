@@ -30,7 +30,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # Layouts refer to the chunks: every copy is written back as its bytes before they go.
-    from service import as_sent
+    from service.compose import as_sent
 
     as_sent.expand_all(op.get_bind())
     op.drop_table("content_chunks")

@@ -14,4 +14,5 @@ import click
 def register_all(main: click.Group) -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
-        module.register(main)
+        if hasattr(module, "register"):  # context.py holds what the commands share
+            module.register(main)

@@ -1,10 +1,12 @@
-"""`drip bounces --maildir PATH | --imap URL`: read a bounce mailbox, turn DSNs into delivery events (issue 4)."""
+"""`drip bounces --maildir PATH | --imap URL`: read a bounce mailbox, turn DSNs into delivery events."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
+
+from service.commands.context import load_runtime, load_settings
 
 
 def register(main: click.Group) -> None:
@@ -16,19 +18,18 @@ def register(main: click.Group) -> None:
         """Parse every unseen message as an RFC 3464 DSN, apply it, and flag it seen.
 
         Messages that are not DSNs (out-of-office replies, humans) are flagged seen and never counted."""
-        from ..cli import _runtime, _settings
 
         if (maildir is None) == (imap_url is None):
             raise click.UsageError("give exactly one of --maildir PATH or --imap URL")
-        rt = _runtime(_settings())
+        rt = load_runtime(load_settings())
         if maildir is not None:
-            from ..bounces import maildir_messages, mark_seen
+            from service.feedback.dsn import maildir_messages, mark_seen
 
             items = ((raw, (lambda box=box, key=key: mark_seen(box, key))) for key, raw, box in
                      maildir_messages(maildir))
             counts = _process(rt, items)
         else:
-            from ..bounces import ImapBox
+            from service.feedback.dsn import ImapBox
 
             try:
                 box = ImapBox(imap_url)
@@ -41,10 +42,10 @@ def register(main: click.Group) -> None:
         click.echo("bounces: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
-def _process(rt, items: Iterator[tuple[bytes, Callable[[], None]]]) -> dict[str, int]:  # noqa: ANN001
-    from ..bounces import parse_dsn
-    from ..db import utcnow
-    from ..delivery import apply
+def _process(rt, items: Iterator[tuple[bytes, Callable[[], None]]]) -> dict[str, int]:
+    from service.core.db import utcnow
+    from service.feedback.delivery import apply
+    from service.feedback.dsn import parse_dsn
 
     policy = rt.delivery_policy()
     counts = {"messages": 0, "not_dsn": 0, "applied": 0, "duplicate": 0, "unknown": 0}

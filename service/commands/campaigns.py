@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..campaigns import CampaignError, load_campaigns
-from ..config import ConfigError, Settings
+from service.campaigns.loader import load_campaigns
+from service.campaigns.model import CampaignError
+from service.core.config import ConfigError, Settings
 
 
 def register(main: click.Group) -> None:
@@ -23,8 +24,8 @@ def campaigns() -> None:
 @campaigns.command("check")
 def check() -> None:
     """Load, render and lint every campaign step (Gmail clipping, text part, subject, images, links)."""
-    from ..compose import Composer
-    from ..lint import lint_campaign
+    from service.compose.composer import Composer
+    from service.compose.lint import lint_campaign
 
     try:
         settings = Settings.from_env()
@@ -49,8 +50,8 @@ def diff_command() -> None:
 
     Compares the campaign files in DRIP_TEMPLATES_DIR with where enrolled readers stand in the database
     (see docs/campaigns.md, "Editing a live campaign"). Changes nothing."""
-    from ..live_edits import diff
-    from ..runtime import build_runtime
+    from service.enrollment.live_edits import diff
+    from service.runtime import build_runtime
 
     try:
         rt = build_runtime(Settings.from_env(), pool_size=1)

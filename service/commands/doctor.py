@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..campaigns import CampaignError, load_campaigns
-from ..config import ConfigError, Settings
+from service.campaigns.loader import load_campaigns
+from service.campaigns.model import CampaignError
+from service.core.config import ConfigError, Settings
 
 
 def register(main: click.Group) -> None:
@@ -21,9 +22,9 @@ def doctor(timeout: float) -> None:
     """Check SPF, DKIM, DMARC, bounce MX, https, postal address, From domain and the SMTP relay.
 
     Prints one line per check and a fix for each problem; exits 1 when a check fails."""
-    from ..compose import Composer
-    from ..dkim import load_keys
-    from ..doctor import format_report, make_resolver, run_checks
+    from service.compose.composer import Composer
+    from service.core.dkim_keys import load_keys
+    from service.operator.doctor import format_report, make_resolver, run_checks
 
     try:
         settings = Settings.from_env()

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from service.commands.context import load_runtime, load_settings
+
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "bounced", "suppressed", "delivered", "complained")
 
 
@@ -14,7 +16,6 @@ def _cell(text: object, width: int) -> str:
 
 
 def register(main: click.Group) -> None:
-    from ..cli import _runtime, _settings
 
     @main.command("log")
     @click.option("--status", type=click.Choice(STATUSES))
@@ -28,14 +29,14 @@ def register(main: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="one JSON object per line instead of a table")
     def log_cmd(as_json: bool, **filters: object) -> None:
         """The send log, newest first."""
-        from ..reporting import MessageFilter, list_messages, message_dict
+        from service.operator.send_log import MessageFilter, list_messages, message_dict
 
         for name in ("since", "until"):
             value = filters.get(name)
             if value and getattr(MessageFilter.from_args({name: str(value)}), name) is None:
                 raise click.BadParameter(f"not a date: {value!r}", param_hint=f"--{name}")
         args = {k: str(v) for k, v in filters.items() if v is not None}
-        rt = _runtime(_settings())
+        rt = load_runtime(load_settings())
         with rt.sessions() as session:
             page = list_messages(session, MessageFilter.from_args(args))
             rows = [message_dict(m) for m in page.rows]
@@ -56,10 +57,10 @@ def register(main: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="JSON, the shape of GET /api/v1/campaigns")
     def stats_cmd(as_json: bool) -> None:
         """Campaign health: enrollments, and per step what was sent, delivered, bounced, failed, unsubscribed."""
-        from ..campaign_stats import all_stats, stats_dict
-        from ..db import utcnow
+        from service.core.db import utcnow
+        from service.operator.campaign_stats import all_stats, stats_dict
 
-        rt = _runtime(_settings())
+        rt = load_runtime(load_settings())
         with rt.sessions() as session:
             stats = all_stats(session, rt.campaigns, now=utcnow())
         if as_json:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..campaigns import Campaign, CampaignError, Step, load_campaigns
-from ..config import ConfigError, Settings
+from service.campaigns.loader import load_campaigns
+from service.campaigns.model import Campaign, CampaignError, Step
+from service.core.config import ConfigError, Settings
 
 
 def register(main: click.Group) -> None:
@@ -32,12 +33,13 @@ def _load(campaign_key: str, step_key: str) -> tuple[Settings, Campaign, Step]:
     return settings, campaign, step
 
 
-def _compose(settings: Settings, campaign: Campaign, step: Step, *, to: str, name: str, test: bool):  # noqa: ANN202
+def _compose(settings: Settings, campaign: Campaign, step: Step, *, to: str, name: str, test: bool):
     import secrets
 
-    from ..compose import ComposeJob, Composer, new_message_id
-    from ..db import utcnow
-    from ..dkim import load_keys
+    from service.compose.composer import ComposeJob, Composer
+    from service.core.addresses import new_message_id
+    from service.core.db import utcnow
+    from service.core.dkim_keys import load_keys
 
     composer = Composer(templates_dir=Path(settings.templates_dir), base_url=settings.base_url,
                         postal_address=settings.postal_address, from_override=settings.from_address,
@@ -75,8 +77,8 @@ def preview(campaign: str, step: str, out_dir: Path, name: str) -> None:
 @click.option("--name", default="", help="reader name to greet")
 def send_test(campaign: str, step: str, to: str, name: str) -> None:
     """Send CAMPAIGN's STEP to ADDRESS through the configured transport, marked as a test, not recorded."""
-    from ..signups import SignupError, normalize_email
-    from ..transports import make_transport
+    from service.audience.signups import SignupError, normalize_email
+    from service.transports import make_transport
 
     try:
         address, _key = normalize_email(to)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from service.commands.context import load_runtime, load_settings
+
 
 def register(main: click.Group) -> None:
     @main.command()
@@ -10,15 +12,14 @@ def register(main: click.Group) -> None:
                   help="retention in days (default: DRIP_EVENT_RETENTION_DAYS)")
     def prune(days: int | None) -> None:
         """Delete events and stored email bytes older than the retention period."""
-        from ..cli import _runtime, _settings
-        from ..db import utcnow
-        from ..retention import prune as do_prune
+        from service.core.db import utcnow
+        from service.dispatch.retention import prune as do_prune
 
-        settings = _settings()
+        settings = load_settings()
         days = days or settings.event_retention_days
         if not days:
             raise click.ClickException("no retention set: pass --days N or set DRIP_EVENT_RETENTION_DAYS")
-        rt = _runtime(settings)
+        rt = load_runtime(settings)
         with rt.sessions() as session, session.begin():
             pruned = do_prune(session, now=utcnow(), days=days)
         click.echo(f"prune: {pruned.events} events and {pruned.contents} stored emails older than {days} days deleted")

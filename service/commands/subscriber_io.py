@@ -1,6 +1,6 @@
-"""`drip import-subscribers FILE.csv --campaign C [--skip-welcome]` and `drip export-subscribers` (issue 5).
+"""`drip import-subscribers FILE.csv --campaign C [--skip-welcome]` and `drip export-subscribers`.
 
-Named apart from the `drip subscribers ...` group (issue 3: export/erase of one person) so both can land.
+Named apart from the `drip subscribers ...` group, which exports or erases one person.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from ..campaigns import CampaignError
-from ..config import ConfigError, Settings
+from service.campaigns.model import CampaignError
+from service.core.config import ConfigError, Settings
 
 BATCH = 500
 
@@ -22,8 +22,8 @@ def register(main: click.Group) -> None:
     main.add_command(export_subscribers)
 
 
-def _runtime():  # noqa: ANN202
-    from ..runtime import build_runtime
+def _runtime():
+    from service.runtime import build_runtime
 
     try:
         return build_runtime(Settings.from_env(), pool_size=1)
@@ -40,8 +40,8 @@ def import_subscribers(csv_file: Path, campaign: str, skip_welcome: bool) -> Non
 
     Bad rows are reported with their line and reason; addresses already enrolled are left as they are.
     Exit status 1 when any row was refused."""
-    from ..db import utcnow
-    from ..subscriber_io import ImportReport, import_rows, read_csv
+    from service.audience.subscriber_io import ImportReport, import_rows, read_csv
+    from service.core.db import utcnow
 
     rt = _runtime()
     target = rt.campaigns.get(campaign)
@@ -75,7 +75,7 @@ def import_subscribers(csv_file: Path, campaign: str, skip_welcome: bool) -> Non
               help="CSV file to write (default: standard output)")
 def export_subscribers(out: Path | None) -> None:
     """Every subscriber as CSV: email, name, timezone, status, created_at, campaigns (key:status ...)."""
-    from ..subscriber_io import export_rows
+    from service.audience.subscriber_io import export_rows
 
     rt = _runtime()
     with rt.sessions() as session:

@@ -5,9 +5,11 @@ import json
 
 import click
 
+from service.commands.context import load_runtime, load_settings
 
-def _find(session, email: str):  # noqa: ANN001, ANN202
-    from ..subscribers import find_by_email
+
+def _find(session, email: str):
+    from service.operator.subscribers import find_by_email
 
     person = find_by_email(session, email)
     if person is None:
@@ -16,7 +18,6 @@ def _find(session, email: str):  # noqa: ANN001, ANN202
 
 
 def register(main: click.Group) -> None:
-    from ..cli import _runtime, _settings
 
     @main.group()
     def subscribers() -> None:
@@ -26,10 +27,10 @@ def register(main: click.Group) -> None:
     @click.argument("email")
     def export(email: str) -> None:
         """Print everything stored about EMAIL as JSON."""
-        from ..db import utcnow
-        from ..privacy import export_subscriber
+        from service.audience.privacy import export_subscriber
+        from service.core.db import utcnow
 
-        rt = _runtime(_settings())
+        rt = load_runtime(load_settings())
         with rt.sessions() as session, session.begin():
             data = export_subscriber(session, _find(session, email), now=utcnow(), by="drip subscribers export")
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
@@ -39,12 +40,12 @@ def register(main: click.Group) -> None:
     @click.option("--yes", is_flag=True, help="do not ask for confirmation")
     def erase(email: str, yes: bool) -> None:
         """Delete EMAIL's subscriber, consents, enrollments, emails and events; keep only a hash, suppressed."""
-        from ..db import utcnow
-        from ..privacy import erase_subscriber
+        from service.audience.privacy import erase_subscriber
+        from service.core.db import utcnow
 
         if not yes:
             click.confirm(f"Erase {email} for good?", abort=True)
-        rt = _runtime(_settings())
+        rt = load_runtime(load_settings())
         with rt.sessions() as session, session.begin():
             digest = erase_subscriber(session, _find(session, email), utcnow(), by="drip subscribers erase")
         click.echo(f"erased; the address is suppressed as sha256 {digest}")

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import click
 
+from service.commands.context import load_runtime, load_settings
+
 
 def register(main: click.Group) -> None:
-    from ..cli import _runtime, _settings
 
     group = main.commands["tokens"]
     assert isinstance(group, click.Group)
@@ -13,14 +14,14 @@ def register(main: click.Group) -> None:
     @click.command("list")
     def tokens_list() -> None:
         """Every API token: id, name, created, last used, revoked (never the token itself)."""
-        from ..accounts import list_tokens
+        from service.operator.accounts import list_tokens
 
-        rt = _runtime(_settings())
+        rt = load_runtime(load_settings())
         with rt.sessions() as session:
             rows = list_tokens(session)
             click.echo(f"{'id':>4}  {'name':<24} {'created (UTC)':<17} {'last used':<17} revoked")
             for t in rows:
-                def fmt(v):  # noqa: ANN001, ANN202
+                def fmt(v):
                     return v.strftime("%Y-%m-%d %H:%M") if v else "-"
                 click.echo(f"{t.id:>4}  {t.name[:24]:<24} {fmt(t.created_at):<17} {fmt(t.last_used_at):<17} "
                            f"{fmt(t.revoked_at)}")
@@ -29,10 +30,10 @@ def register(main: click.Group) -> None:
     @click.argument("ref", metavar="NAME|ID")
     def tokens_revoke(ref: str) -> None:
         """Revoke the token with this id, or every live token with this name; effective at once."""
-        from ..accounts import revoke_token
-        from ..db import utcnow
+        from service.core.db import utcnow
+        from service.operator.accounts import revoke_token
 
-        rt = _runtime(_settings())
+        rt = load_runtime(load_settings())
         with rt.sessions() as session, session.begin():
             revoked = revoke_token(session, ref, now=utcnow())
         if not revoked:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ..config import ConfigError
-from .base import OutboundEmail, SendResult, Transport, TransportError
+from service.core.config import ConfigError
+from service.transports.base import OutboundEmail, SendResult, Transport, TransportError
 
 __all__ = ["OutboundEmail", "SendResult", "Transport", "TransportError", "make_transport"]
 
@@ -15,18 +15,18 @@ def make_transport(url: str) -> Transport:
     """A new transport for one pass (SMTP keeps one connection open for the pass)."""
     scheme = urlsplit(url).scheme
     if scheme == "file":
-        from .file import FileTransport
+        from service.transports.file import FileTransport
 
         parts = urlsplit(url)
         return FileTransport(Path(unquote(parts.netloc + parts.path) or "outbox"))
     if scheme in ("smtp", "smtps"):
-        from .smtp import SmtpConfig, SmtpTransport
+        from service.transports.smtp import SmtpConfig, SmtpTransport
 
         return SmtpTransport(SmtpConfig.from_url(url))
     if scheme in API_TRANSPORTS:
         import importlib
 
-        from .http import ApiUrl
+        from service.transports.http import ApiUrl
 
         module_name, class_name = API_TRANSPORTS[scheme]
         module = importlib.import_module(f"{__name__}.{module_name}")

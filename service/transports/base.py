@@ -25,7 +25,7 @@ class OutboundEmail:
     headers: tuple[tuple[str, str], ...]  # Message-ID, Date, List-Unsubscribe, ... in order
     raw: bytes = field(repr=False)  # the full RFC 5322 message
     idempotency_key: str = ""
-    # Issue 6: the pieces `raw` is joined from, when some are shared by every email of a step (mime.Fixed),
+    # The pieces `raw` is joined from, when some are shared by every email of a step (mime.Fixed),
     # so its "as sent" copy can refer to those (as_sent.py); None when composed in one piece.
     layout: tuple[bytes, ...] | None = field(default=None, repr=False, compare=False)
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .base import OutboundEmail, SendResult, TransportError
+from service.transports.base import OutboundEmail, SendResult, TransportError
 
 
 class FileTransport:
@@ -22,7 +22,7 @@ class FileTransport:
     def send(self, batch: Iterable[OutboundEmail]) -> Iterator[SendResult]:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # issue 7: an unusable folder defers the batch instead of crashing the pass
+        except OSError as exc:  # an unusable folder defers the batch instead of crashing the pass
             raise TransportError(f"cannot use outbox folder {self.directory}: {exc.strerror or exc}") from None
         for item in batch:
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

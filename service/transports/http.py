@@ -22,8 +22,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
 
-from ..config import ConfigError
-from .base import OutboundEmail, SendResult, TransportError
+from service.core.config import ConfigError
+from service.transports.base import OutboundEmail, SendResult, TransportError
 
 log = logging.getLogger(__name__)
 

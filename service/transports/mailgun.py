@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import requests
 
-from .base import OutboundEmail
-from .http import ApiUrl, HttpTransport
+from service.transports.base import OutboundEmail
+from service.transports.http import ApiUrl, HttpTransport
 
 
 class MailgunTransport(HttpTransport):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import requests
 
-from .base import OutboundEmail, SendResult
-from .http import ApiUrl, HttpTransport, custom_headers
+from service.transports.base import OutboundEmail, SendResult
+from service.transports.http import ApiUrl, HttpTransport, custom_headers
 
 
 class PostmarkTransport(HttpTransport):

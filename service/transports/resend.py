@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import requests
 
-from .base import OutboundEmail
-from .http import ApiUrl, HttpTransport, custom_headers
+from service.transports.base import OutboundEmail
+from service.transports.http import ApiUrl, HttpTransport, custom_headers
 
 
 class ResendTransport(HttpTransport):

@@ -15,8 +15,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from .base import OutboundEmail, SendResult, TransportError
-from .http import ApiUrl, HttpTransport
+from service.transports.base import OutboundEmail, SendResult, TransportError
+from service.transports.http import ApiUrl, HttpTransport
 
 
 class SesTransport(HttpTransport):

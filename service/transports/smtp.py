@@ -22,9 +22,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .. import smtp_status
-from ..smtp_status import Verdict
-from .base import OutboundEmail, SendResult, TransportError
+from service.core import smtp_status
+from service.core.smtp_status import Verdict
+from service.transports.base import OutboundEmail, SendResult, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class SmtpTransport:
 
 class _Lookahead:
     """The emails to send, with room for one taken early: composing the email after the next overlaps
-    the server's work on this one (issue 6). A failure of the feed while taking one early (a database
+    the server's work on this one. A failure of the feed while taking one early (a database
     error in a re-check) is held and raised when that email is wanted, so the answer to the email the
     server is working on is still read and returned first."""
 
@@ -297,7 +297,7 @@ class _Lookahead:
         if self._early is self._EMPTY and self._error is None:
             try:
                 self._early = next(self._items, None)
-            except Exception as exc:  # noqa: BLE001 - raised again by take(), in order
+            except Exception as exc:
                 self._error = exc
 
     def take(self) -> OutboundEmail | None:

@@ -1,10 +1,13 @@
 """Web layer: thin blueprints that map requests to domain calls and domain errors to status codes."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import current_app, g
 from sqlalchemy.orm import Session
 
-from ..runtime import Runtime
+if TYPE_CHECKING:  # the wiring builds the runtime and hands it to the app; the web layer only reads it
+    from service.runtime import Runtime
 
 
 def runtime() -> Runtime:
@@ -18,7 +21,7 @@ def db() -> Session:
     return g.db
 
 
-def wants_json(request) -> bool:  # noqa: ANN001
+def wants_json(request) -> bool:
     """JSON bodies, or an Accept header that prefers JSON, get JSON; browsers get pages and redirects."""
     if request.is_json:
         return True

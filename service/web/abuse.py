@@ -1,4 +1,4 @@
-"""Abuse defences for the public signup routes (issue 7): CORS for configured origins, the honeypot,
+"""Abuse defences for the public signup routes: CORS for configured origins, the honeypot,
 and the per-IP / per-address rate limits. public.py calls these; the rules live here.
 """
 from __future__ import annotations
@@ -8,10 +8,10 @@ from datetime import datetime
 
 from flask import Response, jsonify, request
 
-from .. import ratelimit
-from ..config import RateLimit
-from ..db import utcnow
-from . import db, runtime
+from service.audience import ratelimit
+from service.core.config import RateLimit
+from service.core.db import utcnow
+from service.web import db, runtime
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def cors_headers(response: Response) -> Response:
     if request.endpoint == SIGNUP_ENDPOINT and request.method == "POST":
         if "Vary" in response.headers:
             response.vary.add("Origin")
-        else:  # the usual case, without parsing and re-serialising a header set (issue 6)
+        else:  # the usual case, without parsing and re-serialising a header set
             response.headers["Vary"] = "Origin"
         origin = _allowed_origin()
         if origin is not None:
@@ -94,7 +94,7 @@ def limited(email_key: str) -> tuple[Response, int] | None:
     """Count this signup against the per-IP and the per-address limits; a 429 with Retry-After past either.
     The per-address limit stops one inbox being bombed through many IPs.
 
-    Counted hits are committed with the signup itself (one transaction, one commit per request, issue 6);
+    Counted hits are committed with the signup itself (one transaction, one commit per request);
     a refusal commits at once what was counted before it, as a separate commit per limit did."""
     settings, session, now = runtime().settings, db(), utcnow()
     for limit, key, message, _per_address in _signup_limits(email_key):

@@ -1,23 +1,19 @@
 """The operator's console: login/logout and the send log. Everything here needs a logged-in session.
 
-Subscribers, campaigns and the outbox viewer add their routes to this blueprint from their own modules
-(imported at the bottom), so they share the login guard and the CSRF check.
+The blueprint, its login guard and CSRF check are in console.py, shared with the subscriber, campaign and
+outbox pages in their own modules.
 """
 from __future__ import annotations
 
 import csv
-import hmac
 import io
 import logging
-import secrets
 from dataclasses import replace
 from urllib.parse import urlsplit
 
 from flask import (
-    Blueprint,
     Response,
     abort,
-    g,
     redirect,
     render_template,
     request,
@@ -27,79 +23,20 @@ from flask import (
 )
 from sqlalchemy import select
 
-from .. import as_sent
-from ..accounts import authenticate
-from ..db import utcnow
-from ..mailview import parse_email
-from ..models import MAX_ID, Event, MessageContent, Subscriber, User
-from ..reporting import CSV_COLUMNS, MAX_LIMIT, MessageFilter, csv_row, get_message, list_messages
-from . import db, runtime
+from service.compose import as_sent
+from service.core.db import utcnow
+from service.core.models import MAX_ID, Event, MessageContent, Subscriber
+from service.operator.accounts import authenticate
+from service.operator.mailview import parse_email
+from service.operator.send_log import CSV_COLUMNS, MAX_LIMIT, MessageFilter, csv_row, get_message, list_messages
+from service.web import db
+from service.web.console import bp, email_frame
 
 log = logging.getLogger(__name__)
-bp = Blueprint("admin", __name__, url_prefix="/admin")
-
-
-def csrf_token() -> str:
-    if "csrf" not in session:
-        session["csrf"] = secrets.token_urlsafe(32)
-    return session["csrf"]
-
-
-@bp.app_context_processor
-def _inject() -> dict:
-    return {"csrf_token": csrf_token, "outbox_enabled": outbox_dir() is not None,
-            "sending_paused": sending_paused}
-
-
-def sending_paused() -> str | None:
-    """Why sending is paused (a provider or the relay refused our credentials), for the console's banner."""
-    from ..sending import paused_reason
-
-    return paused_reason(db())
-
-
-def outbox_dir():  # noqa: ANN201
-    """The file transport's folder, or None when emails go elsewhere."""
-    from pathlib import Path
-    from urllib.parse import unquote, urlsplit
-
-    parts = urlsplit(runtime().settings.email_url)
-    if parts.scheme != "file":
-        return None
-    return Path(unquote(parts.netloc + parts.path) or "outbox").resolve()
-
-
-# Email HTML is shown in a sandboxed frame from its own response: no script, no form, no plugin, and
-# no access to the admin origin (sandbox without allow-same-origin), whatever the email contains.
-EMAIL_FRAME_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; "
-                   "font-src data:; frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
-
-
-def email_frame(html: str) -> Response:
-    resp = Response(html, content_type="text/html; charset=utf-8")
-    resp.headers["Content-Security-Policy"] = EMAIL_FRAME_CSP
-    resp.headers["X-Frame-Options"] = "SAMEORIGIN"
-    return resp
-
-
-@bp.before_request
-def _guard():  # noqa: ANN202
-    if request.method == "POST":
-        sent = request.form.get("csrf", "")
-        if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
-            abort(400, description="The form expired or did not come from this site; reload the page and try again.")
-    if request.endpoint in ("admin.login",):
-        return None
-    user_id = session.get("user_id")
-    user = db().get(User, user_id) if user_id else None
-    if user is None:
-        return redirect(url_for("admin.login", next=request.full_path if request.method == "GET" else None))
-    g.user = user
-    return None
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login():  # noqa: ANN201
+def login():
     error = None
     if request.method == "POST":
         s = db()
@@ -126,25 +63,25 @@ def _safe_next(target: str | None) -> str | None:
 
 
 @bp.post("/logout")
-def logout():  # noqa: ANN201
+def logout():
     session.clear()
     return redirect(url_for("admin.login"))
 
 
 @bp.get("/")
-def index():  # noqa: ANN201
+def index():
     return redirect(url_for("admin.messages"))
 
 
 @bp.get("/messages")
-def messages():  # noqa: ANN201
+def messages():
     flt = MessageFilter.from_args(request.args)
     page = list_messages(db(), flt)
     return render_template("admin/messages.html", page=page, flt=flt)
 
 
 @bp.get("/messages/<int:message_id>")
-def message(message_id: int):  # noqa: ANN201
+def message(message_id: int):
     s = db()
     m = get_message(s, message_id)
     if m is None:
@@ -156,7 +93,7 @@ def message(message_id: int):  # noqa: ANN201
 
 
 @bp.get("/messages/<int:message_id>/html")
-def message_html(message_id: int):  # noqa: ANN201
+def message_html(message_id: int):
     """The HTML part as sent, for the sandboxed frame on the message page."""
     view = _as_sent_view(db(), message_id) if 0 < message_id <= MAX_ID else None
     if view is None or view.html is None:
@@ -164,7 +101,7 @@ def message_html(message_id: int):  # noqa: ANN201
     return email_frame(view.html)
 
 
-def _as_sent_view(s, message_id: int):  # noqa: ANN001, ANN202
+def _as_sent_view(s, message_id: int):
     """The stored copy, parsed; None when there is none, or when it cannot be put together (a chunk is
     missing: logged, and the page shows no content rather than failing)."""
     content = s.get(MessageContent, message_id)
@@ -177,19 +114,19 @@ def _as_sent_view(s, message_id: int):  # noqa: ANN001, ANN202
         return None
 
 
-def _csv_line(values) -> str:  # noqa: ANN001
+def _csv_line(values) -> str:
     buf = io.StringIO()
     csv.writer(buf).writerow(values)
     return buf.getvalue()
 
 
 @bp.get("/messages.csv")
-def messages_csv():  # noqa: ANN201
+def messages_csv():
     """The filtered send log as CSV (every matching row, not just one page), streamed."""
     flt = MessageFilter.from_args(request.args)
     s = db()
 
-    def rows():  # noqa: ANN202
+    def rows():
         # One short transaction per page, ended before the bytes go out: on SQLite every transaction holds
         # the write lock, and a slow download must not stall the dispatcher.
         yield _csv_line(CSV_COLUMNS)
@@ -207,5 +144,3 @@ def messages_csv():  # noqa: ANN201
     return Response(stream_with_context(rows()), content_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'attachment; filename="drip-send-log-{stamp}.csv"'})
 
-
-from . import admin_campaigns, admin_outbox, admin_subscribers  # noqa: E402, F401  (routes on this blueprint)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from flask import abort, render_template
 
-from ..mailview import parse_email
-from .admin import bp, email_frame, outbox_dir
+from service.operator.mailview import parse_email
+from service.web.console import bp, email_frame, outbox_dir
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}\.eml")
 SHOWN = 200
@@ -35,7 +35,7 @@ def _file(name: str) -> Path:
 
 
 @bp.get("/outbox")
-def outbox():  # noqa: ANN201
+def outbox():
     folder = _folder()
     files = sorted((p for p in folder.glob("*.eml") if p.is_file()), key=lambda p: (p.stat().st_mtime, p.name),
                    reverse=True) if folder.is_dir() else []
@@ -49,13 +49,13 @@ def outbox():  # noqa: ANN201
 
 
 @bp.get("/outbox/<name>")
-def outbox_email(name: str):  # noqa: ANN201
+def outbox_email(name: str):
     view = parse_email(_file(name).read_bytes())
     return render_template("admin/outbox_email.html", name=name, view=view)
 
 
 @bp.get("/outbox/<name>/html")
-def outbox_html(name: str):  # noqa: ANN201
+def outbox_html(name: str):
     view = parse_email(_file(name).read_bytes())
     if view.html is None:
         abort(404)

@@ -6,17 +6,17 @@ import json
 
 from flask import Response, abort, flash, g, redirect, render_template, request, url_for
 
-from .. import subscribers as people
-from ..campaign_stats import paused_campaigns
-from ..db import utcnow
-from ..models import SUBSCRIBER_STATUSES
-from ..privacy import erase_subscriber, export_subscriber
-from ..reporting import MAX_LIMIT, get_message
-from . import db, runtime
-from .admin import bp
+from service.audience.privacy import erase_subscriber, export_subscriber
+from service.core.db import utcnow
+from service.core.models import SUBSCRIBER_STATUSES
+from service.operator import subscribers as people
+from service.operator.campaign_stats import paused_campaigns
+from service.operator.send_log import MAX_LIMIT, get_message
+from service.web import db, runtime
+from service.web.console import bp
 
 
-def _subscriber(subscriber_id: int):  # noqa: ANN202
+def _subscriber(subscriber_id: int):
     found = people.get_subscriber(db(), subscriber_id)
     if found is None:
         abort(404)
@@ -28,7 +28,7 @@ def _text(name: str, size: int = 320) -> str | None:
 
 
 @bp.get("/subscribers")
-def subscribers():  # noqa: ANN201
+def subscribers():
     before = request.args.get("before", "")
     flt = people.SubscriberFilter(
         q=_text("q"), status=_text("status") if _text("status") in SUBSCRIBER_STATUSES else None,
@@ -40,7 +40,7 @@ def subscribers():  # noqa: ANN201
 
 
 @bp.get("/subscribers/<int:subscriber_id>")
-def subscriber(subscriber_id: int):  # noqa: ANN201
+def subscriber(subscriber_id: int):
     s = db()
     person = _subscriber(subscriber_id)
     return render_template(
@@ -50,14 +50,14 @@ def subscriber(subscriber_id: int):  # noqa: ANN201
 
 
 @bp.get("/subscribers/<int:subscriber_id>/export.json")
-def subscriber_export(subscriber_id: int):  # noqa: ANN201
+def subscriber_export(subscriber_id: int):
     data = export_subscriber(db(), _subscriber(subscriber_id), now=utcnow(), by=g.user.email)
     db().commit()
     return Response(json.dumps(data, indent=2), content_type="application/json",
                     headers={"Content-Disposition": f'attachment; filename="subscriber-{subscriber_id}.json"'})
 
 
-def _act(subscriber_id: int, action) -> Response:  # noqa: ANN001
+def _act(subscriber_id: int, action) -> Response:
     """Run one action, commit, and come back to the subscriber page with what happened."""
     s = db()
     person = _subscriber(subscriber_id)
@@ -73,23 +73,23 @@ def _act(subscriber_id: int, action) -> Response:  # noqa: ANN001
 
 
 @bp.post("/subscribers/<int:subscriber_id>/unsubscribe")
-def subscriber_unsubscribe(subscriber_id: int):  # noqa: ANN201
-    def run(s, person):  # noqa: ANN001, ANN202
+def subscriber_unsubscribe(subscriber_id: int):
+    def run(s, person):
         n = people.unsubscribe(s, person, now=utcnow(), by=g.user.email)
         return f"Unsubscribed; {n} unsent message(s) cancelled."
     return _act(subscriber_id, run)
 
 
 @bp.post("/subscribers/<int:subscriber_id>/resubscribe")
-def subscriber_resubscribe(subscriber_id: int):  # noqa: ANN201
-    def run(s, person):  # noqa: ANN001, ANN202
+def subscriber_resubscribe(subscriber_id: int):
+    def run(s, person):
         n = people.resubscribe(s, person, reason=request.form.get("reason", ""), now=utcnow(), by=g.user.email)
         return f"Resubscribed; {n} enrollment(s) continue."
     return _act(subscriber_id, run)
 
 
 @bp.post("/subscribers/<int:subscriber_id>/erase")
-def subscriber_erase(subscriber_id: int):  # noqa: ANN201
+def subscriber_erase(subscriber_id: int):
     s = db()
     person = _subscriber(subscriber_id)
     if request.form.get("confirm") != "yes":
@@ -102,7 +102,7 @@ def subscriber_erase(subscriber_id: int):  # noqa: ANN201
 
 
 @bp.post("/messages/<int:message_id>/retry")
-def message_retry(message_id: int):  # noqa: ANN201
+def message_retry(message_id: int):
     s = db()
     m = get_message(s, message_id)
     if m is None:
@@ -114,7 +114,7 @@ def message_retry(message_id: int):  # noqa: ANN201
         flash(exc.message, "error")
     else:
         s.commit()
-        from .public import runtime_wake
+        from service.web.public import runtime_wake
 
         runtime_wake()
         flash("Queued again; it goes out on the next pass.", "ok")

@@ -12,16 +12,16 @@ from datetime import date
 from flask import Blueprint, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .. import subscribers as people
-from ..accounts import check_token
-from ..campaign_stats import all_stats, campaign_stats, stats_dict
-from ..db import utcnow
-from ..models import MAX_ID, MESSAGE_STATUSES, SUBSCRIBER_STATUSES
-from ..privacy import erase_subscriber
-from ..reporting import MAX_LIMIT, MessageFilter, list_messages, message_dict
-from ..signups import ConsentMeta, SignupError, parse_signup, signup
-from . import db, runtime
-from .openapi import OPENAPI
+from service.audience.privacy import erase_subscriber
+from service.audience.signups import ConsentMeta, SignupError, parse_signup, signup
+from service.core.db import utcnow
+from service.core.models import MAX_ID, MESSAGE_STATUSES, SUBSCRIBER_STATUSES
+from service.operator import subscribers as people
+from service.operator.accounts import check_token
+from service.operator.campaign_stats import all_stats, campaign_stats, stats_dict
+from service.operator.send_log import MAX_LIMIT, MessageFilter, list_messages, message_dict
+from service.web import db, runtime
+from service.web.openapi import OPENAPI
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -32,12 +32,12 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.field = status, code, message, field
 
 
-def _error(status: int, code: str, message: str, field: str | None = None):  # noqa: ANN202
+def _error(status: int, code: str, message: str, field: str | None = None):
     return jsonify({"error": {"code": code, "message": message, "field": field}}), status
 
 
 @bp.before_request
-def _auth():  # noqa: ANN202
+def _auth():
     if request.endpoint == "api.openapi":
         return None
     header = request.headers.get("Authorization", "")
@@ -54,18 +54,18 @@ def _auth():  # noqa: ANN202
 
 
 @bp.errorhandler(ApiError)
-def _api_error(exc: ApiError):  # noqa: ANN202
+def _api_error(exc: ApiError):
     return _error(exc.status, exc.code, exc.message, exc.field)
 
 
 @bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException):  # noqa: ANN202
+def _http_error(exc: HTTPException):
     return _error(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
 
 
 @bp.app_errorhandler(404)
 @bp.app_errorhandler(405)
-def _routing_error(exc: HTTPException):  # noqa: ANN202
+def _routing_error(exc: HTTPException):
     """URLs under /api/ that match no route still answer in the API's error shape; other paths are untouched."""
     if request.path.startswith("/api/"):
         return _http_error(exc)
@@ -123,7 +123,7 @@ def _body() -> dict:
     return data
 
 
-def _subscriber_or_404(subscriber_id: int):  # noqa: ANN202
+def _subscriber_or_404(subscriber_id: int):
     found = people.get_subscriber(db(), subscriber_id)
     if found is None:
         raise ApiError(404, "not_found", f"no subscriber {subscriber_id}")
@@ -132,7 +132,7 @@ def _subscriber_or_404(subscriber_id: int):  # noqa: ANN202
 
 # -- the send log --------------------------------------------------------------------------------------
 @bp.get("/messages")
-def messages():  # noqa: ANN201
+def messages():
     _choice_arg("status", MESSAGE_STATUSES)
     _int_arg("limit", high=MAX_LIMIT)
     _int_arg("before")
@@ -145,8 +145,8 @@ def messages():  # noqa: ANN201
 
 
 # -- subscribers ---------------------------------------------------------------------------------------
-def subscriber_dict(p, *, full: bool = False) -> dict:  # noqa: ANN001
-    def iso(v):  # noqa: ANN001, ANN202
+def subscriber_dict(p, *, full: bool = False) -> dict:
+    def iso(v):
         return v.isoformat() if v else None
 
     d = {"id": p.id, "email": p.email, "name": p.name, "timezone": p.timezone, "status": p.status,
@@ -163,7 +163,7 @@ def subscriber_dict(p, *, full: bool = False) -> dict:  # noqa: ANN001
 
 
 @bp.get("/subscribers")
-def subscribers():  # noqa: ANN201
+def subscribers():
     flt = people.SubscriberFilter(
         q=_text_arg("q"), status=_choice_arg("status", SUBSCRIBER_STATUSES), campaign=_text_arg("campaign", 64),
         before=_int_arg("before"), limit=_int_arg("limit", high=MAX_LIMIT) or 50)
@@ -172,7 +172,7 @@ def subscribers():  # noqa: ANN201
 
 
 @bp.post("/subscribers")
-def subscriber_create():  # noqa: ANN201
+def subscriber_create():
     """Same path as the signup webhook (validation, idempotency, consent), with consent source "api"."""
     data, rt, s = _body(), runtime(), db()
     try:
@@ -193,7 +193,7 @@ def subscriber_create():  # noqa: ANN201
                        "subscriber page with a reason", "email")
     s.commit()
     if result.created:
-        from .public import runtime_wake
+        from service.web.public import runtime_wake
 
         runtime_wake()
     person = people.get_subscriber(s, result.subscriber_id or 0)
@@ -202,12 +202,12 @@ def subscriber_create():  # noqa: ANN201
 
 
 @bp.get("/subscribers/<int:subscriber_id>")
-def subscriber_get(subscriber_id: int):  # noqa: ANN201
+def subscriber_get(subscriber_id: int):
     return jsonify(subscriber_dict(_subscriber_or_404(subscriber_id), full=True))
 
 
 @bp.post("/subscribers/<int:subscriber_id>/unsubscribe")
-def subscriber_unsubscribe(subscriber_id: int):  # noqa: ANN201
+def subscriber_unsubscribe(subscriber_id: int):
     """Idempotent: unsubscribing someone who is not active changes nothing and says so."""
     s, person = db(), _subscriber_or_404(subscriber_id)
     cancelled = 0
@@ -218,7 +218,7 @@ def subscriber_unsubscribe(subscriber_id: int):  # noqa: ANN201
 
 
 @bp.delete("/subscribers/<int:subscriber_id>")
-def subscriber_erase(subscriber_id: int):  # noqa: ANN201
+def subscriber_erase(subscriber_id: int):
     s, person = db(), _subscriber_or_404(subscriber_id)
     erase_subscriber(s, person, utcnow(), by=f"api token {g.api_token}")
     s.commit()
@@ -227,13 +227,13 @@ def subscriber_erase(subscriber_id: int):  # noqa: ANN201
 
 # -- campaigns -----------------------------------------------------------------------------------------
 @bp.get("/campaigns")
-def campaigns():  # noqa: ANN201
+def campaigns():
     stats = all_stats(db(), runtime().campaigns, now=utcnow())
     return jsonify({"data": [stats_dict(c) for c in stats]})
 
 
 @bp.get("/campaigns/<key>")
-def campaign(key: str):  # noqa: ANN201
+def campaign(key: str):
     c = runtime().campaigns.get(key)
     if c is None:
         raise ApiError(404, "not_found", f"no campaign {key[:64]!r}")
@@ -241,7 +241,7 @@ def campaign(key: str):  # noqa: ANN201
 
 
 @bp.get("/openapi.json")
-def openapi():  # noqa: ANN201
+def openapi():
     return jsonify(OPENAPI)
 
 

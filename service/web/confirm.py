@@ -1,4 +1,4 @@
-"""Issue 5 double opt-in: the confirm link. GET shows a page with a button (mail scanners that fetch
+"""Double opt-in: the confirm link. GET shows a page with a button (mail scanners that fetch
 links confirm nothing); POST confirms, and the welcome follows on the next dispatch pass."""
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import logging
 from flask import Blueprint, render_template
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..db import utcnow
-from ..optin import confirm
-from ..tokens import BadToken, read_confirm_token
-from . import db, runtime
+from service.audience.optin import confirm
+from service.core.db import utcnow
+from service.core.tokens import BadToken, read_confirm_token
+from service.web import db, runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("confirm", __name__)
 
 
-def _claim(token: str):  # noqa: ANN202
+def _claim(token: str):
     rt = runtime()
     try:
         claim = read_confirm_token(rt.settings.secret_key, token, max_age_days=rt.settings.confirm_expiry_days)
@@ -26,7 +26,7 @@ def _claim(token: str):  # noqa: ANN202
 
 
 @bp.get("/confirm/<token>")
-def confirm_page(token: str):  # noqa: ANN201
+def confirm_page(token: str):
     claim, campaign = _claim(token)
     if campaign is None:
         return render_template("confirm.html", state="invalid", campaign=None), 404
@@ -34,7 +34,7 @@ def confirm_page(token: str):  # noqa: ANN201
 
 
 @bp.post("/confirm/<token>")
-def confirm_post(token: str):  # noqa: ANN201
+def confirm_post(token: str):
     claim, campaign = _claim(token)
     if campaign is None:
         return render_template("confirm.html", state="invalid", campaign=None), 404
@@ -47,7 +47,7 @@ def confirm_post(token: str):  # noqa: ANN201
         log.exception("confirmation failed")
         return render_template("confirm.html", state="error", campaign=campaign), 503
     if result.state == "confirmed":
-        from .public import runtime_wake
+        from service.web.public import runtime_wake
 
         runtime_wake()
     status = {"confirmed": 200, "already": 200, "expired": 410, "inactive": 409}[result.state]

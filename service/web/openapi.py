@@ -2,8 +2,8 @@
 blueprint serves, and schemathesis checks the responses against it."""
 from __future__ import annotations
 
-from ..models import MAX_ID, MESSAGE_STATUSES, SUBSCRIBER_STATUSES
-from ..reporting import MAX_LIMIT
+from service.core.models import MAX_ID, MESSAGE_STATUSES, SUBSCRIBER_STATUSES
+from service.operator.send_log import MAX_LIMIT
 
 NULLABLE_STRING = {"type": ["string", "null"]}
 NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}

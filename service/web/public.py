@@ -10,18 +10,18 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ..campaigns import valid_timezone
-from ..db import driver_transaction, utcnow
-from ..metrics import render_metrics
-from ..sending import paused_reason
-from ..signups import ConsentMeta, SignupError, parse_signup, signup, signup_known, signup_new
-from ..tokens import BadToken, make_preferences_token, read_unsubscribe_token
-from ..unsubscribe import find_subscriber, unsubscribe
-from . import abuse, db, runtime, wants_json
+from service.audience.signups import ConsentMeta, SignupError, parse_signup, signup, signup_known, signup_new
+from service.audience.unsubscribe import find_subscriber, unsubscribe
+from service.campaigns.schedule import valid_timezone
+from service.core.db import driver_transaction, utcnow
+from service.core.tokens import BadToken, make_preferences_token, read_unsubscribe_token
+from service.dispatch.sending_pause import paused_reason
+from service.operator.metrics import render_metrics
+from service.web import abuse, db, runtime, wants_json
 
 log = logging.getLogger(__name__)
 bp = Blueprint("public", __name__)
-# Issue 7: CORS preflight and response headers for /signup, only for DRIP_CORS_ORIGINS (see web/abuse.py).
+# CORS preflight and response headers for /signup, only for DRIP_CORS_ORIGINS (see web/abuse.py).
 bp.before_request(abuse.cors_preflight)
 bp.after_request(abuse.cors_headers)
 
@@ -31,7 +31,7 @@ def error(code: str, message: str, field: str | None, status: int) -> tuple[Resp
 
 
 @bp.get("/")
-def home():  # noqa: ANN201
+def home():
     rt = runtime()
     campaign = rt.campaigns[rt.settings.default_campaign]
     return render_template("home.html", campaign=campaign, error=None, values={})
@@ -46,8 +46,8 @@ def _local_outbox() -> dict:
 
 @bp.post("/signup")
 @bp.post("/signup/<campaign>")
-def signup_webhook(campaign: str | None = None):  # noqa: ANN201
-    req = request._get_current_object()  # issue 6: the proxy resolved once, not at every use
+def signup_webhook(campaign: str | None = None):
+    req = request._get_current_object()  # the proxy resolved once, not at every use
     as_json = wants_json(req)
     try:
         data = _read_body(req)
@@ -65,10 +65,10 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
     except SignupError as exc:
         return _signup_error(exc, as_json, data, campaign, 404 if exc.code == "unknown_campaign" and campaign else 400)
 
-    if abuse.honeypot_filled(data):  # issue 7: look like success, store and send nothing
+    if abuse.honeypot_filled(data):  # look like success, store and send nothing
         return _looks_accepted(as_json, parsed)
-    # Issue 7: per-IP and per-address limits. Counters in the database are counted by the signup itself,
-    # in its transaction (on PostgreSQL in its one statement, issue 6); counters in Redis first, here.
+    # Per-IP and per-address limits. Counters in the database are counted by the signup itself,
+    # in its transaction (on PostgreSQL in its one statement); counters in Redis first, here.
     now, campaign_ = utcnow(), rt.campaigns[parsed.campaign]
     hits = abuse.pending_hits(parsed.email_key, now)
     refused = abuse.limited(parsed.email_key) if hits is None else None
@@ -86,7 +86,7 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
                         confirm_cooldown=cooldown, rate_hits=rate_hits)
         session.commit()
     else:
-        # Issue 6: a new address (the common case) in one transaction straight on a pooled driver
+        # A new address (the common case) in one transaction straight on a pooled driver
         # connection, no ORM session; a known or suppressed one then through the ORM, its rate-limit hits
         # already counted.
         with driver_transaction(rt.sessions.kw["bind"]) as conn:
@@ -100,20 +100,20 @@ def signup_webhook(campaign: str | None = None):  # noqa: ANN201
     if result.status == "rate_limited":
         pending, message = hits[result.refused_by]
         return _rate_limited(abuse.refusal(message, pending.retry_after), as_json, data, campaign)
-    if result.status in ("created", "pending"):  # issue 5: a granted confirmation email goes at once too
+    if result.status in ("created", "pending"):  # a granted confirmation email goes at once too
         runtime_wake()
     if not as_json:
         return redirect(url_for("public.thanks", campaign=parsed.campaign), code=303)
     body = {"status": "subscribed" if result.status in ("created", "existing") else "not_subscribed",
             "campaign": parsed.campaign, "email": parsed.email}
-    if result.status.startswith("pending"):  # issue 5 double opt-in: the same answer, sent or cooling down
+    if result.status.startswith("pending"):  # double opt-in: the same answer, sent or cooling down
         body["status"] = "confirmation_sent"
     if result.status in ("inactive", "suppressed"):
         body["detail"] = "this address has unsubscribed or bounced; it is not re-enrolled by a signup"
     return jsonify(body), 201 if result.created else 200
 
 
-def _rate_limited(refused, as_json: bool, data: dict, campaign: str | None):  # noqa: ANN001, ANN202
+def _rate_limited(refused, as_json: bool, data: dict, campaign: str | None):
     if as_json:
         return refused
     # A browser gets the form again with the message (and the same Retry-After), not a JSON blob.
@@ -126,7 +126,7 @@ def _rate_limited(refused, as_json: bool, data: dict, campaign: str | None):  # 
     return html, status
 
 
-def _looks_accepted(as_json: bool, parsed):  # noqa: ANN001, ANN202
+def _looks_accepted(as_json: bool, parsed):
     if not as_json:
         return redirect(url_for("public.thanks", campaign=parsed.campaign), code=303)
     return jsonify({"status": "subscribed", "campaign": parsed.campaign, "email": parsed.email}), 201
@@ -161,7 +161,7 @@ def _read_body(request: Request) -> dict:
                       "send application/json or a form (application/x-www-form-urlencoded)", None)
 
 
-def _signup_error(exc: SignupError, as_json: bool, data: dict, campaign: str | None, status: int):  # noqa: ANN202
+def _signup_error(exc: SignupError, as_json: bool, data: dict, campaign: str | None, status: int):
     if as_json:
         return error(exc.code, exc.message, exc.field, status)
     rt = runtime()
@@ -171,20 +171,20 @@ def _signup_error(exc: SignupError, as_json: bool, data: dict, campaign: str | N
 
 
 @bp.errorhandler(RequestEntityTooLarge)
-def too_large(_exc):  # noqa: ANN001, ANN201
+def too_large(_exc):
     limit = runtime().settings.max_body_bytes
     return error("too_large", f"the request body is larger than {limit} bytes", None, 413)
 
 
 @bp.get("/thanks/<campaign>")
-def thanks(campaign: str):  # noqa: ANN201
+def thanks(campaign: str):
     c = runtime().campaigns.get(campaign)
     if c is None:
         abort(404)
     return render_template("thanks.html", campaign=c)
 
 
-def _claim(token: str):  # noqa: ANN202
+def _claim(token: str):
     rt = runtime()
     try:
         return read_unsubscribe_token(rt.settings.secret_key, token, max_age_days=rt.settings.unsubscribe_max_age_days)
@@ -193,7 +193,7 @@ def _claim(token: str):  # noqa: ANN202
 
 
 @bp.get("/unsubscribe/<token>")
-def unsubscribe_page(token: str):  # noqa: ANN201
+def unsubscribe_page(token: str):
     claim = _claim(token)
     subscriber = find_subscriber(db(), claim) if claim else None
     if subscriber is None:
@@ -205,13 +205,13 @@ def unsubscribe_page(token: str):  # noqa: ANN201
 
 
 def _preferences_path(public_id: str) -> str:
-    """Issue 9: the unsubscribe page offers "fewer emails or a pause" on the preference page first."""
+    """The unsubscribe page offers "fewer emails or a pause" on the preference page first."""
     token = make_preferences_token(runtime().settings.secret_key, public_id=public_id)
     return url_for("reader.preferences_page", token=token)
 
 
 @bp.post("/unsubscribe/<token>")
-def unsubscribe_post(token: str):  # noqa: ANN201
+def unsubscribe_post(token: str):
     """RFC 8058: no cookies, no CSRF token, no redirect; 200 once it is done. Also the page's button."""
     claim = _claim(token)
     if claim is None:
@@ -231,18 +231,18 @@ def unsubscribe_post(token: str):  # noqa: ANN201
 
 
 @bp.get("/healthz")
-def healthz():  # noqa: ANN201
+def healthz():
     try:
         db().execute(text("SELECT 1"))
     except SQLAlchemyError:
         return jsonify({"status": "error", "database": "unreachable"}), 503
-    paused = paused_reason(db())  # issue 4: a provider refused our key; the app is up, sending is not
+    paused = paused_reason(db())  # a provider refused our key; the app is up, sending is not
     if paused:
         return jsonify({"status": "degraded", "sending": "paused", "reason": paused})
     return jsonify({"status": "ok"})
 
 
 @bp.get("/metrics")
-def metrics():  # noqa: ANN201
+def metrics():
     body, content_type = render_metrics(db())
     return Response(body, content_type=content_type)

@@ -1,4 +1,4 @@
-"""The reader's pages (issue 9): the preference page and the view-in-browser copy of an email.
+"""The reader's pages: the preference page and the view-in-browser copy of an email.
 
 No login: the signed token in the URL is the secret, exactly as for unsubscribe. Forms carry no CSRF
 token; instead every POST is refused unless its Origin (or, without one, its Referer) is this site: a
@@ -15,12 +15,12 @@ from zoneinfo import available_timezones
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 from sqlalchemy import select
 
-from .. import preferences as prefs
-from ..compose import ComposeJob
-from ..db import utcnow
-from ..models import Message, Subscriber
-from ..tokens import BadToken, read_preferences_token, read_view_token
-from . import db, runtime
+from service.audience import preferences as prefs
+from service.compose.composer import ComposeJob
+from service.core.db import utcnow
+from service.core.models import Message, Subscriber
+from service.core.tokens import BadToken, read_preferences_token, read_view_token
+from service.web import db, runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("reader", __name__)
@@ -75,7 +75,7 @@ def _subscriber(token: str, *, lock: bool = False) -> Subscriber:
 
 
 @bp.errorhandler(404)
-def _not_found(_exc):  # noqa: ANN001, ANN202
+def _not_found(_exc):
     return render_template("reader_invalid.html"), 404
 
 
@@ -92,12 +92,12 @@ def _page(token: str, subscriber: Subscriber, *, error: prefs.PreferenceError | 
 
 
 @bp.get("/preferences/<token>")
-def preferences_page(token: str):  # noqa: ANN201
+def preferences_page(token: str):
     return _page(token, _subscriber(token))
 
 
 @bp.post("/preferences/<token>/<action>")
-def preferences_post(token: str, action: str):  # noqa: ANN201
+def preferences_post(token: str, action: str):
     if cross_site():
         return render_template("reader_invalid.html", cross_site=True), 403
     session = db()
@@ -115,7 +115,7 @@ def preferences_post(token: str, action: str):  # noqa: ANN201
     return redirect(url_for("reader.preferences_page", token=token, done=done, _anchor="status"), code=303)
 
 
-def _apply(session, subscriber: Subscriber, action: str) -> str:  # noqa: ANN001
+def _apply(session, subscriber: Subscriber, action: str) -> str:
     """One form's change; returns the key of the message shown after the redirect."""
     form, rt, now = request.form, runtime(), utcnow()
     if action == "leave":
@@ -141,7 +141,7 @@ def _apply(session, subscriber: Subscriber, action: str) -> str:  # noqa: ANN001
     abort(404)
 
 
-def _data_action(token: str, subscriber: Subscriber, action: str):  # noqa: ANN202
+def _data_action(token: str, subscriber: Subscriber, action: str):
     session = db()
     if action == "export":
         data = prefs.export_reader_data(session, subscriber, now=utcnow())
@@ -156,7 +156,7 @@ def _data_action(token: str, subscriber: Subscriber, action: str):  # noqa: ANN2
 
 
 @bp.get("/preferences/<token>/erase")
-def erase_confirm(token: str):  # noqa: ANN201
+def erase_confirm(token: str):
     """The confirmation step: nothing is erased by opening a link."""
     _subscriber(token)
     return render_template("erase.html", token=token)
@@ -164,14 +164,14 @@ def erase_confirm(token: str):  # noqa: ANN201
 
 # -- view in browser -----------------------------------------------------------------------------------
 def stored_html(message: Message) -> str | None:
-    """The message's stored rendering, preferred when present (issue 3 may add such a column; until then
-    the copy is re-rendered)."""
+    """The message's stored rendering, preferred when present (Message has no such column yet; until one is
+    added, the copy is re-rendered)."""
     value = getattr(message, "html", None)
     return value if isinstance(value, str) and value else None
 
 
 @bp.get("/view/<token>")
-def view_in_browser(token: str):  # noqa: ANN201
+def view_in_browser(token: str):
     """The email as sent to this reader, re-rendered from the same template with the message's values."""
     rt = runtime()
     try:

@@ -11,10 +11,10 @@ import logging
 
 from flask import Blueprint, Response, redirect
 
-from ..db import utcnow
-from ..delivery import DeliveryEvent, apply
-from ..tracking import BadTrackingToken, read_click, read_open
-from . import db, runtime
+from service.compose.tracking import BadTrackingToken, read_click, read_open
+from service.core.db import utcnow
+from service.feedback.delivery import DeliveryEvent, apply
+from service.web import db, runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("tracking", __name__)
@@ -29,7 +29,7 @@ def _record(kind: str, message_pk: int, url: str | None = None) -> None:
 
 
 @bp.get("/t/o/<token>.gif")
-def opened(token: str):  # noqa: ANN201
+def opened(token: str):
     try:
         _record("open", read_open(runtime().settings.secret_key, token))
     except BadTrackingToken:
@@ -38,7 +38,7 @@ def opened(token: str):  # noqa: ANN201
 
 
 @bp.get("/t/c/<token>")
-def clicked(token: str):  # noqa: ANN201
+def clicked(token: str):
     try:
         message_pk, url = read_click(runtime().settings.secret_key, token)
     except BadTrackingToken:

@@ -12,11 +12,18 @@ import time
 import requests
 from flask import Blueprint, jsonify, request
 
-from ..db import utcnow
-from ..delivery import DeliveryEvent, apply, remember_token
-from ..provider_events import parse_mailgun, parse_postmark, parse_resend, parse_sendgrid, parse_ses
-from ..webhook_auth import Rejected, verify_basic, verify_mailgun, verify_sendgrid, verify_sns, verify_svix
-from . import db, runtime
+from service.core.db import utcnow
+from service.feedback.delivery import DeliveryEvent, apply, remember_token
+from service.feedback.provider_events import parse_mailgun, parse_postmark, parse_resend, parse_sendgrid, parse_ses
+from service.feedback.webhook_auth import (
+    Rejected,
+    verify_basic,
+    verify_mailgun,
+    verify_sendgrid,
+    verify_sns,
+    verify_svix,
+)
+from service.web import db, runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
@@ -38,7 +45,7 @@ def _need(value: str | None, variable: str) -> str:
 
 
 @bp.post("/webhooks/<provider>")
-def receive(provider: str):  # noqa: ANN201
+def receive(provider: str):
     handler = HANDLERS.get(provider)
     if handler is None:
         return jsonify({"error": {"code": "unknown_provider", "message": f"no webhook for {provider!r}",

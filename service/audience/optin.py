@@ -1,0 +1,157 @@
+"""Double opt-in: a campaign with `double_opt_in = true` enrolls a reader only after they click
+the signed link in a confirmation email.
+
+- `request`: a form post for such a campaign stores a pending confirmation (one per reader and campaign,
+  ON CONFLICT DO NOTHING) and grants a confirmation email only if none was granted within the cooldown.
+  The grant is one conditional UPDATE, so fifty simultaneous posts grant one email: a form cannot be
+  used to bomb someone's inbox.
+- `send_due`: the dispatcher's pass sends granted confirmations (a lease per row, so two workers never
+  send the same one). They are transactional emails, kept out of the message log and the stats.
+- `confirm`: the link's POST creates the enrollment (due now: the welcome follows) and records a consent
+  row with source "confirmed". Pending rows older than the expiry are deleted by `expire`; the token
+  itself expires at the same age.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, exists, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.campaigns.model import Campaign
+from service.core import events
+from service.core.models import Consent, Enrollment, PendingConfirmation, Subscriber
+from service.enrollment import start as enrollment_start
+from service.transports.base import OutboundEmail, Transport
+
+log = logging.getLogger(__name__)
+
+
+def _insert(session: Session):
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def request(session: Session, *, subscriber: Subscriber, campaign: Campaign, now: datetime,
+            cooldown: timedelta) -> bool:
+    """Stores the pending signup; True when a confirmation email was granted (new, or cooldown passed)."""
+    created = session.execute(
+        _insert(session)(PendingConfirmation)
+        .values(subscriber_id=subscriber.id, campaign=campaign.key, created_at=now, requested_at=now,
+                send_pending=True, sends=0)
+        .on_conflict_do_nothing(index_elements=["subscriber_id", "campaign"])
+        .returning(PendingConfirmation.id)
+    ).scalar()
+    if created is not None:
+        return True
+    granted = session.execute(
+        update(PendingConfirmation)
+        .where(PendingConfirmation.subscriber_id == subscriber.id, PendingConfirmation.campaign == campaign.key,
+               PendingConfirmation.requested_at <= now - cooldown)
+        .values(requested_at=now, send_pending=True)
+    ).rowcount
+    return bool(granted)
+
+
+@dataclass(frozen=True)
+class ConfirmResult:
+    state: str  # "confirmed", "already" (was enrolled), "expired" (no pending signup) or "inactive"
+    campaign: Campaign | None
+
+
+def confirm(session: Session, *, public_id: str, campaign: Campaign, now: datetime) -> ConfirmResult:
+    subscriber = session.scalars(select(Subscriber).where(Subscriber.public_id == public_id)).one_or_none()
+    if subscriber is None:
+        return ConfirmResult("expired", campaign)
+    if subscriber.status != "active":
+        return ConfirmResult("inactive", campaign)
+    pending = session.execute(
+        delete(PendingConfirmation)
+        .where(PendingConfirmation.subscriber_id == subscriber.id, PendingConfirmation.campaign == campaign.key)
+        .returning(PendingConfirmation.id)
+    ).scalar()
+    enrolled = enrollment_start.start(session, subscriber_id=subscriber.id, campaign=campaign.key,
+                                      step=campaign.steps[0], due=now, now=now) if pending is not None else None
+    if enrolled is None:
+        exists = session.scalar(select(Enrollment.id).where(Enrollment.subscriber_id == subscriber.id,
+                                                            Enrollment.campaign == campaign.key))
+        return ConfirmResult("already" if exists else "expired", campaign)
+    session.add(Consent(subscriber_id=subscriber.id, campaign=campaign.key, created_at=now, source="confirmed",
+                        wording=f"Confirmed by clicking the link emailed to the address: {campaign.consent}"))
+    events.record(session, type="confirmed", now=now, subscriber_id=subscriber.id,
+                  detail=f"double opt-in confirmed for {campaign.key}")
+    return ConfirmResult("confirmed", campaign)
+
+
+def expire(session: Session, *, now: datetime, max_age: timedelta) -> int:
+    """Deletes pending signups whose last confirmation email was granted more than `max_age` ago; the
+    links in those emails stop working at the same age (a re-sent link gets the full time). An address
+    that never confirmed anything (no enrollment, nothing else pending) is forgotten with its consent
+    and events (ON DELETE CASCADE): we keep no one who did not confirm."""
+    gone = session.scalars(delete(PendingConfirmation).where(PendingConfirmation.requested_at < now - max_age)
+                           .returning(PendingConfirmation.subscriber_id)).all()
+    if gone:
+        session.execute(delete(Subscriber).where(
+            Subscriber.id.in_(set(gone)),
+            ~exists().where(Enrollment.subscriber_id == Subscriber.id),
+            ~exists().where(PendingConfirmation.subscriber_id == Subscriber.id)))
+    return len(gone)
+
+
+@dataclass(frozen=True)
+class ConfirmJob:
+    pending_id: int
+    campaign: Campaign
+    to_email: str
+    name: str
+    public_id: str
+
+
+def send_due(sessions: sessionmaker[Session], *, campaigns: Mapping[str, Campaign], now: datetime,
+             real_now: datetime, compose: Callable[[ConfirmJob], OutboundEmail],
+             transport_factory: Callable[[], Transport], lease: timedelta, max_age: timedelta) -> int:
+    """Expires old pending signups, then sends every granted confirmation; returns how many were handled."""
+    with sessions() as session, session.begin():
+        expire(session, now=now, max_age=max_age)
+        rows = session.execute(
+            select(PendingConfirmation, Subscriber).join(Subscriber, Subscriber.id == PendingConfirmation.subscriber_id)
+            .where(PendingConfirmation.send_pending.is_(True), Subscriber.status == "active",
+                   (PendingConfirmation.sending_until.is_(None)) | (PendingConfirmation.sending_until < real_now))
+            .limit(200).with_for_update(skip_locked=True, of=PendingConfirmation)
+        ).all()
+        jobs = []
+        for pending, subscriber in rows:
+            campaign = campaigns.get(pending.campaign)
+            if campaign is None:
+                continue
+            pending.sending_until = real_now + lease
+            jobs.append(ConfirmJob(pending.id, campaign, subscriber.email, subscriber.name, subscriber.public_id))
+    if not jobs:
+        return 0
+    return _send(sessions, jobs, compose, transport_factory)
+
+
+def _send(sessions: sessionmaker[Session], jobs: list[ConfirmJob], compose: Callable[[ConfirmJob], OutboundEmail],
+          transport_factory: Callable[[], Transport]) -> int:
+    transport = transport_factory()
+    sent: list[int] = []
+    try:
+        outbound = [compose(job) for job in jobs]
+        for job, result in zip(jobs, transport.send(iter(outbound)), strict=False):
+            if result.ok or result.permanent:  # a refused address is not retried until the next form post
+                sent.append(job.pending_id)
+            if not result.ok:
+                log.warning("confirmation for pending signup %s not sent: %s", job.pending_id, result.error)
+    except Exception:  # a relay outage leaves the rest granted; the lease expiry retries them
+        log.exception("sending confirmations failed")
+    finally:
+        transport.close()
+    if sent:
+        with sessions() as session, session.begin():
+            session.execute(update(PendingConfirmation).where(PendingConfirmation.id.in_(sent))
+                            .values(send_pending=False, sending_until=None,
+                                    sends=PendingConfirmation.sends + 1))
+    return len(sent)

@@ -1,0 +1,37 @@
+"""Unsubscribe: the reader's one action, honoured at once (RFC 8058 one-click or the page's button)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.core import events
+from service.core.models import Subscriber
+from service.core.tokens import UnsubscribeClaim
+from service.enrollment.suppression import stop_subscriber
+
+
+@dataclass(frozen=True)
+class UnsubscribeResult:
+    found: bool
+    already: bool = False
+    cancelled: int = 0
+
+
+def find_subscriber(session: Session, claim: UnsubscribeClaim) -> Subscriber | None:
+    return session.scalar(select(Subscriber).where(Subscriber.public_id == claim.public_id))
+
+
+def unsubscribe(session: Session, claim: UnsubscribeClaim, *, now: datetime, method: str) -> UnsubscribeResult:
+    """Stops every enrollment and cancels queued mail; repeating it changes nothing."""
+    subscriber = session.scalar(select(Subscriber).where(Subscriber.public_id == claim.public_id).with_for_update())
+    if subscriber is None:
+        return UnsubscribeResult(found=False)
+    if subscriber.status != "active":
+        return UnsubscribeResult(found=True, already=True)
+    cancelled = stop_subscriber(session, subscriber, status="unsubscribed", reason="unsubscribed", now=now)
+    events.record(session, type="unsubscribed", now=now, subscriber_id=subscriber.id,
+                  detail=f"{method} from a {claim.campaign} email", data={"campaign": claim.campaign, "method": method})
+    return UnsubscribeResult(found=True, cancelled=cancelled)

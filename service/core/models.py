@@ -1,0 +1,381 @@
+"""The tables. Typed SQLAlchemy 2.0 models with a constraint naming convention.
+
+Invariants held by the database itself:
+- one subscriber per normalised address (`uq_subscribers_email`);
+- one enrollment per (subscriber, campaign);
+- one message per (enrollment, step) (`uq_messages_enrollment_id_step_key`): a step is never queued twice;
+- one suppression per address hash; provider event ids are unique, so a replayed webhook applies once.
+"""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+MESSAGE_STATUSES = (
+    "queued", "sending", "sent", "deferred", "failed", "bounced", "suppressed", "delivered", "complained",
+)
+SUBSCRIBER_STATUSES = ("active", "unsubscribed", "bounced", "complained")
+ENROLLMENT_STATUSES = ("active", "completed", "stopped")
+
+
+# The largest id a BIGINT holds: ids from URLs or arguments above it are not looked up (PostgreSQL would raise).
+MAX_ID = 2**63 - 1
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC in Python on every backend (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; Drip stores UTC-aware datetimes only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+_PENDING = "status IN ('queued', 'deferred', 'sending')"
+_DUE = "status = 'active' AND next_due_at IS NOT NULL"
+_NOT_NULL_MESSAGE_ID = text("message_id IS NOT NULL")
+_NOT_NULL_PROVIDER_EVENT_ID = text("provider_event_id IS NOT NULL")
+_NOT_NULL_PROVIDER_ID = text("provider_message_id IS NOT NULL")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+    __table_args__ = (
+        CheckConstraint(_in("status", SUBSCRIBER_STATUSES), name="status"),
+        # The few snoozed readers, for dispatch.not_snoozed without a scan of the whole list
+        Index("ix_subscribers_snoozed", "snoozed_until", postgresql_where=text("snoozed_until IS NOT NULL"),
+              sqlite_where=text("snoozed_until IS NOT NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    email: Mapped[str] = mapped_column(String(320))
+    # The address folded to lower case: mailbox providers ignore case, so one person is one subscriber.
+    email_key: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    unsubscribed_at: Mapped[datetime | None]
+    # The reader paused all their email until this moment (the dispatcher neither queues nor
+    # claims their mail before it); None when not snoozed.
+    snoozed_until: Mapped[datetime | None]
+
+    enrollments: Mapped[list[Enrollment]] = relationship(back_populates="subscriber")
+
+
+class Consent(Base):
+    """Append-only evidence of how and when the reader agreed (GDPR art. 7(1))."""
+
+    __tablename__ = "consents"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    campaign: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    # "form", "json", "confirmed", "continuation" or "import:<file name>" (100 characters: room for a file name)
+    source: Mapped[str] = mapped_column(String(100))
+    source_url: Mapped[str | None] = mapped_column(String(2000))
+    user_agent: Mapped[str | None] = mapped_column(String(500))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    wording: Mapped[str] = mapped_column(Text)
+
+
+class Enrollment(Base):
+    """A subscriber's place in one campaign. `next_due_at` is set while the next step waits to be queued."""
+
+    __tablename__ = "enrollments"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "campaign"),
+        CheckConstraint(_in("status", ENROLLMENT_STATUSES), name="status"),
+        # What a pass reads: only active enrollments with a due time, in its ORDER BY (migration 0006). The
+        # full (status, next_due_at) index it replaced is gone since migration 0013.
+        Index("ix_enrollments_due_active", "next_due_at", "id", postgresql_where=text(_DUE), sqlite_where=text(_DUE)),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    campaign: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    next_step: Mapped[int] = mapped_column(Integer, default=0)
+    next_due_at: Mapped[datetime | None]
+    last_sent_at: Mapped[datetime | None]
+    stopped_reason: Mapped[str | None] = mapped_column(String(64))
+    # Set when the reader arrived here by continuing from another campaign (a lead magnet);
+    # the footer's "why" names that campaign, which is the one they actually signed up for.
+    origin_campaign: Mapped[str | None] = mapped_column(String(64))
+    # The key of the step `next_step` pointed at when it was set, so `drip campaigns diff` can tell
+    # a reader whose next step was removed or moved from the file (None: the campaign's first step).
+    next_step_key: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    subscriber: Mapped[Subscriber] = relationship(back_populates="enrollments")
+
+
+class Message(Base):
+    """One email: one row per (enrollment, step), written before it is sent."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("enrollment_id", "step_key"),
+        CheckConstraint(_in("status", MESSAGE_STATUSES), name="status"),
+        Index("ix_messages_work", "status", "next_attempt_at"),
+        Index("ix_messages_created", "created_at", "id"),
+        # Unfinished messages only: the claim query never walks sent history (migration 0006).
+        Index("ix_messages_pending", "next_attempt_at", "id", postgresql_where=text(_PENDING),
+              sqlite_where=text(_PENDING)),
+        # Read by `= value` only (provider webhooks); an SMTP email has none (migration 0013).
+        Index("ix_messages_provider_message_id", "provider_message_id", postgresql_where=_NOT_NULL_PROVIDER_ID,
+              sqlite_where=_NOT_NULL_PROVIDER_ID),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    enrollment_id: Mapped[int] = mapped_column(ForeignKey("enrollments.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    campaign: Mapped[str] = mapped_column(String(64))
+    step_key: Mapped[str] = mapped_column(String(64))
+    step_index: Mapped[int] = mapped_column(Integer)
+    to_email: Mapped[str] = mapped_column(String(320))
+    subject: Mapped[str | None] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(80))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    provider_message_id: Mapped[str | None] = mapped_column(String(255))  # ix_ partial, NOT NULL only
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    first_attempt_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+
+
+class Event(Base):
+    """Append-only history: one row per attempt, outcome, signup, unsubscribe or provider event."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_subscriber", "subscriber_id", "created_at"),
+                      Index("ix_events_created", "created_at"),  # retention pruning (DRIP_EVENT_RETENTION_DAYS)
+                      # A message's history, and deletes cascading from messages; a signup's event has no
+                      # message and no entry here (migration 0013).
+                      Index("ix_events_message_id", "message_id", postgresql_where=_NOT_NULL_MESSAGE_ID,
+                            sqlite_where=_NOT_NULL_MESSAGE_ID),
+                      # Only provider webhooks set it: no entry for every other event (migration 0015).
+                      Index("uq_events_provider_event_id", "provider_event_id", unique=True,
+                            postgresql_where=_NOT_NULL_PROVIDER_EVENT_ID, sqlite_where=_NOT_NULL_PROVIDER_EVENT_ID))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))  # ix_ partial
+    type: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict | None] = mapped_column(JSON)
+    provider_event_id: Mapped[str | None] = mapped_column(String(255))  # unique where set: uq_ partial
+    created_at: Mapped[datetime]
+
+
+class Suppression(Base):
+    """Addresses that must never be mailed again; kept as a SHA-256 so an erased person leaves no address."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class SendingState(Base):
+    """One row (id 1) saying whether sending is paused, e.g. after a provider refused our API key."""
+
+    __tablename__ = "sending_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    changed_at: Mapped[datetime]
+
+
+class WebhookToken(Base):
+    """Webhook tokens already seen (Mailgun signs only timestamp + token, so a token must be used once)."""
+
+    __tablename__ = "webhook_tokens"
+
+    token: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    last_login_at: Mapped[datetime | None]
+
+
+class ApiToken(Base):
+    """Only the SHA-256 of a token is kept; the token itself is shown once, at creation."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class LoginAttempt(Base):
+    """Failed logins per key (address or client IP) in a window; shared by every web process."""
+
+    __tablename__ = "login_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(400), index=True)
+    created_at: Mapped[datetime]
+
+
+class RateHit(Base):
+    """Signup rate-limit counters, in the database so they hold across gunicorn workers and machines."""
+
+    __tablename__ = "rate_hits"
+    __table_args__ = {"sqlite_with_rowid": False}  # one b-tree entry per counter on SQLite (migration 0015)
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SendCounter(Base):
+    """Sends per sending domain per clock hour / UTC day (for send limits and the warm-up ramp), counted at
+    claim time in the claim's transaction, so every worker shares one allowance."""
+
+    __tablename__ = "send_counters"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    window: Mapped[str] = mapped_column(String(4), primary_key=True)  # "hour" or "day"
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class MessageContent(Base):
+    """The email exactly as it was handed to the transport (RFC 5322 bytes), for the operator's "as sent" view.
+
+    Written with the outcome of each attempt (the last attempt wins); erased with the message. `raw` holds
+    the bytes, or a layout: the email's own pieces and references to `content_chunks`, behind a
+    prefix no email starts with; read it with `as_sent.read`.
+    """
+
+    __tablename__ = "message_contents"
+
+    message_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class ContentChunk(Base):
+    """A piece of email shared by many "as sent" copies (a step's lines holding no reader's value), stored
+    once and named by its SHA-256. No personal data: erasing a reader leaves these."""
+
+    __tablename__ = "content_chunks"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class CampaignState(Base):
+    """Operator switches per campaign. A paused campaign queues no new step and claims none of its messages."""
+
+    __tablename__ = "campaign_states"
+
+    campaign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    paused_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+class DispatchPass(Base):
+    """One row per dispatch pass (any worker), kept for an hour: the source of the pass-duration metrics."""
+
+    __tablename__ = "dispatch_passes"
+    __table_args__ = (Index("ix_dispatch_passes_started", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(80))
+    started_at: Mapped[datetime]
+    duration_seconds: Mapped[float] = mapped_column(Float)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PendingConfirmation(Base):
+    """Double opt-in: a signup waiting for its confirm link to be clicked. One per (subscriber,
+    campaign); the enrollment is created only on confirmation. `requested_at` is when a confirmation
+    email was last granted (the cooldown counts from it); `send_pending` is set until that email is sent."""
+
+    __tablename__ = "pending_confirmations"
+    __table_args__ = (UniqueConstraint("subscriber_id", "campaign"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    campaign: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    requested_at: Mapped[datetime]
+    send_pending: Mapped[bool]
+    sending_until: Mapped[datetime | None]  # a worker's lease on sending it
+    sends: Mapped[int] = mapped_column(Integer, default=0)
