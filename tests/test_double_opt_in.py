@@ -16,7 +16,7 @@ from service.audience.signups import ConsentMeta, parse_signup, signup
 from service.campaigns.loader import load_campaigns
 from service.campaigns.model import CampaignError
 from service.core.db import utcnow
-from service.core.models import Consent, Enrollment, PendingConfirmation, Subscriber
+from service.core.models import Consent, Enrollment, Event, PendingConfirmation, Subscriber
 
 CAMPAIGN = "glute-guide"
 
@@ -129,6 +129,29 @@ def test_unconfirmed_signups_expire(rt, web, smtp):
     gone = web.post(path)
     assert gone.status_code == 410 and b"expired" in gone.data
     assert count(rt, Enrollment) == 0
+
+
+def test_expiry_keeps_a_reader_who_unsubscribed_from_the_confirmation(rt, web, smtp):
+    """Two unconfirmed signups expire; the one who clicked unsubscribe in the confirmation email keeps her
+    subscriber row and its unsubscribe record, the other is forgotten."""
+    t0 = at("2026-05-04T12:00:00")
+    for email in ("gone@example.org", "left@example.org"):
+        data = parse_signup({"email": email}, campaigns=rt.campaigns, default_campaign=CAMPAIGN,
+                            campaign_in_path=CAMPAIGN)
+        with rt.sessions() as s, s.begin():
+            signup(s, data, campaign=rt.campaigns[CAMPAIGN], meta=ConsentMeta("form"), now=t0)
+    d = rt.dispatcher()
+    d.run_pass(t0)
+    [confirmation] = smtp.handler.messages(to="left@example.org")
+    text = confirmation.get_body(("plain",)).get_content()
+    unsubscribe = re.search(r"https://drip\.example\.org(/unsubscribe/\S+)", text)  # the footer's link
+    assert web.post(unsubscribe.group(1), data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    d.run_pass(t0 + timedelta(days=7, minutes=1))
+    with rt.sessions() as s:
+        left = s.scalars(select(Subscriber.status).where(Subscriber.email_key == "left@example.org")).all()
+        assert left == ["unsubscribed"]
+        assert s.scalar(select(func.count()).select_from(Subscriber)) == 1
+        assert "unsubscribed" in s.scalars(select(Event.type)).all()
 
 
 def test_forged_or_foreign_tokens_confirm_nothing(rt, web, smtp):

@@ -90,12 +90,13 @@ def expire(session: Session, *, now: datetime, max_age: timedelta) -> int:
     """Deletes pending signups whose last confirmation email was granted more than `max_age` ago; the
     links in those emails stop working at the same age (a re-sent link gets the full time). An address
     that never confirmed anything (no enrollment, nothing else pending) is forgotten with its consent
-    and events (ON DELETE CASCADE): we keep no one who did not confirm."""
+    and events (ON DELETE CASCADE): we keep no one who did not confirm. A reader who unsubscribed from the
+    confirmation email (or bounced or complained) is kept: that record must outlive the pending signup."""
     gone = session.scalars(delete(PendingConfirmation).where(PendingConfirmation.requested_at < now - max_age)
                            .returning(PendingConfirmation.subscriber_id)).all()
     if gone:
         session.execute(delete(Subscriber).where(
-            Subscriber.id.in_(set(gone)),
+            Subscriber.id.in_(set(gone)), Subscriber.status == "active",
             ~exists().where(Enrollment.subscriber_id == Subscriber.id),
             ~exists().where(PendingConfirmation.subscriber_id == Subscriber.id)))
     return len(gone)

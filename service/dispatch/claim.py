@@ -67,7 +67,6 @@ def claim(d: Dispatcher, now: datetime, summary: PassSummary) -> list[int]:
         return [m.id for m in messages]
 
 
-
 def _claim_query(d: Dispatcher, due, now: datetime, full: list[str], limit: int):
     query = (
         select(Message.id, Message.status, Message.attempts, Message.claimed_by, Message.subscriber_id,
@@ -81,7 +80,6 @@ def _claim_query(d: Dispatcher, due, now: datetime, full: list[str], limit: int)
     if full:  # domains at their limit wait; the others still go
         query = query.where(Message.campaign.notin_(full))
     return query
-
 
 
 def _frequency_cap(d: Dispatcher, session: Session, messages: Sequence[Row], now: datetime) -> list[Row]:
@@ -125,7 +123,6 @@ def _frequency_cap(d: Dispatcher, session: Session, messages: Sequence[Row], now
     return [m for m in messages if m.id not in held]
 
 
-
 def _recent_sends(d: Dispatcher, session: Session, subscriber_ids: set[int],
                   now: datetime) -> dict[int, list[datetime]]:
     """When each reader's non-welcome emails of the last 30 hours went (or, in flight, were claimed):
@@ -141,7 +138,6 @@ def _recent_sends(d: Dispatcher, session: Session, subscriber_ids: set[int],
     return out
 
 
-
 def _sending_domain(d: Dispatcher, campaign_key: str) -> str | None:
     campaign = d.campaigns.get(campaign_key)
     if campaign is None:
@@ -149,12 +145,10 @@ def _sending_domain(d: Dispatcher, campaign_key: str) -> str | None:
     return email.utils.parseaddr(d.composer.from_header(campaign))[1].rpartition("@")[2].lower() or None
 
 
-
 def _campaigns_at_limit(d: Dispatcher, session: Session, now: datetime) -> list[str]:
     assert d.limits is not None
     return [key for key in d.campaigns if (domain := _sending_domain(d, key)) is not None
             and sendlimits.remaining(session, domain, d.limits, now) == 0]
-
 
 
 def _within_limits(d: Dispatcher, session: Session, messages: Sequence[Message], now: datetime) -> list[Message]:
@@ -171,7 +165,6 @@ def _within_limits(d: Dispatcher, session: Session, messages: Sequence[Message],
                                                                        d.limits, now)
         keep.update(m.id for m in group[:granted])
     return [m for m in messages if m.id in keep]
-
 
 
 def _local_midnight(now: datetime, tz_name: str) -> datetime:

@@ -115,7 +115,6 @@ def queue_due(d: Dispatcher, now: datetime, summary: PassSummary) -> int:
         return len(rows)
 
 
-
 # PostgreSQL: the batch's messages as one array per column, unnested. The same short statement
 # for every batch: SQLAlchemy's multi-row INSERT for 200 messages was 80 KB of SQL with 2,400
 # parameters, built and then parsed by psycopg anew for every batch (~35 us of CPU per email).
@@ -126,7 +125,6 @@ FROM unnest(CAST(:e AS BIGINT[]), CAST(:s AS BIGINT[]), CAST(:c AS TEXT[]), CAST
             CAST(:i AS INTEGER[]), CAST(:t AS TEXT[]), CAST(:m AS TEXT[])) AS batch (e, s, c, k, i, t, m)
 ON CONFLICT (enrollment_id, step_key) DO NOTHING
 RETURNING enrollment_id, id""", binary=True)
-
 
 
 def _insert_queued(d: Dispatcher, session: Session, insert, values: list[dict], now: datetime) -> dict[int, int]:
@@ -145,7 +143,6 @@ def _insert_queued(d: Dispatcher, session: Session, insert, values: list[dict], 
         .returning(Message.__table__.c.enrollment_id, Message.__table__.c.id), values).all())
 
 
-
 def _step_already_queued(d: Dispatcher, session: Session, enrollment: Enrollment, step: Step, now: datetime) -> None:
     """The step's message exists already (a race, or an operator moved the pointer back). If it is
     still in flight the enrollment waits for it; if it is finished the enrollment moves past it."""
@@ -156,7 +153,6 @@ def _step_already_queued(d: Dispatcher, session: Session, enrollment: Enrollment
     if status not in ("queued", "deferred", "sending") or sent_at is not None:
         enrollment.next_step = max(enrollment.next_step, step.index + 1)
         enrollment.next_due_at = now
-
 
 
 def _finish_enrollment(session: Session, enrollment: Enrollment, now: datetime, *, completed: bool,

@@ -81,7 +81,6 @@ def write_outcomes(d: Dispatcher, now: datetime, by_id: Mapping[int, SendResult]
             _apply(d, session, message, subscriber, enrollment, by_id[message.id], now, summary)
 
 
-
 def _next_after(d: Dispatcher, row: Row) -> tuple[Campaign, Step] | None:
     """For an accepted message: its campaign and the step its enrollment moves to, or None when there
     is no next step (completion and continuation go through `_advance`)."""
@@ -91,7 +90,6 @@ def _next_after(d: Dispatcher, row: Row) -> tuple[Campaign, Step] | None:
     here = campaign.step_by_key(row.step_key)  # the step's place in the current file, which may have been edited
     nxt = campaign.step(here.index + 1 if here is not None else max(row.next_step, row.step_index + 1))
     return (campaign, nxt) if nxt is not None else None
-
 
 
 # PostgreSQL: a flush's accepted messages and their enrollments (and, in as_sent.py, their
@@ -110,7 +108,6 @@ _MOVED_PG = DriverSQL("""UPDATE enrollments AS e SET next_step = v.next_step, ne
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:steps AS INTEGER[]), CAST(:keys AS TEXT[]),
             CAST(:dues AS TIMESTAMPTZ[])) AS v (id, next_step, next_key, due)
 WHERE e.id = v.id AND e.status = 'active'""", binary=True)
-
 
 
 def _write_sent(d: Dispatcher, session: Session, sent: list[dict], moved: list[dict], now: datetime) -> None:
@@ -139,7 +136,6 @@ def _write_sent(d: Dispatcher, session: Session, sent: list[dict], moved: list[d
         .values(next_step=bindparam("next_step"), next_step_key=bindparam("next_key"),
                 next_due_at=bindparam("due", type_=UTCDateTime()), last_sent_at=now, updated_at=now),
         moved)
-
 
 
 def _apply(d: Dispatcher, session: Session, message: Message, subscriber: Subscriber, enrollment: Enrollment,
@@ -179,7 +175,6 @@ def _apply(d: Dispatcher, session: Session, message: Message, subscriber: Subscr
         events.transition(session, message, "deferred", now=now,
                           detail=f"{result.error}; retry in {int(delay)} s")
         summary.deferred += 1
-
 
 
 def load_rows(session: Session, ids: Sequence[int]):

@@ -63,6 +63,8 @@ class SendRun:
 
     def send_claimed(self, ids: Sequence[int], transport: Transport, clock: Callable[[], datetime],
                      summary: PassSummary) -> None:
+        """Sends the claimed `ids` chunk by chunk; after a transport failure the rest of the chunks are
+        handed back (bad credentials: sending pauses) or deferred without counting an attempt."""
         self.unfinished = set(ids)
         self.lease_renewed = time.monotonic()
         broken: TransportError | None = None
@@ -82,7 +84,6 @@ class SendRun:
         if broken is not None and broken.auth_failed:
             summary.paused = 1
 
-
     def keep_lease(self) -> None:
         """Renew the lease of every message this worker still holds, well before it can expire, so no
         other worker takes over a message that is still being sent. Messages whose lease was lost
@@ -94,7 +95,6 @@ class SendRun:
                 log.warning("lost the lease of %d messages; another worker will send them", len(lost))
             self.unfinished = held
             self.lease_renewed = time.monotonic()
-
 
     def prepare(self, ids: Sequence[int], now: datetime, summary: PassSummary) -> list[ComposeJob]:
         """Drop readers no longer wanted and compose-ready jobs for the rest."""
@@ -124,12 +124,10 @@ class SendRun:
                 summary.failed += 1
         return jobs
 
-
     def recheck(self, ids: Sequence[int], now: datetime, summary: PassSummary) -> set[int]:
         """Of `ids`, those still held by this worker and still wanted; the unwanted become `suppressed`."""
         with self.d.sessions() as session, session.begin():
             return {row.id for row in self._wanted(session, ids, now, summary)}
-
 
     def _wanted(self, session: Session, ids: Sequence[int], now: datetime, summary: PassSummary) -> list[Row]:
         """The rows of `ids` this worker still holds and whose reader still wants them, in id order. Those
@@ -177,7 +175,6 @@ class SendRun:
             events.record_many(session, dropped)
             summary.suppressed += len(dropped)
         return keep
-
 
     def send_chunk(self, jobs: list[ComposeJob], transport: Transport, clock: Callable[[], datetime],
                    summary: PassSummary) -> TransportError | None:
@@ -248,7 +245,6 @@ class SendRun:
             return exc
         return None
 
-
     def _feed(self, jobs: list[ComposeJob], handed: list[OutboundEmail], outcomes: list[tuple[int, SendResult]],
               subjects: dict[int, str], clock: Callable[[], datetime], summary: PassSummary) -> Iterator[OutboundEmail]:
         """Composes and hands emails to the transport one by one. When more than `recheck_seconds` have
@@ -274,7 +270,6 @@ class SendRun:
             handed.append(item)
             yield item
 
-
     def release(self, ids: Sequence[int], now: datetime, *, pause_reason: str | None = None) -> None:
         """Hand claimed messages back untouched (attempt not counted, due now) and optionally pause sending.
         Used when the provider refused our credentials: the messages are fine, our configuration is not."""
@@ -291,7 +286,6 @@ class SendRun:
                 m.first_attempt_at = m.first_attempt_at if m.attempts else None
                 m.next_attempt_at, m.lease_until, m.claimed_by = now, None, None
 
-
     def renew_lease(self, ids: Sequence[int]) -> set[int]:
         """Extends this worker's lease on `ids`; returns the ids it still holds."""
         with self.d.sessions() as session, session.begin():
@@ -302,7 +296,6 @@ class SendRun:
                 .returning(Message.id)
             ).all()
         return set(held)
-
 
     def record(self, now: datetime, outcomes: Sequence[tuple[int, SendResult]], summary: PassSummary,
                subjects: Mapping[int, str] | None = None) -> None:
@@ -318,19 +311,16 @@ class SendRun:
         write_outcomes(self.d, now, by_id, raws, dict(subjects or {}), delta)
         self._merge(summary, delta)
 
-
     def _take(self, outcomes: Sequence[tuple[int, SendResult]]) -> tuple[dict[int, SendResult], dict[int, bytes]]:
         """The dispatcher's own bookkeeping for outcomes about to be written (always in its thread)."""
         by_id = dict(outcomes)
         self.unfinished.difference_update(by_id)
         return by_id, {pk: raw for pk in by_id if (raw := self.raw.pop(pk, None)) is not None}
 
-
     def _merge(self, summary: PassSummary, delta: PassSummary) -> None:
         for key, value in vars(delta).items():
             setattr(summary, key, getattr(summary, key) + value)
         self.sent += delta.sent
-
 
     def _record_in_background(self, now: datetime, outcomes: Sequence[tuple[int, SendResult]],
                               summary: PassSummary, subjects: Mapping[int, str]) -> None:
@@ -351,7 +341,6 @@ class SendRun:
         self.in_flight = (self.recorder.submit(write_outcomes, self.d, now, by_id, raws, mine, delta), delta,
                            (now, by_id, raws, mine))
 
-
     def _wait_recorded(self, summary: PassSummary) -> None:
         if self.in_flight is not None:
             future, delta, batch = self.in_flight
@@ -362,7 +351,6 @@ class SendRun:
                 self.unwritten = batch  # send_chunk tries once more, then lets the lease decide
                 raise
             self._merge(summary, delta)
-
 
     def settle(self) -> None:
         """A pass that ends by an exception still waits for its background write (normally the chunk
@@ -376,7 +364,6 @@ class SendRun:
         except Exception:
             log.exception("writing outcomes failed; those messages will be reclaimed after their lease")
         self.unwritten = None
-
 
     def _rewrite_failed(self, summary: PassSummary) -> None:
         """After a database error: the outcomes of a background write that failed, written once more."""
