@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-postgres lint browser contract clean bench
+.PHONY: install run test browser contract clean bench soak
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ browser:
 test: install browser
 	$(BIN)/ruff check service tests bench migrations
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The whole-system simulation (tests/test_simulation.py) with many more random examples than `make test`
+# runs: DRIP_SIMULATION_EXAMPLES=2000 make soak; add DRIP_TEST_POSTGRES_URL=... for PostgreSQL too.
+soak: install
+	DRIP_SIMULATION_EXAMPLES=$${DRIP_SIMULATION_EXAMPLES:-300} $(BIN)/python -m pytest tests/test_simulation.py -x $(PYTEST_ARGS)
 
 # Benchmarks against this machine's limits (PostgreSQL at DRIP_BENCH_POSTGRES_URL, default
 # postgresql://postgres@127.0.0.1:5432/postgres); see docs/performance.md.

@@ -45,20 +45,20 @@ BUNDLE = "back-pain-bundle"
 SITE = {"Origin": "https://drip.example.org"}
 
 
-def enroll(rt, email: str, now: datetime, campaign: str = BUNDLE) -> int:  # noqa: ANN001
+def enroll(rt, email: str, now: datetime, campaign: str = BUNDLE) -> int:
     data = parse_signup({"email": email, "name": "Reader", "timezone": "UTC", "campaign": campaign},
                         campaigns=rt.campaigns, default_campaign=BUNDLE)
     with rt.sessions() as s, s.begin():
         return signup(s, data, campaign=rt.campaigns[campaign], meta=ConsentMeta("json"), now=now).subscriber_id
 
 
-def prefs_path(rt, sid: int) -> str:  # noqa: ANN001
+def prefs_path(rt, sid: int) -> str:
     with rt.sessions() as s:
         public_id = s.get(Subscriber, sid).public_id
     return rt.reader_links(public_id, 0)["preferences_url"].removeprefix(rt.settings.base_url)
 
 
-def subjects(smtp, address: str) -> list[str]:  # noqa: ANN001
+def subjects(smtp, address: str) -> list[str]:
     return [m["Subject"] for m in smtp.handler.messages(to=address)]
 
 
@@ -142,7 +142,7 @@ GLUTE = "glute-guide"  # a one-step lead magnet that continues into the bundle a
 READER_TABLES = (Subscriber, Consent, Enrollment, Message, Event, PendingConfirmation)
 
 
-def footprint(rt, sid: int) -> dict[str, list[tuple]]:  # noqa: ANN001
+def footprint(rt, sid: int) -> dict[str, list[tuple]]:
     """Every row held about one reader, all columns, including the stored "as sent" copies of her emails."""
     out: dict[str, list[tuple]] = {}
     with rt.sessions() as s:
@@ -156,18 +156,18 @@ def footprint(rt, sid: int) -> dict[str, list[tuple]]:  # noqa: ANN001
     return out
 
 
-def footprints(rt, ids: dict[str, int], *names: str) -> dict[str, dict]:  # noqa: ANN001
+def footprints(rt, ids: dict[str, int], *names: str) -> dict[str, dict]:
     return {name: footprint(rt, ids[name]) for name in names}
 
 
-def messages_of(rt, sid: int) -> list[tuple[str, str, str]]:  # noqa: ANN001
+def messages_of(rt, sid: int) -> list[tuple[str, str, str]]:
     """(campaign, step, status) of each of the reader's messages, in the order they were queued."""
     with rt.sessions() as s:
         return [tuple(r) for r in s.execute(select(Message.campaign, Message.step_key, Message.status)
                                             .where(Message.subscriber_id == sid).order_by(Message.id))]
 
 
-def enrollments_of(rt, sid: int) -> dict[str, Enrollment]:  # noqa: ANN001
+def enrollments_of(rt, sid: int) -> dict[str, Enrollment]:
     with rt.sessions() as s:
         rows = s.scalars(select(Enrollment).where(Enrollment.subscriber_id == sid)).all()
         for row in rows:
@@ -175,25 +175,25 @@ def enrollments_of(rt, sid: int) -> dict[str, Enrollment]:  # noqa: ANN001
     return {e.campaign: e for e in rows}
 
 
-def status_of(rt, sid: int) -> str | None:  # noqa: ANN001
+def status_of(rt, sid: int) -> str | None:
     with rt.sessions() as s:
         return s.scalar(select(Subscriber.status).where(Subscriber.id == sid))
 
 
-def set_due(rt, sid: int, campaign: str, when: datetime, **changes: object) -> None:  # noqa: ANN001
+def set_due(rt, sid: int, campaign: str, when: datetime, **changes: object) -> None:
     with rt.sessions() as s, s.begin():
         s.execute(update(Enrollment).where(Enrollment.subscriber_id == sid, Enrollment.campaign == campaign)
                   .values(next_due_at=when, **changes))
 
 
-def link(message, pattern: str) -> str:  # noqa: ANN001
+def link(message, pattern: str) -> str:
     """The path of the first link to `pattern` (a path prefix) in an email's plain-text body."""
     text = message.get_body(("plain",)).get_content()
     return re.search(rf"https://drip\.example\.org({pattern}/[A-Za-z0-9_.\-]+)", text).group(1)
 
 
 @contextmanager
-def web_with(runtime, **changes: object) -> Iterator[tuple]:  # noqa: ANN001
+def web_with(runtime, **changes: object) -> Iterator[tuple]:
     """A runtime and Flask test client on the same database with some settings changed."""
     rt = with_settings(runtime, **changes)
     application = create_app(runtime=rt)
@@ -267,11 +267,11 @@ class _AfterFirstEmail:
     """Wraps a transport: once the first email has been handed over, `action` runs (a reader acts while
     the rest of the chunk is still being sent)."""
 
-    def __init__(self, inner, action) -> None:  # noqa: ANN001
+    def __init__(self, inner, action) -> None:
         self.inner, self.action = inner, action
 
-    def send(self, batch):  # noqa: ANN001, ANN201
-        def feed():  # noqa: ANN202
+    def send(self, batch):
+        def feed():
             for n, item in enumerate(batch):
                 yield item
                 if n == 0:
@@ -557,7 +557,7 @@ def test_the_per_address_signup_limit_counts_each_address_alone(runtime) -> None
     """The per-address signup limit counts each address alone: an address at its limit is refused from any IP and
     for any campaign, while other addresses signing up in the same hour are accepted."""
     with web_with(runtime, signup_address_rate_limit=RateLimit(2, 3600)) as (rt, web):
-        def post(email: str, ip: str, campaign: str = BUNDLE):  # noqa: ANN202
+        def post(email: str, ip: str, campaign: str = BUNDLE):
             return web.post(f"/signup/{campaign}", json={"email": email, "timezone": "UTC"},
                             environ_base={"REMOTE_ADDR": ip}).status_code
 

@@ -132,16 +132,18 @@ def update_profile(session: Session, subscriber: Subscriber, *, name: object, ti
 
 
 def _reschedule(session: Session, subscriber: Subscriber, campaigns: dict[str, Campaign], now: datetime) -> int:
-    """Pending steps (due later, after a sent step) recomputed from that send in the reader's new zone."""
+    """Every pending step that waits by its schedule is recomputed in the reader's new zone from the moment
+    it counts from (`due_from`: the previous send, or when they joined, continued or switched), by the same
+    rule the dispatcher used to set it. Steps due at once, and emails already queued, keep their time."""
     moved = 0
     for e in session.scalars(select(Enrollment).where(
             Enrollment.subscriber_id == subscriber.id, Enrollment.status == "active",
-            Enrollment.next_due_at.is_not(None), Enrollment.last_sent_at.is_not(None))):
+            Enrollment.next_due_at.is_not(None), Enrollment.due_from.is_not(None))):
         campaign = campaigns.get(e.campaign)
         step = campaign.step(e.next_step) if campaign else None
         if campaign is None or step is None:
             continue
-        e.next_due_at = step_due(campaign, step, after=e.last_sent_at, reader_timezone=subscriber.timezone)
+        e.next_due_at = step_due(campaign, step, after=e.due_from, reader_timezone=subscriber.timezone)
         e.updated_at = now
         moved += 1
     return moved
@@ -190,6 +192,7 @@ def switch_to_digest(session: Session, subscriber: Subscriber, campaign: str, *,
         target.next_step = max(target.next_step, first)
         resume = digest.step(target.next_step)
         target.next_due_at = step_due(digest, resume, after=now, reader_timezone=subscriber.timezone) if resume else now
+        target.due_from = now if resume else None
     session.add(Consent(subscriber_id=subscriber.id, campaign=digest.key, created_at=now, source="preferences",
                         wording=f"Switched from {source.title} to {digest.title} on the preference page."))
     events.record(session, type="switched_to_digest", now=now, subscriber_id=subscriber.id,

@@ -307,9 +307,9 @@ ON CONFLICT (email_key) DO NOTHING RETURNING id"""
 # What a new subscriber gets with it: the enrollment (the welcome is due now: the row
 # enrollment_start.start writes for every other way of joining), the consent, the event.
 _FOLLOW_UPS = (
-    """INSERT INTO enrollments (subscriber_id, campaign, status, next_step, next_step_key, next_due_at, created_at,
-    updated_at)
-SELECT {id}, :campaign, 'active', 0, :first_step, :now, :now, :now""",
+    """INSERT INTO enrollments (subscriber_id, campaign, status, next_step, next_step_key, next_due_at, due_from,
+    created_at, updated_at)
+SELECT {id}, :campaign, 'active', 0, :first_step, :now, :now, :now, :now""",
     """INSERT INTO consents (subscriber_id, campaign, created_at, source, source_url, user_agent, ip, wording)
 SELECT {id}, :campaign, :now, :source, :source_url, :user_agent, :ip, :wording""",
     """INSERT INTO events (subscriber_id, type, detail, created_at) SELECT {id}, 'signup', :detail, :now""",

@@ -80,6 +80,7 @@ def _skip_welcome(session: Session, subscriber_id: int, campaign: Campaign, tz: 
     if step is not None:
         enrollment.next_step_key = step.key
         enrollment.next_due_at = step_due(campaign, step, after=now, reader_timezone=tz)
+        enrollment.due_from = now
 
 
 EXPORT_COLUMNS = ("email", "name", "timezone", "status", "created_at", "campaigns")

@@ -147,6 +147,10 @@ class Enrollment(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     next_step: Mapped[int] = mapped_column(Integer, default=0)
     next_due_at: Mapped[datetime | None]
+    # The moment `next_due_at` counts from (the previous step's send, or when the reader joined, continued,
+    # switched or came back), so a time-zone change can recompute it by the same rule. None when the due
+    # time is not a step's schedule (due at once after an operator's action, or a retry).
+    due_from: Mapped[datetime | None]
     last_sent_at: Mapped[datetime | None]
     stopped_reason: Mapped[str | None] = mapped_column(String(64))
     # Set when the reader arrived here by continuing from another campaign (a lead magnet);

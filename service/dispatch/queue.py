@@ -152,7 +152,7 @@ def _step_already_queued(d: Dispatcher, session: Session, enrollment: Enrollment
     # later reports it deferred: waiting on it would stall the reader for good.
     if status not in ("queued", "deferred", "sending") or sent_at is not None:
         enrollment.next_step = max(enrollment.next_step, step.index + 1)
-        enrollment.next_due_at = now
+        enrollment.next_due_at, enrollment.due_from = now, None
 
 
 def _finish_enrollment(session: Session, enrollment: Enrollment, now: datetime, *, completed: bool,

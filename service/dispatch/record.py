@@ -104,7 +104,7 @@ WHERE m.id = v.id""", binary=True)
 
 
 _MOVED_PG = DriverSQL("""UPDATE enrollments AS e SET next_step = v.next_step, next_step_key = v.next_key,
-    next_due_at = v.due, last_sent_at = :now, updated_at = :now
+    next_due_at = v.due, due_from = :now, last_sent_at = :now, updated_at = :now
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:steps AS INTEGER[]), CAST(:keys AS TEXT[]),
             CAST(:dues AS TIMESTAMPTZ[])) AS v (id, next_step, next_key, due)
 WHERE e.id = v.id AND e.status = 'active'""", binary=True)
@@ -134,7 +134,8 @@ def _write_sent(d: Dispatcher, session: Session, sent: list[dict], moved: list[d
     session.execute(
         update(enrollments).where(enrollments.c.id == bindparam("e_id"), enrollments.c.status == "active")
         .values(next_step=bindparam("next_step"), next_step_key=bindparam("next_key"),
-                next_due_at=bindparam("due", type_=UTCDateTime()), last_sent_at=now, updated_at=now),
+                next_due_at=bindparam("due", type_=UTCDateTime()), due_from=now, last_sent_at=now,
+                updated_at=now),
         moved)
 
 

@@ -34,12 +34,13 @@ def advance(session: Session, enrollment: Enrollment, subscriber: Subscriber, ca
     enrollment.next_step_key = nxt.key if nxt is not None else None  # `campaigns diff` reads places by key
     if nxt is None:
         enrollment.status = "completed"
-        enrollment.next_due_at = None
+        enrollment.next_due_at = enrollment.due_from = None
         events.record(session, type="enrollment_completed", now=now, subscriber_id=subscriber.id,
                       detail=campaign.key)
         continue_into(session, enrollment, subscriber, campaign, now, campaigns)
         return
     enrollment.next_due_at = step_due(campaign, nxt, after=now, reader_timezone=subscriber.timezone)
+    enrollment.due_from = now
 
 
 def continue_into(session: Session, enrollment: Enrollment, subscriber: Subscriber, campaign: Campaign,

@@ -78,7 +78,8 @@ def reactivate_grown(session: Session, campaigns: Mapping[str, Campaign], now: d
             if step is None or not had[enrollment.id]:
                 continue
             enrollment.status, enrollment.next_step = "active", step.index
-            enrollment.next_due_at = step_due(campaign, step, after=enrollment.last_sent_at or now,
+            enrollment.due_from = enrollment.last_sent_at or now
+            enrollment.next_due_at = step_due(campaign, step, after=enrollment.due_from,
                                               reader_timezone=subscriber.timezone)
             enrollment.updated_at = now
             events.record(session, type="reactivated", now=now, subscriber_id=subscriber.id,

@@ -24,7 +24,7 @@ def start(session: Session, *, subscriber_id: int, campaign: str, step: Step, du
     return session.execute(
         insert(Enrollment)
         .values(subscriber_id=subscriber_id, campaign=campaign, status="active", next_step=step.index,
-                next_step_key=step.key, next_due_at=due, origin_campaign=origin_campaign, created_at=now,
+                next_step_key=step.key, next_due_at=due, due_from=now, origin_campaign=origin_campaign, created_at=now,
                 updated_at=now)
         .on_conflict_do_nothing(index_elements=["subscriber_id", "campaign"])
         .returning(Enrollment.id)

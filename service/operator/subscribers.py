@@ -149,6 +149,7 @@ def resubscribe(session: Session, subscriber: Subscriber, *, reason: str, now: d
         while e.next_step in used:
             e.next_step += 1
         e.status, e.stopped_reason, e.next_due_at, e.updated_at = "active", None, now, now
+        e.due_from = None  # due at once, not by a schedule
         resumed += 1
     events.record(session, type="resubscribed", now=now, subscriber_id=subscriber.id,
                   detail=f"resubscribed by {by}: {reason}", data={"reason": reason, "by": by})
