@@ -12,6 +12,7 @@ from sqlalchemy import select
 from service.audience.signups import ConsentMeta, parse_signup, signup
 from service.core.models import Message, Subscriber
 from service.core.smtp_status import Verdict, classify
+from service.dispatch.policy import PassSummary
 from service.enrollment.suppression import is_suppressed
 from service.feedback.delivery import apply
 from service.feedback.dsn import parse_dsn
@@ -24,6 +25,7 @@ DSN = (Path(__file__).parent / "fixtures" / "dsn" / "hard-5.1.1.eml").read_text(
 CASES = [
     ("550 5.1.1 user unknown", Verdict.MAILBOX),
     ("552 5.2.2 mailbox full", Verdict.MAILBOX),
+    ("550 5.4.4 host not found", Verdict.MAILBOX),
     ("552 5.2.3 message too big", Verdict.REFUSED),
     ("552 5.3.4 message too big for system", Verdict.REFUSED),
     ("550 5.6.0 content refused", Verdict.REFUSED),
@@ -88,3 +90,21 @@ def test_transient_statuses_never_suppress() -> None:
     assert classify(550, "no such user", stage="RCPT") is Verdict.MAILBOX
     assert classify(550, "no such user", stage="DATA") is Verdict.REFUSED
     assert classify(250, "2.0.0 ok") is Verdict.OK
+
+
+def test_a_refusal_reported_before_the_hand_over_is_recorded_changes_nothing(runtime, smtp) -> None:
+    """A bounce email about a message this worker is still sending (its outcome not yet written) is kept as
+    history; the message stays with the worker, so its real outcome is recorded and the sequence goes on."""
+    a = enroll(runtime, "a@example.org")
+    enroll(runtime, "b@example.org")
+    d = runtime.dispatcher()
+    d.queue_due(T0, PassSummary())
+    claimed = d.claim(T0, PassSummary())
+    assert len(claimed) == 2
+    [event] = parse_dsn(dsn_for(runtime, "a@example.org", "552 5.3.4"), secret=runtime.settings.secret_key)
+    with runtime.sessions() as s, s.begin():
+        assert apply(s, event, now=T0, policy=runtime.delivery_policy()) == "applied"
+    with runtime.sessions() as s:
+        assert dict(s.execute(select(Message.to_email, Message.status)).all()) == {
+            "a@example.org": "sending", "b@example.org": "sending"}
+    assert reader_state(runtime, a) == ("active", False)

@@ -123,3 +123,26 @@ def test_a_time_zone_change_reschedules_by_the_same_rule_the_dispatcher_uses(cli
     assert (local.weekday(), local.hour) == (5, 11)
     assert due("mover") == due("tokyo")
     assert due("ny") == before
+
+
+def test_a_zone_change_before_the_welcome_leaves_it_due_at_once(client, runtime, tmp_path) -> None:
+    """A signup's first step is due at once, whatever delay the file gives it; changing time zone before the
+    pass that sends it does not push it a delay into the future (it is not counted from a schedule)."""
+    def edit(text: str) -> str:
+        return text.replace('key = "welcome"\ndelay = "0"', 'key = "welcome"\ndelay = "7d"')
+    rt = with_settings(runtime, templates_dir=templates_with(tmp_path, "back-pain-bundle", edit))
+    assert rt.campaigns["back-pain-bundle"].steps[0].delay.days == 7
+    t0 = at("2026-03-04T15:00:00")
+    data = parse_signup({"email": "early@example.org", "timezone": "America/New_York"}, campaigns=rt.campaigns,
+                        default_campaign="back-pain-bundle")
+    with rt.sessions() as s, s.begin():
+        sid = signup(s, data, campaign=rt.campaigns["back-pain-bundle"], meta=ConsentMeta("json"), now=t0).subscriber_id
+    with rt.sessions() as s:
+        before = s.scalars(select(Enrollment.next_due_at).where(Enrollment.subscriber_id == sid)).one()
+        public_id = s.get_one(Subscriber, sid).public_id
+    path = rt.reader_links(public_id, 0)["preferences_url"].removeprefix(rt.settings.base_url)
+    r = create_app(runtime=rt).test_client().post(f"{path}/profile", data={"name": "E", "timezone": "Asia/Tokyo"},
+                                                  headers={"Origin": "https://drip.example.org"})
+    assert r.status_code == 303
+    with rt.sessions() as s:
+        assert s.scalars(select(Enrollment.next_due_at).where(Enrollment.subscriber_id == sid)).one() == before

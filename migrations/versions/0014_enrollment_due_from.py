@@ -15,12 +15,14 @@ branch_labels = None
 depends_on = None
 
 
+# Plain ALTER TABLE on both databases (SQLite has had ADD and DROP COLUMN since 3.35). A batch rebuild of
+# `enrollments` on SQLite would drop the table, and its ON DELETE CASCADE would take every message with it.
 def upgrade() -> None:
-    with op.batch_alter_table("enrollments") as batch:
-        batch.add_column(sa.Column("due_from", sa.DateTime(timezone=True), nullable=True))
-    op.execute("UPDATE enrollments SET due_from = COALESCE(last_sent_at, created_at) WHERE next_due_at IS NOT NULL")
+    op.add_column("enrollments", sa.Column("due_from", sa.DateTime(timezone=True), nullable=True))
+    # A welcome still waiting (next_step 0) is due at once, not by a schedule: it keeps no due_from.
+    op.execute("UPDATE enrollments SET due_from = COALESCE(last_sent_at, created_at) "
+               "WHERE next_due_at IS NOT NULL AND next_step > 0")
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("enrollments") as batch:
-        batch.drop_column("due_from")
+    op.execute("ALTER TABLE enrollments DROP COLUMN due_from")

@@ -74,7 +74,8 @@ def confirm(session: Session, *, public_id: str, campaign: Campaign, now: dateti
         .returning(PendingConfirmation.id)
     ).scalar()
     enrolled = enrollment_start.start(session, subscriber_id=subscriber.id, campaign=campaign.key,
-                                      step=campaign.steps[0], due=now, now=now) if pending is not None else None
+                                      step=campaign.steps[0], due=now, due_from=None,
+                                      now=now) if pending is not None else None
     if enrolled is None:
         exists = session.scalar(select(Enrollment.id).where(Enrollment.subscriber_id == subscriber.id,
                                                             Enrollment.campaign == campaign.key))

@@ -3,7 +3,7 @@ correct name and time zone, snooze, download or erase their data.
 
 Domain functions only: they take a session and plain values, the caller commits. Every change is
 recorded as an event, so the operator's timeline shows what the reader did and when. Export and erasure
-are service/privacy.py's, the same ones the operator uses.
+are service/audience/privacy.py's, the same ones the operator uses.
 """
 from __future__ import annotations
 
@@ -186,7 +186,8 @@ def switch_to_digest(session: Session, subscriber: Subscriber, campaign: str, *,
     target = session.scalar(select(Enrollment).where(Enrollment.subscriber_id == subscriber.id,
                                                      Enrollment.campaign == digest.key))
     if target is None:
-        enrollment_start.start(session, subscriber_id=subscriber.id, campaign=digest.key, step=step, due=due, now=now)
+        enrollment_start.start(session, subscriber_id=subscriber.id, campaign=digest.key, step=step, due=due,
+                               due_from=now if first else None, now=now)
     elif target.status != "active":  # they had left the digest before: it restarts where they left it
         target.status, target.stopped_reason, target.updated_at = "active", None, now
         target.next_step = max(target.next_step, first)
@@ -200,7 +201,7 @@ def switch_to_digest(session: Session, subscriber: Subscriber, campaign: str, *,
     return digest.key
 
 
-# -- the reader's data: export and erasure are service/privacy.py's, shared with the operator ------------
+# -- the reader's data: export and erasure are service/audience/privacy.py's, shared with the operator ------------
 def export_reader_data(session: Session, subscriber: Subscriber, *, now: datetime) -> dict:
     """Everything held about the reader, downloaded from their own preference page."""
     return privacy.export_subscriber(session, subscriber, now=now, by="the reader")

@@ -20,7 +20,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def export_subscriber(session: Session, subscriber: Subscriber, *, now: datetime, by: str) -> dict:
+def export_subscriber(session: Session, subscriber: Subscriber, *, now: datetime, by: str,
+                      operator: str | None = None) -> dict:
     """Everything stored about one person, as JSON-ready values (GDPR art. 15 and 20): the one export,
     for the reader's own download and the operator's alike. The export is recorded in their timeline."""
     sid = subscriber.id
@@ -50,7 +51,10 @@ def export_subscriber(session: Session, subscriber: Subscriber, *, now: datetime
         "events": [{"type": e.type, "message_id": e.message_id, "detail": e.detail,
                     "created_at": _iso(e.created_at)} for e in history],
     }
-    events.record(session, type="data_exported", now=now, subscriber_id=sid, detail=f"data exported by {by}")
+    # Which operator exported goes in the event's data (the console's timeline shows it); the detail, which
+    # the reader's own export repeats, names only the kind of requester.
+    events.record(session, type="data_exported", now=now, subscriber_id=sid, detail=f"data exported by {by}",
+                  data={"operator": operator} if operator else None)
     return data
 
 

@@ -278,7 +278,8 @@ def signup_known(session: Session, data: SignupInput, *, campaign: Campaign, met
         return _request_confirmation(session, subscriber, data, campaign=campaign, meta=meta, now=now,
                                      record_ip=record_ip, cooldown=confirm_cooldown)
     inserted = enrollment_start.start(session, subscriber_id=subscriber.id, campaign=data.campaign,
-                                      step=campaign.steps[0], due=now, now=now)
+                                      step=campaign.steps[0], due=now, due_from=None,
+                                      now=now)
     if inserted is None:
         _welcome_a_continued_reader(session, subscriber, campaign, meta=meta, now=now, record_ip=record_ip)
         return SignupResult("existing", subscriber.id)
@@ -309,7 +310,7 @@ ON CONFLICT (email_key) DO NOTHING RETURNING id"""
 _FOLLOW_UPS = (
     """INSERT INTO enrollments (subscriber_id, campaign, status, next_step, next_step_key, next_due_at, due_from,
     created_at, updated_at)
-SELECT {id}, :campaign, 'active', 0, :first_step, :now, :now, :now, :now""",
+SELECT {id}, :campaign, 'active', 0, :first_step, :now, NULL, :now, :now""",
     """INSERT INTO consents (subscriber_id, campaign, created_at, source, source_url, user_agent, ip, wording)
 SELECT {id}, :campaign, :now, :source, :source_url, :user_agent, :ip, :wording""",
     """INSERT INTO events (subscriber_id, type, detail, created_at) SELECT {id}, 'signup', :detail, :now""",

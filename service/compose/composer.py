@@ -203,7 +203,7 @@ class Composer:
         return text, html
 
     def _plan(self, job: ComposeJob, ctx: dict) -> render_plan.Plan | None:
-        """The step's render plan (service/render_plan.py), made on first use; None when the templates
+        """The step's render plan (service/compose/render_plan.py), made on first use; None when the templates
         are not safe to plan, and then the step is rendered in full for every email."""
         defined = tuple(k for k in render_plan.PERSONAL_NAMES if k in ctx)
         key = (id(job.campaign), job.step.key, job.step.template, ctx["why"], defined)
@@ -260,7 +260,7 @@ class Composer:
             subject = header_text(f"[TEST] {subject}")[:250]
             headers += (("X-Drip-Test", "1"),)
         to_name = header_text(job.name)
-        # The lean writer (service/mime.py) instead of EmailMessage: ~0.1 ms instead of ~3 ms per email,
+        # The lean writer (service/compose/mime.py) instead of EmailMessage: ~0.1 ms instead of ~3 ms per email,
         # the largest single cost of composing. Values are made ASCII here (RFC 2047 where needed).
         pieces = mime.multipart_alternative_pieces(
             (("From", self.from_value(from_header)), ("To", mime.address(to_name, recipient)),

@@ -136,8 +136,8 @@ class Enrollment(Base):
     __table_args__ = (
         UniqueConstraint("subscriber_id", "campaign"),
         CheckConstraint(_in("status", ENROLLMENT_STATUSES), name="status"),
-        # What a pass reads: only active enrollments with a due time, in its ORDER BY (migration 0006). The
-        # full (status, next_due_at) index it replaced is gone since migration 0013.
+        # What a pass reads: only active enrollments with a due time, in its ORDER BY (migration 0006_issue6). The
+        # full (status, next_due_at) index it replaced is gone since migration 0013_lean_indexes.
         Index("ix_enrollments_due_active", "next_due_at", "id", postgresql_where=text(_DUE), sqlite_where=text(_DUE)),
     )
 
@@ -174,10 +174,10 @@ class Message(Base):
         CheckConstraint(_in("status", MESSAGE_STATUSES), name="status"),
         Index("ix_messages_work", "status", "next_attempt_at"),
         Index("ix_messages_created", "created_at", "id"),
-        # Unfinished messages only: the claim query never walks sent history (migration 0006).
+        # Unfinished messages only: the claim query never walks sent history (migration 0006_issue6).
         Index("ix_messages_pending", "next_attempt_at", "id", postgresql_where=text(_PENDING),
               sqlite_where=text(_PENDING)),
-        # Read by `= value` only (provider webhooks); an SMTP email has none (migration 0013).
+        # Read by `= value` only (provider webhooks); an SMTP email has none (migration 0013_lean_indexes).
         Index("ix_messages_provider_message_id", "provider_message_id", postgresql_where=_NOT_NULL_PROVIDER_ID,
               sqlite_where=_NOT_NULL_PROVIDER_ID),
     )
@@ -211,10 +211,10 @@ class Event(Base):
     __table_args__ = (Index("ix_events_subscriber", "subscriber_id", "created_at"),
                       Index("ix_events_created", "created_at"),  # retention pruning (DRIP_EVENT_RETENTION_DAYS)
                       # A message's history, and deletes cascading from messages; a signup's event has no
-                      # message and no entry here (migration 0013).
+                      # message and no entry here (migration 0013_lean_indexes).
                       Index("ix_events_message_id", "message_id", postgresql_where=_NOT_NULL_MESSAGE_ID,
                             sqlite_where=_NOT_NULL_MESSAGE_ID),
-                      # Only provider webhooks set it: no entry for every other event (migration 0015).
+                      # Only provider webhooks set it: no entry for every other event (migration 0015_lean_signup_pages).
                       Index("uq_events_provider_event_id", "provider_event_id", unique=True,
                             postgresql_where=_NOT_NULL_PROVIDER_EVENT_ID, sqlite_where=_NOT_NULL_PROVIDER_EVENT_ID))
 
@@ -297,7 +297,7 @@ class RateHit(Base):
     """Signup rate-limit counters, in the database so they hold across gunicorn workers and machines."""
 
     __tablename__ = "rate_hits"
-    __table_args__ = {"sqlite_with_rowid": False}  # one b-tree entry per counter on SQLite (migration 0015)
+    __table_args__ = {"sqlite_with_rowid": False}  # one b-tree entry per counter on SQLite (migration 0015_lean_signup_pages)
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(primary_key=True)

@@ -4,8 +4,9 @@ The same status has the same effect whether the relay answers it at once (the SM
 bounce email reports it later (a DSN read by `drip bounces`):
 
 - `MAILBOX`: permanent and about the mailbox: RFC 3463 5.1.x (addressing) or 5.2.x (mailbox), except
-  5.2.3 (the message is too big, not the mailbox's fault); or, without an enhanced code, a bare 550, 551
-  or 553 answered at RCPT that does not mention relaying. The address is suppressed for good.
+  5.2.3 (the message is too big, not the mailbox's fault), and 5.4.4 (the address's domain does not
+  route: no such domain, as relays report in bounce emails); or, without an enhanced code, a bare 550,
+  551 or 553 answered at RCPT that does not mention relaying. The address is suppressed for good.
 - `REFUSED`: permanent, but about this email or about us (5.3.4 too big, 5.6.x content, 5.7.x policy,
   "relay not permitted"): the email fails and the reader stays subscribed.
 - `TRANSIENT`: 4xx or 4.x.x: worth trying again later.
@@ -38,7 +39,7 @@ def classify(code: int | None, text: str | bytes = "", *, stage: str = "DATA") -
         return Verdict.TRANSIENT  # 4xx, or nothing we can read: never blame the reader's mailbox for it
     if enhanced:
         subject, detail = enhanced.group(2), enhanced.group(3)
-        about_mailbox = subject == "1" or (subject == "2" and detail != "3")
+        about_mailbox = subject == "1" or (subject == "2" and detail != "3") or (subject, detail) == ("4", "4")
     else:
         about_mailbox = stage == "RCPT" and code in (550, 551, 553) and "relay" not in words.lower()
     return Verdict.MAILBOX if about_mailbox else Verdict.REFUSED

@@ -36,7 +36,7 @@ def continue_enrollment(session: Session, *, enrollment: Enrollment, subscriber:
     due = step_due(target, step, after=now, reader_timezone=subscriber.timezone)
     origin = enrollment.origin_campaign or campaign.key
     new_id = enrollment_start.start(session, subscriber_id=subscriber.id, campaign=target.key, step=step, due=due,
-                                    now=now, origin_campaign=origin)
+                                    due_from=now, now=now, origin_campaign=origin)
     if new_id is None:
         return None
     session.add(Consent(

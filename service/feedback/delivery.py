@@ -9,7 +9,7 @@ statuses of `service.events`:
 - soft_bounce  -> a `soft_bounce` event; the message is parked as for deferred; the address is suppressed
                   once `soft_threshold` soft bounces fall on distinct days within `soft_window`
 - failed       -> message `failed`: refused for good, but not because of the mailbox (too big, content,
-                  policy; see service/smtp_status.py); the reader stays subscribed, as when the relay
+                  policy; see service/core/smtp_status.py); the reader stays subscribed, as when the relay
                   refuses the same status at once
 - hard_bounce  -> message `bounced`, address suppressed, subscriber `bounced`, every enrollment stopped
 - complaint    -> message `complained`, address suppressed, subscriber `complained`, enrollments stopped
@@ -141,6 +141,11 @@ def _may_move(message: Message, target: str) -> bool:
         return False
     if target == "deferred" and message.status != "sent":
         return False  # only a message the provider accepted can be deferred by the provider
+    if target == "failed" and message.sent_at is None:
+        # A refusal reported for a message whose hand-over we have not recorded (still being sent, or in our
+        # own retry) stays history only: failing it here would leave its enrollment waiting for good, and
+        # the worker's real outcome would be dropped.
+        return False
     return target in events.ALLOWED[message.status]
 
 

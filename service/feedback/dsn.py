@@ -6,7 +6,7 @@ ignored, so a holiday never suppresses a reader (listmonk#1334 counted those as 
 
 The message is found by the VERP envelope sender (`bounces+<id>-<sig>@…`, the address the DSN was
 sent to), else by the Message-ID in the returned headers. A failed delivery's RFC 3463 status is read
-by the same rule as a refusal answered at once (service/smtp_status.py): about the mailbox, a hard
+by the same rule as a refusal answered at once (service/core/smtp_status.py): about the mailbox, a hard
 bounce; any other permanent status (too big, content, policy), the email failed and the reader stays;
 4.x.x, a soft bounce. Action "delayed" is a deferral.
 """

@@ -1,4 +1,4 @@
-"""Provider webhook payloads -> `DeliveryEvent`s (the one status model in service/delivery.py).
+"""Provider webhook payloads -> `DeliveryEvent`s (the one status model in service/feedback/delivery.py).
 
 Parsers tolerate unknown fields and unknown event types (SES and the others add fields over time): an
 event they do not map is skipped and logged, never an error. Each parser gets an already verified,

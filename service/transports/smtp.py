@@ -2,7 +2,7 @@
 
 Replies are classified the RFC 5321 way: 4xx and dropped connections are transient (retry later);
 5xx is permanent for that email. Only a refusal that is about the mailbox suppresses the address
-(the rule lives in service/smtp_status.py, shared with bounce emails); everything else permanent
+(the rule lives in service/core/smtp_status.py, shared with bounce emails); everything else permanent
 fails the email without blaming the reader. Failing to connect, to authenticate, or having our
 own envelope sender refused is the transport's failure, not any recipient's: the batch waits and
 retries without counting attempts.
