@@ -214,7 +214,7 @@ class Event(Base):
                       # message and no entry here (migration 0013_lean_indexes).
                       Index("ix_events_message_id", "message_id", postgresql_where=_NOT_NULL_MESSAGE_ID,
                             sqlite_where=_NOT_NULL_MESSAGE_ID),
-                      # Only provider webhooks set it: no entry for every other event (migration 0015_lean_signup_pages).
+                      # Only provider webhooks set it: no entry for every other event (0015_lean_signup_pages).
                       Index("uq_events_provider_event_id", "provider_event_id", unique=True,
                             postgresql_where=_NOT_NULL_PROVIDER_EVENT_ID, sqlite_where=_NOT_NULL_PROVIDER_EVENT_ID))
 
@@ -297,7 +297,8 @@ class RateHit(Base):
     """Signup rate-limit counters, in the database so they hold across gunicorn workers and machines."""
 
     __tablename__ = "rate_hits"
-    __table_args__ = {"sqlite_with_rowid": False}  # one b-tree entry per counter on SQLite (migration 0015_lean_signup_pages)
+    # One b-tree entry per counter on SQLite (migration 0015_lean_signup_pages).
+    __table_args__ = {"sqlite_with_rowid": False}
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(primary_key=True)
