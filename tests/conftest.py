@@ -90,7 +90,11 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
         path = tmp_path / "drip.sqlite3"
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
-    url = request.getfixturevalue("postgres_database")
+    return emptied(request.getfixturevalue("postgres_database"))
+
+
+def emptied(url: str) -> str:
+    """The session's PostgreSQL database with every table emptied (ids restart), for a test of its own."""
     engine = create_engine(url)
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:

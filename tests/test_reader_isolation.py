@@ -17,6 +17,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from conftest import with_settings
 from sqlalchemy import func, select, update
+from test_reader import prefs_path
 
 from service.app import create_app
 from service.audience.signups import ConsentMeta, parse_signup, signup
@@ -50,12 +51,6 @@ def enroll(rt, email: str, now: datetime, campaign: str = BUNDLE) -> int:
                         campaigns=rt.campaigns, default_campaign=BUNDLE)
     with rt.sessions() as s, s.begin():
         return signup(s, data, campaign=rt.campaigns[campaign], meta=ConsentMeta("json"), now=now).subscriber_id
-
-
-def prefs_path(rt, sid: int) -> str:
-    with rt.sessions() as s:
-        public_id = s.get(Subscriber, sid).public_id
-    return rt.reader_links(public_id, 0)["preferences_url"].removeprefix(rt.settings.base_url)
 
 
 def subjects(smtp, address: str) -> list[str]:

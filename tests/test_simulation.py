@@ -46,7 +46,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import ROOT, SmtpServer, at
+from conftest import ROOT, SmtpServer, at, emptied
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -57,13 +57,13 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 import service.web
 from service.app import create_app
 from service.core.config import Settings
 from service.core.db import utcnow
-from service.core.models import Base, Enrollment, Event, Message, PendingConfirmation, Subscriber
+from service.core.models import Enrollment, Event, Message, PendingConfirmation, Subscriber
 from service.dispatch.policy import PassSummary
 from service.dispatch.send import SendRun
 from service.operator.campaign_stats import set_paused
@@ -228,13 +228,7 @@ class World:
             path = self.tmp / f"sim-{self.examples}.sqlite3"
             shutil.copy(self.request.getfixturevalue("sqlite_template"), path)
             return f"sqlite:///{path}"
-        url = self.request.getfixturevalue("postgres_database")
-        engine = create_engine(url)
-        tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-        with engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-        engine.dispose()
-        return url
+        return emptied(self.request.getfixturevalue("postgres_database"))
 
     def settings(self, url: str, templates: Path) -> Settings:
         return Settings(database_url=url, email_url=self.smtp.url, base_url=BASE, secret_key="simulation-" + "k" * 32,
