@@ -5,35 +5,50 @@ import getpass
 import logging
 import sys
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from service.commands.context import load_runtime, load_settings
-from service.core.config import ConfigError, Settings
+from service.commands.context import load_runtime, load_settings, operator_error
+from service.core.config import Settings
+from service.core.config import mask_url as masked
 
 log = logging.getLogger("drip")
 
-
-def masked(url: str) -> str:
-    """A URL safe to print: the password replaced by ***, and so is an API key in the user part
-    (postmark://TOKEN@, sendgrid://KEY@, mailgun://KEY@domain, resend://KEY@)."""
-    parts = urlsplit(url)
-    if parts.username and not parts.password and parts.scheme not in ("smtp", "smtps"):
-        return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+__all__ = ["main", "masked"]
 
 
-@click.group()
+class DripGroup(click.Group):
+    """Every command's operator mistakes (a setting, a campaign folder, the database) end in one line
+    naming the variable or file, what is wrong and the fix; a fault in Drip itself keeps its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            if (line := operator_error(exc, _database_url_or_none())) is None:
+                raise
+            raise click.ClickException(line) from None
+
+
+def _database_url_or_none() -> str | None:
+    from service.core.config import ConfigError, database_url_from_env
+
+    try:
+        return database_url_from_env()
+    except ConfigError:
+        return None
+
+
+@click.group(cls=DripGroup)
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def main(verbose: bool) -> None:
     """Drip: signup webhook, welcome email, weekly coaching emails."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin at every start
 
 
 @main.group()
@@ -47,11 +62,13 @@ def db_upgrade() -> None:
     from service.core.config import database_url_from_env
     from service.core.migrate import upgrade
 
-    try:
-        url = database_url_from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    upgrade(url)
+    url = database_url_from_env()
+    try:  # everything else goes through DripGroup; here the URL is known, so the line can show it
+        upgrade(url)
+    except Exception as exc:
+        if (line := operator_error(exc, url)) is None:
+            raise
+        raise click.ClickException(line) from None
     click.echo(f"database at head: {masked(url)}")
 
 
