@@ -2,7 +2,10 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+empty :=
+space := $(empty) $(empty)
+# One stamp per set of extras, so `make install EXTRAS=ses` installs them into a venv made without them.
+STAMP := $(VENV)/.installed$(subst $(space),,$(foreach e,$(EXTRAS),-$(e)))
 
 .PHONY: install install-dev run test browser contract clean bench soak lock
 

@@ -51,7 +51,8 @@ def import_subscribers(csv_file: Path, campaign: str, skip_welcome: bool, encodi
         with csv_file.open(newline="", encoding=encoding) as fh:
             total = max(0, sum(1 for _ in fh) - 1)  # reads it all: a wrong encoding stops here, before any row
     except UnicodeDecodeError as exc:
-        raise click.ClickException(f"{csv_file.name}: not {encoding} text (byte 0x{exc.object[exc.start]:02x} at "
+        shown = "UTF-8" if encoding == "utf-8-sig" else encoding
+        raise click.ClickException(f"{csv_file.name}: not {shown} text (byte 0x{exc.object[exc.start]:02x} at "
                                    f"offset {exc.start}); pass --encoding with the file's encoding (e.g. cp1252) "
                                    "or save it as UTF-8") from None
     report, seen, done = ImportReport(), {}, 0

@@ -227,6 +227,10 @@ class Settings:
             rate_limit_storage=_rate_limit_storage(env.get("DRIP_RATE_LIMIT_STORAGE") or "database"),
             cors_origins=_origins(env.get("DRIP_CORS_ORIGINS", "")),
         )
+        if settings.dkim_domain and not (settings.dkim_selector or settings.dkim_key_file):
+            # A domain alone would send every email unsigned while the operator believes DKIM is on.
+            raise ConfigError("DRIP_DKIM_DOMAIN: set, but DRIP_DKIM_SELECTOR and DRIP_DKIM_KEY_FILE are not; "
+                              "they must be set together with it (or unset DRIP_DKIM_DOMAIN to send unsigned)")
         load_keys(settings)  # a bad DKIM key stops start-up here, naming the variable
         return settings
 
@@ -263,12 +267,12 @@ def mask_url(url: str) -> str:
 _SECRET_QUERY = re.compile(r"((?:^|[?&;])(?:password|passwd|pass|secret|key|token|api_key)=)[^&;#]*", re.I)
 
 
-def needs_extra(setting: str, extra: str) -> None:
+def needs_extra(setting: str, what: str, extra: str) -> None:
     """A setting that needs an optional extra which is not installed stops start-up with the install line."""
     module, name = EXTRAS[extra]
     if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"{setting}: needs the optional '{name}' extra ({module} is not installed); install it "
-                          f"with pip install 'drip[{name}]' (or make install EXTRAS={name})")
+        raise ConfigError(f"{setting}: {what} needs the optional '{name}' extra ({module} is not installed); "
+                          f"install it with pip install 'drip[{name}]' (from a clone: make install EXTRAS={name})")
 
 
 def _delivery_settings(env: Mapping[str, str]) -> dict:
@@ -434,7 +438,7 @@ def _email_url(url: str) -> str:
     if parts.scheme in ("smtp", "smtps") and not parts.hostname:
         raise ConfigError(f"DRIP_EMAIL_URL: no host in {mask_url(url)!r}; expected e.g. smtp://host:587")
     if parts.scheme == "ses":
-        needs_extra("DRIP_EMAIL_URL (ses://)", "ses")
+        needs_extra("DRIP_EMAIL_URL", "ses://", "ses")
     return url
 
 
@@ -462,7 +466,7 @@ def _rate_limit_storage(value: str) -> str:
     if value == "database":
         return value
     if urlsplit(value).scheme in ("redis", "rediss", "unix"):
-        needs_extra("DRIP_RATE_LIMIT_STORAGE", "redis")
+        needs_extra("DRIP_RATE_LIMIT_STORAGE", "a Redis URL", "redis")
         return value
     raise ConfigError(f"DRIP_RATE_LIMIT_STORAGE: expected 'database' or redis://host:port/db, "
                       f"got {mask_url(value)!r}")
