@@ -86,7 +86,7 @@ def serve(host: str, port: int) -> None:
     from service.server import run_gunicorn
 
     settings = load_settings()
-    load_runtime(settings)  # fail fast on a bad campaign, before forking
+    load_runtime(settings, check_templates=True)  # fail fast on a bad campaign or database, before forking
     _warn_placeholders(settings)
     base = f"http://{host}:{port}"
     click.echo(f"\nDrip is running.\n  signup form:   {base}/\n  operator:      {base}/admin "
@@ -106,7 +106,7 @@ def web(host: str, port: int, workers: int, threads: int | None) -> None:
     from service.server import default_threads, run_gunicorn
 
     settings = load_settings()
-    load_runtime(settings)
+    load_runtime(settings, check_templates=True)
     run_gunicorn(settings, host=host, port=port, workers=workers,
                  threads=threads or default_threads(settings.database_url), with_scheduler=False)
 
@@ -117,7 +117,7 @@ def worker() -> None:
     from service.scheduler import run_blocking
 
     settings = load_settings()
-    rt = load_runtime(settings)
+    rt = load_runtime(settings, check_templates=True)
     _warn_placeholders(settings)
     log.info("worker started: a pass every %ss, sending via %s", settings.tick_seconds, masked(settings.email_url))
     run_blocking(rt.dispatcher(), settings.tick_seconds)
@@ -134,7 +134,7 @@ def tick(now_text: str | None) -> None:
         except ValueError:
             raise click.BadParameter(f"not an ISO-8601 time: {now_text!r}", param_hint="--now") from None
         now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-    rt = load_runtime(load_settings())
+    rt = load_runtime(load_settings(), check_templates=True)
     summary = rt.dispatcher().run_pass(now)
     click.echo(f"tick: {summary.line()}")
 

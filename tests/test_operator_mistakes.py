@@ -279,6 +279,26 @@ def test_a_broken_campaign_folder_is_one_line_naming_the_file(migrated, tmp_path
     assert proc.stderr.strip().splitlines()[-1].startswith(f"Error: invalid campaign: {toml}:")
 
 
+def test_a_step_template_that_does_not_compile_stops_the_commands_that_send(migrated, tmp_path,
+                                                                           monkeypatch) -> None:
+    """A Jinja syntax error in a step's HTML: `drip tick` and `drip worker` refuse with the file and line
+    (instead of starting and failing every send of that step); `drip campaigns check` reports it too."""
+    monkeypatch.chdir(tmp_path)
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "email_templates", templates)
+    html = templates / "glute-guide" / "welcome.html"
+    html.write_text(html.read_text() + "\n<p>{{ reader.name </p>\n")
+    env = {"DATABASE_URL": migrated, "DRIP_SECRET_KEY": KEY, "DRIP_TEMPLATES_DIR": str(templates),
+           "DRIP_EMAIL_URL": f"file://{tmp_path / 'out'}"}
+    assert_one_line(drip(["tick"], env), f"invalid campaign: {html}:", "drip campaigns check")
+    proc = cli_process(["worker"], env, tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"Error: invalid campaign: {html}:")
+    check = drip(["campaigns", "check"], env)
+    assert check.exit_code == 1 and "glute-guide" in check.output and "does not render" in check.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_dotenv_file_that_is_not_utf8_is_one_line(tmp_path, monkeypatch) -> None:
     """A .env saved in Latin-1 by an old editor: the file is named with the fix, not a UnicodeDecodeError."""
     monkeypatch.chdir(tmp_path)

@@ -6,6 +6,8 @@ database that is unreachable or not upgraded) into that line; `service.cli` appl
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from service.core.config import ConfigError, Settings, mask_url
@@ -18,8 +20,9 @@ def load_settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-def load_runtime(settings: Settings, *, check_schema: bool = True, **kw):
-    """The runtime, after checking that its database is reachable and at the revision this Drip needs."""
+def load_runtime(settings: Settings, *, check_schema: bool = True, check_templates: bool = False, **kw):
+    """The runtime, after checking that its database is reachable and at the revision this Drip needs, and
+    (for the commands that send) that every step's template compiles."""
     from service.runtime import build_runtime
 
     try:
@@ -30,7 +33,27 @@ def load_runtime(settings: Settings, *, check_schema: bool = True, **kw):
         raise click.ClickException(line) from None
     if check_schema:
         require_current_schema(rt)
+    if check_templates:
+        require_compiling_templates(rt)
     return rt
+
+
+def require_compiling_templates(rt) -> None:
+    """A step whose template does not compile would start fine and then fail every send of that step: refuse
+    at start instead, naming the file and line. The compiled templates stay in the composer's cache."""
+    from jinja2 import TemplateSyntaxError
+
+    for campaign in rt.campaigns.values():
+        for step in campaign.steps:
+            for ext in ("txt", "html"):
+                name = f"{campaign.key}/{step.template}.{ext}"
+                try:
+                    rt.composer.env.get_template(name)
+                except TemplateSyntaxError as exc:
+                    where = Path(exc.filename or Path(rt.settings.templates_dir) / name)
+                    raise click.ClickException(
+                        f"invalid campaign: {where}:{exc.lineno}: {exc.message}; fix it (`drip campaigns check` "
+                        "lists every problem)") from None
 
 
 def require_current_schema(rt) -> None:
