@@ -144,3 +144,11 @@ def test_dotenv_file_is_read_with_quotes_exports_and_comments(tmp_path, monkeypa
     assert s.postal_address == "1 Main St, Springfield # not a comment inside quotes"
     assert s.from_address == "Ana <ana@example.org>" and s.tick_seconds == 3 and s.reply_to is None
     assert s.secret_key == "s" * 40
+
+
+def test_the_email_url_schemes_settings_accept_are_the_transports_there_are() -> None:
+    """Settings check DRIP_EMAIL_URL's scheme against a list in core; it must be exactly the transports built."""
+    from service.core.config import EMAIL_SCHEMES
+    from service.transports import API_TRANSPORTS
+
+    assert set(EMAIL_SCHEMES) == {"file", "smtp", "smtps"} | set(API_TRANSPORTS)

@@ -80,7 +80,8 @@ def operator_error(exc: BaseException, database_url: str | None = None) -> str |
     if isinstance(exc, ConfigError):
         return str(exc)
     if isinstance(exc, CampaignError):
-        return f"invalid campaign: {_first_line(str(exc))}"
+        line = _first_line(str(exc))
+        return line if line.startswith("DRIP_") else f"invalid campaign: {line}"  # a setting names itself
     if isinstance(exc, OSError) and exc.filename:
         url = database_url or ""
         sqlite_path = url.removeprefix("sqlite:///") if url.startswith("sqlite") else ""

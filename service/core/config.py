@@ -180,7 +180,7 @@ class Settings:
             raise ConfigError(f"DRIP_INSTANCE_DIR: {instance} is a file, not a folder; point it at a folder Drip may "
                               "create and write (it holds the SQLite database and the generated key)")
         database_url = _database_url(env.get("DATABASE_URL") or f"sqlite:///{instance / 'drip.sqlite3'}")
-        secret = env.get("DRIP_SECRET_KEY", "").strip()
+        secret = env.get("DRIP_SECRET_KEY", "")
         if not secret and not database_url.startswith("sqlite"):
             # With PostgreSQL the web and the workers usually run on different machines: a key generated on
             # each would make every unsubscribe link signed by a worker fail on the web.
@@ -252,6 +252,7 @@ def mask_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
+    scheme = scheme.removesuffix("+psycopg")  # shown as the operator wrote it: postgresql://
     userinfo, at, host = rest.rpartition("@")
     host = _SECRET_QUERY.sub(r"\1***", host)
     if not at:
@@ -394,7 +395,7 @@ def _instance_secret(instance: Path) -> str:
     return key
 
 
-_ENCODE_HINT = "percent-encode @ : / ? # in a password (%40 %3A %2F %3F %23)"
+_ENCODE_HINT = "percent-encode @ : / ? # in a password as %40 %3A %2F %3F %23"
 
 
 def _database_url(text: str) -> str:
@@ -529,7 +530,7 @@ def _address(env: Mapping[str, str], name: str, *, bare: bool = False) -> str | 
         return None
     display, address = parseaddr(text)
     local, at, domain = address.rpartition("@")
-    if not (at and local and "." in domain) or (bare and display):
+    if not (at and local and domain) or (bare and display):
         example = "unsubscribe@example.org" if bare else "'Ana from Example <ana@example.org>' or ana@example.org"
         raise ConfigError(f"{name}: {text!r} is not an email address; expected e.g. {example}")
     return text

@@ -33,7 +33,8 @@ def schema_problem(connection: Connection, database_url: str) -> str | None:
     script = ScriptDirectory.from_config(alembic_config(database_url))
     heads = set(script.get_heads())
     quiet = logging.getLogger("alembic.runtime.migration")
-    level, quiet.level = quiet.level, logging.WARNING  # its INFO lines belong to `drip db upgrade`, not here
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its INFO lines belong to `drip db upgrade`, not to every command's start
     try:
         current = set(MigrationContext.configure(connection).get_current_heads())
     finally:
@@ -46,6 +47,7 @@ def schema_problem(connection: Connection, database_url: str) -> str | None:
     known = {rev.revision for rev in script.walk_revisions()}
     if current - known:
         return (f"{where} is at revision {', '.join(sorted(current - known))}, which this Drip does not know "
-                f"(a newer Drip migrated it); run that newer Drip, or install it here")
+                "(a newer Drip migrated it); upgrade this Drip to that version, or point DATABASE_URL at this "
+                "Drip's own database")
     return (f"{where} is at revision {', '.join(sorted(current))}, older than this Drip needs "
             f"({', '.join(sorted(heads))}); run `drip db upgrade`")
