@@ -2,19 +2,39 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+empty :=
+space := $(empty) $(empty)
+# One stamp per set of extras, so `make install EXTRAS=ses` installs them into a venv made without them.
+STAMP := $(VENV)/.installed$(subst $(space),,$(foreach e,$(EXTRAS),-$(e)))
 
-.PHONY: install run test browser contract clean bench soak
+.PHONY: install install-dev run test browser contract clean bench soak lock
+
+# Two installs from hashed locks (.ci/lock rewrites them): `make install` (and `make run`) gets what drip
+# needs to run, nothing more; `make install-dev` (and `make test`) adds the optional extras (Amazon SES,
+# Redis: their tests run) and the tools for tests, lint, bench and the browser. EXTRAS="ses redis" adds
+# those extras to the runtime install.
+RUNTIME_LOCKS := requirements.lock $(foreach e,$(EXTRAS),requirements-$(e).lock)
+DEV_LOCKS := requirements.lock requirements-ses.lock requirements-redis.lock requirements-dev.lock
+DEV_STAMP := $(VENV)/.installed-dev
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+install-dev: $(DEV_STAMP)
+
+$(VENV)/bin/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Drip needs Python 3.11 or newer (found " + sys.version.split()[0] + ")")'
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+
+$(STAMP): $(RUNTIME_LOCKS) pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet --require-hashes $(foreach f,$(RUNTIME_LOCKS),-r $(f))
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(DEV_LOCKS) pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet --require-hashes $(foreach f,$(DEV_LOCKS),-r $(f))
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP) $(DEV_STAMP)
 
 run: install
 	$(BIN)/drip db upgrade
@@ -27,22 +47,26 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
 	  { echo "could not install chromium (apt-get); the browser tests need /usr/bin/chromium" >&2; exit 1; }; }
 
-test: install browser
+test: install-dev browser
 	$(BIN)/ruff check service tests bench migrations
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The whole-system simulation (tests/test_simulation.py) with many more random examples than `make test`
 # runs: DRIP_SIMULATION_EXAMPLES=2000 make soak; add DRIP_TEST_POSTGRES_URL=... for PostgreSQL too.
-soak: install
+soak: install-dev
 	DRIP_SIMULATION_EXAMPLES=$${DRIP_SIMULATION_EXAMPLES:-300} $(BIN)/python -m pytest tests/test_simulation.py -x $(PYTEST_ARGS)
 
 # Benchmarks against this machine's limits (PostgreSQL at DRIP_BENCH_POSTGRES_URL, default
 # postgresql://postgres@127.0.0.1:5432/postgres); see docs/performance.md.
-bench: install
+bench: install-dev
 	$(BIN)/python bench/all.py
 
-contract: install
+contract: install-dev
 	../shared/contract/check
+
+# Rewrite the four locks from pyproject.toml (needs uv); existing pins are kept.
+lock:
+	.ci/lock
 
 clean:
 	rm -rf $(VENV) instance outbox .pytest_cache

@@ -5,35 +5,50 @@ import getpass
 import logging
 import sys
 from datetime import UTC, datetime
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from service.commands.context import load_runtime, load_settings
-from service.core.config import ConfigError, Settings
+from service.commands.context import load_runtime, load_settings, operator_error
+from service.core.config import Settings
+from service.core.config import mask_url as masked
 
 log = logging.getLogger("drip")
 
-
-def masked(url: str) -> str:
-    """A URL safe to print: the password replaced by ***, and so is an API key in the user part
-    (postmark://TOKEN@, sendgrid://KEY@, mailgun://KEY@domain, resend://KEY@)."""
-    parts = urlsplit(url)
-    if parts.username and not parts.password and parts.scheme not in ("smtp", "smtps"):
-        return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+__all__ = ["main", "masked"]
 
 
-@click.group()
+class DripGroup(click.Group):
+    """Every command's operator mistakes (a setting, a campaign folder, the database) end in one line
+    naming the variable or file, what is wrong and the fix; a fault in Drip itself keeps its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            if (line := operator_error(exc, _database_url_or_none())) is None:
+                raise
+            raise click.ClickException(line) from None
+
+
+def _database_url_or_none() -> str | None:
+    from service.core.config import ConfigError, database_url_from_env
+
+    try:
+        return database_url_from_env()
+    except ConfigError:
+        return None
+
+
+@click.group(cls=DripGroup)
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def main(verbose: bool) -> None:
     """Drip: signup webhook, welcome email, weekly coaching emails."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin at every start
 
 
 @main.group()
@@ -47,11 +62,13 @@ def db_upgrade() -> None:
     from service.core.config import database_url_from_env
     from service.core.migrate import upgrade
 
-    try:
-        url = database_url_from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    upgrade(url)
+    url = database_url_from_env()
+    try:  # everything else goes through DripGroup; here the URL is known, so the line can show it
+        upgrade(url)
+    except Exception as exc:
+        if (line := operator_error(exc, url)) is None:
+            raise
+        raise click.ClickException(line) from None
     click.echo(f"database at head: {masked(url)}")
 
 
@@ -69,7 +86,7 @@ def serve(host: str, port: int) -> None:
     from service.server import run_gunicorn
 
     settings = load_settings()
-    load_runtime(settings)  # fail fast on a bad campaign, before forking
+    load_runtime(settings, check_templates=True)  # fail fast on a bad campaign or database, before forking
     _warn_placeholders(settings)
     base = f"http://{host}:{port}"
     click.echo(f"\nDrip is running.\n  signup form:   {base}/\n  operator:      {base}/admin "
@@ -89,7 +106,7 @@ def web(host: str, port: int, workers: int, threads: int | None) -> None:
     from service.server import default_threads, run_gunicorn
 
     settings = load_settings()
-    load_runtime(settings)
+    load_runtime(settings, check_templates=True)
     run_gunicorn(settings, host=host, port=port, workers=workers,
                  threads=threads or default_threads(settings.database_url), with_scheduler=False)
 
@@ -100,7 +117,7 @@ def worker() -> None:
     from service.scheduler import run_blocking
 
     settings = load_settings()
-    rt = load_runtime(settings)
+    rt = load_runtime(settings, check_templates=True)
     _warn_placeholders(settings)
     log.info("worker started: a pass every %ss, sending via %s", settings.tick_seconds, masked(settings.email_url))
     run_blocking(rt.dispatcher(), settings.tick_seconds)
@@ -117,7 +134,7 @@ def tick(now_text: str | None) -> None:
         except ValueError:
             raise click.BadParameter(f"not an ISO-8601 time: {now_text!r}", param_hint="--now") from None
         now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-    rt = load_runtime(load_settings())
+    rt = load_runtime(load_settings(), check_templates=True)
     summary = rt.dispatcher().run_pass(now)
     click.echo(f"tick: {summary.line()}")
 

@@ -50,13 +50,10 @@ def diff_command() -> None:
 
     Compares the campaign files in DRIP_TEMPLATES_DIR with where enrolled readers stand in the database
     (see docs/campaigns.md, "Editing a live campaign"). Changes nothing."""
+    from service.commands.context import load_runtime, load_settings
     from service.enrollment.live_edits import diff
-    from service.runtime import build_runtime
 
-    try:
-        rt = build_runtime(Settings.from_env(), pool_size=1)
-    except (ConfigError, CampaignError) as exc:
-        raise click.ClickException(str(exc)) from None
+    rt = load_runtime(load_settings(), pool_size=1)  # refuses a database that needs `drip db upgrade`
     with rt.sessions() as session:
         lines = diff(session, rt.campaigns)
     for line in lines:

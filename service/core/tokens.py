@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import hmac
 import json
 import time
@@ -23,28 +24,15 @@ class BadToken(ValueError):
     pass
 
 
-class _KeyOnceSigner(TimestampSigner):
-    """itsdangerous derives the signing key (a hash of secret and salt) anew for every token; every email
-    carries three tokens, so the key is derived once per (secret, salt) here. The tokens are the same."""
-
-    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
-        secret = self.secret_keys[-1] if secret_key is None else secret_key
-        return _derived(self, secret if isinstance(secret, bytes) else secret.encode("utf-8"))
-
-
-def _derived(signer: TimestampSigner, secret: bytes) -> bytes:
-    key = (secret, signer.salt, signer.key_derivation, signer.digest_method)
-    if (found := _KEYS.get(key)) is None:
-        found = _KEYS[key] = TimestampSigner.derive_key(signer, secret)
-    return found
-
-
-_KEYS: dict[tuple, bytes] = {}
+# itsdangerous through its documented API only (pinned below 3 in pyproject.toml): the signer's settings are
+# spelled out here, not read from its attributes, so a token made by `_dumps` below and one made by
+# `URLSafeTimedSerializer(...).dumps` stay byte for byte the same (tests/test_fast_paths.py checks it).
+SIGNER = {"key_derivation": "django-concat", "digest_method": hashlib.sha1}
 
 
 @functools.lru_cache(maxsize=64)
 def _serializer(secret_key: str, salt: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(secret_key, salt=salt, signer=_KeyOnceSigner)
+    return URLSafeTimedSerializer(secret_key, salt=salt, signer_kwargs=SIGNER)
 
 
 def _dumps(secret_key: str, salt: str, obj: object) -> str:
@@ -69,8 +57,9 @@ def _b64(data: bytes) -> bytes:
 
 @functools.lru_cache(maxsize=64)
 def _mac(secret_key: str, salt: str) -> hmac.HMAC:
-    signer = _serializer(secret_key, salt).make_signer(salt)
-    return hmac.new(signer.derive_key(), digestmod=signer.digest_method)
+    """The HMAC the library signs with, keyed once per (secret, salt): `Signer.derive_key` is public API."""
+    key = TimestampSigner(secret_key, salt=salt, **SIGNER).derive_key()
+    return hmac.new(key, digestmod=SIGNER["digest_method"])
 
 
 @dataclass(frozen=True)
