@@ -1,0 +1,119 @@
+"""Regression tests for an outside security review of `drip serve` and `drip web`: each test is named after
+what it prevents, and fails on the code before the fix (see docs/security.md, "Findings and their tests")."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+from fakes import FakeProvider, SnsSigner
+from test_webhooks import TOPIC, sent_setup, state
+
+from service.core import outbound_urls
+from service.feedback.webhook_auth import Rejected, check_cert_url
+
+
+class Listener:
+    """A loopback TCP port that records every connection made to it (and answers nothing)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def fake(request: pytest.FixtureRequest):
+    server = FakeProvider(request.param)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def listener():
+    server = Listener()
+    yield server
+    server.close()
+
+
+# -- SNS: a SigningCertURL or SubscribeURL that points anywhere but an SNS host ------------------------
+@pytest.mark.parametrize("fake", ["ses"], indirect=True)
+def test_sns_cert_url_with_a_backslash_userinfo_trick_never_reaches_another_host(runtime, fake, listener) -> None:
+    """`https://HOST:PORT\\@sns.<region>.amazonaws.com/...` looked like an AWS URL to the check while the HTTP
+    client connected to HOST:PORT: a forged complaint then suppressed a reader. Now nothing is fetched from
+    the stranger's listener and nothing changes; the same trick in SubscribeURL is refused as well."""
+    signer = SnsSigner(fake)
+    rt, client, _rows = sent_setup(runtime, fake, ("ada@example.com", "bob@example.com"), sns_topic_arns=(TOPIC,),
+                                   sns_cert_hosts=(fake.netloc,))
+    complaint = {"notificationType": "Complaint", "mail": {"messageId": "x"},
+                 "complaint": {"complainedRecipients": [{"emailAddress": "ada@example.com"}]}}
+    before = state(rt)
+    for trick in (f"https://127.0.0.1:{listener.port}\\@sns.us-east-1.amazonaws.com/SimpleNotificationService-a.pem",
+                  f"https://127.0.0.1:{listener.port}%5C@sns.us-east-1.amazonaws.com/x.pem",
+                  f"https://user@127.0.0.1:{listener.port}/sns.us-east-1.amazonaws.com/x.pem",
+                  f"https://sns.us-east-1.amazonaws.com:{listener.port}/x.pem",
+                  f"http://127.0.0.1:{listener.port}/x.pem"):
+        note = signer.sign({"Type": "Notification", "MessageId": "m-1", "TopicArn": TOPIC,
+                            "Message": json.dumps(complaint), "Timestamp": "2026-03-02T15:00:00.000Z"},
+                           cert_url=trick)
+        r = client.post("/webhooks/ses", data=json.dumps(note), content_type="text/plain")
+        assert r.status_code == 403, trick
+    confirm = signer.sign({"Type": "SubscriptionConfirmation", "MessageId": "c-1", "Token": "t", "TopicArn": TOPIC,
+                           "Message": "subscribe", "Timestamp": "2026-03-02T15:00:00.000Z",
+                           "SubscribeURL": f"http://127.0.0.1:{listener.port}/internal-admin?x=1"})
+    r = client.post("/webhooks/ses", data=json.dumps(confirm), content_type="text/plain")
+    assert r.status_code == 403 and "SubscribeURL" in r.get_json()["error"]["message"]
+    assert listener.connections == 0
+    assert state(rt) == before
+
+
+def test_every_fetched_url_is_read_the_same_way_by_every_parser() -> None:
+    """The one check in front of every fetch: AWS hosts exactly, https, default port, no userinfo or
+    backslash; the URL handed to the HTTP client is rebuilt from the checked parts."""
+    good = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem"
+    assert check_cert_url(good, ()) == good
+    for bad in ("https://evil.example\\@sns.eu-west-1.amazonaws.com/x.pem", "https://a:b@sns.eu-west-1.amazonaws.com/x",
+                "https://sns.eu-west-1.amazonaws.com:443/x.pem", "https://sns.eu-west-1.amazonaws.com/x\\y.pem",
+                "https://sns.eu-west-1.amazonaws.com /x.pem", "https://sns.eu-west-1.amazonaws.com\t/x.pem",
+                "https://sns.eu-west-1.amazonaws.com%2eevil.example/x.pem", "https://SNS.eu-west-1.amazonaws.com.evil/x",
+                "ftp://sns.eu-west-1.amazonaws.com/x.pem"):
+        with pytest.raises(Rejected):
+            check_cert_url(bad, ())
+    # A provider endpoint from the operator's settings: any plain host, https (http only to loopback).
+    assert outbound_urls.check("http://127.0.0.1:8025/v3", allow_http_loopback=True, allow_port=True).port == 8025
+    for bad in ("http://10.0.0.5/v3", "https://u:p@api.example.com/", "https://api.example.com\\@x/"):
+        with pytest.raises(outbound_urls.UnsafeUrl):
+            outbound_urls.check(bad, allow_http_loopback=True, allow_port=True)
+
+
+@pytest.mark.parametrize("fake", ["ses"], indirect=True)
+def test_sns_certificate_is_fetched_once_per_url(runtime, fake) -> None:
+    """Certificates are cached: two notifications signed with one certificate fetch it once."""
+    signer = SnsSigner(fake)
+    _rt, client, _rows = sent_setup(runtime, fake, sns_topic_arns=(TOPIC,), sns_cert_hosts=(fake.netloc,))
+    for i in range(2):
+        note = signer.sign({"Type": "Notification", "MessageId": f"n-{i}", "TopicArn": TOPIC, "Message": "{}",
+                            "Timestamp": "2026-03-02T15:00:00.000Z"})
+        assert client.post("/webhooks/ses", data=json.dumps(note), content_type="text/plain").status_code == 200
+    assert len([s for s in fake.seen if s.path.endswith(".pem")]) == 1
