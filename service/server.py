@@ -94,7 +94,9 @@ def gunicorn_options(*, host: str, port: int, workers: int, threads: int) -> dic
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "worker_class": "gthread",
+        # gunicorn's threaded worker, reading each request whole before a thread takes it, so stalled
+        # clients hold sockets, never threads (service/buffered_worker.py).
+        "worker_class": "service.buffered_worker.BufferingThreadWorker",
         "threads": threads,
         "timeout": 60,
         "graceful_timeout": 20,
