@@ -3,6 +3,7 @@ what it prevents, and fails on the code before the fix (see docs/security.md, "F
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 
@@ -117,3 +118,97 @@ def test_sns_certificate_is_fetched_once_per_url(runtime, fake) -> None:
                             "Timestamp": "2026-03-02T15:00:00.000Z"})
         assert client.post("/webhooks/ses", data=json.dumps(note), content_type="text/plain").status_code == 200
     assert len([s for s in fake.seen if s.path.endswith(".pem")]) == 1
+
+
+# -- API tokens: read or write, per token --------------------------------------------------------------
+def _count_subscribers(runtime) -> int:
+    from sqlalchemy import func, select
+
+    from service.core.models import Subscriber
+
+    with runtime.sessions() as s:
+        return s.scalar(select(func.count()).select_from(Subscriber))
+
+
+def test_a_read_only_api_token_cannot_enrol_unsubscribe_or_erase(client, runtime, tmp_path, monkeypatch) -> None:
+    """A token made without --write reads the send log and subscribers but every change is a 403 naming the
+    missing scope, and nothing changes; a --write token makes the same changes; `drip tokens list` shows which
+    token may do what."""
+    from click.testing import CliRunner
+
+    from service.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    env = {"DATABASE_URL": runtime.settings.database_url, "DRIP_SECRET_KEY": runtime.settings.secret_key}
+    runner = CliRunner()
+
+    def bearer(*args: str) -> dict:
+        return {"Authorization": "Bearer " + runner.invoke(main, ["tokens", "create", *args], env=env).output.strip()}
+
+    reader, writer = bearer("dashboard"), bearer("crm-sync", "--write")
+    made = client.post("/api/v1/subscribers", json={"email": "ada@example.com"}, headers=writer)
+    assert made.status_code == 201
+    ada = made.get_json()["subscriber"]["id"]
+    for method, path, body in (("post", "/api/v1/subscribers", {"email": "eve@example.com"}),
+                               ("post", f"/api/v1/subscribers/{ada}/unsubscribe", None),
+                               ("delete", f"/api/v1/subscribers/{ada}", None)):
+        r = getattr(client, method)(path, json=body, headers=reader)
+        assert r.status_code == 403 and r.get_json()["error"]["code"] == "insufficient_scope", path
+        assert 'error="insufficient_scope"' in r.headers["WWW-Authenticate"]
+    assert _count_subscribers(runtime) == 1
+    assert client.get(f"/api/v1/subscribers/{ada}", headers=reader).get_json()["status"] == "active"
+    assert client.get("/api/v1/messages", headers=reader).status_code == 200
+    assert client.post(f"/api/v1/subscribers/{ada}/unsubscribe", headers=writer).status_code == 200
+    assert client.delete(f"/api/v1/subscribers/{ada}", headers=writer).status_code == 204
+    assert _count_subscribers(runtime) == 0
+    listing = runner.invoke(main, ["tokens", "list"], env=env).output
+    assert re.search(r"1\s+dashboard\s+read\s", listing) and re.search(r"2\s+crm-sync\s+read write\s", listing)
+
+
+def test_create_token_stays_read_only_unless_asked_and_refuses_unknown_scopes(runtime) -> None:
+    """The library call other code uses: read-only by default, "write" implies read, a typo is an error."""
+    from service.core.db import utcnow
+    from service.operator.accounts import AccountError, check_token, create_token
+
+    with runtime.sessions() as s, s.begin():
+        plain = create_token(s, "a", now=utcnow())
+        both = create_token(s, "b", now=utcnow(), scopes=["write"])
+        with pytest.raises(AccountError, match="unknown token scope 'admin'"):
+            create_token(s, "c", now=utcnow(), scopes="read admin")
+    with runtime.sessions() as s:
+        assert check_token(s, plain, now=utcnow()).scopes == "read"
+        assert check_token(s, both, now=utcnow()).scopes == "read write"
+
+
+# -- console sessions end on the server at logout and on a password change -----------------------------
+def test_a_copied_session_cookie_is_spent_after_logout_and_after_a_password_change(app, runtime) -> None:
+    """A session cookie copied from the operator's browser works only until that operator logs out, or until
+    the password changes; before, the copy kept working for up to 12 hours. A second operator is unaffected."""
+    from test_admin_api import PASSWORD, csrf, login
+
+    from service.core.db import utcnow
+    from service.operator.accounts import add_user
+
+    with runtime.sessions() as s, s.begin():
+        add_user(s, "ops@example.org", PASSWORD, now=utcnow())
+        add_user(s, "other@example.org", PASSWORD, now=utcnow())
+    owner, thief, colleague = app.test_client(), app.test_client(), app.test_client()
+    assert login(owner, "ops@example.org", PASSWORD).status_code == 302
+    assert login(colleague, "other@example.org", PASSWORD).status_code == 302
+    thief.set_cookie("drip_session", owner.get_cookie("drip_session").value)
+    assert thief.get("/admin/messages").status_code == 200  # a copy works while the session lives
+    assert owner.post("/admin/logout", data={"csrf": csrf(owner, "/admin/messages")}).status_code == 302
+    r = thief.get("/admin/messages")
+    assert r.status_code == 302 and "/admin/login" in r.headers["Location"]
+    assert colleague.get("/admin/messages").status_code == 200
+
+    assert login(owner, "ops@example.org", PASSWORD).status_code == 302
+    thief.set_cookie("drip_session", owner.get_cookie("drip_session").value)
+    assert thief.get("/admin/messages").status_code == 200
+    with runtime.sessions() as s, s.begin():
+        add_user(s, "ops@example.org", "a brand new passphrase", now=utcnow())  # `drip users add` again
+    for stale in (thief, owner):
+        assert stale.get("/admin/messages").status_code == 302
+    assert colleague.get("/admin/messages").status_code == 200
+    assert login(owner, "ops@example.org", "a brand new passphrase").status_code == 302
+    assert owner.get("/admin/messages").status_code == 200

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
@@ -64,8 +65,15 @@ def add_user(session: Session, email: str, password: str, *, now: datetime) -> U
         session.add(user)
     else:
         user.password_hash = hash_password(password)
+        end_sessions(user)  # a new password means whoever held the old one is logged out everywhere
     session.flush()
     return user
+
+
+def end_sessions(user: User) -> None:
+    """Every console session of this user stops working at its next request, copies of the cookie included:
+    a session carries the version it was made under, and the login guard compares it with this one."""
+    user.session_version = (user.session_version or 0) + 1
 
 
 def throttled(session: Session, keys: list[str], now: datetime) -> bool:
@@ -94,14 +102,31 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, name: str, *, now: datetime) -> str:
+SCOPES = ("read", "write")  # read: every GET of the API; write: also add, unsubscribe and erase subscribers
+
+
+def normalise_scopes(scopes: str | Iterable[str]) -> str:
+    """"read" or "read write" (write implies read); AccountError naming anything else."""
+    given = set(scopes.replace(",", " ").split() if isinstance(scopes, str) else scopes)
+    unknown = sorted(given - set(SCOPES))
+    if unknown:
+        raise AccountError(f"unknown token scope {unknown[0]!r}: use {' or '.join(SCOPES)}")
+    return "read write" if "write" in given else "read"
+
+
+def create_token(session: Session, name: str, *, now: datetime, scopes: str | Iterable[str] = ("read",)) -> str:
+    """A new token, read-only unless `scopes` includes "write"; shown once, only its hash is kept."""
     name = " ".join(name.split())[:100]
     if not name:
         raise AccountError("a token needs a name")
     token = "drip_" + secrets.token_urlsafe(32)
-    session.add(ApiToken(name=name, token_hash=token_hash(token), created_at=now))
+    session.add(ApiToken(name=name, token_hash=token_hash(token), created_at=now, scopes=normalise_scopes(scopes)))
     session.flush()
     return token
+
+
+def token_allows(row: ApiToken, scope: str) -> bool:
+    return scope in (row.scopes or "read").split()
 
 
 def check_token(session: Session, token: str, *, now: datetime) -> ApiToken | None:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from flask import (
     Response,
     abort,
+    g,
     redirect,
     render_template,
     request,
@@ -26,7 +27,7 @@ from sqlalchemy import select
 from service.compose import as_sent
 from service.core.db import utcnow
 from service.core.models import MAX_ID, Event, MessageContent, Subscriber
-from service.operator.accounts import authenticate
+from service.operator.accounts import authenticate, end_sessions
 from service.operator.mailview import parse_email
 from service.operator.send_log import CSV_COLUMNS, MAX_LIMIT, MessageFilter, csv_row, get_message, list_messages
 from service.web import db
@@ -46,6 +47,7 @@ def login():
         if user is not None:
             session.clear()
             session["user_id"] = user.id
+            session["session_version"] = user.session_version or 0
             session.permanent = True
             return redirect(_safe_next(request.args.get("next")) or url_for("admin.messages"))
         error = "Wrong email or password, or too many attempts: wait a few minutes and try again."
@@ -64,6 +66,9 @@ def _safe_next(target: str | None) -> str | None:
 
 @bp.post("/logout")
 def logout():
+    """Ends this operator's sessions on the server too, so a copy of the cookie is worthless afterwards."""
+    end_sessions(g.user)
+    db().commit()
     session.clear()
     return redirect(url_for("admin.login"))
 

@@ -17,7 +17,7 @@ from service.audience.signups import ConsentMeta, SignupError, parse_signup, sig
 from service.core.db import utcnow
 from service.core.models import MAX_ID, MESSAGE_STATUSES, SUBSCRIBER_STATUSES
 from service.operator import subscribers as people
-from service.operator.accounts import check_token
+from service.operator.accounts import check_token, token_allows
 from service.operator.campaign_stats import all_stats, campaign_stats, stats_dict
 from service.operator.send_log import MAX_LIMIT, MessageFilter, list_messages, message_dict
 from service.web import db, runtime
@@ -50,6 +50,11 @@ def _auth():
         return resp, status
     session.commit()
     g.api_token = row.name
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not token_allows(row, "write"):
+        resp, status = _error(403, "insufficient_scope", "this token may only read; an operator can create one "
+                              "that may change subscribers with `drip tokens create NAME --write`")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="drip", error="insufficient_scope", scope="write"'
+        return resp, status
     return None
 
 
