@@ -212,3 +212,36 @@ def test_a_copied_session_cookie_is_spent_after_logout_and_after_a_password_chan
     assert colleague.get("/admin/messages").status_code == 200
     assert login(owner, "ops@example.org", "a brand new passphrase").status_code == 302
     assert owner.get("/admin/messages").status_code == 200
+
+
+# -- deeply nested JSON is a clear 400 everywhere JSON comes in ----------------------------------------
+DEEP = b'{"email": "ada@example.com", "x": ' + b"[" * 3000 + b"]" * 3000 + b"}"
+SHALLOW_BUT_TOO_DEEP = b'{"email": "ada@example.com", "x": ' + b"[" * 40 + b"]" * 40 + b"}"
+
+
+def test_deeply_nested_json_is_a_clear_400_not_a_500_on_signup_api_and_webhooks(runtime) -> None:
+    """6 KB of nesting (and 40 levels, within the interpreter's stack) gets a 400 saying so on /signup, the
+    API, and the Mailgun and SES webhooks, unauthenticated; no traceback, nothing stored."""
+    from conftest import with_settings
+
+    from service.app import create_app
+    from service.core.db import utcnow
+    from service.operator.accounts import create_token
+
+    rt = with_settings(runtime, mailgun_signing_key="key-test", sns_topic_arns=(TOPIC,))
+    app = create_app(runtime=rt)
+    client = app.test_client()
+    with rt.sessions() as s, s.begin():
+        token = create_token(s, "deep", now=utcnow(), scopes="read write")
+    for body in (DEEP, SHALLOW_BUT_TOO_DEEP):
+        r = client.post("/signup", data=body, content_type="application/json")
+        assert r.status_code == 400 and r.get_json()["error"]["code"] == "too_deep"
+        r = client.post("/api/v1/subscribers", data=body, content_type="application/json",
+                        headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 400 and r.get_json()["error"]["code"] == "too_deep"
+        for provider in ("mailgun", "ses"):
+            r = client.post(f"/webhooks/{provider}", data=body, content_type="application/json")
+            assert r.status_code == 400 and "nested more than" in r.get_json()["error"]["message"], provider
+    assert _count_subscribers(rt) == 0
+    ok = client.post("/signup", json={"email": "ada@example.com", "extra": [[["fine"]]]})
+    assert ok.status_code == 201

@@ -5,7 +5,6 @@ some events are for unknown messages (the provider would otherwise retry forever
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -13,6 +12,7 @@ import requests
 from flask import Blueprint, jsonify, request
 
 from service.core.db import utcnow
+from service.core.inputs import BadInput, load_json
 from service.feedback.delivery import DeliveryEvent, apply, remember_token
 from service.feedback.provider_events import parse_mailgun, parse_postmark, parse_resend, parse_sendgrid, parse_ses
 from service.feedback.webhook_auth import (
@@ -35,9 +35,9 @@ MAX_BYTES = 5 * 1024 * 1024  # SendGrid batches exceed the app's 64 KB form limi
 
 def _json(raw: bytes) -> object:
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise Rejected(400, "body is not JSON") from None
+        return load_json(raw)
+    except BadInput as exc:
+        raise Rejected(400, exc.message) from None
 
 
 def _need(value: str | None, variable: str) -> str:
