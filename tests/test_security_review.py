@@ -245,3 +245,29 @@ def test_deeply_nested_json_is_a_clear_400_not_a_500_on_signup_api_and_webhooks(
     assert _count_subscribers(rt) == 0
     ok = client.post("/signup", json={"email": "ada@example.com", "extra": [[["fine"]]]})
     assert ok.status_code == 201
+
+
+# -- an encoded-word address does not break the outbox viewer ------------------------------------------
+def test_an_encoded_word_signup_address_does_not_break_the_outbox_page(runtime, tmp_path) -> None:
+    """One signup of `=?utf-8?q?a=0D=0A?=@example.com` made /admin/outbox answer 500 for every email in it;
+    now the page lists every email, that one's recipient shown as plain text."""
+    from conftest import at, with_settings
+    from test_admin_api import PASSWORD, login
+
+    from service.app import create_app
+    from service.core.db import utcnow
+    from service.operator.accounts import add_user
+
+    rt = with_settings(runtime, email_url=f"file://{tmp_path / 'outbox'}")
+    app = create_app(runtime=rt)
+    client = app.test_client()
+    for address in ("=?utf-8?q?a=0D=0A?=@example.com", "bob@example.com"):
+        assert client.post("/signup", json={"email": address}).status_code == 201
+    assert rt.dispatcher().run_pass(at("2030-01-01T12:00:00")).sent == 2
+    with rt.sessions() as s, s.begin():
+        add_user(s, "ops@example.org", PASSWORD, now=utcnow())
+    login(client, "ops@example.org", PASSWORD)
+    page = client.get("/admin/outbox")
+    assert page.status_code == 200 and b"bob@example.com" in page.data
+    for name in re.findall(r'href="/admin/outbox/([^"/]+\.eml)"', page.data.decode()):
+        assert client.get(f"/admin/outbox/{name}").status_code == 200
