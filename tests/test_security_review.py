@@ -271,3 +271,27 @@ def test_an_encoded_word_signup_address_does_not_break_the_outbox_page(runtime, 
     assert page.status_code == 200 and b"bob@example.com" in page.data
     for name in re.findall(r'href="/admin/outbox/([^"/]+\.eml)"', page.data.decode()):
         assert client.get(f"/admin/outbox/{name}").status_code == 200
+
+
+# -- CSV exports keep what readers typed as text ---------------------------------------------------------
+def test_export_subscribers_never_writes_a_spreadsheet_formula(client, runtime, smtp, tmp_path, monkeypatch) -> None:
+    """Names and addresses a reader typed that start with = + - @ come out of `drip export-subscribers` as text
+    (a leading apostrophe), like the console's send-log CSV; ordinary readers are written unchanged."""
+    import csv
+    import io
+
+    from click.testing import CliRunner
+    from test_subscriber_io import env_for
+
+    from service.cli import main
+
+    readers = [("=cmd@example.com", "=HYPERLINK(\"http://evil.example\",\"click\")"), ("-x@example.com", "+1 555"),
+               ("ada@example.com", "@ada"), ("bob@example.com", "Bob")]
+    for address, name in readers:
+        assert client.post("/signup", json={"email": address, "name": name}).status_code == 201
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["export-subscribers"], env=env_for(runtime, smtp))
+    assert r.exit_code == 0, r.output
+    rows = {x["email"]: x["name"] for x in csv.DictReader(io.StringIO(r.output))}
+    assert rows == {"'=cmd@example.com": "'=HYPERLINK(\"http://evil.example\",\"click\")", "'-x@example.com": "'+1 555",
+                    "ada@example.com": "'@ada", "bob@example.com": "Bob"}
