@@ -295,3 +295,33 @@ def test_export_subscribers_never_writes_a_spreadsheet_formula(client, runtime, 
     rows = {x["email"]: x["name"] for x in csv.DictReader(io.StringIO(r.output))}
     assert rows == {"'=cmd@example.com": "'=HYPERLINK(\"http://evil.example\",\"click\")", "'-x@example.com": "'+1 555",
                     "ada@example.com": "'@ada", "bob@example.com": "Bob"}
+
+
+# -- the per-address signup limit counts one inbox, whatever +tag or dots it is written with --------------
+@pytest.mark.parametrize("storage", ["database", "redis"])
+def test_plus_tag_and_dot_variants_cannot_bomb_one_inbox_past_the_address_limit(runtime, storage) -> None:
+    """With 3 signups per address per hour, the fourth variant of one Gmail inbox (+tags, dots, googlemail.com,
+    capitals) is refused with 429 and Retry-After; another reader, and dotted addresses at a domain where
+    dots matter, are not held back by it."""
+    import secrets
+
+    from conftest import with_settings
+
+    from service.app import create_app
+    from service.core.addresses import mailbox_key
+    from service.core.config import RateLimit
+
+    prefix = secrets.token_hex(4)
+    store = "database" if storage == "database" else f"redis://127.0.0.1:6379/0?prefix=drip-test-{prefix}:"
+    rt = with_settings(runtime, signup_rate_limit=None, signup_address_rate_limit=RateLimit(3, 3600),
+                       rate_limit_storage=store)
+    client = create_app(runtime=rt).test_client()
+    variants = ["ada.lovelace+news@gmail.com", "adalovelace+2@googlemail.com", "a.d.a.lovelace@gmail.com",
+                "AdaLovelace+again@gmail.com"]
+    assert {mailbox_key(v.lower()) for v in variants} == {"adalovelace@gmail.com"}
+    answers = [client.post("/signup", json={"email": v}) for v in variants]
+    assert [r.status_code for r in answers] == [201, 201, 201, 429]
+    assert int(answers[-1].headers["Retry-After"]) > 0
+    for other in ("bob+1@gmail.com", "a.b@example.com", "ab@example.com", "a.b+x@example.com"):
+        assert client.post("/signup", json={"email": other}).status_code == 201, other
+    assert _count_subscribers(rt) == 7
