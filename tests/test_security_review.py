@@ -325,3 +325,44 @@ def test_plus_tag_and_dot_variants_cannot_bomb_one_inbox_past_the_address_limit(
     for other in ("bob+1@gmail.com", "a.b@example.com", "ab@example.com", "a.b+x@example.com"):
         assert client.post("/signup", json={"email": other}).status_code == 201, other
     assert _count_subscribers(rt) == 7
+
+
+# -- failed logins slow a stranger without locking the owner out -------------------------------------------
+def test_a_stranger_failing_from_three_addresses_cannot_lock_the_owner_out(app, runtime) -> None:
+    """Fifteen wrong passwords for the owner's account from three client addresses used to lock the owner out
+    for 15 minutes. Now each stranger's address is limited (the right password fails from there too), the
+    account backs off for browsers it never logged in from, and the owner's own browser still logs in."""
+    from datetime import timedelta
+
+    from test_admin_api import PASSWORD, csrf, login
+
+    from service.core.db import utcnow
+    from service.operator.accounts import ACCOUNT_MAX_WAIT, add_user, authenticate
+
+    with runtime.sessions() as s, s.begin():
+        add_user(s, "ops@example.org", PASSWORD, now=utcnow())
+    owner = app.test_client()
+    owner.environ_base["REMOTE_ADDR"] = "198.51.100.10"
+    assert login(owner, "ops@example.org", PASSWORD).status_code == 302
+    assert owner.post("/admin/logout", data={"csrf": csrf(owner, "/admin/messages")}).status_code == 302
+    strangers = []
+    for n in (1, 2, 3):
+        stranger = app.test_client()
+        stranger.environ_base["REMOTE_ADDR"] = f"203.0.113.{n}"
+        for _ in range(5):
+            assert login(stranger, "ops@example.org", "wrong guess number").status_code == 401
+        strangers.append(stranger)
+    assert login(strangers[0], "ops@example.org", PASSWORD).status_code == 401  # that address is limited
+    new_browser = app.test_client()
+    new_browser.environ_base["REMOTE_ADDR"] = "198.51.100.11"
+    assert login(new_browser, "ops@example.org", PASSWORD).status_code == 401  # the account backs off...
+    r = login(owner, "ops@example.org", PASSWORD)  # ...but not for the owner's own browser
+    assert r.status_code == 302 and owner.get("/admin/messages").status_code == 200
+
+    # The backoff is short, however many strangers tried: a minute after the last failure it lets a try through.
+    with runtime.sessions() as s, s.begin():
+        for n in range(20):
+            authenticate(s, "ops@example.org", "wrong", client=f"192.0.2.{n}", now=utcnow())
+    later = utcnow() + ACCOUNT_MAX_WAIT + timedelta(seconds=1)
+    with runtime.sessions() as s, s.begin():
+        assert authenticate(s, "ops@example.org", PASSWORD, client="192.0.2.200", now=later) is not None

@@ -23,6 +23,8 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MIN_PASSWORD = 10
 LOGIN_WINDOW = timedelta(minutes=15)
 LOGIN_MAX_FAILURES = 5
+ACCOUNT_MAX_WAIT = timedelta(minutes=1)
+DEVICE_COOKIE_DAYS = 365
 
 
 class AccountError(ValueError):
@@ -82,13 +84,41 @@ def throttled(session: Session, keys: list[str], now: datetime) -> bool:
     return (count or 0) >= LOGIN_MAX_FAILURES
 
 
-def authenticate(session: Session, email: str, password: str, *, client: str, now: datetime) -> User | None:
-    """The user, or None. Counts failures per address and per client; refuses while throttled."""
+def account_wait(session: Session, address: str, now: datetime) -> float:
+    """Seconds before a browser the account has never logged in from may try it again: none for the first
+    LOGIN_MAX_FAILURES failures in the window, then 1, 2, 4 ... up to ACCOUNT_MAX_WAIT after the latest.
+    A backoff slows guessing across many client addresses without a fixed lockout, and the owner's own
+    browser (a device cookie) is not subject to it at all."""
+    failures, latest = session.execute(select(func.count(), func.max(LoginAttempt.created_at)).where(
+        LoginAttempt.key == f"user:{address}", LoginAttempt.created_at > now - LOGIN_WINDOW)).one()
+    if (failures or 0) < LOGIN_MAX_FAILURES or latest is None:
+        return 0.0
+    wait = min(2.0 ** (failures - LOGIN_MAX_FAILURES), ACCOUNT_MAX_WAIT.total_seconds())
+    return max(0.0, (latest + timedelta(seconds=wait) - now).total_seconds())
+
+
+def authenticate(session: Session, email: str, password: str, *, client: str, now: datetime,
+                 device: tuple[int, str] | None = None) -> User | None:
+    """The user, or None; failures are counted, and while any limit holds even the right password fails.
+
+    - per client address: LOGIN_MAX_FAILURES failures in LOGIN_WINDOW, whatever account they named;
+    - per account, from a browser it never logged in from: a backoff (`account_wait`), not a lockout;
+    - from a browser this account logged in from before (`device`, from the signed cookie set at login):
+      LOGIN_MAX_FAILURES per window for that browser alone. A stranger's failures against the account
+      never count here, so they cannot lock the owner out of their own browser.
+    """
     address = email.strip().lower()[:320]
-    keys = [f"user:{address}", f"ip:{client}"]
-    if throttled(session, keys, now):
-        return None
     user = session.scalar(select(User).where(User.email == address))
+    trusted = device is not None and user is not None and device[0] == user.id
+    if trusted:
+        keys = [f"device:{device[1]}"[:400]]
+        refused = throttled(session, keys, now)
+    else:
+        keys = [f"user:{address}", f"ip:{client}"]
+        refused = throttled(session, keys[1:], now) or account_wait(session, address, now) > 0
+    if refused:
+        check_password(password, _DUMMY_HASH)  # the same time as a real check: refusals reveal nothing
+        return None
     ok = check_password(password, user.password_hash if user else _DUMMY_HASH) and user is not None
     if not ok:
         session.add_all([LoginAttempt(key=k, created_at=now) for k in keys])
