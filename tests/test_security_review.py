@@ -366,3 +366,49 @@ def test_a_stranger_failing_from_three_addresses_cannot_lock_the_owner_out(app, 
     later = utcnow() + ACCOUNT_MAX_WAIT + timedelta(seconds=1)
     with runtime.sessions() as s, s.begin():
         assert authenticate(s, "ops@example.org", PASSWORD, client="192.0.2.200", now=later) is not None
+
+
+# -- a new SQLite database is private to its owner ------------------------------------------------------
+def test_a_new_sqlite_database_is_not_readable_by_other_accounts_on_the_host(tmp_path) -> None:
+    """With the usual umask (022), `drip db upgrade` on a fresh path used to leave the database (and its WAL)
+    world-readable; now the file, its -wal and -shm and a folder made for it are readable by the owner only."""
+    import os
+    import stat
+
+    from service.core.db import make_engine
+    from service.core.migrate import upgrade
+
+    path = tmp_path / "instance" / "drip.sqlite3"
+    old = os.umask(0o022)
+    try:
+        upgrade(f"sqlite:///{path}")
+        engine = make_engine(f"sqlite:///{path}")
+        with engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO rate_hits (key, window_start, count) VALUES ('k', '2026-01-01', 1)")
+            files = [p for p in path.parent.iterdir() if p.name.startswith("drip.sqlite3")]
+            assert {p.name for p in files} >= {"drip.sqlite3", "drip.sqlite3-wal"}
+            for p in files:
+                assert stat.S_IMODE(p.stat().st_mode) & 0o077 == 0, (p.name, oct(p.stat().st_mode))
+        engine.dispose()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+# -- the public home page does not show where the server keeps its files ---------------------------------
+def test_the_public_home_page_does_not_show_the_servers_outbox_path(runtime, tmp_path) -> None:
+    """With the file transport the home page used to print the outbox folder's absolute path to anyone; it now
+    only says emails stay on this machine and links to the console's outbox viewer, which needs a login."""
+    from conftest import with_settings
+
+    from service.app import create_app
+
+    folder = tmp_path / "secret-place" / "outbox"
+    client = create_app(runtime=with_settings(runtime, email_url=f"file://{folder}")).test_client()
+    page = client.get("/").data.decode()
+    assert str(tmp_path) not in page and "secret-place" not in page
+    assert 'href="/admin/outbox"' in page
+    r = client.get("/admin/outbox")
+    assert r.status_code == 302 and "/admin/login" in r.headers["Location"]
+    smtp_page = create_app(runtime=runtime).test_client().get("/").data.decode()
+    assert "/admin/outbox" not in smtp_page  # with a real transport there is nothing local to point at

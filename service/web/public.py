@@ -39,9 +39,10 @@ def home():
 
 @bp.app_context_processor
 def _local_outbox() -> dict:
-    """The home page tells a newcomer running the embedded default where the emails go."""
-    url = runtime().settings.email_url
-    return {"local_outbox": url.removeprefix("file://") or "outbox" if url.startswith("file://") else None}
+    """The home page tells a newcomer running the embedded default that emails stay on this machine and
+    where to read them: the console's outbox viewer, behind the login. Never the folder's path: the page
+    is public, and a server's file layout is nobody's business."""
+    return {"local_outbox": runtime().settings.email_url.startswith("file://")}
 
 
 @bp.post("/signup")
