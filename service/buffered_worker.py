@@ -29,6 +29,9 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 REQUEST_SECONDS = 30.0  # a whole request, head and body, must arrive within this (nginx: 60 s per read)
 MAX_HEAD_BYTES = 64 * 1024  # request line and headers; gunicorn's own field limits apply after this
 MAX_BODY_BYTES = 5 * 1024 * 1024 + 64 * 1024  # the largest body a route takes (provider webhook batches)
+# Bytes of unfinished requests one worker holds at once; past it a connection adding more gets 503, so a
+# crowd of clients each sending a large body slowly cannot exhaust the worker's memory.
+MAX_BUFFERED_BYTES = 128 * 1024 * 1024
 _READ_CHUNK = 64 * 1024
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,12}")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,8}")
@@ -38,7 +41,7 @@ class Refused(Exception):
     """The request cannot be framed or is too large: answer with `status` and close."""
 
     REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
-               431: "Request Header Fields Too Large"}
+               431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
     def __init__(self, status: int) -> None:
         super().__init__(status)
@@ -143,6 +146,7 @@ class BufferingThreadWorker(ThreadWorker):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.reading: deque[TConn] = deque()  # connections whose request is still arriving, oldest first
+        self.buffered = 0  # bytes held in their buffers
 
     # -- connections arrive: new ones, and kept-alive ones with a next request --------------------------
     def accept(self, listener) -> None:
@@ -163,14 +167,24 @@ class BufferingThreadWorker(ThreadWorker):
     def _start_reading(self, conn, leftover: bytes) -> None:
         conn.sock.setblocking(False)
         conn.drip_buffer = bytearray(leftover)
+        self.buffered += len(leftover)
         conn.drip_continued = False
         conn.drip_deadline = time.monotonic() + REQUEST_SECONDS
+        conn.drip_reading = True
         self.reading.append(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_bytes, conn))
         if leftover:  # a pipelined request may already be whole
             self._check(conn)
 
     def _on_bytes(self, conn, _client) -> None:
+        try:
+            self._read_more(conn)
+        except Exception:  # in the event loop an uncaught error would end the worker and every connection
+            self.log.exception("dropping a connection after an error reading its request")
+            self._stop_reading(conn)
+            self._close(conn)
+
+    def _read_more(self, conn) -> None:
         try:
             data = conn.sock.recv(_READ_CHUNK)
         except (BlockingIOError, InterruptedError):
@@ -182,10 +196,13 @@ class BufferingThreadWorker(ThreadWorker):
             self._close(conn)
             return
         conn.drip_buffer += data
+        self.buffered += len(data)
         self._check(conn)
 
     def _check(self, conn) -> None:
         try:
+            if self.buffered > MAX_BUFFERED_BYTES:
+                raise Refused(503)
             end = request_end(conn.drip_buffer)
         except Refused as refused:
             self._stop_reading(conn)
@@ -201,18 +218,19 @@ class BufferingThreadWorker(ThreadWorker):
         request = bytes(conn.drip_buffer[:end])
         conn.drip_request = _without_expect(request) if conn.drip_continued else request
         conn.drip_leftover = bytes(conn.drip_buffer[end:])
-        conn.drip_buffer = bytearray()
+        conn.drip_buffer = bytearray()  # after _stop_reading counted it out
         conn.data_ready = True
         self.enqueue_req(conn)
 
     def _stop_reading(self, conn) -> None:
+        if not getattr(conn, "drip_reading", False):
+            return
+        conn.drip_reading = False
+        self.buffered -= len(conn.drip_buffer)
+        self.reading.remove(conn)
         try:
             self.poller.unregister(conn.sock)
         except (KeyError, ValueError, OSError):
-            pass
-        try:
-            self.reading.remove(conn)
-        except ValueError:
             pass
 
     def _send_quietly(self, conn, data: bytes) -> None:
@@ -226,17 +244,25 @@ class BufferingThreadWorker(ThreadWorker):
         self._close(conn)
 
     def _close(self, conn) -> None:
+        if getattr(conn, "drip_closed", False):
+            return
+        conn.drip_closed = True
         self.nr_conns -= 1
         conn.close()
 
     def murder_pending(self) -> None:
-        """Also closes connections whose request did not arrive whole within REQUEST_SECONDS."""
+        """Also closes connections whose request did not arrive whole within REQUEST_SECONDS, and, once the
+        worker is stopping, those that have not sent a byte of their next request yet."""
         super().murder_pending()
         now = time.monotonic()
         while self.reading and self.reading[0].drip_deadline <= now:
             conn = self.reading[0]
             self._stop_reading(conn)
             self._refuse(conn, Refused(408))
+        if not self.alive:
+            for conn in [c for c in self.reading if not c.drip_buffer]:
+                self._stop_reading(conn)
+                self._close(conn)
 
     # -- a thread serves one whole request ------------------------------------------------------------
     def handle(self, conn):

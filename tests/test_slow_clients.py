@@ -135,7 +135,8 @@ def read_responses(sock: socket.socket, count: int) -> list[bytes]:
 
 def test_kept_alive_pipelined_chunked_and_expect_continue_requests_are_served(database_url, smtp, tmp_path) -> None:
     """What buffering must not break: two requests pipelined in one packet, a chunked signup, and a client
-    that waits for `100 Continue` before sending its body each get their answers, in order, on one connection."""
+    that waits for `100 Continue` before sending its body each get their answers, in order, on one connection;
+    a body larger than any route takes is refused at once, without waiting for it."""
     drip = Drip(database_url, smtp.url, tmp_path)
     proc = drip.web(workers=1)
     try:
@@ -152,5 +153,9 @@ def test_kept_alive_pipelined_chunked_and_expect_continue_requests_are_served(da
             assert read_responses(s, 1) == [b"HTTP/1.1 100 Continue"]
             s.sendall(body)
             assert read_responses(s, 1) == [b"HTTP/1.1 201 CREATED"]
+        with socket.create_connection(("127.0.0.1", drip.port), timeout=10) as s:  # refused before it is read
+            s.sendall(b"POST /webhooks/sendgrid HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
+            assert read_responses(s, 1) == [b"HTTP/1.1 413 Content Too Large"]
+        assert call(drip.port, "GET", "/healthz", timeout=10)[0] == 200
     finally:
         proc.stop()
