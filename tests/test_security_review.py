@@ -12,7 +12,9 @@ from fakes import FakeProvider, SnsSigner
 from test_webhooks import TOPIC, sent_setup, state
 
 from service.core import outbound_urls
+from service.core.config import ConfigError
 from service.feedback.webhook_auth import Rejected, check_cert_url
+from service.transports.http import ApiUrl
 
 
 class Listener:
@@ -94,6 +96,9 @@ def test_every_fetched_url_is_read_the_same_way_by_every_parser() -> None:
     backslash; the URL handed to the HTTP client is rebuilt from the checked parts."""
     good = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem"
     assert check_cert_url(good, ()) == good
+    subscribe = ("https://sns.us-west-2.amazonaws.com/?Action=ConfirmSubscription&TopicArn=arn:aws:sns:us-west-2:"
+                 "123456789012:MyTopic&Token=2336412f37fb687f5d51e6e241d09c805a5a57b30d712f794cc5f6a988666d92")
+    assert check_cert_url(subscribe, ()) == subscribe  # what AWS really sends as SubscribeURL
     for bad in ("https://evil.example\\@sns.eu-west-1.amazonaws.com/x.pem", "https://a:b@sns.eu-west-1.amazonaws.com/x",
                 "https://sns.eu-west-1.amazonaws.com:443/x.pem", "https://sns.eu-west-1.amazonaws.com/x\\y.pem",
                 "https://sns.eu-west-1.amazonaws.com /x.pem", "https://sns.eu-west-1.amazonaws.com\t/x.pem",
@@ -106,6 +111,9 @@ def test_every_fetched_url_is_read_the_same_way_by_every_parser() -> None:
     for bad in ("http://10.0.0.5/v3", "https://u:p@api.example.com/", "https://api.example.com\\@x/"):
         with pytest.raises(outbound_urls.UnsafeUrl):
             outbound_urls.check(bad, allow_http_loopback=True, allow_port=True)
+        with pytest.raises(ConfigError, match="endpoint must be a plain https URL") as refused:
+            ApiUrl.parse(f"postmark://server-token@?endpoint={bad}").endpoint("https://api.postmarkapp.com")
+        assert "u:p" not in str(refused.value)
 
 
 @pytest.mark.parametrize("fake", ["ses"], indirect=True)
