@@ -12,6 +12,7 @@ from flask import Flask, g, request
 from flask.sessions import SecureCookieSessionInterface
 from sqlalchemy.orm import Session
 
+from service.core import inputs
 from service.core.config import Settings
 from service.runtime import Runtime, build_runtime
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         MAX_FORM_MEMORY_SIZE=settings.max_body_bytes,
+        MAX_FORM_PARTS=inputs.MAX_FORM_PARTS,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.base_url.startswith("https://"),

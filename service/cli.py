@@ -173,15 +173,16 @@ def tokens() -> None:
 
 @tokens.command("create")
 @click.argument("name")
-def tokens_create(name: str) -> None:
-    """Print a new API token (shown once; only its hash is kept)."""
+@click.option("--write", is_flag=True, help="may also add, unsubscribe and erase subscribers (default: read only)")
+def tokens_create(name: str, write: bool) -> None:
+    """Print a new API token (shown once; only its hash is kept). Read-only unless --write."""
     from service.core.db import utcnow
     from service.operator.accounts import AccountError, create_token
 
     rt = load_runtime(load_settings())
     with rt.sessions() as session, session.begin():
         try:
-            token = create_token(session, name, now=utcnow())
+            token = create_token(session, name, now=utcnow(), scopes=("read", "write") if write else ("read",))
         except AccountError as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(token)

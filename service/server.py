@@ -11,6 +11,7 @@ import socket
 from gunicorn.app.base import BaseApplication
 from gunicorn.util import parse_address
 
+from service.core import inputs
 from service.core.config import Settings
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,9 @@ def gunicorn_options(*, host: str, port: int, workers: int, threads: int) -> dic
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "worker_class": "gthread",
+        # gunicorn's threaded worker, reading each request whole before a thread takes it, so stalled
+        # clients hold sockets, never threads (service/buffered_worker.py).
+        "worker_class": "service.buffered_worker.BufferingThreadWorker",
         "threads": threads,
         "timeout": 60,
         "graceful_timeout": 20,
@@ -102,6 +105,8 @@ def gunicorn_options(*, host: str, port: int, workers: int, threads: int) -> dic
         "errorlog": "-",
         "loglevel": "info",
         "limit_request_line": 8190,
+        "limit_request_fields": inputs.MAX_HEADER_FIELDS,
+        "limit_request_field_size": inputs.MAX_HEADER_FIELD_BYTES,
         "control_socket_disable": True,
         "pre_request": _close_after_keepalive_limit,
         "reuse_port": workers > 1,

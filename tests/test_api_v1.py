@@ -30,7 +30,7 @@ CAMPAIGN = "back-pain-bundle"
 @pytest.fixture
 def auth(runtime) -> dict:
     with runtime.sessions() as s, s.begin():
-        token = create_token(s, "tests", now=utcnow())
+        token = create_token(s, "tests", now=utcnow(), scopes=("read", "write"))
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -56,7 +56,7 @@ def test_api_refuses_missing_bad_and_revoked_tokens(client, runtime, tmp_path, m
     revoked = client.get("/api/v1/campaigns", headers=good)
     assert revoked.status_code == 401 and revoked.get_json()["error"]["code"] == "unauthorized"
     listing = runner.invoke(main, ["tokens", "list"], env=env).output
-    assert re.search(r"1\s+laptop\s+\S+ \S+\s+\S+ \S+\s+\d{4}-", listing) and token not in listing
+    assert re.search(r"1\s+laptop\s+read\s+\S+ \S+\s+\S+ \S+\s+\d{4}-", listing) and token not in listing
     r = runner.invoke(main, ["tokens", "revoke", "laptop"], env=env)
     assert r.exit_code != 0 and "no live token" in r.output
 

@@ -69,9 +69,10 @@ def modules() -> dict[str, Path]:
 
 
 def test_every_module_sits_in_a_stage_package() -> None:
-    """Only the wiring (app, cli, commands, runtime, scheduler, server) lives at the top of service/."""
+    """Only the wiring (app, cli, commands, runtime, scheduler, server and its gunicorn worker) lives at the top
+    of service/."""
     top = sorted(p.stem for p in ROOT.glob("*.py"))
-    assert top == ["__init__", "__main__", "app", "cli", "runtime", "scheduler", "server"]
+    assert top == ["__init__", "__main__", "app", "buffered_worker", "cli", "runtime", "scheduler", "server"]
     assert sorted(p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()) == sorted(
         [*(s for s in STAGES if s != "wiring"), "commands"])
 

@@ -720,7 +720,7 @@ def test_export_and_erasure_touch_only_that_readers_rows(client, runtime, smtp) 
     assert footprint(runtime, ids["ada"]) == ada_before
 
     with runtime.sessions() as s, s.begin():
-        token = create_token(s, "isolation", now=datetime.now(UTC))
+        token = create_token(s, "isolation", now=datetime.now(UTC), scopes=("read", "write"))
     gone = client.delete(f"/api/v1/subscribers/{ids['cy']}", headers={"Authorization": f"Bearer {token}"})
     assert gone.status_code == 204
     assert footprint(runtime, ids["cy"]) == empty

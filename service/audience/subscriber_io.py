@@ -21,6 +21,7 @@ from service.audience.signups import ConsentMeta, SignupError, SignupInput, clea
 from service.campaigns.model import Campaign
 from service.campaigns.schedule import step_due, valid_timezone
 from service.core.models import Enrollment, Subscriber
+from service.core.spreadsheet import safe_cell
 
 MAX_SOURCE = 100
 
@@ -94,7 +95,8 @@ def export_rows(session: Session) -> Iterator[list[str]]:
                                             .order_by(Enrollment.id)):
         enrollments.setdefault(sid, []).append(f"{key}:{status}")
     for s in session.scalars(select(Subscriber).order_by(Subscriber.id)):
-        yield [s.email, s.name, s.timezone or "", s.status, s.created_at.isoformat(),
+        # What a reader typed stays text in a spreadsheet (the console's CSV follows the same rule).
+        yield [safe_cell(s.email), safe_cell(s.name), s.timezone or "", s.status, s.created_at.isoformat(),
                " ".join(enrollments.get(s.id, []))]
 
 

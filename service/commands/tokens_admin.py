@@ -13,18 +13,18 @@ def register(main: click.Group) -> None:
 
     @click.command("list")
     def tokens_list() -> None:
-        """Every API token: id, name, created, last used, revoked (never the token itself)."""
+        """Every API token: id, name, scopes, created, last used, revoked (never the token itself)."""
         from service.operator.accounts import list_tokens
 
         rt = load_runtime(load_settings())
         with rt.sessions() as session:
             rows = list_tokens(session)
-            click.echo(f"{'id':>4}  {'name':<24} {'created (UTC)':<17} {'last used':<17} revoked")
+            click.echo(f"{'id':>4}  {'name':<24} {'scopes':<11} {'created (UTC)':<17} {'last used':<17} revoked")
             for t in rows:
                 def fmt(v):
                     return v.strftime("%Y-%m-%d %H:%M") if v else "-"
-                click.echo(f"{t.id:>4}  {t.name[:24]:<24} {fmt(t.created_at):<17} {fmt(t.last_used_at):<17} "
-                           f"{fmt(t.revoked_at)}")
+                click.echo(f"{t.id:>4}  {t.name[:24]:<24} {t.scopes:<11} {fmt(t.created_at):<17} "
+                           f"{fmt(t.last_used_at):<17} {fmt(t.revoked_at)}")
 
     @click.command("revoke")
     @click.argument("ref", metavar="NAME|ID")

@@ -35,3 +35,22 @@ def sender_address(from_header: str) -> str:
 def new_message_id(from_address: str, message_pk: int, nonce: str) -> str:
     domain = sender_address(from_address).rpartition("@")[2] or "drip.invalid"
     return f"<drip.{message_pk}.{nonce}@{domain}>"
+
+
+# Mail services where dots in the local part are ignored: first.last@ and firstlast@ are one inbox.
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
+def mailbox_key(email_key: str) -> str:
+    """The inbox an address delivers to, for limits that protect a person's inbox: the `+tag` of
+    subaddressing (RFC 5233, honoured by nearly every large provider) dropped, and for Gmail the dots and
+    the googlemail.com alias too. Never used to send or to tell readers apart: ada+news@ stays its own
+    subscriber; only the per-address signup limit counts the variants of one inbox together."""
+    local, at, domain = email_key.lower().rpartition("@")
+    if not at:
+        return email_key.lower()
+    base = local.split("+", 1)[0] or local  # a local part that starts with "+" keeps it
+    if domain in DOTLESS_DOMAINS:
+        domain = DOTLESS_DOMAINS[domain]
+        base = base.replace(".", "") or base
+    return f"{base}@{domain}"

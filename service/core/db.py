@@ -34,9 +34,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
-            from pathlib import Path
-
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
         connect_args: dict = {"timeout": 30, "check_same_thread": False}
         if path and path != ":memory:" and not path.startswith("file:") and "?" not in path:
             connect_args["factory"] = _writer_locked_connection(path + ".writer-lock")
@@ -46,6 +44,27 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size * 2)
     event.listen(engine, "connect", _planner_costs)
     return engine
+
+
+def _create_private(path: str) -> None:
+    """Create a new SQLite database file readable by its owner only (and its folder, when new, likewise).
+
+    SQLite would create it with the process's umask, usually world-readable: every subscriber's address
+    and consent record open to any account on the host. Its -wal and -shm files take the database
+    file's permissions, so they are private too. An existing file keeps the permissions it has (the
+    operator may have chosen them); `drip doctor` is the place to point at a readable one."""
+    from pathlib import Path
+
+    if path.startswith("file:") or "?" in path:
+        return
+    db_path = Path(path)
+    if not db_path.parent.exists():
+        db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)  # an empty file is an empty SQLite database
 
 
 def _planner_costs(dbapi_connection, _record) -> None:

@@ -268,6 +268,9 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime]
     last_login_at: Mapped[datetime | None]
+    # Carried in every console session; logout and a password change raise it, ending every session
+    # made before, copies of the cookie included.
+    session_version: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
 
 
 class ApiToken(Base):
@@ -281,6 +284,8 @@ class ApiToken(Base):
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # Space-separated: "read" (GET routes) or "read write" (also add, unsubscribe and erase subscribers).
+    scopes: Mapped[str] = mapped_column(String(40), server_default="read", default="read")
 
 
 class LoginAttempt(Base):

@@ -129,3 +129,20 @@ def make_confirm_token(secret_key: str, *, public_id: str, campaign: str) -> str
 def read_confirm_token(secret_key: str, token: str, *, max_age_days: int) -> UnsubscribeClaim:
     """(public id, campaign) of a confirm link; BadToken when forged, malformed or older than the expiry."""
     return _claim(_loads(secret_key, CONFIRM_SALT, token, max_age_days))
+
+
+# The console's "this browser has logged in to this account before" cookie. Its login attempts are counted
+# per browser, not per account, so a stranger failing against the account cannot lock its owner out.
+DEVICE_SALT = "drip.login-device.v1"
+
+
+def make_device_token(secret_key: str, *, user_id: int, device: str) -> str:
+    return _dumps(secret_key, DEVICE_SALT, [user_id, device])
+
+
+def read_device_token(secret_key: str, token: str, *, max_age_days: int) -> tuple[int, str]:
+    """(user id, device id), or BadToken."""
+    data = _loads(secret_key, DEVICE_SALT, token, max_age_days)
+    if not (isinstance(data, list) and len(data) == 2 and isinstance(data[0], int) and isinstance(data[1], str)):
+        raise BadToken("malformed token")
+    return data[0], data[1]

@@ -6,9 +6,9 @@ already decoded JSON document.
 """
 from __future__ import annotations
 
-import json
 import logging
 
+from service.core.inputs import BadInput, load_json
 from service.feedback.delivery import DeliveryEvent
 
 log = logging.getLogger(__name__)
@@ -131,9 +131,9 @@ def parse_resend(doc: object, event_id: str) -> list[DeliveryEvent]:
 # -- Amazon SES (inside an SNS Notification; the Message is a JSON string) ---------------------------
 def parse_ses(sns_message_id: str, message_text: str) -> list[DeliveryEvent]:
     try:
-        doc = json.loads(message_text)
-    except (TypeError, ValueError):
-        log.info("ses webhook: SNS Message is not JSON; ignored")
+        doc = load_json(message_text)
+    except BadInput as exc:
+        log.info("ses webhook: SNS Message refused (%s); ignored", exc.message)
         return []
     if not isinstance(doc, dict):
         return []

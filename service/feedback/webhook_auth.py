@@ -14,12 +14,13 @@ import hmac
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from service.core import outbound_urls
 
 TOLERANCE_SECONDS = 300  # Svix and SendGrid: 5 minutes either way
 MAILGUN_TOLERANCE_SECONDS = 900  # Mailgun recommends "freshness"; 15 minutes as in its examples
@@ -128,17 +129,18 @@ def sns_string_to_sign(message: Mapping[str, object]) -> bytes:
     return "".join(parts).encode("utf-8")
 
 
-def check_cert_url(url: str, extra_hosts: Sequence[str]) -> None:
-    """AWS hosts over https only; hosts in DRIP_SNS_CERT_HOSTS (tests, proxies) may also be loopback http."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme == "https" and AWS_CERT_HOST.fullmatch(host) and not parts.port:
-        return
-    netloc = parts.netloc.lower()
-    if netloc in (h.lower() for h in extra_hosts) and (
-            parts.scheme == "https" or (parts.scheme == "http" and host in ("127.0.0.1", "localhost"))):
-        return
-    raise Rejected(403, f"SigningCertURL host {host!r} is not an SNS host")
+def check_sns_url(url: str, extra_hosts: Sequence[str], what: str = "SigningCertURL") -> str:
+    """The URL to fetch, rebuilt from checked parts: https on exactly `sns.<region>.amazonaws.com`, default
+    port, no user name; a `host:port` in DRIP_SNS_CERT_HOSTS (tests, proxies) may also be loopback http."""
+    try:
+        return outbound_urls.check(url, host_pattern=AWS_CERT_HOST, extra_netlocs=extra_hosts,
+                                   allow_http_loopback=True).url
+    except outbound_urls.UnsafeUrl as exc:
+        raise Rejected(403, f"{what} is not an SNS URL: {exc}") from None
+
+
+def check_cert_url(url: str, extra_hosts: Sequence[str]) -> str:
+    return check_sns_url(url, extra_hosts)
 
 
 def verify_sns(message: Mapping[str, object], *, topic_arns: Sequence[str], cert_hosts: Sequence[str],
@@ -152,8 +154,7 @@ def verify_sns(message: Mapping[str, object], *, topic_arns: Sequence[str], cert
     if algorithm is None:
         raise Rejected(403, "unsupported SignatureVersion")
     cert_url = str(message.get("SigningCertURL") or message.get("SigningCertUrl") or "")
-    check_cert_url(cert_url, cert_hosts)
-    key = _public_key(cert_url, fetch)
+    key = _public_key(check_cert_url(cert_url, cert_hosts), fetch)
     try:
         signature = base64.b64decode(str(message.get("Signature", "")), validate=True)
         key.verify(signature, sns_string_to_sign(message), padding.PKCS1v15(), algorithm)

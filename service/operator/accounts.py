@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
@@ -22,6 +23,8 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MIN_PASSWORD = 10
 LOGIN_WINDOW = timedelta(minutes=15)
 LOGIN_MAX_FAILURES = 5
+ACCOUNT_MAX_WAIT = timedelta(minutes=1)
+DEVICE_COOKIE_DAYS = 365
 
 
 class AccountError(ValueError):
@@ -64,8 +67,15 @@ def add_user(session: Session, email: str, password: str, *, now: datetime) -> U
         session.add(user)
     else:
         user.password_hash = hash_password(password)
+        end_sessions(user)  # a new password means whoever held the old one is logged out everywhere
     session.flush()
     return user
+
+
+def end_sessions(user: User) -> None:
+    """Every console session of this user stops working at its next request, copies of the cookie included:
+    a session carries the version it was made under, and the login guard compares it with this one."""
+    user.session_version = (user.session_version or 0) + 1
 
 
 def throttled(session: Session, keys: list[str], now: datetime) -> bool:
@@ -74,13 +84,41 @@ def throttled(session: Session, keys: list[str], now: datetime) -> bool:
     return (count or 0) >= LOGIN_MAX_FAILURES
 
 
-def authenticate(session: Session, email: str, password: str, *, client: str, now: datetime) -> User | None:
-    """The user, or None. Counts failures per address and per client; refuses while throttled."""
+def account_wait(session: Session, address: str, now: datetime) -> float:
+    """Seconds before a browser the account has never logged in from may try it again: none for the first
+    LOGIN_MAX_FAILURES failures in the window, then 1, 2, 4 ... up to ACCOUNT_MAX_WAIT after the latest.
+    A backoff slows guessing across many client addresses without a fixed lockout, and the owner's own
+    browser (a device cookie) is not subject to it at all."""
+    failures, latest = session.execute(select(func.count(), func.max(LoginAttempt.created_at)).where(
+        LoginAttempt.key == f"user:{address}", LoginAttempt.created_at > now - LOGIN_WINDOW)).one()
+    if (failures or 0) < LOGIN_MAX_FAILURES or latest is None:
+        return 0.0
+    wait = min(2.0 ** (failures - LOGIN_MAX_FAILURES), ACCOUNT_MAX_WAIT.total_seconds())
+    return max(0.0, (latest + timedelta(seconds=wait) - now).total_seconds())
+
+
+def authenticate(session: Session, email: str, password: str, *, client: str, now: datetime,
+                 device: tuple[int, str] | None = None) -> User | None:
+    """The user, or None; failures are counted, and while any limit holds even the right password fails.
+
+    - per client address: LOGIN_MAX_FAILURES failures in LOGIN_WINDOW, whatever account they named;
+    - per account, from a browser it never logged in from: a backoff (`account_wait`), not a lockout;
+    - from a browser this account logged in from before (`device`, from the signed cookie set at login):
+      LOGIN_MAX_FAILURES per window for that browser alone. A stranger's failures against the account
+      never count here, so they cannot lock the owner out of their own browser.
+    """
     address = email.strip().lower()[:320]
-    keys = [f"user:{address}", f"ip:{client}"]
-    if throttled(session, keys, now):
-        return None
     user = session.scalar(select(User).where(User.email == address))
+    trusted = device is not None and user is not None and device[0] == user.id
+    if trusted:
+        keys = [f"device:{device[1]}"[:400]]
+        refused = throttled(session, keys, now)
+    else:
+        keys = [f"user:{address}", f"ip:{client}"]
+        refused = throttled(session, keys[1:], now) or account_wait(session, address, now) > 0
+    if refused:
+        check_password(password, _DUMMY_HASH)  # the same time as a real check: refusals reveal nothing
+        return None
     ok = check_password(password, user.password_hash if user else _DUMMY_HASH) and user is not None
     if not ok:
         session.add_all([LoginAttempt(key=k, created_at=now) for k in keys])
@@ -94,14 +132,31 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, name: str, *, now: datetime) -> str:
+SCOPES = ("read", "write")  # read: every GET of the API; write: also add, unsubscribe and erase subscribers
+
+
+def normalise_scopes(scopes: str | Iterable[str]) -> str:
+    """"read" or "read write" (write implies read); AccountError naming anything else."""
+    given = set(scopes.replace(",", " ").split() if isinstance(scopes, str) else scopes)
+    unknown = sorted(given - set(SCOPES))
+    if unknown:
+        raise AccountError(f"unknown token scope {unknown[0]!r}: use {' or '.join(SCOPES)}")
+    return "read write" if "write" in given else "read"
+
+
+def create_token(session: Session, name: str, *, now: datetime, scopes: str | Iterable[str] = ("read",)) -> str:
+    """A new token, read-only unless `scopes` includes "write"; shown once, only its hash is kept."""
     name = " ".join(name.split())[:100]
     if not name:
         raise AccountError("a token needs a name")
     token = "drip_" + secrets.token_urlsafe(32)
-    session.add(ApiToken(name=name, token_hash=token_hash(token), created_at=now))
+    session.add(ApiToken(name=name, token_hash=token_hash(token), created_at=now, scopes=normalise_scopes(scopes)))
     session.flush()
     return token
+
+
+def token_allows(row: ApiToken, scope: str) -> bool:
+    return scope in (row.scopes or "read").split()
 
 
 def check_token(session: Session, token: str, *, now: datetime) -> ApiToken | None:

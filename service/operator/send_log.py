@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.core.models import MAX_ID, MESSAGE_STATUSES, Message
+from service.core.spreadsheet import safe_cell
 
 MAX_LIMIT = 500
 
@@ -117,12 +118,7 @@ CSV_COLUMNS = ("id", "created_at", "sent_at", "to", "campaign", "step", "status"
 
 def csv_row(m: Message) -> list[str]:
     d = message_dict(m)
-    return ["" if d.get(c) is None else _csv_safe(str(d[c])) for c in CSV_COLUMNS]
-
-
-def _csv_safe(text: str) -> str:
-    """Spreadsheets run cells that start with = + - @ as formulas; an address or subject must stay text."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    return ["" if d.get(c) is None else safe_cell(str(d[c])) for c in CSV_COLUMNS]
 
 
 def message_dict(m: Message) -> dict:

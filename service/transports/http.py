@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
 
+from service.core import outbound_urls
 from service.core.config import ConfigError
 from service.transports.base import OutboundEmail, SendResult, TransportError
 
@@ -59,9 +60,11 @@ class ApiUrl:
     def endpoint(self, default: str) -> str:
         """`endpoint=` replaces the provider's base URL: for tests (a local fake) and HTTP proxies."""
         value = self.query.get("endpoint", default).rstrip("/")
-        if urlsplit(value).scheme not in ("http", "https"):
-            raise ConfigError(f"DRIP_EMAIL_URL: endpoint must be an http(s) URL, got {value!r}")
-        return value
+        try:  # the same strictness as every URL Drip fetches (service/core/outbound_urls.py)
+            return outbound_urls.check(value, allow_http_loopback=True, allow_port=True).url.rstrip("/")
+        except outbound_urls.UnsafeUrl as exc:
+            raise ConfigError(f"DRIP_EMAIL_URL: endpoint must be a plain https URL (http only to loopback): "
+                              f"{exc}") from None
 
     def timeout(self) -> tuple[float, float]:
         try:

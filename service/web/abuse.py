@@ -9,6 +9,7 @@ from datetime import datetime
 from flask import Response, jsonify, request
 
 from service.audience import ratelimit
+from service.core.addresses import mailbox_key
 from service.core.config import RateLimit
 from service.core.db import utcnow
 from service.web import db, runtime
@@ -64,12 +65,17 @@ def honeypot_filled(data: dict) -> bool:
 
 
 def _signup_limits(email_key: str) -> list[tuple[RateLimit, str, str, bool]]:
-    """(limit, counter key, refusal message, whether it is the per-address limit) for each limit set."""
+    """(limit, counter key, refusal message, whether its first hit is the new subscriber row) for each
+    limit set. The per-address limit counts one inbox: ada+1@, ada+2@ and a.da@gmail.com share a counter,
+    or a bot could fill one person's inbox with welcomes through endless variants."""
     settings = runtime().settings
+    mailbox = mailbox_key(email_key)
     checks = [(settings.signup_rate_limit, f"signup-ip:{request.remote_addr}",
                "too many signups from this address; try again later", False),
-              (settings.signup_address_rate_limit, f"signup-email:{email_key}",
-               "too many signups for this email address; try again later", True)]
+              # Only a signup of the inbox's own address makes the subscriber row that counts its first hit;
+              # a variant's subscriber row has another key, so its hit is always counted in the counter.
+              (settings.signup_address_rate_limit, f"signup-email:{mailbox}",
+               "too many signups for this email address; try again later", mailbox == email_key)]
     return [check for check in checks if check[0] is not None]
 
 
@@ -80,8 +86,8 @@ def pending_hits(email_key: str, now: datetime) -> list[tuple[ratelimit.PendingH
     if runtime().settings.rate_limit_storage != "database":
         return None
     # The per-address count of a new address starts with the subscriber row its signup creates.
-    return [(ratelimit.pending_hit(key, limit, now, first_is_new_subscriber=per_address), message)
-            for limit, key, message, per_address in _signup_limits(email_key)]
+    return [(ratelimit.pending_hit(key, limit, now, first_is_new_subscriber=row_counts), message)
+            for limit, key, message, row_counts in _signup_limits(email_key)]
 
 
 def refusal(message: str, retry_after: int) -> tuple[Response, int]:

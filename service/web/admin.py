@@ -8,12 +8,15 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import secrets
 from dataclasses import replace
 from urllib.parse import urlsplit
 
 from flask import (
     Response,
     abort,
+    current_app,
+    g,
     redirect,
     render_template,
     request,
@@ -26,7 +29,8 @@ from sqlalchemy import select
 from service.compose import as_sent
 from service.core.db import utcnow
 from service.core.models import MAX_ID, Event, MessageContent, Subscriber
-from service.operator.accounts import authenticate
+from service.core.tokens import BadToken, make_device_token, read_device_token
+from service.operator.accounts import DEVICE_COOKIE_DAYS, authenticate, end_sessions
 from service.operator.mailview import parse_email
 from service.operator.send_log import CSV_COLUMNS, MAX_LIMIT, MessageFilter, csv_row, get_message, list_messages
 from service.web import db
@@ -35,21 +39,46 @@ from service.web.console import bp, email_frame
 log = logging.getLogger(__name__)
 
 
+DEVICE_COOKIE = "drip_device"
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     error = None
     if request.method == "POST":
         s = db()
+        device = _device()
         user = authenticate(s, request.form.get("email", ""), request.form.get("password", ""),
-                            client=request.remote_addr or "?", now=utcnow())
+                            client=request.remote_addr or "?", now=utcnow(), device=device)
         s.commit()
         if user is not None:
             session.clear()
             session["user_id"] = user.id
+            session["session_version"] = user.session_version or 0
             session.permanent = True
-            return redirect(_safe_next(request.args.get("next")) or url_for("admin.messages"))
+            resp = redirect(_safe_next(request.args.get("next")) or url_for("admin.messages"))
+            _remember_device(resp, user.id, device[1] if device and device[0] == user.id else None)
+            return resp
         error = "Wrong email or password, or too many attempts: wait a few minutes and try again."
     return render_template("admin/login.html", error=error), 401 if error else 200
+
+
+def _device() -> tuple[int, str] | None:
+    """(user id, device id) from the signed cookie of a browser that logged in before, else None."""
+    token = request.cookies.get(DEVICE_COOKIE)
+    if not token:
+        return None
+    try:
+        return read_device_token(current_app.secret_key, token, max_age_days=DEVICE_COOKIE_DAYS)
+    except BadToken:
+        return None
+
+
+def _remember_device(resp, user_id: int, device: str | None) -> None:
+    """After a good login: this browser's own login attempts are counted apart from strangers' (accounts.py)."""
+    token = make_device_token(current_app.secret_key, user_id=user_id, device=device or secrets.token_urlsafe(16))
+    resp.set_cookie(DEVICE_COOKIE, token, max_age=DEVICE_COOKIE_DAYS * 86400, path="/admin", httponly=True,
+                    samesite="Lax", secure=current_app.config["SESSION_COOKIE_SECURE"])
 
 
 def _safe_next(target: str | None) -> str | None:
@@ -64,6 +93,9 @@ def _safe_next(target: str | None) -> str | None:
 
 @bp.post("/logout")
 def logout():
+    """Ends this operator's sessions on the server too, so a copy of the cookie is worthless afterwards."""
+    end_sessions(g.user)
+    db().commit()
     session.clear()
     return redirect(url_for("admin.login"))
 

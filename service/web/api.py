@@ -6,7 +6,6 @@ parameters are validated strictly here (the pages parse leniently); the OpenAPI 
 """
 from __future__ import annotations
 
-import json
 from datetime import date
 
 from flask import Blueprint, g, jsonify, request
@@ -15,9 +14,10 @@ from werkzeug.exceptions import HTTPException
 from service.audience.privacy import erase_subscriber
 from service.audience.signups import ConsentMeta, SignupError, parse_signup, signup
 from service.core.db import utcnow
+from service.core.inputs import BadInput, load_json
 from service.core.models import MAX_ID, MESSAGE_STATUSES, SUBSCRIBER_STATUSES
 from service.operator import subscribers as people
-from service.operator.accounts import check_token
+from service.operator.accounts import check_token, token_allows
 from service.operator.campaign_stats import all_stats, campaign_stats, stats_dict
 from service.operator.send_log import MAX_LIMIT, MessageFilter, list_messages, message_dict
 from service.web import db, runtime
@@ -50,6 +50,11 @@ def _auth():
         return resp, status
     session.commit()
     g.api_token = row.name
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not token_allows(row, "write"):
+        resp, status = _error(403, "insufficient_scope", "this token may only read; an operator can create one "
+                              "that may change subscribers with `drip tokens create NAME --write`")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="drip", error="insufficient_scope", scope="write"'
+        return resp, status
     return None
 
 
@@ -115,9 +120,9 @@ def _body() -> dict:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send a JSON object with Content-Type: application/json")
     try:
-        data = json.loads(request.get_data() or b"")
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "malformed_json", "the request body is not valid JSON") from None
+        data = load_json(request.get_data() or b"")
+    except BadInput as exc:
+        raise ApiError(400, exc.code, exc.message) from None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the JSON body must be an object")
     return data

@@ -69,6 +69,9 @@ def guard():
         return None
     user_id = session.get("user_id")
     user = db().get(User, user_id) if user_id else None
+    if user is not None and session.get("session_version") != (user.session_version or 0):
+        user = None  # logged out or password changed since this session began: the cookie is spent
+        session.clear()
     if user is None:
         return redirect(url_for("admin.login", next=request.full_path if request.method == "GET" else None))
     g.user = user

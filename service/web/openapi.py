@@ -59,7 +59,8 @@ def _ref(name: str) -> dict:
 
 
 def _errors(*codes: str) -> dict:
-    text = {"400": "invalid input", "401": "missing, unknown or revoked token", "404": "not found",
+    text = {"400": "invalid input", "401": "missing, unknown or revoked token",
+            "403": "the token may only read (insufficient_scope); changes need a --write token", "404": "not found",
             "409": "the address cannot be subscribed", "415": "the body is not JSON"}
     return {c: _json(_ref("Error"), text[c]) for c in ("401", *codes)}
 
@@ -112,7 +113,7 @@ PATHS = {
             "responses": {
                 "201": _json(_ref("SubscriberResult"), "subscribed (a new enrollment)"),
                 "200": _json(_ref("SubscriberResult"), "already subscribed to that campaign; nothing changed"),
-                **_errors("400", "404", "409", "415")},
+                **_errors("400", "403", "404", "409", "415")},
         },
     },
     "/api/v1/subscribers/{subscriber_id}": {
@@ -121,14 +122,14 @@ PATHS = {
                 "responses": {"200": _json(_ref("SubscriberFull"), "the subscriber"), **_errors("404")}},
         "delete": {"operationId": "eraseSubscriber",
                    "summary": "Erase the person (GDPR); only the address's hash stays, suppressed",
-                   "responses": {"204": {"description": "erased"}, **_errors("404")}},
+                   "responses": {"204": {"description": "erased"}, **_errors("403", "404")}},
     },
     "/api/v1/subscribers/{subscriber_id}/unsubscribe": {
         "parameters": [_ID],
         "post": {"operationId": "unsubscribeSubscriber",
                  "summary": "Stop every campaign and cancel unsent mail (idempotent)",
                  "responses": {"200": _json(_obj({"subscriber": _ref("SubscriberFull"), "cancelled": _COUNT}),
-                                            "unsubscribed (or already not active)"), **_errors("404")}},
+                                            "unsubscribed (or already not active)"), **_errors("403", "404")}},
     },
     "/api/v1/campaigns": {"get": {
         "operationId": "listCampaigns", "summary": "Every loaded campaign with its per-step counts",
@@ -148,7 +149,9 @@ PATHS = {
 OPENAPI = {
     "openapi": "3.1.0",
     "info": {"title": "Drip operator API", "version": "1",
-             "description": "Errors always have the shape {\"error\": {\"code\", \"message\", \"field\"}}."},
+             "description": "Errors always have the shape {\"error\": {\"code\", \"message\", \"field\"}}. "
+                            "A token made with `drip tokens create NAME` may call every GET; POST and DELETE need "
+                            "one made with --write (else 403 insufficient_scope)."},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {"Message": _MESSAGE, "Error": _ERROR, "Subscriber": _SUBSCRIBER,

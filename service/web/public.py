@@ -1,7 +1,6 @@
 """Public routes: the home page form, the signup webhook, thank-you pages, unsubscribe, health, metrics."""
 from __future__ import annotations
 
-import json
 import logging
 from datetime import timedelta
 
@@ -14,6 +13,7 @@ from service.audience.signups import ConsentMeta, SignupError, parse_signup, sig
 from service.audience.unsubscribe import find_subscriber, unsubscribe
 from service.campaigns.schedule import valid_timezone
 from service.core.db import driver_transaction, utcnow
+from service.core.inputs import BadInput, load_json
 from service.core.tokens import BadToken, make_preferences_token, read_unsubscribe_token
 from service.dispatch.sending_pause import paused_reason
 from service.operator.metrics import render_metrics
@@ -39,9 +39,10 @@ def home():
 
 @bp.app_context_processor
 def _local_outbox() -> dict:
-    """The home page tells a newcomer running the embedded default where the emails go."""
-    url = runtime().settings.email_url
-    return {"local_outbox": url.removeprefix("file://") or "outbox" if url.startswith("file://") else None}
+    """The home page tells a newcomer running the embedded default that emails stay on this machine and
+    where to read them: the console's outbox viewer, behind the login. Never the folder's path: the page
+    is public, and a server's file layout is nobody's business."""
+    return {"local_outbox": runtime().settings.email_url.startswith("file://")}
 
 
 @bp.post("/signup")
@@ -147,9 +148,9 @@ def _read_body(request: Request) -> dict:
     if request.is_json:
         raw = request.get_data(cache=True)
         try:
-            data = json.loads(raw or b"")
-        except (ValueError, UnicodeDecodeError):
-            raise SignupError("malformed_json", "the request body is not valid JSON", None) from None
+            data = load_json(raw or b"")
+        except BadInput as exc:
+            raise SignupError(exc.code, exc.message, None) from None
         if not isinstance(data, dict):
             raise SignupError("malformed_json", "the JSON body must be an object", None)
         return data

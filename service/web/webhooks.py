@@ -5,7 +5,6 @@ some events are for unknown messages (the provider would otherwise retry forever
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -13,10 +12,12 @@ import requests
 from flask import Blueprint, jsonify, request
 
 from service.core.db import utcnow
+from service.core.inputs import BadInput, load_json
 from service.feedback.delivery import DeliveryEvent, apply, remember_token
 from service.feedback.provider_events import parse_mailgun, parse_postmark, parse_resend, parse_sendgrid, parse_ses
 from service.feedback.webhook_auth import (
     Rejected,
+    check_sns_url,
     verify_basic,
     verify_mailgun,
     verify_sendgrid,
@@ -28,14 +29,15 @@ from service.web import db, runtime
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 FETCH_TIMEOUT = 5
+MAX_FETCH_BYTES = 64 * 1024
 MAX_BYTES = 5 * 1024 * 1024  # SendGrid batches exceed the app's 64 KB form limit; a 413 would be retried forever
 
 
 def _json(raw: bytes) -> object:
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise Rejected(400, "body is not JSON") from None
+        return load_json(raw)
+    except BadInput as exc:
+        raise Rejected(400, exc.message) from None
 
 
 def _need(value: str | None, variable: str) -> str:
@@ -113,9 +115,11 @@ def ses(raw: bytes) -> list[DeliveryEvent] | None:
     topics = s.sns_topic_arns or _need(None, "DRIP_SNS_TOPIC_ARNS")
     verify_sns(doc, topic_arns=topics, cert_hosts=s.sns_cert_hosts, fetch=_fetch)
     if doc["Type"] == "SubscriptionConfirmation":
-        # Only now, with the signature verified, is SubscribeURL known to come from AWS.
+        # Only now, with the signature verified, is SubscribeURL known to come from AWS; it still has to
+        # point at an SNS host, like the certificate.
+        subscribe_url = check_sns_url(str(doc.get("SubscribeURL", "")), s.sns_cert_hosts, "SubscribeURL")
         try:
-            _fetch(str(doc.get("SubscribeURL", "")))
+            _fetch(subscribe_url)
         except requests.RequestException as exc:
             raise Rejected(502, f"cannot confirm the SNS subscription: {type(exc).__name__}") from None
         log.warning("SNS subscription to %s confirmed", doc.get("TopicArn"))
@@ -127,9 +131,15 @@ def ses(raw: bytes) -> list[DeliveryEvent] | None:
 
 
 def _fetch(url: str) -> bytes:
-    response = requests.get(url, timeout=FETCH_TIMEOUT, allow_redirects=False)  # no hop off the checked host
-    response.raise_for_status()
-    return response.content
+    """GET a URL that passed `check_sns_url`: no redirect (no hop off the checked host), 2xx only, and at
+    most MAX_FETCH_BYTES (a certificate is a few KB; a huge answer is not one)."""
+    with requests.get(url, timeout=FETCH_TIMEOUT, allow_redirects=False, stream=True) as response:
+        if not 200 <= response.status_code < 300:
+            raise requests.HTTPError(f"{response.status_code} from the SNS host", response=response)
+        body = response.raw.read(MAX_FETCH_BYTES + 1, decode_content=True)
+    if len(body) > MAX_FETCH_BYTES:
+        raise requests.HTTPError("the SNS host answered more than a certificate")
+    return body
 
 
 HANDLERS = {"postmark": postmark, "sendgrid": sendgrid, "mailgun": mailgun, "resend": resend, "ses": ses}
