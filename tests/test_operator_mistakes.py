@@ -44,7 +44,7 @@ MISTAKES = [
     ("DRIP_EMAIL_URL", f"smtpp://ops:{SECRET_WORD}@relay:587", "unknown transport"),
     ("DRIP_EMAIL_URL", f"smtp://ops:{SECRET_WORD}@relay:58x7", "cannot read host:port"),
     ("DRIP_EMAIL_URL", f"smtp://ops:{SECRET_WORD}@:587", "no host"),
-    ("DRIP_EMAIL_URL", f"sendgrid://{SECRET_WORD}@?endpoint=ftp://x", "endpoint must be an http(s) URL"),
+    ("DRIP_EMAIL_URL", f"sendgrid://{SECRET_WORD}@?endpoint=ftp://x", "endpoint must be a plain https URL"),
     ("DRIP_EMAIL_URL", "ses://AKIDEXAMPLE@eu-west-1", "needs the secret access key"),
     ("DRIP_BASE_URL", "drip.example.org", "expected an http(s) URL"),
     ("DRIP_SECRET_KEY", "tooshort", "too short (8 characters, at least 32"),
@@ -259,7 +259,7 @@ def test_an_unreachable_database_is_one_line_without_its_password(tmp_path, monk
     (tmp_path / "afile").write_text("")
     for command in (["stats"], ["db", "upgrade"]):
         assert_one_line(drip(command, {"DATABASE_URL": f"sqlite:///{tmp_path}/afile/drip.sqlite3"}),
-                        f"DATABASE_URL: cannot use {tmp_path}/afile: is a file where a folder is needed")
+                        f"DATABASE_URL: cannot use {tmp_path}/afile", "is a file where a folder is needed")
 
 
 # -- files the operator hands over ----------------------------------------------------------------------
