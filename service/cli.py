@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from service.commands.context import load_runtime, load_settings
+from service.commands.context import load_runtime, load_settings, sync_campaign_folders
 from service.core.config import ConfigError, Settings
 
 log = logging.getLogger("drip")
@@ -69,7 +69,7 @@ def serve(host: str, port: int) -> None:
     from service.server import run_gunicorn
 
     settings = load_settings()
-    load_runtime(settings)  # fail fast on a bad campaign, before forking
+    sync_campaign_folders(load_runtime(settings))  # fail fast on a bad campaign, before forking
     _warn_placeholders(settings)
     base = f"http://{host}:{port}"
     click.echo(f"\nDrip is running.\n  signup form:   {base}/\n  operator:      {base}/admin "
@@ -89,7 +89,7 @@ def web(host: str, port: int, workers: int, threads: int | None) -> None:
     from service.server import default_threads, run_gunicorn
 
     settings = load_settings()
-    load_runtime(settings)
+    sync_campaign_folders(load_runtime(settings))
     run_gunicorn(settings, host=host, port=port, workers=workers,
                  threads=threads or default_threads(settings.database_url), with_scheduler=False)
 
@@ -101,6 +101,7 @@ def worker() -> None:
 
     settings = load_settings()
     rt = load_runtime(settings)
+    sync_campaign_folders(rt)
     _warn_placeholders(settings)
     log.info("worker started: a pass every %ss, sending via %s", settings.tick_seconds, masked(settings.email_url))
     run_blocking(rt.dispatcher(), settings.tick_seconds)
@@ -118,6 +119,7 @@ def tick(now_text: str | None) -> None:
             raise click.BadParameter(f"not an ISO-8601 time: {now_text!r}", param_hint="--now") from None
         now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
     rt = load_runtime(load_settings())
+    sync_campaign_folders(rt)
     summary = rt.dispatcher().run_pass(now)
     click.echo(f"tick: {summary.line()}")
 
