@@ -4,6 +4,7 @@ worker built before the publish sends on its next pass; any version can be resto
 moved and removed under the same safety rules as file edits."""
 from __future__ import annotations
 
+import html
 import re
 from datetime import timedelta
 
@@ -102,9 +103,9 @@ def test_week_05_in_markdown_previewed_tested_published_and_sent_by_a_running_wo
     old_subject = runtime.campaigns[BUNDLE].step_by_key("week-05").subject
 
     data = form(admin, subject="Week 5: your hips, five weeks in", preheader="Two minutes a side")
-    html = admin.post(f"{EDITOR}/steps/week-05/preview/html", data=data)
-    assert html.status_code == 200 and "sandbox" in html.headers["Content-Security-Policy"]
-    page = html.data.decode()
+    frame = admin.post(f"{EDITOR}/steps/week-05/preview/html", data=data)
+    assert frame.status_code == 200 and "sandbox" in frame.headers["Content-Security-Policy"]
+    page = frame.data.decode()
     assert HEADING.search(page) and "Watch the TFL release" in page
     assert 'href="https://backpainwarriors.example/tfl-release-technique/?utm_source=drip' in page
     text = admin.post(f"{EDITOR}/steps/week-05/preview/text", data=data).data.decode()
@@ -154,3 +155,95 @@ def _max_id(rt) -> int:
 def _count(rt, model) -> int:
     with rt.sessions() as s:
         return s.scalar(select(func.count()).select_from(model))
+
+
+def test_any_version_can_be_restored_and_is_sent_again(runtime, admin):
+    """Version 2 changes week-05's subject; restoring version 1 puts its files in the draft, shows what that
+    changes back, and publishing it makes version 3 with version 1's files: the old subject is sent again."""
+    old = runtime.campaigns[BUNDLE].step_by_key("week-05").subject
+    admin.post(f"{EDITOR}/steps/week-05", data=form(admin, subject="A new week five"))
+    admin.post(f"{EDITOR}/publish", data={"csrf": csrf(admin, EDITOR)})
+    assert runtime.campaigns[BUNDLE].step_by_key("week-05").subject == "A new week five"
+    assert runtime.campaigns[BUNDLE].version == 2
+
+    r = admin.post(f"{EDITOR}/versions/1/restore", data={"csrf": csrf(admin, EDITOR)})
+    assert r.status_code == 303
+    page = admin.get(EDITOR).data.decode()
+    assert "Version 1 is in the draft" in page and "restores version 1" in page
+    assert re.search(r"<tr><td>week-05</td><td>subject, body</td>", page)  # back to the hand-written pair
+    admin.post(f"{EDITOR}/publish", data={"csrf": csrf(admin, EDITOR)})
+    with runtime.sessions() as s:
+        rows = {v.version: v for v in s.scalars(select(CampaignVersion))}
+    assert rows[3].digest == rows[1].digest and rows[3].source == "restore" and rows[3].note == "restores version 1"
+    assert runtime.campaigns[BUNDLE].step_by_key("week-05").subject == old
+    assert runtime.campaigns[BUNDLE].version == 3
+
+
+def test_steps_are_added_moved_and_removed_under_the_file_edit_rules(runtime, admin):
+    """A new step may not reuse a key sent before (readers who had it would skip the new one); week-01 cannot
+    be removed while the lead magnets continue into it; moving and removing show up as changes with the
+    readers they reach, and the draft keeps the campaign valid at every step."""
+    readers_in_four_states(runtime)
+    token = csrf(admin, EDITOR)
+    r = admin.post(f"{EDITOR}/steps", data={"csrf": token, "key": "week-03", "subject": "Again", "delay": "7d"})
+    assert r.status_code == 303 and "already has a step" in admin.get(EDITOR).data.decode()
+    r = admin.post(f"{EDITOR}/steps/week-01/remove", data={"csrf": token})
+    page = admin.get(EDITOR).data.decode()
+    assert "Not changed" in page and "continue_at" in page and "week-01" in page
+    assert _count(runtime, CampaignDraft) == 0
+
+    r = admin.post(f"{EDITOR}/steps", data={"csrf": token, "key": "week-10", "subject": "Ten weeks in",
+                                             "delay": "1w"})
+    assert r.status_code == 303 and r.headers["Location"].endswith(f"{EDITOR}/steps/week-10")
+    admin.post(f"{EDITOR}/steps/week-07/move", data={"csrf": token, "to": "up"})
+    admin.post(f"{EDITOR}/steps/week-04/remove", data={"csrf": token})
+    page = admin.get(EDITOR).data.decode()
+    keys = re.findall(r'/steps/(week-\d\d|welcome)">', page)
+    assert keys[:8] == ["welcome", "week-01", "week-02", "week-03", "week-05", "week-07", "week-06", "week-08"]
+    assert keys[-1] == "week-10"
+    changes = dict(re.findall(r"<tr><td>(week-\d\d)</td><td>([^<]*)</td>", page))
+    assert changes == {"week-07": "moved", "week-06": "moved", "week-10": "added", "week-04": "removed"}
+    # past@ completed nothing yet; every active reader will get week-10; week-04 was next for nobody now
+    assert re.search(r"<td>week-10</td><td>added</td>\s*<td>4</td>", page)
+
+    # Publish; a step that was sent and then removed cannot come back under its old key.
+    admin.post(f"{EDITOR}/publish", data={"csrf": token})
+    r = admin.post(f"{EDITOR}/steps", data={"csrf": token, "key": "week-04", "subject": "Back", "delay": "7d"})
+    assert "was sent before in this campaign" in admin.get(EDITOR).data.decode()
+    assert runtime.campaigns[BUNDLE].step_by_key("week-04") is None
+
+
+def test_bad_input_is_refused_with_the_field_and_nothing_saved(runtime, admin):
+    """An empty subject, a bad delay or send hour: 422 naming the problem, no draft; a body that does not
+    render shows why in the preview frame; a publish made by someone else meanwhile refuses the old draft."""
+    url = f"{EDITOR}/steps/week-05"
+    for change, words in (({"subject": "  "}, "Subject:</strong> the subject is empty"),
+                          ({"delay": "soon"}, "Delay:</strong> bad delay 'soon'"),
+                          ({"send_hour": "25"}, "Send hour:</strong> the send hour is a whole hour 0-23")):
+        r = admin.post(url, data=form(admin, **change))
+        assert r.status_code == 422 and words in html.unescape(r.data.decode()), change
+    assert _count(runtime, CampaignDraft) == 0
+    r = admin.post(f"{url}/preview/html", data=form(admin, markdown="Hi {{ nme }}"))
+    assert r.status_code == 422 and "does not render" in r.data.decode() and "nme" in r.data.decode()
+    r = admin.post(f"{url}/send-test", data={**form(admin), "to": "not an address"})
+    assert r.status_code == 422 and "test address" in r.data.decode()
+
+    admin.post(url, data=form(admin, subject="Mine"))
+    with runtime.sessions() as s, s.begin():  # meanwhile another operator published version 1 and 2
+        from service.campaigns import versions
+        from service.operator.campaign_editor import published_files
+        files = published_files(runtime.campaigns[BUNDLE])
+        versions.publish(s, BUNDLE, files, by="other@example.org", source="console", now=T0)
+    admin.post(f"{EDITOR}/publish", data={"csrf": csrf(admin, EDITOR)})
+    page = admin.get(EDITOR).data.decode()
+    assert "Not published" in page and "other@example.org" in page
+
+
+def test_the_campaign_page_links_each_step_preview_and_editor(runtime, admin):
+    """The campaign page links every step's preview (which renders) and its editor."""
+    page = admin.get(f"/admin/campaigns/{BUNDLE}").data.decode()
+    for step in runtime.campaigns[BUNDLE].steps:
+        assert f'href="/admin/campaigns/{BUNDLE}/{step.key}"' in page
+        assert f'href="{EDITOR}/steps/{step.key}"' in page
+    assert admin.get(f"/admin/campaigns/{BUNDLE}/week-05").status_code == 200
+    assert f'href="{EDITOR}"' in page
