@@ -47,20 +47,22 @@ def join(rt, email: str, when) -> None:
         signup(s, data, campaign=rt.campaigns[BUNDLE], meta=ConsentMeta("json"), now=when)
 
 
-def readers_in_four_states(rt) -> None:
-    """past@ had week-05 a week ago (week-06 is due today); due@ and snoozed@ are due week-05 today (snoozed@
-    has snoozed for two weeks); gone@ was due it too but unsubscribed; new@ is due week-01 today."""
-    join(rt, "past@example.org", T0 - timedelta(weeks=6))
+def readers_in_four_states(rt, today=PASS, dispatcher=None) -> None:
+    """As of `today` (a pass just after the send hour): past@ had week-05 a week ago (week-06 is due today);
+    due@ and snoozed@ are due week-05 today (snoozed@ has snoozed for two weeks); gone@ was due it too but
+    unsubscribed; new@ is due week-01 today."""
+    start = today - timedelta(weeks=6)
+    join(rt, "past@example.org", start)
     for name in ("due", "snoozed", "gone"):
-        join(rt, f"{name}@example.org", T0 - timedelta(weeks=5))
-    join(rt, "new@example.org", T0 - timedelta(weeks=1))
-    d = rt.dispatcher(max_per_day=0)
+        join(rt, f"{name}@example.org", start + timedelta(weeks=1))
+    join(rt, "new@example.org", start + timedelta(weeks=5))
+    d = dispatcher or rt.dispatcher(max_per_day=0)
     for day in range(6 * 7):  # a pass a day, just after the send hour, up to yesterday
-        d.run_pass(PASS - timedelta(weeks=6) + timedelta(days=day))
+        d.run_pass(start + timedelta(days=day))
     with rt.sessions() as s, s.begin():
         people = {p.email.split("@")[0]: p for p in s.scalars(select(Subscriber))}
-        snooze(s, people["snoozed"], 2, now=T0)
-        unsubscribe(s, UnsubscribeClaim(people["gone"].public_id, BUNDLE), now=T0, method="one-click")
+        snooze(s, people["snoozed"], 2, now=today)
+        unsubscribe(s, UnsubscribeClaim(people["gone"].public_id, BUNDLE), now=today, method="one-click")
 
 
 def sent(rt, after=None) -> dict[str, list[tuple[str, str]]]:
