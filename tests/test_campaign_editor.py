@@ -227,6 +227,9 @@ def test_bad_input_is_refused_with_the_field_and_nothing_saved(runtime, admin):
     assert _count(runtime, CampaignDraft) == 0
     r = admin.post(f"{url}/preview/html", data=form(admin, markdown="Hi {{ nme }}"))
     assert r.status_code == 422 and "does not render" in r.data.decode() and "nme" in r.data.decode()
+    # a body may not reach Python's internals: templates run sandboxed
+    r = admin.post(f"{url}/preview/html", data=form(admin, markdown="{{ ''.__class__.__mro__[1].__subclasses__() }}"))
+    assert r.status_code == 422 and "SecurityError" in r.data.decode() and "subprocess" not in r.data.decode()
     r = admin.post(f"{url}/send-test", data={**form(admin), "to": "not an address"})
     assert r.status_code == 422 and "test address" in r.data.decode()
 

@@ -57,8 +57,8 @@ def diff_command() -> None:
         rt = build_runtime(Settings.from_env(), pool_size=1)
     except (ConfigError, CampaignError) as exc:
         raise click.ClickException(str(exc)) from None
-    with rt.sessions() as session:
-        lines = diff(session, rt.campaigns)
+    with rt.sessions() as session:  # the folders as they are on disk, not the versions in the database
+        lines = diff(session, rt.campaigns.folders)
     for line in lines:
         click.echo(line.line())
     changed = sum(line.readers for line in lines if line.change != "unchanged")

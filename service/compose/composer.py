@@ -20,7 +20,8 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import css_inline
-from jinja2 import Environment, StrictUndefined, select_autoescape
+from jinja2 import StrictUndefined, select_autoescape
+from jinja2.sandbox import SandboxedEnvironment
 
 from service.campaigns.model import Campaign, Step
 from service.compose import mime, render_plan
@@ -95,9 +96,12 @@ class Composer:
                  feedback_id_sender: str | None = None, bounce_domain: str | None = None,
                  reply_to: str | None = None, secret_key: str | None = None, tracking: bool = False,
                  plan_renders: bool = True) -> None:
-        # Campaign folders, versions published in the database, Markdown bodies (compose/sources.py)
+        # Campaign folders, versions published in the database, Markdown bodies (compose/sources.py).
+        # Sandboxed: an operator writes bodies and subjects in the console, and a template must not reach
+        # Python's internals (`''.__class__...`) and run code on the server. The sandbox costs nothing
+        # measurable here (each step is rendered once, see render_plan.py).
         self.sources = CampaignSources(templates_dir)
-        self.env = Environment(
+        self.env = SandboxedEnvironment(
             loader=self.sources,
             undefined=StrictUndefined,
             autoescape=select_autoescape(["html"], default_for_string=False),
@@ -105,7 +109,7 @@ class Composer:
             auto_reload=False,
         )
         # Subjects are plain text headers, not HTML: escaping would show "&amp;" in the inbox.
-        self.subject_env = Environment(undefined=StrictUndefined, autoescape=False)  # noqa: S701
+        self.subject_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
         self.base_url = base_url
         self.postal_address = postal_address
         self.from_override = from_override
