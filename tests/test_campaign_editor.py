@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import re
+import shutil
 from datetime import timedelta
 
 import pytest
@@ -252,3 +253,17 @@ def test_the_campaign_page_links_each_step_preview_and_editor(runtime, admin):
         assert f'href="{EDITOR}/steps/{step.key}"' in page
     assert admin.get(f"/admin/campaigns/{BUNDLE}/week-05").status_code == 200
     assert f'href="{EDITOR}"' in page
+
+
+def test_check_content_lints_the_step_and_scores_it_with_spamassassin(runtime, admin):
+    """**Check content** lints the step as typed (a shortener link is an error) and shows SpamAssassin's
+    score where it is installed, else says it is not."""
+    r = admin.post(f"{EDITOR}/steps/week-05/check",
+                   data=form(admin, markdown="{{ greeting }}\n\nRead [this](https://bit.ly/abc).\n"))
+    page = html.unescape(r.data.decode())
+    assert r.status_code == 200 and "link to the URL shortener bit.ly" in page
+    if shutil.which("spamassassin"):
+        assert re.search(r"SpamAssassin: <strong>-?\d+(\.\d+)?</strong> points \(5\.0 is spam\)", page)
+    else:
+        assert "SpamAssassin: not installed" in page
+    assert _count(runtime, CampaignDraft) == 0

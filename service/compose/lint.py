@@ -77,10 +77,12 @@ def sample_job(campaign: Campaign, step: Step, base_url: str) -> ComposeJob:
     )
 
 
-def lint_campaign(campaign: Campaign, composer: Composer) -> list[Problem]:
-    """Every problem of every step; a step that cannot render is one error."""
+def lint_campaign(campaign: Campaign, composer: Composer, *, only: str | None = None) -> list[Problem]:
+    """Every problem of every step (of step `only`, when given); a step that cannot render is one error."""
     problems: list[Problem] = []
     for step in campaign.steps:
+        if only is not None and step.key != only:
+            continue
         where = f"{campaign.where}: step {step.key}"
         problems += [Problem("warning", where, message) for message in dropped_text(composer, campaign, step)]
         job = sample_job(campaign, step, composer.base_url)
@@ -93,7 +95,7 @@ def lint_campaign(campaign: Campaign, composer: Composer) -> list[Problem]:
             continue
         problems += [Problem(level, where, _with_location(campaign, step, message)) for level, message in
                      lint_step(campaign, subject, text, html, job.unsubscribe_url, composer.base_url)]
-    if campaign.double_opt_in:
+    if campaign.double_opt_in and only is None:
         problems += _lint_confirmation(campaign, composer)
     return problems
 

@@ -134,10 +134,12 @@ def _changes(campaign: Campaign, e: Enrollment, had: set[str], step: Step | None
 
 def reach(session: Session, campaign: Campaign) -> dict[str, tuple[int, int]]:
     """Per step key of `campaign` (as it would be after an edit): (enrolled readers who will still get it,
-    readers for whom it is the very next step), by the same place rule as the dispatcher. Active
-    enrollments only: a snoozed reader counts (they get it when the snooze ends), one who left does not."""
-    rows = session.scalars(select(Enrollment).where(Enrollment.campaign == campaign.key,
-                                                    Enrollment.status == "active")).all()
+    readers for whom it is the very next step), by the same place rule as the dispatcher. A snoozed reader
+    counts (they get it when the snooze ends), and so does one who had completed the campaign when steps are
+    appended after their last (`reactivate_grown`); one who left does not."""
+    rows = session.scalars(select(Enrollment).join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
+                           .where(Enrollment.campaign == campaign.key, Subscriber.status == "active",
+                                  Enrollment.status.in_(("active", "completed")))).all()
     had = sent_keys(session, [e.id for e in rows])
     will: Counter[int] = Counter()
     upcoming: Counter[int] = Counter()

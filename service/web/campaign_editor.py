@@ -11,6 +11,7 @@ from __future__ import annotations
 from html import escape
 
 from flask import Blueprint, Response, abort, flash, g, redirect, render_template, request, url_for
+from sqlalchemy.exc import IntegrityError
 
 from service.audience.signups import SignupError, normalize_email
 from service.campaigns import versions
@@ -109,10 +110,15 @@ def publish(key: str):
     try:
         errors = [p.line() for p in lint_campaign(draft.campaign(), runtime().preview_composer()) if p.level == "error"]
         row = editor.publish(db(), runtime().campaigns, key, by=_who(), now=utcnow(), errors=errors)
+        db().commit()
     except (editor.EditError, CampaignError) as exc:
         flash(f"Not published: {getattr(exc, 'message', exc)}", "error")
         return redirect(url_for("campaign_editor.overview", key=key), code=303)
-    db().commit()
+    except IntegrityError:  # another operator's publish took the same version number a moment before
+        db().rollback()
+        flash("Not published: another version was published at the same moment. Check the draft and publish "
+              "again.", "error")
+        return redirect(url_for("campaign_editor.overview", key=key), code=303)
     runtime().campaigns.refresh()  # this process at once; the others on their next pass
     from service.web.public import runtime_wake
 
@@ -155,8 +161,7 @@ def step(key: str, step_key: str):
 def _step_page(draft, campaign, step, fields, *, status: int = 200, error: editor.EditError | None = None,
                spam=None, problems=None):
     if problems is None:  # the content lint of the step as the draft has it
-        problems = [p for p in lint_campaign(campaign, runtime().preview_composer())
-                    if p.where.endswith(f"step {step.key}")]
+        problems = lint_campaign(campaign, runtime().preview_composer(), only=step.key)
     return render_template("admin/campaign_step_editor.html", draft=draft, campaign=campaign, step=step, f=fields,
                            error=error, problems=problems, spam=spam,
                            test_to=request.form.get("to") or g.user.email), status
@@ -243,7 +248,7 @@ def check(key: str, step_key: str):
         error = exc if isinstance(exc, editor.EditError) else editor.EditError(str(exc))
         return _step_page(draft, draft.campaign(), _step(draft.campaign(), step_key), fields, status=422, error=error)
     composer = runtime().preview_composer()
-    problems = [p for p in lint_campaign(campaign, composer) if p.where.endswith(f"step {step.key}")]
+    problems = lint_campaign(campaign, composer, only=step.key)
     spam = None
     try:
         spam = spam_score(sample_email(composer, campaign, step, now=utcnow()).raw) or "not installed"
