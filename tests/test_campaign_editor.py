@@ -89,7 +89,7 @@ def form(client, step: str = "week-05", **changes) -> dict[str, str]:
     page = client.get(f"{EDITOR}/steps/{step}").data.decode()
     value = {name: re.search(rf'name="{name}" value="([^"]*)"', page) for name in ("subject", "preheader", "delay",
                                                                                   "send_hour")}
-    data = {k: (m.group(1) if m else "") for k, m in value.items()}
+    data = {k: (html.unescape(m.group(1)) if m else "") for k, m in value.items()}
     data.update(csrf=csrf(client, f"{EDITOR}/steps/{step}"), body_format="markdown", markdown=NEW_BODY)
     data.update(changes)
     return data
@@ -234,8 +234,16 @@ def test_bad_input_is_refused_with_the_field_and_nothing_saved(runtime, admin):
     r = admin.post(f"{url}/send-test", data={**form(admin), "to": "not an address"})
     assert r.status_code == 422 and "test address" in r.data.decode()
 
+    unchanged = {**form(admin), "body_format": "html"}  # the form as the page shows it: nothing changed
+    week5 = runtime.campaigns[BUNDLE]
+    unchanged.update(html=week5.read("week-05.html"), text=week5.read("week-05.txt"))
+    admin.post(url, data=unchanged)
+    admin.post(f"{EDITOR}/publish", data={"csrf": csrf(admin, EDITOR)})
+    assert "the draft is the same as what is sent now" in html.unescape(admin.get(EDITOR).data.decode())
+    assert _count(runtime, CampaignVersion) == 0
+
     admin.post(url, data=form(admin, subject="Mine"))
-    with runtime.sessions() as s, s.begin():  # meanwhile another operator published version 1 and 2
+    with runtime.sessions() as s, s.begin():  # meanwhile another operator published a version
         from service.campaigns import versions
         from service.operator.campaign_editor import published_files
         files = published_files(runtime.campaigns[BUNDLE])

@@ -296,6 +296,14 @@ def impact(session: Session, live: Campaign, edited: Campaign) -> Impact:
     return Impact(changes, diff(session, {edited.key: edited}))
 
 
+def same_content(a: dict[str, str], b: dict[str, str]) -> bool:
+    """The same campaign: equal values in campaign.toml (the console rewrites its text) and equal bodies."""
+    def values(files: dict[str, str]) -> tuple:
+        rest = {k: v for k, v in files.items() if k != "campaign.toml"}
+        return tomllib.loads(files.get("campaign.toml", "")), rest
+    return values(a) == values(b)
+
+
 def _body(campaign: Campaign, step: Step) -> tuple:
     return tuple(campaign.read(f"{step.template}.{ext}") for ext in ("md", "html", "txt"))
 
@@ -313,6 +321,9 @@ def publish(session: Session, catalog: Catalog, key: str, *, by: str, now: datet
         raise EditError(f"version {current.version if current else 0} was published by "
                         f"{current.published_by if current else '?'} after this draft began; discard the draft "
                         "and make the change again on top of it")
+    live = catalog.get(key)
+    if same_content(row.files, current.files if current else published_files(live) if live is not None else {}):
+        raise EditError("the draft is the same as what is sent now: there is nothing to publish")
     if errors:
         raise EditError("fix these first: " + "; ".join(errors))
     campaign = campaign_from_files(key, row.files, version=0)
