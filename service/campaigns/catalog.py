@@ -57,6 +57,15 @@ class Catalog(Mapping[str, Campaign]):
     def items(self):
         return self._current.items()
 
+    # -- replacing a campaign in this process only (tests, tools): it stays until a version of it is published
+    def __setitem__(self, key: str, campaign: Campaign) -> None:
+        self.folders[key] = campaign
+        self._current = {**self._current, key: campaign}
+
+    def update(self, other: Mapping[str, Campaign]) -> None:
+        for key, campaign in other.items():
+            self[key] = campaign
+
     # -- picking up a publish ---------------------------------------------------------------------------------
     def refresh(self, *, at_most_every: float = 0.0) -> bool:
         """Load what was published since the last call; True when the campaigns changed. Never raises for
