@@ -161,6 +161,17 @@ def test_export_then_import_round_trip_through_a_folder(runtime, tmp_path, monke
     email = sample_email(runtime.preview_composer(), runtime.campaigns[BUNDLE], week5, now=T0)
     assert "Hello from git." in email.text and email.subject == "Week five, in Markdown"
 
+    # An imported version is one someone chose: a later start-up does not replace it with a changed folder.
+    (folder / "week-05.md").write_text("{{ greeting }}\n\nEdited, not imported.\n")
+    later = with_settings(runtime, templates_dir=out)
+    with later.sessions() as s, s.begin():
+        notes = versions.sync_folders(s, later.campaigns.folders, now=T0)
+        assert [n for n in notes if n.startswith(f"{BUNDLE}:")] == [
+            f"{BUNDLE}: the folder differs from version 2, imported by drip campaigns import, which is what is "
+            f"sent; `drip campaigns export {BUNDLE}` writes it to the folder, `drip campaigns import {BUNDLE}` "
+            "publishes the folder instead"]
+    later.sessions.kw["bind"].dispose()
+
     (folder / "week-05.md").write_text("{{ greeting }}\n\n[a shortened link](https://bit.ly/x)\n")
     result = CliRunner().invoke(main, ["campaigns", "import", BUNDLE], env=env)
     assert result.exit_code == 1 and "nothing imported: 1 content error(s)" in result.output

@@ -84,7 +84,7 @@ def import_folder(session: Session, directory: Path, *, by: str, now: datetime,
     current = latest(session, directory.name)
     if current is not None and (only_if == "missing" or current.digest == digest(files)):
         return None
-    return publish(session, directory.name, files, by=by, source="files", now=now,
+    return publish(session, directory.name, files, by=by, source="import", now=now,
                    note=f"imported from {directory}")
 
 
@@ -106,8 +106,9 @@ def export_version(row: CampaignVersion, directory: Path) -> list[Path]:
 def sync_folders(session: Session, folders: Mapping[str, object], *, now: datetime) -> list[str]:
     """At start-up: every campaign folder with no version yet is published as version 1 (a fresh install
     sends exactly what it ships), and a folder changed since the newest version is published again, as
-    long as that newest version came from the folder too (deploying edited files keeps working). When the
-    newest version was published in the console, the folder does not replace it: the returned notes say so."""
+    long as that newest version was published by this start-up rule too (deploying edited files keeps
+    working). A version someone chose (published in the console, restored, or `drip campaigns import`ed)
+    is not replaced by the folder: the returned notes say so."""
     notes = []
     for key, campaign in sorted(folders.items()):
         directory = getattr(campaign, "directory", None)
@@ -122,7 +123,8 @@ def sync_folders(session: Session, folders: Mapping[str, object], *, now: dateti
                           note=f"imported from {directory}")
             notes.append(f"{key}: the folder was published as version {row.version}")
         else:
-            notes.append(f"{key}: the folder differs from version {current.version}, published in the console by "
+            how = "imported" if current.source == "import" else "published in the console"
+            notes.append(f"{key}: the folder differs from version {current.version}, {how} by "
                          f"{current.published_by}, which is what is sent; `drip campaigns export {key}` writes it to "
                          f"the folder, `drip campaigns import {key}` publishes the folder instead")
     return notes

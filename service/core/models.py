@@ -399,7 +399,8 @@ class CampaignVersion(Base):
     version: Mapped[int] = mapped_column(Integer)
     files: Mapped[dict] = mapped_column(JSON)
     digest: Mapped[str] = mapped_column(String(64))  # sha256 of the files, to compare with a folder
-    source: Mapped[str] = mapped_column(String(16))  # "files" (imported), "console" or "restore"
+    # "files" (published from the folder at start-up), "import" (drip campaigns import), "console", "restore"
+    source: Mapped[str] = mapped_column(String(16))
     published_by: Mapped[str] = mapped_column(String(255))
     published_at: Mapped[datetime]
     note: Mapped[str | None] = mapped_column(Text)
