@@ -233,6 +233,8 @@ def test_bad_input_is_refused_with_the_field_and_nothing_saved(runtime, admin):
     assert r.status_code == 422 and "SecurityError" in r.data.decode() and "subprocess" not in r.data.decode()
     r = admin.post(f"{url}/send-test", data={**form(admin), "to": "not an address"})
     assert r.status_code == 422 and "test address" in r.data.decode()
+    r = admin.post(f"{url}/send-test", data={**form(admin, markdown="Hi {{ nme }}"), "to": "coach@example.org"})
+    assert r.status_code == 422 and "does not render" in r.data.decode()
 
     unchanged = {**form(admin), "body_format": "html"}  # the form as the page shows it: nothing changed
     week5 = runtime.campaigns[BUNDLE]

@@ -232,6 +232,9 @@ def test_send(key: str, step_key: str):
     except (editor.EditError, CampaignError, TestSendError) as exc:
         error = exc if isinstance(exc, editor.EditError) else editor.EditError(str(exc))
         return _step_page(draft, draft.campaign(), _step(draft.campaign(), step_key), fields, status=422, error=error)
+    except Exception as exc:  # a body that does not render: said on the page, nothing sent
+        error = editor.EditError(f"not sent: the email does not render: {exc.__class__.__name__}: {exc}")
+        return _step_page(draft, draft.campaign(), _step(draft.campaign(), step_key), fields, status=422, error=error)
     flash(f"Test sent to {address}: {email.subject}", "ok")
     campaign = draft.campaign()
     return _step_page(draft, campaign, _step(campaign, step_key), fields)
