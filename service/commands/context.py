@@ -45,5 +45,5 @@ def sync_campaign_folders(rt) -> None:
                     exc.__class__.__name__)
         return
     for note in notes:
-        log.log(logging.WARNING if "differs" in note else logging.INFO, "campaigns: %s", note)
+        log.log(logging.WARNING if "differs" in note else logging.INFO, "%s", note)
     rt.campaigns.refresh()
