@@ -66,6 +66,11 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.extensions["drip"] = runtime
     app.extensions["drip.wake"] = wake or (lambda: None)
 
+    @app.before_request
+    def _published_campaigns() -> None:
+        # A campaign version published in the console or by another process shows here within a second.
+        runtime.campaigns.refresh(at_most_every=1.0)
+
     @app.teardown_appcontext
     def _close_session(_exc: BaseException | None) -> None:
         session: Session | None = g.pop("db", None)
@@ -101,8 +106,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(webhooks.bp)  # provider event webhooks
     app.register_blueprint(tracking.bp)  # open pixel and click redirect
     app.register_blueprint(reader.bp)  # preference page, view in browser
-    from service.web import campaign_preview, confirm  # double opt-in links; the console's campaign pages
+    from service.web import campaign_editor, campaign_preview, confirm  # double opt-in; campaign pages, editor
 
     app.register_blueprint(confirm.bp)
     app.register_blueprint(campaign_preview.bp)
+    app.register_blueprint(campaign_editor.bp)
     return app

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.campaigns.catalog import Catalog
 from service.campaigns.loader import load_campaigns
-from service.campaigns.model import Campaign
 from service.compose.composer import Composer
 from service.core.config import Settings
 from service.core.db import make_sessionmaker
@@ -28,7 +28,7 @@ from service.transports import make_transport
 class Runtime:
     settings: Settings
     sessions: sessionmaker[Session]
-    campaigns: dict[str, Campaign]
+    campaigns: Catalog  # the folders, each replaced by its newest published version (campaigns/catalog.py)
     composer: Composer
 
     def unsubscribe_url(self, public_id: str, campaign: str) -> str:
@@ -51,6 +51,14 @@ class Runtime:
         token = make_confirm_token(self.settings.secret_key, public_id=public_id, campaign=campaign)
         return f"{self.settings.base_url}/confirm/{token}"
 
+    def preview_composer(self) -> Composer:
+        """A composer of its own for the console's drafts and previews: what it compiles (a draft changes with
+        every keystroke) goes with it, never into the long-lived one that sends."""
+        return make_composer(self.settings, plan_renders=False)
+
+    def transport(self):
+        return make_transport(self.settings.email_url)
+
     def dispatcher(self, **overrides) -> Dispatcher:
         s = self.settings
         kwargs = dict(
@@ -69,6 +77,15 @@ class Runtime:
         return Dispatcher(**kwargs)
 
 
+def make_composer(settings: Settings, *, plan_renders: bool = True) -> Composer:
+    return Composer(templates_dir=Path(settings.templates_dir), base_url=settings.base_url,
+                    postal_address=settings.postal_address, from_override=settings.from_address,
+                    unsubscribe_mailto=settings.unsubscribe_mailto, dkim_keys=load_keys(settings),
+                    feedback_id_sender=settings.feedback_id_sender, bounce_domain=settings.bounce_domain,
+                    reply_to=settings.reply_to, secret_key=settings.secret_key, tracking=settings.tracking,
+                    plan_renders=plan_renders)
+
+
 def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:
     campaigns = load_campaigns(Path(settings.templates_dir))
     if settings.default_campaign not in campaigns:
@@ -77,12 +94,10 @@ def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:
         raise CampaignError(f"DRIP_DEFAULT_CAMPAIGN: no campaign named {settings.default_campaign!r} "
                             f"(have: {', '.join(sorted(campaigns))})")
     make_transport(settings.email_url).close()  # a malformed DRIP_EMAIL_URL fails at start, naming the variable
-    composer = Composer(templates_dir=Path(settings.templates_dir), base_url=settings.base_url,
-                        postal_address=settings.postal_address, from_override=settings.from_address,
-                        unsubscribe_mailto=settings.unsubscribe_mailto, dkim_keys=load_keys(settings),
-                        feedback_id_sender=settings.feedback_id_sender, bounce_domain=settings.bounce_domain,
-                        reply_to=settings.reply_to, secret_key=settings.secret_key, tracking=settings.tracking)
-    rt = Runtime(settings=settings, sessions=make_sessionmaker(settings, pool_size=pool_size),
-                 campaigns=campaigns, composer=composer)
+    composer = make_composer(settings)
+    sessions = make_sessionmaker(settings, pool_size=pool_size)
+    catalog = Catalog(campaigns, sessions)
+    catalog.refresh()  # versions published in the console replace their folders from the first request on
+    rt = Runtime(settings=settings, sessions=sessions, campaigns=catalog, composer=composer)
     composer.reader_links = rt.reader_links  # here, as the footer's links are signed with the secret key
     return rt

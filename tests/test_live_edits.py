@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from service.audience.signups import ConsentMeta, parse_signup, signup
 from service.cli import main
+from service.commands.context import sync_campaign_folders
 from service.core.models import Enrollment, Message, Subscriber
 
 T0 = at("2026-06-01T20:00:00")  # a Monday; readers joined 0, 3 and 12 weeks before
@@ -135,6 +136,7 @@ def test_campaigns_diff_counts_readers_per_change(runtime, smtp, tmp_path, monke
     """`drip campaigns diff` against the edited files (week-04 removed, week-10 appended): mid@ was due the
     removed step and gets week-05 next, done@ gets week-10, new@ is unaffected; the database is untouched."""
     readers_at_three_places(runtime)
+    sync_campaign_folders(runtime)  # the shipped folders are in the database too: diff still reads the files
     rt = edited(runtime, tmp_path, remove_week_04_and_append_week_10)
     monkeypatch.chdir(tmp_path)
     env = {"DATABASE_URL": runtime.settings.database_url, "DRIP_SECRET_KEY": runtime.settings.secret_key,

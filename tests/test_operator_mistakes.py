@@ -155,7 +155,8 @@ def test_a_setting_that_needs_a_missing_extra_names_the_extra(migrated, tmp_path
 DATABASE_FREE = {("db", "upgrade"), ("campaigns", "check"), ("preview",), ("send-test",), ("doctor",)}
 ARGS = {  # what each command that uses the database is given to get as far as opening it
     ("tick",): [], ("users", "add"): ["ops@example.org"], ("tokens", "create"): ["ci"], ("tokens", "list"): [],
-    ("tokens", "revoke"): ["ci"], ("bounces",): ["--maildir", "{tmp}"], ("campaigns", "diff"): [], ("log",): [],
+    ("tokens", "revoke"): ["ci"], ("bounces",): ["--maildir", "{tmp}"], ("campaigns", "diff"): [],
+    ("campaigns", "import"): [], ("campaigns", "export"): ["--out", "{tmp}/export"], ("log",): [],
     ("stats",): [], ("prune",): ["--days", "90"], ("sending", "status"): [], ("sending", "resume"): [],
     ("import-subscribers",): ["{tmp}/r.csv", "--campaign", "glute-guide"], ("export-subscribers",): [],
     ("subscribers", "export"): ["a@example.org"], ("subscribers", "erase"): ["a@example.org", "--yes"],

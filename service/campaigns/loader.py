@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
@@ -22,21 +24,24 @@ def load_campaigns(templates_dir: Path) -> dict[str, Campaign]:
         campaigns[campaign.key] = campaign
     if not campaigns:
         raise CampaignError(f"no campaign files found under {templates_dir}/<campaign>/campaign.toml")
-    for campaign in campaigns.values():
-        if campaign.digest and (campaign.digest not in campaigns or campaign.digest == campaign.key):
-            raise CampaignError(f"{campaign.directory / 'campaign.toml'}: digest {campaign.digest!r} is not "
-                                "another campaign")
-        check_continuation(campaign, campaigns)
+    check_set(campaigns)
     return campaigns
 
 
-def check_continuation(campaign: Campaign, campaigns: dict[str, Campaign]) -> None:
+def check_set(campaigns: Mapping[str, Campaign]) -> None:
+    """What one campaign may say about the others: its digest and continuation name real ones."""
+    for campaign in campaigns.values():
+        if campaign.digest and (campaign.digest not in campaigns or campaign.digest == campaign.key):
+            raise CampaignError(f"{campaign.where}: digest {campaign.digest!r} is not another campaign")
+        check_continuation(campaign, campaigns)
+
+
+def check_continuation(campaign: Campaign, campaigns: Mapping[str, Campaign]) -> None:
     """`continue_into` names another loaded campaign and `continue_at` one of its step keys."""
-    path = campaign.directory / "campaign.toml"
-    source = path.read_text(encoding="utf-8") if path.is_file() else ""
+    source = campaign.read("campaign.toml") or ""
     target_ok = campaign.continue_into in campaigns and campaign.continue_into != campaign.key
     n = toml_line(source, "continue_at" if not campaign.continue_into or target_ok else "continue_into")
-    where = f"{path}:{n}" if n else str(path)
+    where = f"{campaign.where}:{n}" if n else campaign.where
     if not campaign.continue_into:
         if campaign.continue_at:
             raise CampaignError(f"{where}: 'continue_at' needs 'continue_into'")
@@ -69,9 +74,26 @@ def parse_hour(value: object, where: str) -> int:
 
 
 def load_campaign(path: Path) -> Campaign:
-    key = path.parent.name
-    where = str(path)
-    source = path.read_text(encoding="utf-8")
+    """One campaign folder: `<key>/campaign.toml` and its templates."""
+    directory = path.parent
+    return parse_campaign(directory.name, path.read_text(encoding="utf-8"), where=str(path),
+                          has_file=lambda name: (directory / name).is_file(), directory=directory)
+
+
+def campaign_from_files(key: str, files: Mapping[str, str], *, version: int) -> Campaign:
+    """One campaign from its files held in memory (a version stored in the database, or a draft):
+    {"campaign.toml": ..., "week-01.md": ...}. The same checks as a folder on disk."""
+    source = files.get("campaign.toml")
+    where = f"{key} version {version}" if version > 0 else f"{key} (draft)"
+    if source is None:
+        raise CampaignError(f"{where}: no campaign.toml")
+    campaign = parse_campaign(key, source, where=where, has_file=files.__contains__, directory=Path(key))
+    return replace(campaign, version=version, files=dict(files))
+
+
+def parse_campaign(key: str, source: str, *, where: str, has_file: Callable[[str], bool],
+                   directory: Path) -> Campaign:
+    """A campaign from its campaign.toml text; `has_file` says which template files exist."""
     try:
         data = tomllib.loads(source)
     except tomllib.TOMLDecodeError as exc:
@@ -115,9 +137,9 @@ def load_campaign(path: Path) -> Campaign:
         why=text("why"),
         thank_you_title=text("title", thank_you, required=False) or "Thank you!",
         thank_you_body=text("body", thank_you, required=False) or "Please check your inbox.",
-        steps=_load_steps(data.get("steps"), where, path.parent, source),
+        steps=_load_steps(data.get("steps"), where, has_file, source, directory),
         resources=dict(resources),
-        directory=path.parent,
+        directory=directory,
         reply_to=reply_to,
         digest=text("digest", required=False),
         utm=_load_utm(data.get("utm", {}), where),
@@ -130,6 +152,7 @@ def load_campaign(path: Path) -> Campaign:
 
 
 UTM_KEYS = ("source", "medium", "campaign")
+TEMPLATE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # a file in the campaign's own folder, no path
 
 
 def _load_utm(raw: object, where: str) -> dict[str, str]:
@@ -170,7 +193,8 @@ def toml_line(text: str, field: str, step: int | None = None) -> int | None:
     return found + 1 if found is not None else (start + 1 if step is not None else None)
 
 
-def _load_steps(raw: object, where: str, directory: Path, text: str = "") -> tuple[Step, ...]:
+def _load_steps(raw: object, where: str, has_file: Callable[[str], bool], text: str,
+                directory: Path) -> tuple[Step, ...]:
     if not isinstance(raw, list) or not raw:
         raise CampaignError(f"{where}: at least one [[steps]] entry is required")
     steps: list[Step] = []
@@ -193,10 +217,15 @@ def _load_steps(raw: object, where: str, directory: Path, text: str = "") -> tup
         except ValueError as exc:
             raise CampaignError(f"{line('delay')}: step {key!r}: {exc}") from None
         template = entry.get("template", key)
-        for ext in ("html", "txt"):
-            if not (directory / f"{template}.{ext}").is_file():
-                raise CampaignError(f"{line('template')}: step {key!r}: missing template "
-                                    f"{directory / f'{template}.{ext}'}")
+        if not isinstance(template, str) or not TEMPLATE_RE.match(template):
+            raise CampaignError(f"{line('template')}: step {key!r}: template must be a file name (letters, digits, "
+                                "'-' and '_', without extension)")
+        # A Markdown body (<template>.md) makes both parts; else the hand-written pair .html + .txt.
+        if not has_file(f"{template}.md"):
+            for ext in ("html", "txt"):
+                if not has_file(f"{template}.{ext}"):
+                    raise CampaignError(f"{line('template')}: step {key!r}: missing template "
+                                        f"{directory / f'{template}.{ext}'} (or {template}.md)")
         subject = entry.get("subject")
         if not isinstance(subject, str) or not subject.strip() or "\n" in subject or "\r" in subject:
             raise CampaignError(f"{line('subject')}: step {key!r} needs a one-line subject")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
@@ -89,6 +90,30 @@ class Campaign:
     # Double opt-in: the welcome waits until the reader clicks the link in a confirmation email.
     double_opt_in: bool = False
     confirm_subject: str = "Please confirm your email address"
+    # Where the campaign's files come from: the folder `directory` (version 0), or a version published
+    # in the database (campaigns/versions.py), whose files travel with it as {file name: text}.
+    version: int = 0
+    files: Mapping[str, str] | None = None
+
+    @property
+    def template_root(self) -> str:
+        """The Jinja2 folder name of this campaign's templates. Each published version has its own, so a
+        template compiled for one version is never served for another."""
+        return self.key if self.files is None else f"{self.key}@{self.version}"
+
+    def read(self, name: str) -> str | None:
+        """The text of one of the campaign's files (`campaign.toml`, `week-01.md`, ...), or None."""
+        if self.files is not None:
+            return self.files.get(name)
+        path = self.directory / name
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    @property
+    def where(self) -> str:
+        """How error messages name the campaign's definition."""
+        if self.files is None:
+            return str(self.directory / "campaign.toml")
+        return f"{self.key} version {self.version}" if self.version > 0 else f"{self.key} (draft)"
 
     @property
     def sender_name(self) -> str:

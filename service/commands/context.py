@@ -22,7 +22,8 @@ def load_settings() -> Settings:
 
 def load_runtime(settings: Settings, *, check_schema: bool = True, check_templates: bool = False, **kw):
     """The runtime, after checking that its database is reachable and at the revision this Drip needs, and
-    (for the commands that send) that every step's template compiles."""
+    (for the commands that send: serve, web, worker, tick) after publishing the campaign folders and checking
+    that every step's template compiles."""
     from service.runtime import build_runtime
 
     try:
@@ -34,6 +35,7 @@ def load_runtime(settings: Settings, *, check_schema: bool = True, check_templat
     if check_schema:
         require_current_schema(rt)
     if check_templates:
+        sync_campaign_folders(rt)  # publish the folders first, so the check reads the versions it will send
         require_compiling_templates(rt)
     return rt
 
@@ -104,3 +106,28 @@ def operator_error(exc: BaseException, database_url: str | None = None) -> str |
 
 def _first_line(text: str) -> str:
     return " ".join(text.strip().splitlines()[:1]).strip() or text.strip()
+
+
+def sync_campaign_folders(rt) -> None:
+    """Campaign folders reach the database at start-up (see campaigns/versions.py, sync_folders): a fresh
+    install sends what it ships, and deployed file edits are published unless the console published since."""
+    import logging
+
+    from sqlalchemy.exc import DBAPIError, IntegrityError
+
+    from service.campaigns.versions import sync_folders
+    from service.core.db import utcnow
+
+    log = logging.getLogger("service.campaigns")
+    try:
+        with rt.sessions() as session, session.begin():
+            notes = sync_folders(session, rt.campaigns.folders, now=utcnow())
+    except IntegrityError:  # another process started at the same moment and published them
+        notes = []
+    except DBAPIError as exc:  # not migrated yet: the folders are sent as they are
+        log.warning("campaign folders not published to the database (%s); run `drip db upgrade`",
+                    exc.__class__.__name__)
+        return
+    for note in notes:
+        log.log(logging.WARNING if "differs" in note else logging.INFO, "%s", note)
+    rt.campaigns.refresh()

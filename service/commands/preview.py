@@ -1,6 +1,7 @@
-"""`drip preview CAMPAIGN STEP` writes one step rendered with sample data (.eml, .html, .txt) to a folder
-and opens nothing; `drip send-test CAMPAIGN STEP --to ADDRESS` sends it through the configured transport,
-marked as a test ("[TEST] " subject, `X-Drip-Test: 1`) and never recorded: no database row, no stats."""
+"""`drip preview CAMPAIGN STEP` writes one step, as it is sent now (the newest version published in the
+console, else the campaign folder), rendered with sample data (.eml, .html, .txt) to a folder and opens
+nothing; `drip send-test CAMPAIGN STEP --to ADDRESS` sends it through the configured transport, marked as
+a test ("[TEST] " subject, `X-Drip-Test: 1`) and never recorded: no database row, no stats."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,11 +19,19 @@ def register(main: click.Group) -> None:
 
 
 def _load(campaign_key: str, step_key: str) -> tuple[Settings, Campaign, Step]:
+    from service.campaigns.catalog import Catalog
+    from service.core.db import make_sessionmaker
+
     try:
         settings = Settings.from_env()
-        campaigns = load_campaigns(Path(settings.templates_dir))
+        folders = load_campaigns(Path(settings.templates_dir))
     except (ConfigError, CampaignError) as exc:
         raise click.ClickException(str(exc)) from None
+    # The version being sent: published in the console when there is one, else the folder.
+    sessions = make_sessionmaker(settings, pool_size=1)
+    campaigns = Catalog(folders, sessions)
+    campaigns.refresh()
+    sessions.kw["bind"].dispose()
     campaign = campaigns.get(campaign_key)
     if campaign is None:
         raise click.ClickException(f"no campaign {campaign_key!r} (have: {', '.join(sorted(campaigns))})")

@@ -20,11 +20,13 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import css_inline
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import StrictUndefined, select_autoescape
+from jinja2.sandbox import SandboxedEnvironment
 
 from service.campaigns.model import Campaign, Step
 from service.compose import mime, render_plan
 from service.compose.dkim import sign as dkim_sign
+from service.compose.sources import CampaignSources
 from service.core.addresses import ascii_address, new_message_id, sender_address
 from service.core.dkim_keys import DkimKey
 from service.transports.base import OutboundEmail
@@ -94,15 +96,20 @@ class Composer:
                  feedback_id_sender: str | None = None, bounce_domain: str | None = None,
                  reply_to: str | None = None, secret_key: str | None = None, tracking: bool = False,
                  plan_renders: bool = True) -> None:
-        self.env = Environment(
-            loader=FileSystemLoader(str(templates_dir)),
+        # Campaign folders, versions published in the database, Markdown bodies (compose/sources.py).
+        # Sandboxed: an operator writes bodies and subjects in the console, and a template must not reach
+        # Python's internals (`''.__class__...`) and run code on the server. The sandbox costs nothing
+        # measurable here (each step is rendered once, see render_plan.py).
+        self.sources = CampaignSources(templates_dir)
+        self.env = SandboxedEnvironment(
+            loader=self.sources,
             undefined=StrictUndefined,
             autoescape=select_autoescape(["html"], default_for_string=False),
             trim_blocks=False,
             auto_reload=False,
         )
         # Subjects are plain text headers, not HTML: escaping would show "&amp;" in the inbox.
-        self.subject_env = Environment(undefined=StrictUndefined, autoescape=False)  # noqa: S701
+        self.subject_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
         self.base_url = base_url
         self.postal_address = postal_address
         self.from_override = from_override
@@ -197,7 +204,7 @@ class Composer:
         return subject, text, html, None
 
     def _render_full(self, job: ComposeJob, ctx: dict) -> tuple[str, str]:
-        base = f"{job.campaign.key}/{job.step.template}"
+        base = f"{self.sources.add(job.campaign)}/{job.step.template}"
         text = _finish_text(self.env.get_template(f"{base}.txt").render(ctx))
         html = self.inliner.inline(self.env.get_template(f"{base}.html").render(ctx))
         return text, html
@@ -209,7 +216,7 @@ class Composer:
         key = (id(job.campaign), job.step.key, job.step.template, ctx["why"], defined)
         if key in self._plans:
             return self._plans[key][1]
-        base = f"{job.campaign.key}/{job.step.template}"
+        base = f"{self.sources.add(job.campaign)}/{job.step.template}"
         plan = None
         if all(render_plan.prints_values_only(self.env, f"{base}.{ext}") for ext in ("txt", "html")):
             marked = render_plan.marked(ctx)
@@ -381,7 +388,7 @@ def compose_confirmation(composer: Composer, *, campaign: Campaign, to_email: st
         "why": f"You're getting this email because this address was entered to get the {campaign.title}.",
         "preheader": "Please confirm your email address", "expiry_days": expiry_days,
     }
-    base = campaign.key if (campaign.directory / "confirm.html").is_file() else "_base"
+    base = composer.sources.add(campaign) if campaign.read("confirm.html") is not None else "_base"
     text = composer.env.get_template(f"{base}/confirm.txt").render(ctx).strip() + "\n"
     html = composer.inliner.inline(composer.env.get_template(f"{base}/confirm.html").render(ctx))
     from_header = composer.from_header(campaign)

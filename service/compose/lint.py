@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
-from jinja2 import TemplateSyntaxError
+from jinja2 import TemplateSyntaxError, nodes
 
 from service.campaigns.model import Campaign, Step
 from service.compose.composer import ComposeJob, Composer, with_utm
@@ -77,11 +77,14 @@ def sample_job(campaign: Campaign, step: Step, base_url: str) -> ComposeJob:
     )
 
 
-def lint_campaign(campaign: Campaign, composer: Composer) -> list[Problem]:
-    """Every problem of every step; a step that cannot render is one error."""
+def lint_campaign(campaign: Campaign, composer: Composer, *, only: str | None = None) -> list[Problem]:
+    """Every problem of every step (of step `only`, when given); a step that cannot render is one error."""
     problems: list[Problem] = []
     for step in campaign.steps:
-        where = f"{campaign.directory / 'campaign.toml'}: step {step.key}"
+        if only is not None and step.key != only:
+            continue
+        where = f"{campaign.where}: step {step.key}"
+        problems += [Problem("warning", where, message) for message in dropped_text(composer, campaign, step)]
         job = sample_job(campaign, step, composer.base_url)
         try:
             subject, text, html = composer.render(job)
@@ -92,7 +95,7 @@ def lint_campaign(campaign: Campaign, composer: Composer) -> list[Problem]:
             continue
         problems += [Problem(level, where, _with_location(campaign, step, message)) for level, message in
                      lint_step(campaign, subject, text, html, job.unsubscribe_url, composer.base_url)]
-    if campaign.double_opt_in:
+    if campaign.double_opt_in and only is None:
         problems += _lint_confirmation(campaign, composer)
     return problems
 
@@ -108,7 +111,7 @@ def _lint_confirmation(campaign: Campaign, composer: Composer) -> list[Problem]:
                              expiry_days=7)
     except Exception as exc:  # reported like a step that does not render
         at = template_location(exc)
-        return [Problem("error", f"{campaign.directory / 'campaign.toml'}: confirmation email",
+        return [Problem("error", f"{campaign.where}: confirmation email",
                         f"does not render: {exc.__class__.__name__}: {exc}" + (f" (at {at})" if at else ""))]
     return []
 
@@ -118,7 +121,7 @@ def template_location(exc: BaseException) -> str | None:
     StrictUndefined) has it in the traceback, whose frames Jinja2 rewrites to template files and lines."""
     if isinstance(exc, TemplateSyntaxError) and exc.filename:
         return f"{exc.filename}:{exc.lineno}"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith((".html", ".txt"))]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith((".html", ".txt", ".md"))]
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
 
 
@@ -128,12 +131,38 @@ def _with_location(campaign: Campaign, step: Step, message: str) -> str:
     if not m:
         return message
     url = m.group(1)
-    for ext in ("html", "txt"):
-        path = campaign.directory / f"{step.template}.{ext}"
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for ext in ("md", "html", "txt"):
+        source = campaign.read(f"{step.template}.{ext}")
+        for n, line in enumerate((source or "").splitlines(), start=1):
             if url in line:
-                return f"{path}:{n}: {message}"
+                where = campaign.directory / f"{step.template}.{ext}" if campaign.files is None else \
+                    f"{step.template}.{ext}"
+                return f"{where}:{n}: {message}"
     return message
+
+
+def dropped_text(composer: Composer, campaign: Campaign, step: Step) -> list[str]:
+    """A template that extends the layout prints only its blocks: words written outside
+    `{% block content %}` never reach the reader. Say so, with the line."""
+    found = []
+    for ext in ("html", "txt"):
+        name = f"{step.template}.{ext}"
+        source = campaign.read(name)
+        if source is None:  # made from the Markdown body, which has no such outside
+            continue
+        try:
+            tree = composer.env.parse(source)
+        except TemplateSyntaxError:
+            continue  # reported when the step renders
+        if not any(isinstance(node, nodes.Extends) for node in tree.body):
+            continue
+        for node in tree.body:
+            if isinstance(node, nodes.Output) and any(
+                    not isinstance(n, nodes.TemplateData) or n.data.strip() for n in node.nodes):
+                found.append(f"{name}:{node.lineno}: text outside {{% block content %}} is dropped: the layout "
+                             "prints only the blocks (move it inside the block)")
+                break
+    return found
 
 
 def lint_step(campaign: Campaign, subject: str, text: str, html: str, unsubscribe_url: str,

@@ -389,3 +389,37 @@ class PendingConfirmation(Base):
     send_pending: Mapped[bool]
     sending_until: Mapped[datetime | None]  # a worker's lease on sending it
     sends: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CampaignVersion(Base):
+    """One published version of a campaign: its files ({"campaign.toml": ..., "week-05.md": ...}) exactly as
+    they were published, with who and when. Append-only: a restore publishes an old version's files again
+    as a new version. The newest version of a campaign is what workers and web processes send."""
+
+    __tablename__ = "campaign_versions"
+    __table_args__ = (UniqueConstraint("campaign", "version"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    files: Mapped[dict] = mapped_column(JSON)
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of the files, to compare with a folder
+    # "files" (published from the folder at start-up), "import" (drip campaigns import), "console", "restore"
+    source: Mapped[str] = mapped_column(String(16))
+    published_by: Mapped[str] = mapped_column(String(255))
+    published_at: Mapped[datetime]
+    note: Mapped[str | None] = mapped_column(Text)
+
+
+class CampaignDraft(Base):
+    """The console's unpublished edits of one campaign (one draft per campaign, shared by operators):
+    the files as they would be published, and the version they started from."""
+
+    __tablename__ = "campaign_drafts"
+
+    campaign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    files: Mapped[dict] = mapped_column(JSON)
+    base_version: Mapped[int] = mapped_column(Integer)  # 0: started from the folder, never published
+    note: Mapped[str | None] = mapped_column(Text)  # "restores version 3": said again in that version's note
+    updated_by: Mapped[str] = mapped_column(String(255))
+    updated_at: Mapped[datetime]

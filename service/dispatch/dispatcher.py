@@ -107,6 +107,9 @@ class Dispatcher:
     def _run_pass(self, now: datetime | None, run: SendRun) -> PassSummary:
         clock: Callable[[], datetime] = (lambda: now) if now is not None else utcnow
         summary = PassSummary()
+        refresh = getattr(self.campaigns, "refresh", None)
+        if refresh is not None and refresh():  # a version published since the last pass: send it from now on
+            self._reactivated = False
         if not self._reactivated:  # once per loaded campaign set: appended steps reach readers who had finished
             with self.sessions() as session, session.begin():
                 live_edits.reactivate_grown(session, self.campaigns, clock())

@@ -130,3 +130,22 @@ def _changes(campaign: Campaign, e: Enrollment, had: set[str], step: Step | None
     elif e.status == "active" and not tags and step is not None and pointed not in (None, step.key):
         tags.append("moved")
     return "+".join(tags) or "unchanged"
+
+
+def reach(session: Session, campaign: Campaign) -> dict[str, tuple[int, int]]:
+    """Per step key of `campaign` (as it would be after an edit): (enrolled readers who will still get it,
+    readers for whom it is the very next step), by the same place rule as the dispatcher. A snoozed reader
+    counts (they get it when the snooze ends), and so does one who had completed the campaign when steps are
+    appended after their last (`reactivate_grown`); one who left does not."""
+    rows = session.scalars(select(Enrollment).join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
+                           .where(Enrollment.campaign == campaign.key, Subscriber.status == "active",
+                                  Enrollment.status.in_(("active", "completed")))).all()
+    had = sent_keys(session, [e.id for e in rows])
+    will: Counter[int] = Counter()
+    upcoming: Counter[int] = Counter()
+    for e in rows:
+        at = position(campaign, e, had[e.id])
+        upcoming[at] += 1
+        for index in range(at, len(campaign.steps)):
+            will[index] += 1
+    return {s.key: (will[s.index], upcoming[s.index]) for s in campaign.steps}

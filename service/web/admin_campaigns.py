@@ -27,7 +27,7 @@ def campaign(key: str):
     stats = campaign_stats(db(), _campaign(key), now=utcnow())
     stages = [("enrolled", stats.enrolled)] + [(f"{s.index + 1}. {s.key} sent", s.sent) for s in stats.steps]
     return render_template("admin/campaign.html", stats=stats, daily=daily_bars(stats.per_day),
-                           funnel=funnel_bars(stages))
+                           funnel=funnel_bars(stages), current_steps={s.key for s in _campaign(key).steps})
 
 
 def _switch(key: str, paused: bool):
