@@ -79,7 +79,8 @@ def sent_since(rt, since) -> set[tuple]:
 def test_the_forecast_is_what_the_next_passes_send(rt, smtp) -> None:
     ids = a_week_of_readers(rt)
     end = horizon(NOW, "UTC", days=7)
-    predicted = forecast(rt.dispatcher(), now=NOW, end=end)
+    with rt.sessions() as s:
+        predicted = forecast(rt.dispatcher(), s, now=NOW, end=end)
     d = rt.dispatcher()
     hour = NOW
     while hour < end:
@@ -106,7 +107,8 @@ def test_grouped_by_the_operators_day_and_step(rt, smtp) -> None:
     """Per day in the operator's zone: every day of the week is listed, each step with its subject and count."""
     a_week_of_readers(rt)
     end = horizon(NOW, "Europe/Paris", days=7)
-    days = forecast(rt.dispatcher(), now=NOW, end=end).by_day("Europe/Paris", rt.campaigns)
+    with rt.sessions() as s:
+        days = forecast(rt.dispatcher(), s, now=NOW, end=end).by_day("Europe/Paris", rt.campaigns)
     assert len(days) == 7 and days[0][0].isoformat() == "2026-03-10"
     rows = [r for _day, day_rows in days for r in day_rows]
     week01 = rt.campaigns["back-pain-bundle"].step_by_key("week-01").subject
@@ -118,7 +120,8 @@ def test_nothing_goes_out_while_sending_is_paused(rt, smtp) -> None:
     a_week_of_readers(rt)
     with rt.sessions() as s, s.begin():
         pause(s, "the relay refused our password (535)", now=NOW)
-    predicted = forecast(rt.dispatcher(), now=NOW, end=horizon(NOW, "UTC"))
+    with rt.sessions() as s:
+        predicted = forecast(rt.dispatcher(), s, now=NOW, end=horizon(NOW, "UTC"))
     assert predicted.emails == [] and "535" in predicted.sending_paused
     rt.dispatcher().run_pass(NOW + timedelta(days=2, hours=1))
     assert sent_since(rt, NOW) == set()

@@ -268,6 +268,10 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime]
     last_login_at: Mapped[datetime | None]
+    # The zone the console shows this operator's times in (IANA name); None: UTC.
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    # A disabled operator cannot log in and their open sessions stop working; the row stays for the record.
+    disabled_at: Mapped[datetime | None]
 
 
 class ApiToken(Base):

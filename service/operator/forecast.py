@@ -118,17 +118,17 @@ class _Reader:
     capped_sends: list[datetime]
 
 
-def forecast(d: Dispatcher, *, now: datetime, end: datetime) -> Forecast:
-    """Every email the dispatcher's passes from `now` until `end` would send, reader by reader."""
+def forecast(d: Dispatcher, session: Session, *, now: datetime, end: datetime) -> Forecast:
+    """Every email the dispatcher's passes from `now` until `end` would send, reader by reader. Reads through
+    the caller's session (a console request's: on SQLite a second transaction would wait for its lock)."""
     result = Forecast(start=now, end=end)
-    with d.sessions() as session:
-        result.sending_paused = paused_reason(session)
-        paused = set(session.scalars(paused_campaigns()))
-        result.paused_campaigns = sorted(paused & set(d.campaigns))
-        if result.sending_paused:
-            return result
-        items, readers = _load(d, session, now, paused)
-        counters = _counters(session, d, now)
+    result.sending_paused = paused_reason(session)
+    paused = set(session.scalars(paused_campaigns()))
+    result.paused_campaigns = sorted(paused & set(d.campaigns))
+    if result.sending_paused:
+        return result
+    items, readers = _load(d, session, now, end, paused)
+    counters = _counters(session, d, now)
     result.snoozed_readers = len({i.subscriber_id for i in items
                                   if (r := readers[i.subscriber_id]).snoozed_until and r.snoozed_until > now})
     heapq.heapify(items)
@@ -183,15 +183,17 @@ def _after(d: Dispatcher, campaign: Campaign, step: Step, reader: _Reader,
     return target, first
 
 
-def _load(d: Dispatcher, session: Session, now: datetime, paused: set[str]) -> tuple[list[_Item], dict[int, _Reader]]:
-    """What waits now: messages queued or deferred, and active enrollments whose next step has a due time."""
+def _load(d: Dispatcher, session: Session, now: datetime, end: datetime,
+          paused: set[str]) -> tuple[list[_Item], dict[int, _Reader]]:
+    """What waits now: messages queued or deferred, and active enrollments whose next step has a due time,
+    before `end` (what is due later cannot lead to a send before it: every step waits for the one before)."""
     items: list[_Item] = []
     live = [k for k in d.campaigns if k not in paused]
     waiting = session.execute(
         select(Message.id, Message.subscriber_id, Message.campaign, Message.step_key, Message.next_attempt_at)
         .join(Subscriber, Subscriber.id == Message.subscriber_id)
         .where(Message.status.in_(("queued", "deferred")), Message.campaign.in_(live),
-               Subscriber.status == "active")).all()
+               Message.next_attempt_at < end, Subscriber.status == "active")).all()
     for row in waiting:
         step = d.campaigns[row.campaign].step_by_key(row.step_key)
         if step is not None:
@@ -199,7 +201,7 @@ def _load(d: Dispatcher, session: Session, now: datetime, paused: set[str]) -> t
             items.append(_Item(at, (at, 0, row.id), row.subscriber_id, row.campaign, step))
     due = session.execute(
         select(Enrollment).join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
-        .where(Enrollment.status == "active", Enrollment.next_due_at.is_not(None), Enrollment.campaign.in_(live),
+        .where(Enrollment.status == "active", Enrollment.next_due_at < end, Enrollment.campaign.in_(live),
                Subscriber.status == "active")).scalars().all()
     had = live_edits.sent_keys(session, [e.id for e in due])
     for e in due:

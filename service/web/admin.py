@@ -1,4 +1,5 @@
-"""The operator's console: login/logout and the send log. Everything here needs a logged-in session.
+"""The operator's console: login/logout and the send log (at /admin/messages; /admin is the home page,
+admin_home.py). Everything here needs a logged-in session.
 
 The blueprint, its login guard and CSRF check are in console.py, shared with the subscriber, campaign and
 outbox pages in their own modules.
@@ -47,7 +48,7 @@ def login():
             session.clear()
             session["user_id"] = user.id
             session.permanent = True
-            return redirect(_safe_next(request.args.get("next")) or url_for("admin.messages"))
+            return redirect(_safe_next(request.args.get("next")) or url_for("admin.index"))
         error = "Wrong email or password, or too many attempts: wait a few minutes and try again."
     return render_template("admin/login.html", error=error), 401 if error else 200
 
@@ -66,11 +67,6 @@ def _safe_next(target: str | None) -> str | None:
 def logout():
     session.clear()
     return redirect(url_for("admin.login"))
-
-
-@bp.get("/")
-def index():
-    return redirect(url_for("admin.messages"))
 
 
 @bp.get("/messages")
