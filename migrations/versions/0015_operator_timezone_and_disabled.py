@@ -2,13 +2,13 @@
 an operator can be disabled (they can no longer log in, and a session they hold stops working) without
 deleting who did what.
 
-Revision ID: 0017_operator_console_timezone_disabled
+Revision ID: 0017_operator_tz_disabled
 Revises: 0016_enrollment_due_from
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017_operator_console_timezone_disabled"
+revision = "0017_operator_tz_disabled"
 down_revision = "0016_enrollment_due_from"
 branch_labels = None
 depends_on = None

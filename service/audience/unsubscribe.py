@@ -44,7 +44,8 @@ def record_reason(session: Session, claim: UnsubscribeClaim, reason: str, *, now
     """The optional line a reader gives after unsubscribing, kept in their history for the operator. Only
     for a reader who has unsubscribed (the unsubscribe itself never waits for it); an empty line records
     nothing. Returns whether it was recorded."""
-    text = " ".join("".join(ch for ch in reason if ch.isprintable()).split())[:MAX_REASON]
+    # One line of plain text: control characters (a NUL would upset PostgreSQL) become spaces.
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in reason).split())[:MAX_REASON]
     subscriber = find_subscriber(session, claim)
     if not text or subscriber is None or subscriber.status != "unsubscribed":
         return False

@@ -176,7 +176,7 @@ class Warning:
 
 
 # A step is "failing more than usual" when its failure + bounce + complaint rate is at least this many times the
-# campaign's overall rate and above FAILING_FLOOR, with at least FAILING_MIN_SENT emails sent.
+# rate of its campaign's other steps, and above FAILING_FLOOR, with at least FAILING_MIN_SENT emails tried.
 FAILING_FACTOR, FAILING_FLOOR, FAILING_MIN_SENT = 2.0, 0.05, 10
 
 
@@ -207,16 +207,20 @@ def warnings(session: Session, *, now: datetime, dkim_on: bool, postal_placehold
 
 
 def _failing_steps(campaigns_health: list[CampaignHealth]) -> list[Warning]:
+    """Steps whose failure rate is well above the rest of their campaign's (see FAILING_FACTOR)."""
     out = []
     for c in campaigns_health:
         sent = sum(s.sent for s in c.steps)
-        usual = sum(s.bounced + s.complained + s.failed for s in c.steps) / sent if sent else 0.0
+        failing = sum(s.bounced + s.complained + s.failed for s in c.steps)
         for s in c.steps:
             rate = s.failure_rate
-            if s.sent >= FAILING_MIN_SENT and rate is not None and rate >= FAILING_FLOOR \
-                    and rate >= FAILING_FACTOR * usual:
+            if s.sent < FAILING_MIN_SENT or rate is None or rate < FAILING_FLOOR:
+                continue
+            others_sent = sent - s.sent
+            usual = (failing - (s.bounced + s.complained + s.failed)) / others_sent if others_sent else 0.0
+            if rate >= FAILING_FACTOR * usual:
                 out.append(Warning(f"{c.title}: {s.key} fails more than usual",
                                    f"{rate:.0%} of its {s.sent} emails failed, bounced or were marked as spam "
-                                   f"(the campaign's usual rate: {usual:.0%})",
+                                   f"(the campaign's other steps: {usual:.0%})",
                                    "open the step's send log and read the errors"))
     return out
