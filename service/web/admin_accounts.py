@@ -70,7 +70,8 @@ def operator_add():
     return redirect(url_for("admin.operators"))
 
 
-@bp.post("/operators/<int:user_id>/<any(disable, enable):action>")
+@bp.post("/operators/<int:user_id>/disable", defaults={"action": "disable"})
+@bp.post("/operators/<int:user_id>/enable", defaults={"action": "enable"}, endpoint="operator_enable")
 def operator_disable(user_id: int, action: str):
     s = db()
     try:
