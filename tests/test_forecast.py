@@ -127,3 +127,28 @@ def test_nothing_goes_out_while_sending_is_paused(rt, smtp) -> None:
     assert sent_since(rt, NOW) == set()
     with rt.sessions() as s:  # and the enrollment is still there, waiting
         assert s.scalar(select(Enrollment.id).where(Enrollment.next_due_at.is_not(None))) is not None
+
+
+def test_drip_forecast_prints_the_same_answer(runtime, smtp, tmp_path, monkeypatch) -> None:
+    """`drip forecast --json` gives the console's per-day, per-step answer; a made-up zone is refused by name."""
+    from click.testing import CliRunner
+
+    from service.cli import main
+    from service.core.db import utcnow
+
+    monkeypatch.chdir(tmp_path)
+    now = utcnow()
+    join(runtime, "soon@example.org", "back-pain-bundle", "Europe/Paris", now - timedelta(days=3))
+    join(runtime, "later@example.org", "back-pain-bundle", "Asia/Tokyo", now - timedelta(days=1))
+    env = {"DATABASE_URL": runtime.settings.database_url, "DRIP_SECRET_KEY": runtime.settings.secret_key}
+    r = CliRunner().invoke(main, ["forecast", "--json", "--tz", "Europe/Paris"], env=env)
+    assert r.exit_code == 0, r.output
+    import json
+
+    rows = [json.loads(line) for line in r.output.splitlines()]
+    with runtime.sessions() as s:
+        expected = forecast(runtime.dispatcher(), s, now=now, end=horizon(now, "Europe/Paris"))
+    assert sum(row["emails"] for row in rows) == len(expected.emails) == 2
+    assert {row["step"] for row in rows} == {"week-01"}
+    bad = CliRunner().invoke(main, ["forecast", "--tz", "Mars/Olympus"], env=env)
+    assert bad.exit_code != 0 and "--tz" in bad.output
