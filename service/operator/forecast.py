@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
@@ -99,15 +99,11 @@ def horizon(now: datetime, tz_name: str, days: int = 7) -> datetime:
     return datetime.combine(last, time(0), tzinfo=tz).astimezone(UTC)
 
 
-@dataclass(order=True)
-class _Item:
-    """A reader's step waiting to go: the heap orders by time, then by the order the queue would see them."""
-
-    at: datetime
-    order: tuple
-    subscriber_id: int = field(compare=False)
-    campaign: str = field(compare=False)
-    step: Step = field(compare=False)
+# A reader's step waiting to go, as a plain tuple the heap compares in C: (when, source, sequence, reader,
+# campaign key, step). Equal times go in the order the queue would see them: waiting messages by id, then due
+# enrollments by id, then steps this forecast scheduled itself, in the order it did.
+_Item = tuple[datetime, int, int, int, str, Step]
+FROM_MESSAGE, FROM_ENROLLMENT, SCHEDULED = 0, 1, 2
 
 
 @dataclass
@@ -129,39 +125,37 @@ def forecast(d: Dispatcher, session: Session, *, now: datetime, end: datetime) -
         return result
     items, readers = _load(d, session, now, end, paused)
     counters = _counters(session, d, now)
-    result.snoozed_readers = len({i.subscriber_id for i in items
-                                  if (r := readers[i.subscriber_id]).snoozed_until and r.snoozed_until > now})
+    result.snoozed_readers = sum(1 for r in readers.values() if r.snoozed_until and r.snoozed_until > now)
     heapq.heapify(items)
     tie = itertools.count()
     while items:
-        item = heapq.heappop(items)
-        reader = readers[item.subscriber_id]
-        campaign = d.campaigns[item.campaign]
-        at = max(item.at, now)
+        when, _source, _seq, subscriber_id, campaign_key, step = heapq.heappop(items)
+        reader = readers[subscriber_id]
+        campaign = d.campaigns[campaign_key]
+        at = max(when, now)
         if reader.snoozed_until is not None and reader.snoozed_until > at:
             at = reader.snoozed_until  # queue.not_snoozed: nothing of theirs moves before the snooze ends
         if at >= end:
             continue
         tz = reader.timezone or campaign.timezone
-        if d.max_per_day and counts_toward_cap(item.step.index):
+        if d.max_per_day and counts_toward_cap(step.index):
             if cap_room(d.max_per_day, reader.capped_sends, now=at, tz_name=tz) <= 0:
                 result.held_by_cap += 1
-                later = held_until(campaign, item.step.key, now=at, tz_name=tz)
-                heapq.heappush(items, _Item(later, (later, next(tie)), item.subscriber_id, item.campaign, item.step))
+                later = held_until(campaign, step.key, now=at, tz_name=tz)
+                heapq.heappush(items, (later, SCHEDULED, next(tie), subscriber_id, campaign_key, step))
                 continue
-        allowed_at = _domain_allows(d, counters, item.campaign, at)
+        allowed_at = _domain_allows(d, counters, campaign_key, at)
         if allowed_at != at:
-            heapq.heappush(items, _Item(allowed_at, (allowed_at, next(tie)), item.subscriber_id, item.campaign,
-                                        item.step))
+            heapq.heappush(items, (allowed_at, SCHEDULED, next(tie), subscriber_id, campaign_key, step))
             continue
-        result.emails.append(Planned(at, item.subscriber_id, item.campaign, item.step.key))
-        if counts_toward_cap(item.step.index):
+        result.emails.append(Planned(at, subscriber_id, campaign_key, step.key))
+        if counts_toward_cap(step.index):
             reader.capped_sends.append(at)
-        nxt = _after(d, campaign, item.step, reader, paused)
+        nxt = _after(d, campaign, step, reader, paused)
         if nxt is not None:
-            target, step = nxt
-            due = step_due(target, step, after=at, reader_timezone=reader.timezone)
-            heapq.heappush(items, _Item(due, (due, next(tie)), item.subscriber_id, target.key, step))
+            target, following = nxt
+            due = step_due(target, following, after=at, reader_timezone=reader.timezone)
+            heapq.heappush(items, (due, SCHEDULED, next(tie), subscriber_id, target.key, following))
     result.emails.sort(key=lambda p: (p.at, p.campaign, p.step_key, p.subscriber_id))
     return result
 
@@ -189,37 +183,55 @@ def _load(d: Dispatcher, session: Session, now: datetime, end: datetime,
     before `end` (what is due later cannot lead to a send before it: every step waits for the one before)."""
     items: list[_Item] = []
     live = [k for k in d.campaigns if k not in paused]
-    waiting = session.execute(
-        select(Message.id, Message.subscriber_id, Message.campaign, Message.step_key, Message.next_attempt_at)
-        .join(Subscriber, Subscriber.id == Message.subscriber_id)
-        .where(Message.status.in_(("queued", "deferred")), Message.campaign.in_(live),
-               Message.next_attempt_at < end, Subscriber.status == "active")).all()
-    for row in waiting:
+    waiting_where = (Message.status.in_(("queued", "deferred")), Message.campaign.in_(live),
+                     Message.next_attempt_at < end, Subscriber.status == "active")
+    due_where = (Enrollment.status == "active", Enrollment.next_due_at < end, Enrollment.campaign.in_(live),
+                 Subscriber.status == "active")
+    readers: dict[int, _Reader] = {}
+
+    def reader(row) -> None:
+        if row.subscriber_id not in readers:
+            readers[row.subscriber_id] = _Reader(row.timezone, row.snoozed_until, set(), [])
+
+    reader_columns = (Subscriber.timezone, Subscriber.snoozed_until)
+    for row in session.execute(
+            select(Message.id, Message.subscriber_id, Message.campaign, Message.step_key, Message.next_attempt_at,
+                   *reader_columns)
+            .join(Subscriber, Subscriber.id == Message.subscriber_id).where(*waiting_where)):
         step = d.campaigns[row.campaign].step_by_key(row.step_key)
         if step is not None:
-            at = row.next_attempt_at or now
-            items.append(_Item(at, (at, 0, row.id), row.subscriber_id, row.campaign, step))
+            items.append((row.next_attempt_at or now, FROM_MESSAGE, row.id, row.subscriber_id, row.campaign, step))
+            reader(row)
+    # Plain rows, not ORM objects: a weekly campaign has most of its readers due within the week.
     due = session.execute(
-        select(Enrollment).join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
-        .where(Enrollment.status == "active", Enrollment.next_due_at < end, Enrollment.campaign.in_(live),
-               Subscriber.status == "active")).scalars().all()
-    had = live_edits.sent_keys(session, [e.id for e in due])
+        select(Enrollment.id, Enrollment.subscriber_id, Enrollment.campaign, Enrollment.next_step,
+               Enrollment.next_due_at, *reader_columns)
+        .join(Subscriber, Subscriber.id == Enrollment.subscriber_id).where(*due_where)).all()
+    had: dict[int, set[str]] = {}
+    for chunk in _chunks([e.id for e in due]):
+        had.update(live_edits.sent_keys(session, chunk))
     for e in due:
         step = live_edits.next_step(d.campaigns[e.campaign], e, had[e.id])
         if step is not None:
-            items.append(_Item(e.next_due_at, (e.next_due_at, 1, e.id), e.subscriber_id, e.campaign, step))
-    ids = {i.subscriber_id for i in items}
-    readers: dict[int, _Reader] = {}
-    if ids:
-        enrolled: dict[int, set[str]] = defaultdict(set)
+            items.append((e.next_due_at, FROM_ENROLLMENT, e.id, e.subscriber_id, e.campaign, step))
+            reader(e)
+    # Where a lead magnet leads: who is in those campaigns already (continuation skips them).
+    targets = {c.continue_into for c in d.campaigns.values() if c.continue_into}
+    if targets:
         for sid, key in session.execute(select(Enrollment.subscriber_id, Enrollment.campaign)
-                                        .where(Enrollment.subscriber_id.in_(ids))):
-            enrolled[sid].add(key)
-        recent = recent_capped_sends(session, ids, now)
-        for sid, tz, snoozed in session.execute(select(Subscriber.id, Subscriber.timezone, Subscriber.snoozed_until)
-                                                .where(Subscriber.id.in_(ids))):
-            readers[sid] = _Reader(tz, snoozed, enrolled[sid], list(recent.get(sid, ())))
+                                        .where(Enrollment.campaign.in_(targets))):
+            if sid in readers:
+                readers[sid].enrolled.add(key)
+    if d.max_per_day:  # the capped emails each reader already got in the last 30 hours
+        for chunk in _chunks(sorted(readers)):
+            for sid, times in recent_capped_sends(session, set(chunk), now).items():
+                readers[sid].capped_sends.extend(times)
     return items, readers
+
+
+def _chunks(ids: list[int], size: int = 5000):
+    for start in range(0, len(ids), size):
+        yield ids[start:start + size]
 
 
 def _counters(session: Session, d: Dispatcher, now: datetime) -> dict[tuple[str, str, datetime], int]:
