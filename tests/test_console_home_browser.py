@@ -14,6 +14,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -80,18 +81,26 @@ def join(rt, email: str, campaign: str, tz: str, when) -> None:
         signup(s, data, campaign=rt.campaigns[campaign], meta=ConsentMeta("form"), now=when)
 
 
-@pytest.fixture
-def live(coach) -> Iterator[str]:
+@contextmanager
+def serving(rt) -> Iterator[str]:
     """The app on a free loopback port, in this process (no scheduler: only the test's passes send)."""
     from service.app import create_app
 
     port = free_port()
-    server = make_server("127.0.0.1", port, create_app(runtime=coach), threaded=True)
+    server = make_server("127.0.0.1", port, create_app(runtime=rt), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live(coach) -> Iterator[str]:
+    with serving(coach) as base:
+        yield base
 
 
 def log_in(tab: Page, base: str, email: str = "coach@example.org", password: str = PASSWORD) -> None:
@@ -313,3 +322,23 @@ def test_operators_tokens_and_sending_in_the_console(live, coach, page, browser,
     page.context.clear_cookies()
     page.goto(f"{live}/admin/login")
     shoot(page, "login")
+
+
+def test_the_outbox_pages_on_a_phone(runtime, page, tmp_path) -> None:
+    """With the file transport (the `make run` default) the console's outbox lists the emails written and shows
+    one; both pages fit a phone too."""
+    rt = with_settings(runtime, email_url=f"file://{tmp_path / 'outbox'}")
+    try:
+        join(rt, "outbox-reader@example.org", "back-pain-bundle", "Europe/Paris", utcnow())
+        assert rt.dispatcher().run_pass(utcnow()).sent == 1
+        with rt.sessions() as s, s.begin():
+            add_user(s, "coach@example.org", PASSWORD, now=utcnow())
+        with serving(rt) as base:
+            log_in(page, base)
+            page.get_by_role("link", name="Outbox").click()
+            shoot(page, "outbox")
+            page.locator("table.log tbody a").first.click()
+            expect(page.locator("body")).to_contain_text("outbox-reader@example.org")
+            shoot(page, "outbox-email")
+    finally:
+        rt.sessions.kw["bind"].dispose()
