@@ -121,8 +121,9 @@ def shoot(tab: Page, name: str) -> None:
         scroll = tab.evaluate("document.documentElement.scrollWidth")
         assert scroll <= width, f"{name} is {scroll} px wide at {width} px: the page scrolls sideways"
         if label == "phone":
+            # A chart label's size on screen: its font size in the drawing's units times the drawing's scale.
             smallest = tab.evaluate("""Math.min(1e9, ...Array.from(document.querySelectorAll('svg text'))
-                .map(t => t.getBoundingClientRect().height).filter(h => h > 0))""")
+                .map(t => parseFloat(getComputedStyle(t).fontSize) * t.getScreenCTM().a))""")
             assert smallest >= 11 or smallest == 1e9, f"{name}: a chart label is {smallest:.1f} px tall"
     tab.set_viewport_size({"width": WIDTHS["desktop"], "height": 900})
 

@@ -4,7 +4,7 @@ Nothing here decides anything the dispatcher does not: the next step's due time 
 paused campaign is `queue.paused_campaigns`, a snoozed reader waits until the snooze ends as `queue.not_snoozed`
 makes them, a reader's daily cap is `claim.cap_room` / `claim.held_until`, a sending domain's hourly and daily
 allowance is `send_limits.windows`, a lead magnet's last step leads into its sequence as in continuation.py.
-The forecast only reads: it writes no row and takes no lock.
+The forecast only reads: it writes no row.
 
 It assumes every email is accepted (a bounce or an unsubscribe tomorrow cannot be known today), that paused
 campaigns stay paused and that no new reader signs up. While sending is paused, nothing goes out at all.
