@@ -89,7 +89,9 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
 
     from service.web import (  # noqa: F401 (console routes)
         admin,
+        admin_accounts,
         admin_campaigns,
+        admin_home,
         admin_outbox,
         admin_subscribers,
         api,

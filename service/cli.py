@@ -146,8 +146,11 @@ def users() -> None:
 
 @users.command("add")
 @click.argument("email")
-def users_add(email: str) -> None:
-    """Create an operator (or reset their password). Password from stdin when it is not a terminal."""
+@click.option("--reset-password", is_flag=True,
+              help="the address has an account already: give it this new password (and enable it again)")
+def users_add(email: str, reset_password: bool) -> None:
+    """Create an operator. An existing one is refused unless --reset-password. Password from stdin when it
+    is not a terminal."""
     from service.core.db import utcnow
     from service.operator.accounts import AccountError, add_user
 
@@ -160,9 +163,10 @@ def users_add(email: str) -> None:
     rt = load_runtime(load_settings())
     with rt.sessions() as session, session.begin():
         try:
-            user = add_user(session, email, password, now=utcnow())
+            user = add_user(session, email, password, now=utcnow(), reset_password=reset_password)
         except AccountError as exc:
-            raise click.ClickException(str(exc)) from None
+            hint = " (drip users add --reset-password EMAIL)" if "already has an account" in str(exc) else ""
+            raise click.ClickException(f"{exc}{hint}") from None
         click.echo(f"operator {user.email} can log in at {rt.settings.base_url}/admin/login")
 
 

@@ -151,4 +151,4 @@ def test_login_never_redirects_off_site(client, operator, target):
     """The `next` parameter after login only ever leads to a page under /admin on this site."""
     token = csrf(client)
     r = client.post(f"/admin/login?next={target}", data={"email": operator, "password": PASSWORD, "csrf": token})
-    assert r.status_code == 302 and r.headers["Location"] == "/admin/messages"
+    assert r.status_code == 302 and r.headers["Location"] == "/admin/"

@@ -42,7 +42,8 @@ def subscriber_id(runtime, address: str) -> int:
 
 def _fill(rule) -> str:
     values = {"message_id": 1, "subscriber_id": 1, "key": CAMPAIGN, "name": "x.eml", "filename": "drip.css",
-              "campaign_key": CAMPAIGN, "step_key": "welcome", "part": "html", "version": 1}
+              "campaign_key": CAMPAIGN, "step_key": "welcome", "part": "html", "version": 1,
+              "user_id": 1, "token_id": 1}
     return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), rule.rule)
 
 

@@ -214,7 +214,7 @@ def test_a_copied_session_cookie_is_spent_after_logout_and_after_a_password_chan
     thief.set_cookie("drip_session", owner.get_cookie("drip_session").value)
     assert thief.get("/admin/messages").status_code == 200
     with runtime.sessions() as s, s.begin():
-        add_user(s, "ops@example.org", "a brand new passphrase", now=utcnow())  # `drip users add` again
+        add_user(s, "ops@example.org", "a brand new passphrase", now=utcnow(), reset_password=True)
     for stale in (thief, owner):
         assert stale.get("/admin/messages").status_code == 302
     assert colleague.get("/admin/messages").status_code == 200

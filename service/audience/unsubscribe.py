@@ -35,3 +35,20 @@ def unsubscribe(session: Session, claim: UnsubscribeClaim, *, now: datetime, met
     events.record(session, type="unsubscribed", now=now, subscriber_id=subscriber.id,
                   detail=f"{method} from a {claim.campaign} email", data={"campaign": claim.campaign, "method": method})
     return UnsubscribeResult(found=True, cancelled=cancelled)
+
+
+MAX_REASON = 300
+
+
+def record_reason(session: Session, claim: UnsubscribeClaim, reason: str, *, now: datetime) -> bool:
+    """The optional line a reader gives after unsubscribing, kept in their history for the operator. Only
+    for a reader who has unsubscribed (the unsubscribe itself never waits for it); an empty line records
+    nothing. Returns whether it was recorded."""
+    # One line of plain text: control characters (a NUL would upset PostgreSQL) become spaces.
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in reason).split())[:MAX_REASON]
+    subscriber = find_subscriber(session, claim)
+    if not text or subscriber is None or subscriber.status != "unsubscribed":
+        return False
+    events.record(session, type="unsubscribe_reason", now=now, subscriber_id=subscriber.id, detail=text,
+                  data={"campaign": claim.campaign})
+    return True

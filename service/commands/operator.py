@@ -1,4 +1,5 @@
-"""`drip log` (the send log as a table, with the admin page's filters) and `drip stats` (campaign health)."""
+"""`drip log` (the send log as a table, with the admin page's filters), `drip stats` (campaign health) and
+`drip forecast` (what goes out in the next days)."""
 from __future__ import annotations
 
 import json
@@ -77,3 +78,37 @@ def register(main: click.Group) -> None:
                 cells = ((f"{s.index + 1}. {s.key}", 22), (s.pending, 6), (s.sent, 6), (s.delivered, 6),
                          (s.bounced, 6), (s.complained, 6), (s.failed, 6), (s.unsubscribed_after, 6))
                 click.echo("  " + " ".join(_cell(v, w) for v, w in cells).rstrip())
+
+    @main.command("forecast")
+    @click.option("--days", type=click.IntRange(1, 31), default=7, show_default=True, help="today and the days after")
+    @click.option("--tz", "tz_name", default="UTC", show_default=True,
+                  help="the zone whose days the emails are counted in")
+    @click.option("--json", "as_json", is_flag=True, help="one JSON object per day and step")
+    def forecast_cmd(days: int, tz_name: str, as_json: bool) -> None:
+        """What goes out in the next days, per day and campaign step: the console home page's forecast."""
+        from service.campaigns.schedule import valid_timezone
+        from service.core.db import utcnow
+        from service.operator.forecast import forecast, horizon
+
+        if not valid_timezone(tz_name):
+            raise click.BadParameter(f"not a time zone: {tz_name!r} (an IANA name such as Europe/Paris)",
+                                     param_hint="--tz")
+        rt = load_runtime(load_settings())
+        now = utcnow()
+        with rt.sessions() as session:
+            ahead = forecast(rt.dispatcher(), session, now=now, end=horizon(now, tz_name, days=days))
+        grouped = ahead.by_day(tz_name, rt.campaigns)
+        if as_json:
+            for _day, rows in grouped:
+                for r in rows:
+                    click.echo(json.dumps({"day": r.day.isoformat(), "campaign": r.campaign, "step": r.step_key,
+                                           "subject": r.subject, "emails": r.count}))
+            return
+        if ahead.sending_paused:
+            click.echo(f"sending is paused ({ahead.sending_paused}): nothing goes out until `drip sending resume`")
+        for day, rows in grouped:
+            click.echo(f"{day:%a %Y-%m-%d}: {sum(r.count for r in rows)} email(s)")
+            for r in rows:
+                click.echo(f"  {r.count:>6}  {_cell(r.campaign + ' / ' + r.step_key, 36)} {r.subject}".rstrip())
+        if ahead.paused_campaigns:
+            click.echo(f"paused campaigns (nothing of theirs counted): {', '.join(ahead.paused_campaigns)}")

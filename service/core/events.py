@@ -45,6 +45,7 @@ EVENT_TYPES = frozenset({
     "reactivated",  # a completed enrollment whose campaign gained steps
     "confirmed",  # a double opt-in link was clicked
     "held",  # the per-reader daily cap moved a message to the next allowed day
+    "unsubscribe_reason",  # the one line a reader may add after unsubscribing (never asked before)
 })
 
 

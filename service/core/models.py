@@ -271,6 +271,10 @@ class User(Base):
     # Carried in every console session; logout and a password change raise it, ending every session
     # made before, copies of the cookie included.
     session_version: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    # The zone the console shows this operator's times in (IANA name); None: UTC.
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    # A disabled operator cannot log in and their open sessions stop working; the row stays for the record.
+    disabled_at: Mapped[datetime | None]
 
 
 class ApiToken(Base):

@@ -5,7 +5,7 @@ limit waits, the others still go."""
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from typing import TYPE_CHECKING
@@ -15,6 +15,7 @@ from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
+from service.campaigns.model import Campaign
 from service.campaigns.schedule import next_window_day
 from service.core import events
 from service.core.models import Message, Subscriber, UTCDateTime
@@ -89,12 +90,12 @@ def _frequency_cap(d: Dispatcher, session: Session, messages: Sequence[Row], now
     exempt and not counted. A held message stays queued with `next_attempt_at` moved to the next
     allowed day at its send hour; held messages keep their (next_attempt_at, id) order, so they go
     one per day in the order they were queued. Reclaimed `sending` rows are never held."""
-    capped = [m for m in messages if m.status != "sending" and m.step_index != 0]
+    capped = [m for m in messages if m.status != "sending" and counts_toward_cap(m.step_index)]
     if not d.max_per_day or not capped:
         return list(messages)
     zones = dict(session.execute(select(Subscriber.id, Subscriber.timezone)
                                  .where(Subscriber.id.in_({m.subscriber_id for m in capped}))).all())
-    recent = _recent_sends(d, session, {m.subscriber_id for m in capped}, now)
+    recent = recent_capped_sends(session, {m.subscriber_id for m in capped}, now)
     held: dict[int, datetime] = {}
     history: list[dict] = []
     room: dict[int, int] = {}
@@ -104,13 +105,11 @@ def _frequency_cap(d: Dispatcher, session: Session, messages: Sequence[Row], now
             continue
         tz = zones.get(m.subscriber_id) or campaign.timezone
         if m.subscriber_id not in room:
-            midnight = _local_midnight(now, tz)
-            room[m.subscriber_id] = d.max_per_day - sum(t >= midnight for t in recent.get(m.subscriber_id, ()))
+            room[m.subscriber_id] = cap_room(d.max_per_day, recent.get(m.subscriber_id, ()), now=now, tz_name=tz)
         if room[m.subscriber_id] > 0:
             room[m.subscriber_id] -= 1
             continue
-        held[m.id] = later = next_window_day(campaign, campaign.step_by_key(m.step_key), after=now,
-                                             reader_timezone=tz)
+        held[m.id] = later = held_until(campaign, m.step_key, now=now, tz_name=tz)
         history.append(dict(type="held", created_at=now, subscriber_id=m.subscriber_id, message_id=m.id,
                             detail=f"daily cap of {d.max_per_day} reached; "
                                    f"next try {later:%Y-%m-%d %H:%M} UTC"))
@@ -123,8 +122,25 @@ def _frequency_cap(d: Dispatcher, session: Session, messages: Sequence[Row], now
     return [m for m in messages if m.id not in held]
 
 
-def _recent_sends(d: Dispatcher, session: Session, subscriber_ids: set[int],
-                  now: datetime) -> dict[int, list[datetime]]:
+def counts_toward_cap(step_index: int) -> bool:
+    """The daily cap's exemption: a campaign's first step (the welcome the reader just asked for) is neither
+    held nor counted."""
+    return step_index != 0
+
+
+def cap_room(max_per_day: int, sends: Iterable[datetime], *, now: datetime, tz_name: str) -> int:
+    """How many more capped emails a reader may get in their local day of `now`, given when their capped
+    emails of the last 30 hours went. The forecast asks the same question for every day it looks at."""
+    midnight = _local_midnight(now, tz_name)
+    return max_per_day - sum(t >= midnight for t in sends)
+
+
+def held_until(campaign: Campaign, step_key: str, *, now: datetime, tz_name: str) -> datetime:
+    """Where a message over the reader's daily cap goes: the step's send hour on the next allowed day."""
+    return next_window_day(campaign, campaign.step_by_key(step_key), after=now, reader_timezone=tz_name)
+
+
+def recent_capped_sends(session: Session, subscriber_ids: set[int], now: datetime) -> dict[int, list[datetime]]:
     """When each reader's non-welcome emails of the last 30 hours went (or, in flight, were claimed):
     one query for the batch; each reader's local midnight is applied in Python."""
     since = now - timedelta(hours=30)
@@ -138,7 +154,7 @@ def _recent_sends(d: Dispatcher, session: Session, subscriber_ids: set[int],
     return out
 
 
-def _sending_domain(d: Dispatcher, campaign_key: str) -> str | None:
+def sending_domain(d: Dispatcher, campaign_key: str) -> str | None:
     campaign = d.campaigns.get(campaign_key)
     if campaign is None:
         return None
@@ -147,7 +163,7 @@ def _sending_domain(d: Dispatcher, campaign_key: str) -> str | None:
 
 def _campaigns_at_limit(d: Dispatcher, session: Session, now: datetime) -> list[str]:
     assert d.limits is not None
-    return [key for key in d.campaigns if (domain := _sending_domain(d, key)) is not None
+    return [key for key in d.campaigns if (domain := sending_domain(d, key)) is not None
             and sendlimits.remaining(session, domain, d.limits, now) == 0]
 
 
@@ -158,7 +174,7 @@ def _within_limits(d: Dispatcher, session: Session, messages: Sequence[Message],
         return list(messages)
     by_domain: dict[str | None, list[Message]] = {}
     for m in messages:
-        by_domain.setdefault(_sending_domain(d, m.campaign), []).append(m)
+        by_domain.setdefault(sending_domain(d, m.campaign), []).append(m)
     keep: set[int] = set()
     for domain, group in by_domain.items():
         granted = len(group) if domain is None else sendlimits.reserve(session, domain, len(group),

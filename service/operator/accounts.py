@@ -54,20 +54,30 @@ def check_password(password: str, stored: str) -> bool:
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
-def add_user(session: Session, email: str, password: str, *, now: datetime) -> User:
+def _address(email: str) -> str:
     try:
-        address = validate_email(email, check_deliverability=False, test_environment=True).normalized.lower()
+        return validate_email(email, check_deliverability=False, test_environment=True).normalized.lower()
     except EmailNotValidError as exc:
         raise AccountError(f"not a valid email address: {exc}") from None
+
+
+def add_user(session: Session, email: str, password: str, *, now: datetime, reset_password: bool = False) -> User:
+    """A new operator. An address that already has an account is refused unless `reset_password` says the
+    caller means to give it a new password (the console and `drip users add --reset-password`): adding
+    someone who exists must never quietly change how they log in. A reset also re-enables a disabled account."""
+    address = _address(email)
     if len(password) < MIN_PASSWORD:
         raise AccountError(f"password must be at least {MIN_PASSWORD} characters")
     user = session.scalar(select(User).where(User.email == address))
     if user is None:
         user = User(email=address, password_hash=hash_password(password), created_at=now)
         session.add(user)
+    elif not reset_password:
+        raise AccountError(f"{address} already has an account; to give it a new password, reset it explicitly")
     else:
         user.password_hash = hash_password(password)
         end_sessions(user)  # a new password means whoever held the old one is logged out everywhere
+        user.disabled_at = None
     session.flush()
     return user
 
@@ -76,6 +86,35 @@ def end_sessions(user: User) -> None:
     """Every console session of this user stops working at its next request, copies of the cookie included:
     a session carries the version it was made under, and the login guard compares it with this one."""
     user.session_version = (user.session_version or 0) + 1
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.email)))
+
+
+def set_disabled(session: Session, user_id: int, disabled: bool, *, by: User, now: datetime) -> User:
+    """Disable (or enable again) an operator. A disabled operator cannot log in, and the console refuses a
+    session they still hold on its next request. Nobody disables their own account: the last one in would
+    lock everyone out."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise AccountError("no such operator")
+    if disabled and user.id == by.id:
+        raise AccountError("you cannot disable your own account; ask another operator")
+    user.disabled_at = (user.disabled_at or now) if disabled else None
+    session.flush()
+    return user
+
+
+def set_timezone(session: Session, user: User, name: str | None) -> None:
+    """The zone the console shows this operator's times in; empty means UTC."""
+    from service.campaigns.schedule import valid_timezone
+
+    name = (name or "").strip() or None
+    if name is not None and not valid_timezone(name):
+        raise AccountError("not a time zone: use an IANA name such as Europe/Paris")
+    user.timezone = name
+    session.flush()
 
 
 def throttled(session: Session, keys: list[str], now: datetime) -> bool:
@@ -119,7 +158,8 @@ def authenticate(session: Session, email: str, password: str, *, client: str, no
     if refused:
         check_password(password, _DUMMY_HASH)  # the same time as a real check: refusals reveal nothing
         return None
-    ok = check_password(password, user.password_hash if user else _DUMMY_HASH) and user is not None
+    ok = (check_password(password, user.password_hash if user else _DUMMY_HASH) and user is not None
+          and user.disabled_at is None)
     if not ok:
         session.add_all([LoginAttempt(key=k, created_at=now) for k in keys])
         return None

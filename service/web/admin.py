@@ -1,4 +1,5 @@
-"""The operator's console: login/logout and the send log. Everything here needs a logged-in session.
+"""The operator's console: login/logout and the send log (at /admin/messages; /admin is the home page,
+admin_home.py). Everything here needs a logged-in session.
 
 The blueprint, its login guard and CSRF check are in console.py, shared with the subscriber, campaign and
 outbox pages in their own modules.
@@ -56,7 +57,7 @@ def login():
             session["user_id"] = user.id
             session["session_version"] = user.session_version or 0
             session.permanent = True
-            resp = redirect(_safe_next(request.args.get("next")) or url_for("admin.messages"))
+            resp = redirect(_safe_next(request.args.get("next")) or url_for("admin.index"))
             _remember_device(resp, user.id, device[1] if device and device[0] == user.id else None)
             return resp
         error = "Wrong email or password, or too many attempts: wait a few minutes and try again."
@@ -98,11 +99,6 @@ def logout():
     db().commit()
     session.clear()
     return redirect(url_for("admin.login"))
-
-
-@bp.get("/")
-def index():
-    return redirect(url_for("admin.messages"))
 
 
 @bp.get("/messages")

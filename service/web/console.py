@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, abort, g, redirect, request, session, url_for
 
@@ -25,7 +27,30 @@ def csrf_token() -> str:
 @bp.app_context_processor
 def _inject() -> dict:
     return {"csrf_token": csrf_token, "outbox_enabled": outbox_dir() is not None,
-            "sending_paused": sending_paused}
+            "sending_paused": sending_paused, "step_subject": step_subject, "operator_zone": operator_zone}
+
+
+def operator_zone() -> str:
+    """The time zone this operator reads the console in (their setting on the account page), else UTC."""
+    user = g.get("user")
+    return (user.timezone if user is not None else None) or "UTC"
+
+
+@bp.app_template_filter("when")
+def when(value: datetime | None, seconds: bool = True) -> str:
+    """A moment in the operator's zone, to the whole second, with the zone's abbreviation: "2026-03-10 13:00:05
+    CET". Every console time goes through it, so no page shows UTC microseconds or another zone."""
+    if value is None:
+        return ""
+    local = value.astimezone(ZoneInfo(operator_zone()))
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z" if seconds else "%Y-%m-%d %H:%M %Z")
+
+
+def step_subject(campaign: str, step_key: str) -> str:
+    """A step's subject line from the campaign as loaded now ("" when the step is gone), shown beside its key."""
+    c = runtime().campaigns.get(campaign)
+    step = c.step_by_key(step_key) if c is not None else None
+    return step.subject if step is not None else ""
 
 
 def sending_paused() -> str | None:
@@ -72,6 +97,9 @@ def guard():
     if user is not None and session.get("session_version") != (user.session_version or 0):
         user = None  # logged out or password changed since this session began: the cookie is spent
         session.clear()
+    if user is not None and user.disabled_at is not None:  # disabled by another operator: out at once
+        session.clear()
+        user = None
     if user is None:
         return redirect(url_for("admin.login", next=request.full_path if request.method == "GET" else None))
     g.user = user

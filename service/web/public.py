@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from service.audience.signups import ConsentMeta, SignupError, parse_signup, signup, signup_known, signup_new
-from service.audience.unsubscribe import find_subscriber, unsubscribe
+from service.audience.unsubscribe import find_subscriber, record_reason, unsubscribe
 from service.campaigns.schedule import valid_timezone
 from service.core.db import driver_transaction, utcnow
 from service.core.inputs import BadInput, load_json
@@ -228,7 +228,22 @@ def unsubscribe_post(token: str):
         return render_template("unsubscribe.html", state="error", campaign=None), 503
     if not result.found:
         return render_template("unsubscribe.html", state="invalid", campaign=None), 404
-    return render_template("unsubscribe.html", state="done", campaign=runtime().campaigns.get(claim.campaign)), 200
+    return render_template("unsubscribe.html", state="done", campaign=runtime().campaigns.get(claim.campaign),
+                           token=token), 200
+
+
+@bp.post("/unsubscribe/<token>/reason")
+def unsubscribe_reason(token: str):
+    """After the unsubscribe is done, the reader may say why in one optional line. The unsubscribe never
+    depends on it: this is a second, separate form on the confirmation page."""
+    claim = _claim(token)
+    if claim is None:
+        return render_template("unsubscribe.html", state="invalid", campaign=None), 404
+    session = db()
+    recorded = record_reason(session, claim, request.form.get("reason", ""), now=utcnow())
+    session.commit()
+    return render_template("unsubscribe.html", state="done", campaign=runtime().campaigns.get(claim.campaign),
+                           token=None, thanked=recorded), 200
 
 
 @bp.get("/healthz")
