@@ -157,7 +157,8 @@ ARGS = {  # what each command that uses the database is given to get as far as o
     ("tick",): [], ("users", "add"): ["ops@example.org"], ("tokens", "create"): ["ci"], ("tokens", "list"): [],
     ("tokens", "revoke"): ["ci"], ("bounces",): ["--maildir", "{tmp}"], ("campaigns", "diff"): [],
     ("campaigns", "import"): [], ("campaigns", "export"): ["--out", "{tmp}/export"], ("log",): [],
-    ("stats",): [], ("forecast",): [], ("prune",): ["--days", "90"], ("sending", "status"): [], ("sending", "resume"): [],
+    ("stats",): [], ("forecast",): [],
+    ("prune",): ["--days", "90"], ("sending", "status"): [], ("sending", "resume"): [],
     ("import-subscribers",): ["{tmp}/r.csv", "--campaign", "glute-guide"], ("export-subscribers",): [],
     ("subscribers", "export"): ["a@example.org"], ("subscribers", "erase"): ["a@example.org", "--yes"],
 }
