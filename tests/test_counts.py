@@ -214,3 +214,28 @@ def test_metrics_read_the_counts(client, runtime, smtp, readers) -> None:
     assert f'drip_messages{{status="sent"}} {float(readers)}' in body
     assert f'drip_subscribers{{status="active"}} {float(readers)}' in body
     assert f'drip_signups{{campaign="{CAMPAIGN}"}} {float(readers)}' in body
+
+
+def test_metrics_token_setting_guards_the_scrape(runtime, smtp) -> None:
+    """With DRIP_METRICS_TOKEN set, /metrics answers only a scrape that sends it as a bearer token."""
+    from dataclasses import replace
+
+    from service.app import create_app
+    from service.core.config import Settings
+    from service.runtime import build_runtime
+
+    enroll(runtime, "m@example.com")
+    rt = build_runtime(replace(runtime.settings, metrics_token="scrape-secret-123"))
+    app = create_app(runtime=rt)
+    app.config["TESTING"] = True
+    client = app.test_client()
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "scrape-secret-123"}):
+        r = client.get("/metrics", headers=headers)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+        assert "drip_" not in r.get_data(as_text=True)
+    r = client.get("/metrics", headers={"Authorization": "Bearer scrape-secret-123"})
+    assert r.status_code == 200 and 'drip_subscribers{status="active"} 1.0' in r.get_data(as_text=True)
+    env = {"DATABASE_URL": "sqlite:///x.db", "DRIP_SECRET_KEY": "k" * 32, "DRIP_METRICS_TOKEN": "t0k"}
+    assert Settings.from_env(env).metrics_token == "t0k"
+    assert "t0k" not in repr(Settings.from_env(env))
+    rt.sessions.kw["bind"].dispose()

@@ -112,6 +112,8 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     # Events (and stored email bytes) older than this are deleted; None keeps them. Opt-out evidence stays.
     event_retention_days: int | None = None
+    # When set, GET /metrics asks for "Authorization: Bearer <this>" (Prometheus' bearer_token); else open.
+    metrics_token: str | None = field(default=None, repr=False)
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_key_file: str | None = None
@@ -189,6 +191,7 @@ class Settings:
             batch_size=int(_number(env, "DRIP_BATCH_SIZE", 500, minimum=1)),
             max_attempts=int(_number(env, "DRIP_MAX_ATTEMPTS", 12, minimum=1)),
             event_retention_days=_retention_days(env),
+            metrics_token=env.get("DRIP_METRICS_TOKEN") or None,
             unsubscribe_mailto=env.get("DRIP_UNSUBSCRIBE_MAILTO") or None,
             dkim_domain=env.get("DRIP_DKIM_DOMAIN") or None,
             dkim_selector=env.get("DRIP_DKIM_SELECTOR") or None,

@@ -40,6 +40,7 @@ from sqlalchemy.types import TypeEngine
 from service.audience import optin
 from service.campaigns.model import Campaign
 from service.compose.composer import Composer, compose_confirmation
+from service.core import counts
 from service.core.config import SendLimits
 from service.core.db import one_of, utcnow
 from service.core.models import DispatchPass
@@ -188,8 +189,7 @@ class Dispatcher:
             return
         self._pruned_at = time.monotonic()
         try:
-            with self.sessions() as session, session.begin():
-                pruned = retention.prune(session, now=utcnow(), days=self.event_retention_days)
+            pruned = retention.prune(self.sessions, now=utcnow(), days=self.event_retention_days)
             if pruned.events or pruned.contents:
                 log.info("retention: %d events and %d stored emails deleted", pruned.events, pruned.contents)
         except Exception:  # housekeeping must never fail a pass
@@ -197,11 +197,14 @@ class Dispatcher:
 
     def _record_pass(self, started_at: datetime, seconds: float, sent: int) -> None:
         """Every pass's wall-clock duration goes to the database, so /metrics in any process reports every
-        worker's passes. Old rows are pruned in the same transaction."""
+        worker's passes. Old rows are pruned, and the maintained counts folded, in the same transaction."""
         try:
             with self.sessions() as session, session.begin():
                 session.add(DispatchPass(worker=self.worker_id[:80], started_at=started_at,
                                          duration_seconds=seconds, sent=sent))
                 session.execute(delete(DispatchPass).where(DispatchPass.started_at < started_at - PASS_HISTORY))
+                # PostgreSQL: the count changes this pass appended go into the count tables, so readers sum
+                # a handful of rows (service/core/counts.py; one worker at a time, the others skip).
+                counts.fold(session)
         except Exception:  # a metric must never fail a pass that has already sent its emails
             log.exception("could not record the pass duration")
