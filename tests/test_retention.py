@@ -63,7 +63,8 @@ def test_prune_goes_in_small_batches_and_keeps_recent_rows_and_evidence(runtime,
         stored = s.scalar(select(func.count()).select_from(MessageContent))
         old_events = s.scalar(select(func.count()).select_from(Event).where(
             Event.created_at < T0 + timedelta(days=100), Event.type != "unsubscribed"))
-        new_events = s.scalar(select(func.count()).select_from(Event).where(Event.created_at > T0 + timedelta(days=100)))
+        new_events = s.scalar(select(func.count()).select_from(Event).where(
+            Event.created_at > T0 + timedelta(days=100)))
     seen = []
     pruned = prune(runtime.sessions, now=T0 + timedelta(days=400), days=365, batch=2, progress=seen.append)
     assert pruned.events == old_events and pruned.contents == 5
