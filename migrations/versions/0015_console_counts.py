@@ -9,6 +9,8 @@
   The tables are filled from the existing rows here.
 - messages (campaign, step_key, id): the send log and its CSV export filtered by campaign and step.
 - consents (created_at): "signups in the last 24 hours" for /metrics.
+- campaign_states.steps_digest: the step keys a worker last checked for readers to reactivate, so a
+  worker's start does that check only for a campaign whose steps changed.
 - PostgreSQL: subscribers (email_key text_pattern_ops), so an address prefix is an index range whatever
   the database's collation (the unique index serves `=` only under a non-C collation). On SQLite the
   same name is an index that never holds an entry: there the unique index already serves the range.
@@ -169,6 +171,8 @@ def upgrade() -> None:
         sa.Column("day", sa.Date(), nullable=True),
         sa.Column("n", sa.BigInteger(), nullable=False), sa.Column("n_sent", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_count_deltas"))
+    # Plain ADD COLUMN (no batch rebuild) on both databases.
+    op.add_column("campaign_states", sa.Column("steps_digest", sa.String(64), nullable=True))
     op.create_index("ix_messages_campaign_step", "messages", ["campaign", "step_key", "id"])
     op.create_index("ix_consents_created_at", "consents", ["created_at"])
     dialect = op.get_bind().dialect.name
@@ -194,6 +198,7 @@ def downgrade() -> None:
     op.drop_index("ix_subscribers_email_key_pattern", table_name="subscribers")
     op.drop_index("ix_consents_created_at", table_name="consents")
     op.drop_index("ix_messages_campaign_step", table_name="messages")
+    op.execute("ALTER TABLE campaign_states DROP COLUMN steps_digest")
     for table in ("count_deltas", "signup_counts", "subscriber_counts", "enrollment_counts", "message_days",
                   "message_counts"):
         op.drop_table(table)

@@ -364,6 +364,10 @@ class CampaignState(Base):
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     paused_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+    # SHA-256 of the campaign's step keys in order, as the workers last checked them: a worker looks for
+    # completed readers to reactivate (live_edits.reactivate_grown) only when the file's steps differ from
+    # it, not at every start (migration 0017_console_counts).
+    steps_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class DispatchPass(Base):

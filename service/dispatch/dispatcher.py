@@ -109,8 +109,9 @@ class Dispatcher:
         clock: Callable[[], datetime] = (lambda: now) if now is not None else utcnow
         summary = PassSummary()
         if not self._reactivated:  # once per loaded campaign set: appended steps reach readers who had finished
-            with self.sessions() as session, session.begin():
-                live_edits.reactivate_grown(session, self.campaigns, clock())
+            with self.sessions() as session, session.begin():  # only for campaigns whose steps changed
+                changed = live_edits.changed_since_checked(session, self.campaigns, clock())
+                live_edits.reactivate_grown(session, changed, clock())
             self._reactivated = True
         with self.sessions() as session:
             paused_now = sending.paused_reason(session) is not None
