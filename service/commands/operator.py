@@ -17,14 +17,17 @@ def _cell(text: object, width: int) -> str:
 
 def _export_csv(rt, flt, path: str) -> None:
     """The whole filtered log as CSV, a keyset page at a time, with a progress line on standard error."""
+    import contextlib
     import csv
+    import sys
     import time
 
     from service.operator.send_log import CSV_COLUMNS, export_pages
 
     started = shown = time.monotonic()
     done = 0
-    with click.open_file(path, "w", encoding="utf-8", newline="") as out:
+    with (open(path, "w", encoding="utf-8", newline="") if path != "-"
+          else contextlib.nullcontext(sys.stdout)) as out:
         writer = csv.writer(out)
         writer.writerow(CSV_COLUMNS)
         for page in export_pages(rt.sessions, flt):
