@@ -152,3 +152,33 @@ def test_console_queries_use_an_index(history, view) -> None:
 INDEX = {"address": "ix_messages_subscriber_id", "date range": "ix_messages_created",
          "campaign step": "ix_messages_campaign_step", "step export": "ix_messages_campaign_step",
          "subscriber search": "email_key"}
+
+
+def test_cli_csv_export_equals_the_web_export(history, client, tmp_path, monkeypatch) -> None:
+    """`drip log --csv` (PostgreSQL: COPY, no Python per row) writes the rows the admin's CSV download
+    writes, field for field: ISO times, the formula guard on a subject starting with "=", empty fields."""
+    with history.sessions() as s, s.begin():
+        first = s.scalars(select(Message).order_by(Message.id)).first()
+        first.subject, first.last_error = "=HYPERLINK(\"x\")", "line one\nline two, with a comma"
+        first.sent_at = first.sent_at + timedelta(microseconds=123456)
+        s.scalars(select(Message).order_by(Message.id.desc())).first().subject = ""
+    from service.core.db import utcnow
+    from service.operator.accounts import add_user
+    with history.sessions() as s, s.begin():
+        add_user(s, "ops@example.org", "a long enough password", now=utcnow())
+    import re
+    page = client.get("/admin/login").data.decode()
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    client.post("/admin/login", data={"email": "ops@example.org", "password": "a long enough password", "csrf": token})
+    for args, query in (([], ""), (["--since", "2026-03-03"], "?since=2026-03-03")):
+        web = list(csv.reader(io.StringIO(client.get("/admin/messages.csv" + query).get_data(as_text=True))))
+        monkeypatch.chdir(tmp_path)
+        env = {"DATABASE_URL": history.settings.database_url, "DRIP_SECRET_KEY": history.settings.secret_key,
+               "DRIP_EMAIL_URL": history.settings.email_url}
+        result = CliRunner().invoke(main, ["log", "--csv", str(tmp_path / "all.csv"), *args], env=env)
+        assert result.exit_code == 0, result.output
+        cli = list(csv.reader(io.StringIO((tmp_path / "all.csv").read_text(encoding="utf-8"))))
+        assert cli == web and len(cli) > 3
+        if not args:
+            assert ["'=HYPERLINK(\"x\")", "line one\nline two, with a comma"] in [row[8:10] for row in cli]
+            assert any(row[2].endswith(".123456+00:00") for row in cli) and cli[1][8] == ""

@@ -5,10 +5,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Integer, Text, and_, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 
-from service.core.models import MAX_ID, MESSAGE_STATUSES, Message, Subscriber
+from service.core.models import MAX_ID, MESSAGE_STATUSES, Message, Subscriber, UTCDateTime
 
 MAX_LIMIT = 500
 
@@ -172,6 +172,46 @@ def export_pages(sessions, flt: MessageFilter, *, page: int = EXPORT_PAGE):
         if len(rows) < page:
             return
         before = rows[-1][0]
+
+
+def _pg_text(column):
+    """PostgreSQL: a column as the text `_export_row` makes of it (ISO 8601 times with +00:00, the formula
+    guard of `_csv_safe`), so COPY writes what the Python path writes."""
+    if isinstance(column.type, UTCDateTime):
+        utc = func.timezone("UTC", column)
+        micro = cast(func.date_part("microseconds", column), Integer) % 1000000  # seconds * 1e6 + micro
+        value = (func.to_char(utc, 'YYYY-MM-DD"T"HH24:MI:SS') + case((micro != 0, func.to_char(utc, ".US")), else_="")
+                 + "+00:00")
+    else:
+        value = cast(column, Text)
+    return case((func.left(value, 1).in_(("=", "+", "-", "@", "\t", "\r")), "'" + value), else_=value)
+
+
+def copy_csv(session: Session, flt: MessageFilter, write, *, progress=None) -> int:
+    """PostgreSQL: the whole filtered log as CSV rows (no header) through COPY, written as the database
+    produces them: no Python per row, so the export runs at the database's speed. One statement, one
+    snapshot: right for a command-line export; the web's download, which a slow client may hold open, goes
+    by keyset pages instead. `progress(rows so far)` hears about every megabyte. Returns the rows written.
+    The CSV is the Python path's but for an empty text (quoted here) and the line ends (newlines)."""
+    q = _filtered(session, select(*(_pg_text(c).label(c.key) for c in _EXPORT_COLUMNS)), flt)
+    if flt.before:
+        q = _time_cursor(session, q, flt.before) if (flt.since or flt.until) else q.where(Message.id < flt.before)
+    by_time = (Message.created_at.desc(), Message.id.desc()) if (flt.since or flt.until) else (Message.id.desc(),)
+    compiled = q.order_by(*by_time).compile(dialect=session.get_bind().dialect,
+                                            compile_kwargs={"render_postcompile": True})
+    raw = session.connection().connection.driver_connection
+    rows = pending = 0
+    with raw.cursor() as cur, cur.copy(f"COPY ({compiled.string}) TO STDOUT WITH (FORMAT csv)",
+                                       compiled.params) as copy:
+        for chunk in copy:
+            write(bytes(chunk))
+            lines = bytes(chunk).count(b"\n")  # a quoted field may hold a newline: only for progress
+            rows += lines
+            pending += len(chunk)
+            if progress and pending >= 1 << 20:
+                pending = 0
+                progress(rows)
+    return cur.rowcount if cur.rowcount is not None and cur.rowcount >= 0 else rows
 
 
 def _export_row(r) -> list[str]:
