@@ -165,7 +165,9 @@ def test_racing_workers_and_webhooks_keep_counts_exact(runtime, smtp) -> None:
             with rt.sessions() as s, s.begin():
                 sub = ops.find_by_email(s, a)
                 if sub is not None and sub.status == "active":
-                    ops.unsubscribe(s, sub, now=now, by="reader")
+                    # A second before the workers' frozen clock: an email recorded after this unsubscribe is
+                    # stamped after it, as with a real clock (counts.mismatches says why that matters).
+                    ops.unsubscribe(s, sub, now=now - timedelta(seconds=1), by="reader")
 
     threads = [threading.Thread(target=guarded(f)) for f in (worker(1), worker(2), worker(3), webhooks,
                                                              unsubscribes)]

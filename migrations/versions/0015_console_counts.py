@@ -9,6 +9,9 @@
   The tables are filled from the existing rows here.
 - messages (campaign, step_key, id): the send log and its CSV export filtered by campaign and step.
 - consents (created_at): "signups in the last 24 hours" for /metrics.
+- enrollments.unsubscribed_after_step (set when a reader unsubscribes, filled here from the history) with
+  a partial index: the campaign page's "unsubscribed after this step" without reading the messages of
+  every reader who left.
 - campaign_states.steps_digest: the step keys a worker last checked for readers to reactivate, so a
   worker's start does that check only for a campaign whose steps changed.
 - PostgreSQL: subscribers (email_key text_pattern_ops), so an address prefix is an index range whatever
@@ -120,6 +123,13 @@ def _pg_triggers(table: str) -> list[str]:
     return out
 
 
+# Each unsubscribed reader's enrollments: the last step sent by the time they unsubscribed.
+UNSUBSCRIBED_AFTER = """UPDATE enrollments SET unsubscribed_after_step = (
+    SELECT max(m.step_index) FROM messages m JOIN subscribers s ON s.id = m.subscriber_id
+    WHERE m.enrollment_id = enrollments.id AND m.sent_at IS NOT NULL AND m.sent_at <= s.unsubscribed_at)
+WHERE subscriber_id IN (SELECT id FROM subscribers WHERE status = 'unsubscribed')"""
+
+
 def _fill(dialect: str) -> list[str]:
     day = "date(sent_at)" if dialect == "sqlite" else "CAST((sent_at AT TIME ZONE 'UTC') AS DATE)"
     return [
@@ -173,6 +183,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_count_deltas"))
     # Plain ADD COLUMN (no batch rebuild) on both databases.
     op.add_column("campaign_states", sa.Column("steps_digest", sa.String(64), nullable=True))
+    op.add_column("enrollments", sa.Column("unsubscribed_after_step", sa.Integer(), nullable=True))
+    op.execute(UNSUBSCRIBED_AFTER)
+    op.create_index("ix_enrollments_unsubscribed_after", "enrollments", ["campaign", "unsubscribed_after_step"],
+                    postgresql_where=sa.text("unsubscribed_after_step IS NOT NULL"),
+                    sqlite_where=sa.text("unsubscribed_after_step IS NOT NULL"))
     op.create_index("ix_messages_campaign_step", "messages", ["campaign", "step_key", "id"])
     op.create_index("ix_consents_created_at", "consents", ["created_at"])
     dialect = op.get_bind().dialect.name
@@ -199,6 +214,8 @@ def downgrade() -> None:
     op.drop_index("ix_consents_created_at", table_name="consents")
     op.drop_index("ix_messages_campaign_step", table_name="messages")
     op.execute("ALTER TABLE campaign_states DROP COLUMN steps_digest")
+    op.drop_index("ix_enrollments_unsubscribed_after", table_name="enrollments")
+    op.execute("ALTER TABLE enrollments DROP COLUMN unsubscribed_after_step")
     for table in ("count_deltas", "signup_counts", "subscriber_counts", "enrollment_counts", "message_days",
                   "message_counts"):
         op.drop_table(table)

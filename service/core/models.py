@@ -76,6 +76,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 _PENDING = "status IN ('queued', 'deferred', 'sending')"
 _DUE = "status = 'active' AND next_due_at IS NOT NULL"
+_LEFT = "unsubscribed_after_step IS NOT NULL"
 _NOT_NULL_MESSAGE_ID = text("message_id IS NOT NULL")
 _NOT_NULL_PROVIDER_EVENT_ID = text("provider_event_id IS NOT NULL")
 _NOT_NULL_PROVIDER_ID = text("provider_message_id IS NOT NULL")
@@ -148,6 +149,9 @@ class Enrollment(Base):
         # What a pass reads: only active enrollments with a due time, in its ORDER BY (migration 0006_issue6). The
         # full (status, next_due_at) index it replaced is gone since migration 0013_lean_indexes.
         Index("ix_enrollments_due_active", "next_due_at", "id", postgresql_where=text(_DUE), sqlite_where=text(_DUE)),
+        # The campaign page's "unsubscribed after this step": only readers who left (migration 0017_console_counts).
+        Index("ix_enrollments_unsubscribed_after", "campaign", "unsubscribed_after_step",
+              postgresql_where=text(_LEFT), sqlite_where=text(_LEFT)),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -168,6 +172,10 @@ class Enrollment(Base):
     # The key of the step `next_step` pointed at when it was set, so `drip campaigns diff` can tell
     # a reader whose next step was removed or moved from the file (None: the campaign's first step).
     next_step_key: Mapped[str | None] = mapped_column(String(64))
+    # Set when the reader unsubscribes: the index of the last step of this campaign they had been sent by
+    # then (None: nothing sent yet, or not unsubscribed); cleared when they are resubscribed. The
+    # campaign page counts these instead of reading every unsubscribed reader's messages.
+    unsubscribed_after_step: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

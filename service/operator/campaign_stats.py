@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from service.campaigns.model import Campaign
 from service.core import counts
-from service.core.models import CampaignState, Message, Subscriber
+from service.core.models import CampaignState, Enrollment
 
 PENDING = ("queued", "sending", "deferred")
 
@@ -91,18 +91,13 @@ def _add_counts(steps: dict[str, StepStats], rows) -> None:
 
 
 def _unsubscribed_after(session: Session, keys: list[str], steps: Mapping[str, dict[str, StepStats]]) -> None:
-    """Per campaign, readers whose last email in it before they unsubscribed was each step: one query for
-    every campaign asked, from the unsubscribed readers (a partial index) and their messages."""
-    last = (
-        select(Message.campaign, Message.subscriber_id, func.max(Message.step_index).label("idx"))
-        .join(Subscriber, Subscriber.id == Message.subscriber_id)
-        .where(Message.campaign.in_(keys), Subscriber.status == "unsubscribed", Message.sent_at.is_not(None),
-               Message.sent_at <= Subscriber.unsubscribed_at)
-        .group_by(Message.campaign, Message.subscriber_id).subquery()
-    )
+    """Per campaign, readers whose last email in it before they unsubscribed was each step: kept on their
+    enrollment when they unsubscribe (`unsubscribed_after_step`), read through a partial index."""
     by_index = {key: {s.index: s for s in rows.values()} for key, rows in steps.items()}
     for campaign, idx, count in session.execute(
-            select(last.c.campaign, last.c.idx, func.count()).group_by(last.c.campaign, last.c.idx)).all():
+            select(Enrollment.campaign, Enrollment.unsubscribed_after_step, func.count())
+            .where(Enrollment.campaign.in_(keys), Enrollment.unsubscribed_after_step.is_not(None))
+            .group_by(Enrollment.campaign, Enrollment.unsubscribed_after_step)).all():
         if idx in by_index.get(campaign, {}):
             by_index[campaign][idx].unsubscribed_after += count
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from service.campaigns.model import Campaign
@@ -143,6 +143,8 @@ def resubscribe(session: Session, subscriber: Subscriber, *, reason: str, now: d
         raise ActionError("suppressed", "the address is on the suppression list")
     subscriber.status = "active"
     subscriber.unsubscribed_at = None
+    session.execute(update(Enrollment).where(Enrollment.subscriber_id == subscriber.id)
+                    .values(unsubscribed_after_step=None))  # no longer counted as having left
     subscriber.updated_at = now
     resumed = 0
     for e in session.scalars(select(Enrollment).where(Enrollment.subscriber_id == subscriber.id,
