@@ -41,15 +41,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, SECRET, pg_create, pg_drop
 
-BPB_STEPS = ["welcome"] + [f"week-{i:02d}" for i in range(1, 10)]
-NEWS_STEPS = ["welcome"] + [f"month-{i:02d}" for i in range(1, 5)]
+
+def step_keys(campaign: str) -> list[str]:
+    """The campaign's step keys as the real files have them, so the seeded readers are where a worker
+    that loads those files expects them (a completed reader has had every step)."""
+    from service.campaigns.loader import load_campaigns
+
+    return [s.key for s in load_campaigns(ROOT / "email_templates")[campaign].steps]
 
 
 def seed_sql(readers: int, events: int) -> list[tuple[str, str]]:
     """(what, statement) in order; :now is the moment the database is "a year old" at."""
     n = readers
-    bpb = "ARRAY[" + ",".join(f"'{k}'" for k in BPB_STEPS) + "]"
-    news = "ARRAY[" + ",".join(f"'{k}'" for k in NEWS_STEPS) + "]"
+    bpb_keys, news_keys = step_keys("back-pain-bundle"), step_keys("monthly-newsletter")
+    bpb = "ARRAY[" + ",".join(f"'{k}'" for k in bpb_keys) + "]"
+    news = "ARRAY[" + ",".join(f"'{k}'" for k in news_keys) + "]"
     joined = f"(:now - interval '365 days' + (g::float8 / {n}) * interval '365 days')"
     return [
         ("subscribers", f"""
@@ -69,10 +75,10 @@ SELECT e.id, s.id, e.campaign,
        NULL, s.created_at + (e.reached - 1) * e.every, s.created_at, :now
 FROM subscribers s
 CROSS JOIN LATERAL (VALUES
-    (s.id, 'back-pain-bundle', 10, interval '7 days',
-     least(10, 1 + floor(extract(epoch FROM :now - s.created_at) / (7 * 86400))::int)),
-    (CASE WHEN s.id % 5 = 0 THEN {n} + s.id / 5 END, 'monthly-newsletter', 5, interval '30 days',
-     least(5, 1 + floor(extract(epoch FROM :now - s.created_at) / (30 * 86400))::int))
+    (s.id, 'back-pain-bundle', {len(bpb_keys)}, interval '7 days',
+     least({len(bpb_keys)}, 1 + floor(extract(epoch FROM :now - s.created_at) / (7 * 86400))::int)),
+    (CASE WHEN s.id % 5 = 0 THEN {n} + s.id / 5 END, 'monthly-newsletter', {len(news_keys)}, interval '30 days',
+     least({len(news_keys)}, 1 + floor(extract(epoch FROM :now - s.created_at) / (30 * 86400))::int))
 ) AS e (id, campaign, steps, every, reached)
 WHERE e.id IS NOT NULL"""),  # noqa: S608 - sizes only, no input
         ("consents", """
