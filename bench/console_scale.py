@@ -354,9 +354,9 @@ def main() -> None:
                  f"{step_rows:,} rows in {step_s:.2f} s", True))
     with tempfile.TemporaryDirectory() as tmp:
         run = Ran(["log", "--csv", str(Path(tmp) / "log.csv")], env)
-    done = re.search(r"exported ([\d,]+) messages in ([\d.]+) s", run.stderr)
-    lines, seconds = (int(done.group(1).replace(",", "")), float(done.group(2))) if done else (0, 0.0)
-    rate = lines / seconds if seconds else 0
+    done = re.search(r"exported ([\d,]+) messages in ([\d.]+) s \(([\d,]+)/s\)", run.stderr)
+    lines, seconds, rate = ((int(done.group(1).replace(",", "")), float(done.group(2)),
+                             int(done.group(3).replace(",", ""))) if done else (0, 0.0, 0))
     rows.append(("export: whole log, drip log --csv", f"{rate:,.0f} rows/s", ">= 100,000 rows/s",
                  f"{lines:,} rows in {seconds:.1f} s (process: {run.seconds:.1f} s, CPU {run.cpu:.1f} s, "
                  f"peak RSS {run.rss / 2**20:.0f} MB)", rate >= 100_000 and run.code == 0))

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import date
 
-from sqlalchemy import delete, func, literal_column, select, text, union_all
+from sqlalchemy import delete, func, literal, literal_column, select, text, union_all
 from sqlalchemy.orm import Session
 
 from service.core.models import (
@@ -172,6 +172,28 @@ def signup_counts(session: Session) -> dict[str, int]:
     u = union_all(select(t.campaign, t.n), select(d.campaign, d.n).where(d.counter == "signup")).subquery()
     return {c: int(n) for c, n in session.execute(select(u.c.campaign, func.sum(u.c.n)).group_by(u.c.campaign))
             if n}
+
+
+def totals(session: Session) -> dict[str, dict[str, int]]:
+    """/metrics' totals in one statement: {"messages": {status: n}, "subscribers": {status: n},
+    "signups": {campaign: n}}."""
+    parts = {
+        "messages": (select(MessageCount.status.label("k"), MessageCount.n),
+                     select(CountDelta.status.label("k"), CountDelta.n).where(CountDelta.counter == "step")),
+        "subscribers": (select(SubscriberCount.status.label("k"), SubscriberCount.n),
+                        select(CountDelta.status.label("k"), CountDelta.n).where(CountDelta.counter == "subscriber")),
+        "signups": (select(SignupCount.campaign.label("k"), SignupCount.n),
+                    select(CountDelta.campaign.label("k"), CountDelta.n).where(CountDelta.counter == "signup")),
+    }
+    grouped = []
+    for name, (folded, fresh) in parts.items():
+        u = union_all(folded, fresh).subquery()
+        grouped.append(select(literal(name).label("what"), u.c.k, func.sum(u.c.n).label("n")).group_by(u.c.k))
+    out: dict[str, dict[str, int]] = {name: {} for name in parts}
+    for what, key, n in session.execute(union_all(*grouped)):
+        if n:
+            out[what][key] = int(n)
+    return out
 
 
 def message_status_counts(session: Session) -> dict[str, int]:

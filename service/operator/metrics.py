@@ -55,13 +55,14 @@ class _DatabaseCollector:
         s = self.session
         now = utcnow()
         one = _scalars(s, now)
+        totals = maintained.totals(s)
         messages = GaugeMetricFamily("drip_messages", "Messages by status", labels=["status"])
-        counts = maintained.message_status_counts(s)
+        counts = totals["messages"]
         for status in MESSAGE_STATUSES:
             messages.add_metric([status], counts.get(status, 0))
         yield messages
         subs = GaugeMetricFamily("drip_subscribers", "Subscribers by status", labels=["status"])
-        counts = maintained.subscriber_counts(s)
+        counts = totals["subscribers"]
         for status in SUBSCRIBER_STATUSES:
             subs.add_metric([status], counts.get(status, 0))
         yield subs
@@ -73,7 +74,7 @@ class _DatabaseCollector:
         yield GaugeMetricFamily("drip_queue_lag_seconds", "Age of the oldest message waiting to be sent", value=lag)
         signups = GaugeMetricFamily("drip_signups", "Signups recorded (consent records), by campaign",
                                     labels=["campaign"])
-        for campaign, n in sorted(maintained.signup_counts(s).items()):
+        for campaign, n in sorted(totals["signups"].items()):
             signups.add_metric([campaign], n)
         yield signups
         yield GaugeMetricFamily("drip_signups_last_24h", "Signups in the last 24 hours", value=one.signups_24h or 0)
