@@ -87,6 +87,7 @@ def rebuild(session: Session) -> None:
     twice. The caller commits."""
     pg = session.get_bind().dialect.name == "postgresql"
     if pg:
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _FOLD_LOCK})  # no fold meanwhile
         session.execute(text("LOCK TABLE messages, enrollments, subscribers, consents IN SHARE MODE"))
     for model in (CountDelta, MessageCount, MessageDay, EnrollmentCount, SubscriberCount, SignupCount):
         session.execute(delete(model))
