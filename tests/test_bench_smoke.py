@@ -56,3 +56,20 @@ def test_tick_bench(backend: str) -> None:
                     "--db", backend)
     assert len(rows(out, "find+claim 20 due of 300")) == 1
     assert len(rows(out, "peak RSS")) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PG, reason="bench/console_scale.py seeds PostgreSQL (generate_series, COPY) only")
+def test_console_scale_bench() -> None:
+    """bench/console_scale.py: a tiny year-old database is seeded, every view answers 200, the counts are
+    rebuilt, and tick, prune and both exports run to the end."""
+    env = {**os.environ, "DRIP_BENCH_POSTGRES_URL": PG or ""}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "console_scale.py"), "--readers", "300", "--runs",
+                           "2"], env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = [r for r in rows(proc.stdout, "| ") if r[0] != "view"]
+    assert len([r for r in table if r[0].startswith(("console:", "api:", "/metrics"))]) == 18, proc.stdout
+    [prune] = [r for r in table if r[0].startswith("cli: drip prune")]
+    assert prune[-1] == "yes" and "transactions of <= 10,000 rows" in prune[3], prune
+    [export] = [r for r in table if r[0].startswith("export: whole log")]
+    assert int(export[3].split(" rows")[0].replace(",", "")) > 2000, export  # every message of the log

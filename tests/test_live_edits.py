@@ -177,3 +177,19 @@ def test_a_queued_message_whose_step_moved_still_goes(runtime, smtp, tmp_path):
         e = s.scalars(select(Enrollment).join(Subscriber).where(Subscriber.email == "mid@example.org")).one()
         assert (e.next_step_key, rt.campaigns[BUNDLE].steps[e.next_step].key) == ("week-05", "week-05")
     rt.sessions.kw["bind"].dispose()
+
+
+def test_reactivation_check_runs_only_when_a_campaigns_steps_change(runtime, smtp, tmp_path):
+    """A worker's start looks for finished readers to reactivate only for a campaign whose steps differ from
+    the ones last checked: a restart with the same files checks nothing, an edited file is checked once."""
+    from service.enrollment.live_edits import changed_since_checked
+
+    with runtime.sessions() as s, s.begin():
+        assert set(changed_since_checked(s, runtime.campaigns, T0)) == set(runtime.campaigns)  # never checked
+    with runtime.sessions() as s, s.begin():
+        assert changed_since_checked(s, runtime.campaigns, T0) == {}  # the same files again
+    rt = edited(runtime, tmp_path, remove_week_04_and_append_week_10)
+    with rt.sessions() as s, s.begin():
+        assert list(changed_since_checked(s, rt.campaigns, T0)) == [BUNDLE]  # only the edited campaign
+    with rt.sessions() as s, s.begin():
+        assert changed_since_checked(s, rt.campaigns, T0) == {}

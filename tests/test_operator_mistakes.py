@@ -87,6 +87,7 @@ MISTAKES = [
     ("DRIP_SOFT_BOUNCE_WINDOW_DAYS", "month", "expected a whole number"),
     ("DRIP_DEFERRED_DEADLINE_HOURS", "forever", "expected a number"),
     ("DRIP_TRACKING", "sometimes", "expected on or off"),
+    ("DRIP_METRICS_TOKEN", "short1234", "too short (9 characters, at least 32 needed)"),
 ]
 # Free text: any value is a value. Why each cannot be wrong, so a newcomer sees it was thought about.
 FREE_TEXT = {

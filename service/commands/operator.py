@@ -16,19 +16,61 @@ def _cell(text: object, width: int) -> str:
     return (value[: width - 1] + "…" if len(value) > width else value).ljust(width)
 
 
+def _export_csv(rt, flt, path: str) -> None:
+    """The whole filtered log as CSV with a progress line on standard error: PostgreSQL's COPY streams it
+    at the database's speed; SQLite goes a keyset page at a time."""
+    import contextlib
+    import csv
+    import sys
+    import time
+
+    from service.operator.send_log import CSV_COLUMNS, copy_csv, export_pages
+
+    started = shown = time.monotonic()
+
+    def progress(done: int) -> None:
+        nonlocal shown
+        if time.monotonic() - shown >= 0.5:
+            shown = time.monotonic()
+            click.echo(f"\rexported {done:,} messages ({done / (shown - started):,.0f}/s)", err=True, nl=False)
+
+    done = 0
+    with (open(path, "w", encoding="utf-8", newline="") if path != "-"
+          else contextlib.nullcontext(sys.stdout)) as out:
+        csv.writer(out).writerow(CSV_COLUMNS)
+        if rt.sessions.kw["bind"].dialect.name == "postgresql":
+            out.flush()
+            binary = out.buffer if hasattr(out, "buffer") else None
+            with rt.sessions() as session:
+                if binary is not None:
+                    done = copy_csv(session, flt, binary.write, progress=progress)
+                else:
+                    done = copy_csv(session, flt, lambda b: out.write(b.decode("utf-8")), progress=progress)
+        else:
+            writer = csv.writer(out)
+            for page in export_pages(rt.sessions, flt):
+                writer.writerows(page)
+                done += len(page)
+                progress(done)
+    seconds = max(time.monotonic() - started, 1e-9)
+    click.echo(f"\rexported {done:,} messages in {seconds:.1f} s ({done / seconds:,.0f}/s)", err=True)
+
+
 def register(main: click.Group) -> None:
 
     @main.command("log")
     @click.option("--status", type=click.Choice(STATUSES))
     @click.option("--campaign")
     @click.option("--step")
-    @click.option("--email", help="substring of the address")
+    @click.option("--email", help="the address, or its start (e.g. ann@ or ann@example)")
     @click.option("--since", help="created on or after this UTC day (YYYY-MM-DD)")
     @click.option("--until", help="created on or before this UTC day (YYYY-MM-DD)")
     @click.option("--before", type=int, help="only messages with a smaller id (paging)")
     @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="one JSON object per line instead of a table")
-    def log_cmd(as_json: bool, **filters: object) -> None:
+    @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, allow_dash=True),
+                  help="write every matching message (not one page) as CSV to this file ('-': standard output)")
+    def log_cmd(as_json: bool, csv_path: str | None, **filters: object) -> None:
         """The send log, newest first."""
         from service.operator.send_log import MessageFilter, list_messages, message_dict
 
@@ -38,6 +80,9 @@ def register(main: click.Group) -> None:
                 raise click.BadParameter(f"not a date: {value!r}", param_hint=f"--{name}")
         args = {k: str(v) for k, v in filters.items() if v is not None}
         rt = load_runtime(load_settings())
+        if csv_path:
+            _export_csv(rt, MessageFilter.from_args(args), csv_path)
+            return
         with rt.sessions() as session:
             page = list_messages(session, MessageFilter.from_args(args))
             rows = [message_dict(m) for m in page.rows]
@@ -56,12 +101,31 @@ def register(main: click.Group) -> None:
 
     @main.command("stats")
     @click.option("--json", "as_json", is_flag=True, help="JSON, the shape of GET /api/v1/campaigns")
-    def stats_cmd(as_json: bool) -> None:
+    @click.option("--rebuild", is_flag=True,
+                  help="recount the maintained counts from the tables first (after a restore; writes pause meanwhile)")
+    @click.option("--check", is_flag=True, help="compare the maintained counts with a recount; exit 1 if any differ")
+    def stats_cmd(as_json: bool, rebuild: bool, check: bool) -> None:
         """Campaign health: enrollments, and per step what was sent, delivered, bounced, failed, unsubscribed."""
+        from service.core import counts
         from service.core.db import utcnow
         from service.operator.campaign_stats import all_stats, stats_dict
 
         rt = load_runtime(load_settings())
+        if rebuild:
+            with rt.sessions() as session, session.begin():
+                counts.rebuild(session)
+            click.echo("stats: maintained counts rebuilt from the tables", err=as_json)
+        if check:
+            with rt.sessions() as session:
+                wrong = counts.mismatches(session)
+            for line in wrong:
+                click.echo(f"stats: {line}", err=True)
+            if wrong:
+                raise click.exceptions.Exit(1)
+            click.echo("stats: maintained counts equal a recount", err=as_json)
+            return
+        with rt.sessions() as session, session.begin():
+            counts.fold(session)  # PostgreSQL: the changes of the last seconds into the count tables
         with rt.sessions() as session:
             stats = all_stats(session, rt.campaigns, now=utcnow())
         if as_json:

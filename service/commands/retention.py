@@ -20,6 +20,9 @@ def register(main: click.Group) -> None:
         if not days:
             raise click.ClickException("no retention set: pass --days N or set DRIP_EVENT_RETENTION_DAYS")
         rt = load_runtime(settings)
-        with rt.sessions() as session, session.begin():
-            pruned = do_prune(session, now=utcnow(), days=days)
+
+        def progress(so_far) -> None:
+            click.echo(f"\rprune: {so_far.events} events and {so_far.contents} stored emails so far", err=True,
+                       nl=False)
+        pruned = do_prune(rt.sessions, now=utcnow(), days=days, progress=progress)
         click.echo(f"prune: {pruned.events} events and {pruned.contents} stored emails older than {days} days deleted")

@@ -126,6 +126,8 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     # Events (and stored email bytes) older than this are deleted; None keeps them. Opt-out evidence stays.
     event_retention_days: int | None = None
+    # When set, GET /metrics asks for "Authorization: Bearer <this>" (Prometheus' bearer_token); else open.
+    metrics_token: str | None = field(default=None, repr=False)
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_key_file: str | None = None
@@ -208,6 +210,7 @@ class Settings:
             batch_size=_integer(env, "DRIP_BATCH_SIZE", 500, minimum=1),
             max_attempts=_integer(env, "DRIP_MAX_ATTEMPTS", 12, minimum=1),
             event_retention_days=_retention_days(env),
+            metrics_token=_metrics_token(env),
             unsubscribe_mailto=_address(env, "DRIP_UNSUBSCRIBE_MAILTO", bare=True),
             dkim_domain=env.get("DRIP_DKIM_DOMAIN") or None,
             dkim_selector=env.get("DRIP_DKIM_SELECTOR") or None,
@@ -513,6 +516,15 @@ def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int) -
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum}, got {raw!r}")
     return value
+
+
+def _metrics_token(env: Mapping[str, str]) -> str | None:
+    """A token guessed is the send figures read by anyone: as long as the secret key's floor, never shown."""
+    token = env.get("DRIP_METRICS_TOKEN") or None
+    if token is not None and len(token) < 32:
+        raise ConfigError(f"DRIP_METRICS_TOKEN: too short ({len(token)} characters, at least 32 needed); make one "
+                          "with python3 -c 'import secrets; print(secrets.token_hex(32))'")
+    return token
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -8,13 +8,14 @@ Invariants held by the database itself:
 """
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -75,6 +76,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 _PENDING = "status IN ('queued', 'deferred', 'sending')"
 _DUE = "status = 'active' AND next_due_at IS NOT NULL"
+_LEFT = "unsubscribed_after_step IS NOT NULL"
 _NOT_NULL_MESSAGE_ID = text("message_id IS NOT NULL")
 _NOT_NULL_PROVIDER_EVENT_ID = text("provider_event_id IS NOT NULL")
 _NOT_NULL_PROVIDER_ID = text("provider_message_id IS NOT NULL")
@@ -92,6 +94,12 @@ class Subscriber(Base):
         # The few snoozed readers, for dispatch.not_snoozed without a scan of the whole list
         Index("ix_subscribers_snoozed", "snoozed_until", postgresql_where=text("snoozed_until IS NOT NULL"),
               sqlite_where=text("snoozed_until IS NOT NULL")),
+        # PostgreSQL: an address prefix (the console's address search) as an index range under any collation
+        # (migration 0017_console_counts). SQLite needs none (the unique index on email_key is in binary
+        # order and serves the same range), so there it is a partial index that can never hold an entry:
+        # no page written per signup, and the schema is the same on both databases.
+        Index("ix_subscribers_email_key_pattern", "email_key", postgresql_ops={"email_key": "text_pattern_ops"},
+              sqlite_where=text("email_key IS NULL")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -116,6 +124,8 @@ class Consent(Base):
     """Append-only evidence of how and when the reader agreed (GDPR art. 7(1))."""
 
     __tablename__ = "consents"
+    # "Signups in the last 24 hours" on /metrics (migration 0017_console_counts).
+    __table_args__ = (Index("ix_consents_created_at", "created_at"),)
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
@@ -139,6 +149,9 @@ class Enrollment(Base):
         # What a pass reads: only active enrollments with a due time, in its ORDER BY (migration 0006_issue6). The
         # full (status, next_due_at) index it replaced is gone since migration 0013_lean_indexes.
         Index("ix_enrollments_due_active", "next_due_at", "id", postgresql_where=text(_DUE), sqlite_where=text(_DUE)),
+        # The campaign page's "unsubscribed after this step": only readers who left (migration 0017_console_counts).
+        Index("ix_enrollments_unsubscribed_after", "campaign", "unsubscribed_after_step",
+              postgresql_where=text(_LEFT), sqlite_where=text(_LEFT)),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -159,6 +172,10 @@ class Enrollment(Base):
     # The key of the step `next_step` pointed at when it was set, so `drip campaigns diff` can tell
     # a reader whose next step was removed or moved from the file (None: the campaign's first step).
     next_step_key: Mapped[str | None] = mapped_column(String(64))
+    # Set when the reader unsubscribes: the index of the last step of this campaign they had been sent by
+    # then (None: nothing sent yet, or not unsubscribed); cleared when they are resubscribed. The
+    # campaign page counts these instead of reading every unsubscribed reader's messages.
+    unsubscribed_after_step: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -174,6 +191,8 @@ class Message(Base):
         CheckConstraint(_in("status", MESSAGE_STATUSES), name="status"),
         Index("ix_messages_work", "status", "next_attempt_at"),
         Index("ix_messages_created", "created_at", "id"),
+        # The send log and its CSV export for one campaign's step, in id order (migration 0017_console_counts).
+        Index("ix_messages_campaign_step", "campaign", "step_key", "id"),
         # Unfinished messages only: the claim query never walks sent history (migration 0006_issue6).
         Index("ix_messages_pending", "next_attempt_at", "id", postgresql_where=text(_PENDING),
               sqlite_where=text(_PENDING)),
@@ -362,6 +381,10 @@ class CampaignState(Base):
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     paused_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+    # SHA-256 of the campaign's step keys in order, as the workers last checked them: a worker looks for
+    # completed readers to reactivate (live_edits.reactivate_grown) only when the file's steps differ from
+    # it, not at every start (migration 0017_console_counts).
+    steps_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class DispatchPass(Base):
@@ -427,3 +450,78 @@ class CampaignDraft(Base):
     note: Mapped[str | None] = mapped_column(Text)  # "restores version 3": said again in that version's note
     updated_by: Mapped[str] = mapped_column(String(255))
     updated_at: Mapped[datetime]
+
+
+# -- maintained counts -----------------------------------------------------------------------------------
+# The operator's numbers (campaign health, the charts, /metrics) read these small tables instead of
+# counting millions of rows. Database triggers keep them (migration 0017_console_counts), so every
+# statement that inserts, updates or deletes a message, enrollment, subscriber or consent also moves its
+# count in the same transaction, whichever code wrote it. service/core/counts.py reads, folds and rebuilds
+# them. A count whose rows are all gone stays as a zero row.
+
+
+class MessageCount(Base):
+    """Messages per campaign, step and status; `n_sent` of them have been handed to the transport."""
+
+    __tablename__ = "message_counts"
+
+    campaign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    n_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MessageDay(Base):
+    """Messages handed to the transport per campaign and UTC day of `sent_at` (the "sent per day" chart)."""
+
+    __tablename__ = "message_days"
+
+    campaign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class EnrollmentCount(Base):
+    __tablename__ = "enrollment_counts"
+
+    campaign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class SubscriberCount(Base):
+    __tablename__ = "subscriber_counts"
+
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class SignupCount(Base):
+    """Consent records (signups) per campaign."""
+
+    __tablename__ = "signup_counts"
+
+    campaign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CountDelta(Base):
+    """PostgreSQL only: what each statement changed, appended by its trigger and later folded into the
+    tables above (`counts.fold`). Appending never waits for another transaction: updating one hot count
+    row in place would queue every worker and webhook behind each other's commit, and two transactions
+    taking count rows in different orders would deadlock. Readers add the unfolded rows, so a count is
+    exact at any moment. (SQLite has one writer at a time; its triggers update the counts directly.)"""
+
+    __tablename__ = "count_deltas"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    counter: Mapped[str] = mapped_column(String(16))  # "step", "day", "enrollment", "subscriber" or "signup"
+    campaign: Mapped[str] = mapped_column(String(64), server_default="")
+    step_key: Mapped[str] = mapped_column(String(64), server_default="")
+    step_index: Mapped[int] = mapped_column(Integer, server_default="0")
+    status: Mapped[str] = mapped_column(String(16), server_default="")
+    day: Mapped[date | None] = mapped_column(Date)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
+    n_sent: Mapped[int] = mapped_column(BigInteger, default=0)

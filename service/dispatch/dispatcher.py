@@ -40,6 +40,7 @@ from sqlalchemy.types import TypeEngine
 from service.audience import optin
 from service.campaigns.model import Campaign
 from service.compose.composer import Composer, compose_confirmation
+from service.core import counts
 from service.core.config import SendLimits
 from service.core.db import one_of, utcnow
 from service.core.models import DispatchPass
@@ -111,8 +112,9 @@ class Dispatcher:
         if refresh is not None and refresh():  # a version published since the last pass: send it from now on
             self._reactivated = False
         if not self._reactivated:  # once per loaded campaign set: appended steps reach readers who had finished
-            with self.sessions() as session, session.begin():
-                live_edits.reactivate_grown(session, self.campaigns, clock())
+            with self.sessions() as session, session.begin():  # only for campaigns whose steps changed
+                changed = live_edits.changed_since_checked(session, self.campaigns, clock())
+                live_edits.reactivate_grown(session, changed, clock())
             self._reactivated = True
         with self.sessions() as session:
             paused_now = sending.paused_reason(session) is not None
@@ -191,8 +193,7 @@ class Dispatcher:
             return
         self._pruned_at = time.monotonic()
         try:
-            with self.sessions() as session, session.begin():
-                pruned = retention.prune(session, now=utcnow(), days=self.event_retention_days)
+            pruned = retention.prune(self.sessions, now=utcnow(), days=self.event_retention_days)
             if pruned.events or pruned.contents:
                 log.info("retention: %d events and %d stored emails deleted", pruned.events, pruned.contents)
         except Exception:  # housekeeping must never fail a pass
@@ -200,11 +201,14 @@ class Dispatcher:
 
     def _record_pass(self, started_at: datetime, seconds: float, sent: int) -> None:
         """Every pass's wall-clock duration goes to the database, so /metrics in any process reports every
-        worker's passes. Old rows are pruned in the same transaction."""
+        worker's passes. Old rows are pruned, and the maintained counts folded, in the same transaction."""
         try:
             with self.sessions() as session, session.begin():
                 session.add(DispatchPass(worker=self.worker_id[:80], started_at=started_at,
                                          duration_seconds=seconds, sent=sent))
                 session.execute(delete(DispatchPass).where(DispatchPass.started_at < started_at - PASS_HISTORY))
+                # PostgreSQL: the count changes this pass appended go into the count tables, so readers sum
+                # a handful of rows (service/core/counts.py; one worker at a time, the others skip).
+                counts.fold(session)
         except Exception:  # a metric must never fail a pass that has already sent its emails
             log.exception("could not record the pass duration")

@@ -16,19 +16,21 @@ group gets next, before the edit is deployed (the files on disk are compared wit
 """
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import exists, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from service.campaigns.model import Campaign, Step
 from service.campaigns.schedule import step_due
 from service.core import events
 from service.core.db import one_of
-from service.core.models import Enrollment, Message, Subscriber
+from service.core.models import CampaignState, Enrollment, Message, Subscriber
 
 IN_FLIGHT = ("queued", "deferred", "sending")
 
@@ -59,9 +61,38 @@ def next_step(campaign: Campaign, enrollment: Enrollment, had: set[str]) -> Step
     return campaign.step(position(campaign, enrollment, had))
 
 
+def steps_digest(campaign: Campaign) -> str:
+    return hashlib.sha256("\n".join(s.key for s in campaign.steps).encode()).hexdigest()
+
+
+def changed_since_checked(session: Session, campaigns: Mapping[str, Campaign], now: datetime) -> dict[str, Campaign]:
+    """The campaigns whose steps differ from those last checked (a new campaign included), now recorded as
+    checked. Locked, so of two workers starting at once one sees the change (the caller commits)."""
+    if not campaigns:
+        return {}
+    # A row per campaign first (two workers starting at once: the second's insert is a no-op, not an error).
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(insert(CampaignState).on_conflict_do_nothing(index_elements=["campaign"]),
+                    [{"campaign": key, "paused": False, "updated_at": now} for key in campaigns])
+    states = {s.campaign: s for s in session.scalars(
+        select(CampaignState).where(CampaignState.campaign.in_(list(campaigns))).with_for_update())}
+    changed = {}
+    for key, campaign in campaigns.items():
+        digest = steps_digest(campaign)
+        state = states[key]
+        if state.steps_digest != digest:
+            state.steps_digest = digest
+            changed[key] = campaign
+    session.flush()
+    return changed
+
+
 def reactivate_grown(session: Session, campaigns: Mapping[str, Campaign], now: datetime) -> int:
     """Completed enrollments of campaigns that gained steps after the reader's last one become active
-    again at the first new step, due its delay after their last send. Returns how many."""
+    again at the first new step, due its delay after their last send. Returns how many.
+
+    The query reads every completed enrollment of a campaign (millions after a year), so workers call it
+    only for the campaigns `changed_since_checked` returns: once after each edit of their steps."""
     count = 0
     for campaign in campaigns.values():
         last = campaign.steps[-1].key

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from service.core import events
@@ -34,6 +34,13 @@ def suppress_address(session: Session, email_key: str, *, reason: str, now: date
         session.flush()
 
 
+def last_sent_step(enrollment_id, until: datetime):
+    """The index of the last step of an enrollment sent by `until` (a scalar subquery; NULL if none)."""
+    return (select(func.max(Message.step_index))
+            .where(Message.enrollment_id == enrollment_id, Message.sent_at.is_not(None), Message.sent_at <= until)
+            .scalar_subquery())
+
+
 def stop_subscriber(session: Session, subscriber: Subscriber, *, status: str, reason: str, now: datetime,
                     detail: str | None = None) -> int:
     """Mark the subscriber `status`, stop all enrollments and cancel unsent messages. Returns how many."""
@@ -41,6 +48,9 @@ def stop_subscriber(session: Session, subscriber: Subscriber, *, status: str, re
     subscriber.updated_at = now
     if status == "unsubscribed" and subscriber.unsubscribed_at is None:
         subscriber.unsubscribed_at = now
+    if status == "unsubscribed":  # where in each campaign they left, for the campaign page's funnel
+        session.execute(update(Enrollment).where(Enrollment.subscriber_id == subscriber.id).values(
+            unsubscribed_after_step=last_sent_step(Enrollment.id, subscriber.unsubscribed_at)))
     session.execute(
         update(Enrollment)
         .where(Enrollment.subscriber_id == subscriber.id, Enrollment.status == "active")

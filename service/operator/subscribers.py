@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from service.campaigns.model import Campaign
@@ -17,7 +17,7 @@ from service.core import events
 from service.core.errors import FieldError
 from service.core.models import MAX_ID, SUBSCRIBER_STATUSES, Consent, Enrollment, Event, Message, Subscriber
 from service.enrollment.suppression import is_suppressed, stop_subscriber
-from service.operator.send_log import page_by_id
+from service.operator.send_log import address_prefix, page_by_id
 
 MAX_LIMIT = 500
 
@@ -28,7 +28,7 @@ class ActionError(FieldError):
 
 @dataclass(frozen=True)
 class SubscriberFilter:
-    q: str | None = None  # substring of the address or the name
+    q: str | None = None  # the start of an address, or (without an @) also any part of a name
     status: str | None = None
     campaign: str | None = None
     before: int | None = None
@@ -48,8 +48,10 @@ def _like(text: str) -> str:
 def list_subscribers(session: Session, flt: SubscriberFilter) -> SubscriberPage:
     """Newest first, keyset paging on id."""
     q = select(Subscriber)
-    if flt.q:
-        q = q.where(or_(Subscriber.email_key.like(_like(flt.q.lower()), escape="\\"),
+    if flt.q and "@" in flt.q:  # an address, whole or its start: an index range (send_log.address_prefix)
+        q = q.where(address_prefix(session, Subscriber.email_key, flt.q))
+    elif flt.q:  # a word: the start of an address (indexed) or any part of a name (read newest first)
+        q = q.where(or_(address_prefix(session, Subscriber.email_key, flt.q),
                         Subscriber.name.ilike(_like(flt.q), escape="\\")))
     if flt.status in SUBSCRIBER_STATUSES:
         q = q.where(Subscriber.status == flt.status)
@@ -141,6 +143,8 @@ def resubscribe(session: Session, subscriber: Subscriber, *, reason: str, now: d
         raise ActionError("suppressed", "the address is on the suppression list")
     subscriber.status = "active"
     subscriber.unsubscribed_at = None
+    session.execute(update(Enrollment).where(Enrollment.subscriber_id == subscriber.id)
+                    .values(unsubscribed_after_step=None))  # no longer counted as having left
     subscriber.updated_at = now
     resumed = 0
     for e in session.scalars(select(Enrollment).where(Enrollment.subscriber_id == subscriber.id,

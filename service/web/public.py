@@ -1,6 +1,7 @@
 """Public routes: the home page form, the signup webhook, thank-you pages, unsubscribe, health, metrics."""
 from __future__ import annotations
 
+import hmac
 import logging
 from datetime import timedelta
 
@@ -260,5 +261,11 @@ def healthz():
 
 @bp.get("/metrics")
 def metrics():
+    token = runtime().settings.metrics_token
+    if token:  # DRIP_METRICS_TOKEN: Prometheus sends it as a bearer token
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return Response("metrics need Authorization: Bearer <DRIP_METRICS_TOKEN>\n", status=401,
+                            content_type="text/plain; charset=utf-8", headers={"WWW-Authenticate": "Bearer"})
     body, content_type = render_metrics(db())
     return Response(body, content_type=content_type)
