@@ -59,7 +59,7 @@ def test_tick_bench(backend: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not PG, reason="bench/console_scale.py seeds PostgreSQL (generate_series, COPY) only")
+@pytest.mark.postgresql_only  # bench/console_scale.py seeds PostgreSQL (generate_series, COPY) only
 def test_console_scale_bench() -> None:
     """bench/console_scale.py: a tiny year-old database is seeded, every view answers 200, the counts are
     rebuilt, and tick, prune and both exports run to the end."""
