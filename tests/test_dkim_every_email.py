@@ -18,6 +18,8 @@ from pathlib import Path
 import dkim
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_dkim import dns_of, genkey
 
 from service.campaigns.loader import load_campaigns
@@ -205,3 +207,14 @@ def test_each_signature_verifies_alone(templates: Path, keypair) -> None:
         assert alone.count(b"DKIM-Signature:") == 1 and dkim.verify(alone, dnsfunc=dnsfunc)
     single = composer_for(templates, keys[:1]).compose(job)
     assert single.raw.count(b"DKIM-Signature:") == 1 and dkim.verify(single.raw, dnsfunc=dnsfunc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=" \tab=", max_size=12), max_size=8))
+def test_relaxed_body_matches_dkimpy_on_any_lines(lines: list[str]) -> None:
+    """The canonical body (with its C fast path for runs of spaces) equals dkimpy's for any CRLF-ended lines
+    made of spaces, tabs and text."""
+    from dkim.canonicalization import Relaxed
+
+    body = b"".join(line.encode() + b"\r\n" for line in lines)
+    assert signer.relaxed_body(body) == Relaxed.canonicalize_body(body)
