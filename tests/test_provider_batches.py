@@ -163,10 +163,11 @@ def test_concurrency_and_batch_settings_are_checked() -> None:
     from service.core.config import ConfigError
     from service.transports import make_transport
 
-    for bad in ("concurrency=0", "concurrency=x", "concurrency=1000", "batch=0", "batch=501"):
+    for bad in ("concurrency=0", "concurrency=x", "concurrency=1000", "batch=0", "batch=501", "batch=-1"):
         with pytest.raises(ConfigError, match="DRIP_EMAIL_URL: (concurrency|batch)"):
             make_transport(f"postmark://t@?{bad}")
-    assert make_transport("postmark://t@").batch_size == 500
+    assert make_transport("postmark://t@").batch_size == 100
+    assert make_transport("postmark://t@?batch=500").batch_size == 500
     assert make_transport("resend://k@?batch=20&concurrency=3").batch_size == 20
     assert make_transport("sendgrid://k@?batch=50").batch_size == 1  # no batch endpoint: one email a request
     assert make_transport("ses://A:s@eu-west-1?concurrency=3").concurrency == 3

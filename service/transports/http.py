@@ -78,9 +78,9 @@ class ApiUrl:
         """`concurrency=N`: requests in flight at once (1 sends one after another)."""
         return self._positive("concurrency", default, 256)
 
-    def batch_size(self, default: int) -> int:
+    def batch_size(self, default: int, most: int) -> int:
         """`batch=N`: emails per request, at most the provider's own limit (1 where it has no batch endpoint)."""
-        return min(default, self._positive("batch", default, default)) if default > 1 else 1
+        return self._positive("batch", default, most) if most > 1 else 1
 
     def _positive(self, name: str, default: int, most: int) -> int:
         value = self.query.get(name, str(default))
@@ -132,7 +132,8 @@ class HttpTransport:
     Results are still yielded one per email, in the order the emails were taken."""
 
     name = "http"
-    batch_size = 1  # emails per request
+    batch_size = 1  # emails per request by default
+    most_per_batch = 1  # the provider's limit (1: no batch endpoint)
     default_concurrency = 16  # requests in flight
     idempotent = False  # the provider dedupes a repeated request by its Idempotency-Key
 
@@ -140,12 +141,13 @@ class HttpTransport:
         self.url = url
         self.timeout = url.timeout()
         self.concurrency = url.concurrency(self.default_concurrency)
-        self.batch_size = url.batch_size(type(self).batch_size)
+        self.batch_size = url.batch_size(type(self).batch_size, self.most_per_batch)
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._proven = False  # a request of this transport was answered (not 401/403, not refused)
+        self._proxies: dict[str, str] | None = None
 
     @property
     def session(self) -> requests.Session:
@@ -154,6 +156,12 @@ class HttpTransport:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = "drip/0.1"
+            # The environment's proxy settings are read once per transport, not on every request: with
+            # trust_env on, requests re-reads them (and ~/.netrc) per call, ~40 % of its CPU per request.
+            session.trust_env = False
+            if self._proxies is None:  # HTTP(S)_PROXY / NO_PROXY for the API's base URL, as requests reads them
+                self._proxies = requests.utils.get_environ_proxies(getattr(self, "base", ""))
+            session.proxies = dict(self._proxies)
             self._local.session = session
             with self._lock:
                 self._sessions.append(session)

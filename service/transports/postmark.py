@@ -1,4 +1,4 @@
-"""Postmark: `POST /email/batch` with up to 500 emails per request, with the server token
+"""Postmark: `POST /email/batch` with 100 emails per request (`?batch=N`, up to Postmark's 500), with the server token
 (https://postmarkapp.com/developer/api/email-api#send-batch-emails); `?batch=1` sends each alone with
 `POST /email`.
 
@@ -23,7 +23,10 @@ INACTIVE_RECIPIENT = 406
 
 class PostmarkTransport(HttpTransport):
     name = "postmark"
-    batch_size = 500  # Postmark's limit per /email/batch request
+    # Postmark takes up to 500 per /email/batch request; 100 lets the next batch be composed while one is
+    # in flight (a 250-email chunk makes three requests, not one), and `?batch=500` is allowed.
+    batch_size = 100
+    most_per_batch = 500
     default_concurrency = 4
 
     def __init__(self, url: ApiUrl) -> None:

@@ -23,6 +23,7 @@ from service.transports.http import ApiUrl, HttpTransport, custom_headers
 class ResendTransport(HttpTransport):
     name = "resend"
     batch_size = 100  # Resend's limit per /emails/batch request
+    most_per_batch = 100
     default_concurrency = 2
     idempotent = True
 
