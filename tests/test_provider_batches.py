@@ -5,15 +5,21 @@ email with the provider's id, one refused email failing alone, 401/403 pausing e
 honoured, timeouts settled or retried, and no email sent twice when a batch is retried."""
 from __future__ import annotations
 
+import base64
+import json
+import re
+import subprocess
 from datetime import timedelta
 
+import dkim
 import pytest
-from conftest import at
+from conftest import at, with_settings
 from fakes import FakeProvider, Reply
 from sqlalchemy import select
 from test_provider_transports import enroll, provider_runtime
 
-from service.core.models import Message, Subscriber
+from service.compose import as_sent
+from service.core.models import Message, MessageContent, Subscriber
 from service.enrollment.suppression import is_suppressed
 
 T0 = at("2026-03-02T15:00:00")
@@ -171,3 +177,29 @@ def test_concurrency_and_batch_settings_are_checked() -> None:
     assert make_transport("resend://k@?batch=20&concurrency=3").batch_size == 20
     assert make_transport("sendgrid://k@?batch=50").batch_size == 1  # no batch endpoint: one email a request
     assert make_transport("ses://A:s@eu-west-1?concurrency=3").concurrency == 3
+
+
+@pytest.mark.parametrize("fake", ["mailgun", "ses", "postmark"], indirect=True)
+def test_dkim_signature_travels_only_where_our_mime_is_sent(runtime, fake, tmp_path) -> None:
+    """With a DKIM key configured, Mailgun and SES are sent our MIME with a signature dkimpy verifies;
+    Postmark is sent fields and signs its own message, so ours is not made (nor stored as sent)."""
+    key = tmp_path / "k.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(key)], check=True, capture_output=True)
+    der = subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "DER"], check=True,
+                         capture_output=True).stdout
+    record = f"v=DKIM1; k=ed25519; p={base64.b64encode(der[-32:]).decode()}".encode()
+    rt = with_settings(provider_runtime(runtime, fake), dkim_domain="backpainwarriors.example", dkim_selector="s1", dkim_key_file=str(key))
+    enroll(rt, "ada@example.com")
+    assert rt.dispatcher().run_pass(T0).sent == 1
+    [seen] = fake.posts()
+    with rt.sessions() as s:
+        [stored] = [as_sent.read(s, c.raw) for c in s.scalars(select(MessageContent))]
+    if fake.provider == "postmark":
+        assert b"DKIM-Signature" not in seen.body and b"DKIM-Signature" not in stored
+        return
+    if fake.provider == "ses":
+        raw = base64.b64decode(json.loads(seen.body)["Content"]["Raw"]["Data"])
+    else:
+        raw = re.search(rb"\r\n\r\n(DKIM-Signature:.*?)\r\n--[0-9a-f]{16,}--\r\n$", seen.body, re.S).group(1)
+    assert dkim.verify(raw, dnsfunc=lambda name, timeout=5: record)
+    assert stored.replace(b"\r\n", b"\n") == raw.replace(b"\r\n", b"\n")

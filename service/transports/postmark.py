@@ -23,6 +23,7 @@ INACTIVE_RECIPIENT = 406
 
 class PostmarkTransport(HttpTransport):
     name = "postmark"
+    sends_mime = False  # the API takes text and HTML fields and signs the email it builds
     # Postmark takes up to 500 per /email/batch request; 100 lets the next batch be composed while one is
     # in flight (a 250-email chunk makes three requests, not one), and `?batch=500` is allowed.
     batch_size = 100

@@ -22,6 +22,7 @@ from service.transports.http import ApiUrl, HttpTransport, custom_headers
 
 class ResendTransport(HttpTransport):
     name = "resend"
+    sends_mime = False  # the API takes text and HTML fields and signs the email it builds
     batch_size = 100  # Resend's limit per /emails/batch request
     most_per_batch = 100
     default_concurrency = 2
