@@ -188,7 +188,8 @@ def test_dkim_signature_travels_only_where_our_mime_is_sent(runtime, fake, tmp_p
     der = subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "DER"], check=True,
                          capture_output=True).stdout
     record = f"v=DKIM1; k=ed25519; p={base64.b64encode(der[-32:]).decode()}".encode()
-    rt = with_settings(provider_runtime(runtime, fake), dkim_domain="backpainwarriors.example", dkim_selector="s1", dkim_key_file=str(key))
+    rt = with_settings(provider_runtime(runtime, fake), dkim_domain="backpainwarriors.example", dkim_selector="s1",
+                       dkim_key_file=str(key))
     enroll(rt, "ada@example.com")
     assert rt.dispatcher().run_pass(T0).sent == 1
     [seen] = fake.posts()
