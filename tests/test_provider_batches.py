@@ -204,3 +204,28 @@ def test_dkim_signature_travels_only_where_our_mime_is_sent(runtime, fake, tmp_p
         raw = re.search(rb"\r\n\r\n(DKIM-Signature:.*?)\r\n--[0-9a-f]{16,}--\r\n$", seen.body, re.S).group(1)
     assert dkim.verify(raw, dnsfunc=lambda name, timeout=5: record)
     assert stored.replace(b"\r\n", b"\n") == raw.replace(b"\r\n", b"\n")
+
+
+@pytest.mark.parametrize("fake", ["sendgrid"], indirect=True)
+def test_answers_in_flight_are_yielded_before_a_failing_feed_raises(fake) -> None:
+    """When the dispatcher's feed fails (its database, mid re-check) while requests are out, the transport
+    first yields the answers of those requests, so the emails they carried get recorded, then re-raises."""
+    from service.transports import OutboundEmail, make_transport
+
+    def email_for(n: int) -> OutboundEmail:
+        return OutboundEmail(message_pk=n, envelope_from="c@backpainwarriors.example", recipient=f"r{n}@example.com",
+                             from_header="Coach <c@backpainwarriors.example>", to_header=f"r{n}@example.com",
+                             subject="hi", text="hi\n", html="<p>hi</p>", headers=(), raw=b"")
+
+    def feed():
+        yield from (email_for(n) for n in range(1, 4))
+        raise RuntimeError("database went away")
+
+    fake.latency = 0.2
+    transport = make_transport(f"sendgrid://SG.key@?endpoint={fake.url}&concurrency=4")
+    got = []
+    with pytest.raises(RuntimeError, match="database went away"):
+        for result in transport.send(feed()):
+            got.append(result)
+    transport.close()
+    assert len(got) == 3 and all(r.ok and r.provider_id for r in got) and fake.sends == 3

@@ -185,11 +185,18 @@ class HttpTransport:
     def send(self, batch: Iterable[OutboundEmail]) -> Iterator[SendResult]:
         feed = iter(batch)
         pending: deque[tuple[list[OutboundEmail], Future]] = deque()
-        stop: TransportError | None = None
+        stop: Exception | None = None
         while True:
             limit = self.concurrency if self._proven else 1
             while stop is None and len(pending) < limit:
-                items = list(islice(feed, self.batch_size))  # composed here, in the dispatcher's thread
+                try:
+                    items = list(islice(feed, self.batch_size))  # composed here, in the dispatcher's thread
+                except Exception as exc:
+                    # The dispatcher's feed failed (its database, in a re-check) while requests are out:
+                    # their answers are yielded first, so the emails they carried are recorded as sent
+                    # rather than sent again after the lease; then the error goes on.
+                    stop = exc
+                    break
                 if not items:
                     break
                 pending.append((items, self._executor().submit(self.call, items)))
@@ -199,11 +206,13 @@ class HttpTransport:
             try:
                 results = future.result()
             except TransportError as exc:
-                if not pending:
+                if not pending and (stop is None or isinstance(stop, TransportError) and exc.auth_failed):
                     raise  # nothing after it: its emails are the dispatcher's to hand back
                 # Later requests are already out: their answers are real and are yielded; these emails
-                # were not sent (or not knowingly), so they wait without counting an attempt.
-                stop = stop or exc
+                # were not sent (or not knowingly), so they wait without counting an attempt. Refused
+                # credentials outrank a rate limit: sending must pause.
+                if stop is None or (exc.auth_failed and isinstance(stop, TransportError)):
+                    stop = exc
                 results = [SendResult(ok=False, error=str(exc), retry_after=exc.retry_after, transport=True)
                            for _ in items]
             else:
