@@ -218,3 +218,14 @@ def test_relaxed_body_matches_dkimpy_on_any_lines(lines: list[str]) -> None:
 
     body = b"".join(line.encode() + b"\r\n" for line in lines)
     assert signer.relaxed_body(body) == Relaxed.canonicalize_body(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=" \tab:", max_size=20), st.lists(st.text(alphabet=" \tab", max_size=10), max_size=3))
+def test_relaxed_header_matches_dkimpy(value: str, folds: list[str]) -> None:
+    """Header canonicalization (folded lines, tabs, runs of spaces, blanks at either end) equals dkimpy's."""
+    from dkim.canonicalization import Relaxed
+
+    raw = value.encode() + b"".join(b"\r\n " + f.encode() for f in folds)
+    [(name, canonical)] = Relaxed.canonicalize_headers([(b"Subject", raw)])
+    assert signer.relaxed_header(b"Subject", raw) == name + b":" + canonical
