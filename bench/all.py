@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in one run, one table (figure, limit or baseline from the same run, ratio).
 
-Sizes are chosen so the whole run stays under ten minutes on a 2-core machine; each script also runs
-alone with its own options (see its docstring).
+Sizes are chosen so the whole run stays under about fifteen minutes on a quiet 2-core machine (the
+DKIM-signed sends and the five provider APIs take about half of it); each script also runs alone with
+its own options (see its docstring).
 """
 from __future__ import annotations
 
