@@ -185,10 +185,9 @@ class HttpTransport:
     def send(self, batch: Iterable[OutboundEmail]) -> Iterator[SendResult]:
         feed = iter(batch)
         pending: deque[tuple[list[OutboundEmail], Future]] = deque()
-        stop: Exception | None = None
+        stop: Exception | None = None  # once set, nothing more is sent; raised after the answers in flight
         while True:
-            limit = self.concurrency if self._proven else 1
-            while stop is None and len(pending) < limit:
+            while stop is None and len(pending) < (self.concurrency if self._proven else 1):
                 try:
                     items = list(islice(feed, self.batch_size))  # composed here, in the dispatcher's thread
                 except Exception as exc:
@@ -203,28 +202,33 @@ class HttpTransport:
             if not pending:
                 break
             items, future = pending.popleft()
-            try:
-                results = future.result()
-            except TransportError as exc:
-                if not pending and (stop is None or isinstance(stop, TransportError) and exc.auth_failed):
-                    raise  # nothing after it: its emails are the dispatcher's to hand back
-                # Later requests are already out: their answers are real and are yielded; these emails
-                # were not sent (or not knowingly), so they wait without counting an attempt. Refused
-                # credentials outrank a rate limit: sending must pause.
-                if stop is None or (exc.auth_failed and isinstance(stop, TransportError)):
-                    stop = exc
-                results = [SendResult(ok=False, error=str(exc), retry_after=exc.retry_after, transport=True)
-                           for _ in items]
-            else:
-                self._proven = True
-                waits = [r.retry_after or 0.0 for r in results if r.code == 429]
-                if waits and stop is None:
-                    # Rate limited: nothing more goes out in this pass; the emails not yet taken wait
-                    # (without counting an attempt) at least as long as the provider asked.
-                    stop = TransportError(f"{self.name}: rate limited (429)", retry_after=max(waits) or None)
+            results, stop = self._answers(items, future, stop, last=not pending)
             yield from results
         if stop is not None:
             raise stop
+
+    def _answers(self, items: list[OutboundEmail], future: Future, stop: Exception | None,
+                 *, last: bool) -> tuple[list[SendResult], Exception | None]:
+        """The results of one request, and what stops the pass after it (if anything does)."""
+        try:
+            results = future.result()
+        except TransportError as exc:
+            if last and (stop is None or isinstance(stop, TransportError) and exc.auth_failed):
+                raise  # nothing after it: its emails are the dispatcher's to hand back
+            # Later requests are already out: their answers are real and are yielded; these emails were
+            # not sent (or not knowingly), so they wait without counting an attempt. Refused credentials
+            # outrank a rate limit: sending must pause.
+            if stop is None or (exc.auth_failed and isinstance(stop, TransportError)):
+                stop = exc
+            return [SendResult(ok=False, error=str(exc), retry_after=exc.retry_after, transport=True)
+                    for _ in items], stop
+        self._proven = True
+        waits = [r.retry_after or 0.0 for r in results if r.code == 429]
+        if waits and stop is None:
+            # Rate limited: nothing more goes out in this pass; the emails not yet taken wait (without
+            # counting an attempt) at least as long as the provider asked.
+            stop = TransportError(f"{self.name}: rate limited (429)", retry_after=max(waits) or None)
+        return results, stop
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
