@@ -223,9 +223,38 @@ def test_answers_in_flight_are_yielded_before_a_failing_feed_raises(fake) -> Non
 
     fake.latency = 0.2
     transport = make_transport(f"sendgrid://SG.key@?endpoint={fake.url}&concurrency=4")
+    assert [r.ok for r in transport.send([email_for(0)])] == [True]  # answered: later requests go together
     got = []
     with pytest.raises(RuntimeError, match="database went away"):
         for result in transport.send(feed()):
             got.append(result)
     transport.close()
-    assert len(got) == 3 and all(r.ok and r.provider_id for r in got) and fake.sends == 3
+    assert len(got) == 3 and all(r.ok and r.provider_id for r in got) and fake.sends == 4
+    assert fake.max_in_flight == 3  # the three were out together when the feed failed
+
+
+@pytest.mark.parametrize("fake", ["postmark"], indirect=True)
+def test_the_first_request_goes_alone_and_the_next_are_composed_meanwhile(fake) -> None:
+    """Until the API has answered once, one request is out; the emails of the next requests are taken
+    (composed) meanwhile but sent only after that answer, then together."""
+    from service.transports import OutboundEmail, make_transport
+
+    results: list = []
+    taken: list[int] = []  # answers yielded so far, when each email was taken
+
+    def feed():
+        for n in range(1, 9):
+            taken.append(len(results))
+            yield OutboundEmail(message_pk=n, envelope_from="c@backpainwarriors.example",
+                                recipient=f"r{n}@example.com", from_header="Coach <c@backpainwarriors.example>",
+                                to_header=f"r{n}@example.com", subject="hi", text="hi\n", html="<p>hi</p>",
+                                headers=(), raw=b"")
+
+    fake.latency = 0.3
+    transport = make_transport(f"postmark://t@?endpoint={fake.url}&concurrency=4&batch=2")
+    for result in transport.send(feed()):
+        results.append(result)
+    transport.close()
+    assert len(results) == 8 and all(r.ok for r in results) and fake.sends == 8
+    assert taken == [0] * 8  # all four batches composed before the first answer came back
+    assert fake.max_in_flight == 3  # the first went alone; the three staged batches went together after it

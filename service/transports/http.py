@@ -185,20 +185,26 @@ class HttpTransport:
     def send(self, batch: Iterable[OutboundEmail]) -> Iterator[SendResult]:
         feed = iter(batch)
         pending: deque[tuple[list[OutboundEmail], Future]] = deque()
+        staged: deque[list[OutboundEmail]] = deque()  # composed, waiting for the first answer
         stop: Exception | None = None  # once set, nothing more is sent; raised after the answers in flight
         while True:
             while stop is None and len(pending) < (self.concurrency if self._proven else 1):
-                try:
-                    items = list(islice(feed, self.batch_size))  # composed here, in the dispatcher's thread
-                except Exception as exc:
-                    # The dispatcher's feed failed (its database, in a re-check) while requests are out:
-                    # their answers are yielded first, so the emails they carried are recorded as sent
-                    # rather than sent again after the lease; then the error goes on.
-                    stop = exc
-                    break
-                if not items:
-                    break
-                pending.append((items, self._executor().submit(self.call, items)))
+                items = staged.popleft() if staged else self._take(feed)
+                if isinstance(items, Exception):
+                    stop = items
+                elif items:
+                    pending.append((items, self._executor().submit(self.call, items)))
+                    continue
+                break
+            while stop is None and not self._proven and pending and len(staged) < self.concurrency - 1:
+                # While the first request is out, the next batches are composed, not sent.
+                items = self._take(feed)
+                if isinstance(items, Exception):
+                    stop = items
+                elif items:
+                    staged.append(items)
+                    continue
+                break
             if not pending:
                 break
             items, future = pending.popleft()
@@ -206,6 +212,16 @@ class HttpTransport:
             yield from results
         if stop is not None:
             raise stop
+
+    def _take(self, feed: Iterator[OutboundEmail]) -> list[OutboundEmail] | Exception:
+        """The next request's emails, composed here in the dispatcher's thread ([] when the feed is done).
+        If the feed fails (its database, in a re-check) while requests are out, the error is returned:
+        their answers are yielded first, so the emails they carried are recorded as sent rather than sent
+        again after the lease, and then the error goes on."""
+        try:
+            return list(islice(feed, self.batch_size))
+        except Exception as exc:
+            return exc
 
     def _answers(self, items: list[OutboundEmail], future: Future, stop: Exception | None,
                  *, last: bool) -> tuple[list[SendResult], Exception | None]:
