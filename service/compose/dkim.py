@@ -14,6 +14,7 @@ riding along; From is listed twice ("over-signed", RFC 6376 §8.15) so a second 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 import time
@@ -108,20 +109,33 @@ def selected_headers(head: bytes) -> list[bytes]:
     return out
 
 
+_H_FOLDED = ":".join(name.decode() for name in H_NAMES).replace(
+    ":mime-version:", ":\r\n\tmime-version:").replace(":list-id:", ":\r\n\tlist-id:")
+_PKCS1, _SHA256 = padding.PKCS1v15(), hashes.SHA256()
+
+
+@functools.lru_cache(maxsize=16)
+def _field_template(algorithm: str, domain: str, selector: str) -> tuple[str, bytes]:
+    """(the field as written, its relaxed canonical form), with `{t}` and `{bh}` left to fill: the same
+    for every email a key signs, so it is canonicalized once rather than per email."""
+    value = (f" v=1; a={algorithm}; c=relaxed/relaxed; d={domain}; s={selector};\r\n"
+             f"\tt={{t}}; h={_H_FOLDED};\r\n\tbh={{bh}};\r\n\tb=")
+    return value, relaxed_header(b"DKIM-Signature", value.encode())[:-2]
+
+
 def _signature(key: DkimKey, signed_part: bytes, body_hash: str, stamp: int) -> bytes:
-    """One DKIM-Signature header field, CRLF-terminated and folded below 78 columns."""
-    h_list = ":".join(name.decode() for name in H_NAMES)
-    # Folded between tags and at a colon of h=; relaxed canonicalization reads each fold as one space.
-    h_folded = h_list.replace(":mime-version:", ":\r\n\tmime-version:").replace(":list-id:", ":\r\n\tlist-id:")
-    value = (f" v=1; a={key.algorithm}; c=relaxed/relaxed; d={key.domain}; s={key.selector};\r\n"
-             f"\tt={stamp}; h={h_folded};\r\n\tbh={body_hash};\r\n\tb=").encode()
+    """One DKIM-Signature header field, CRLF-terminated and folded below 78 columns. Folded between tags
+    and at a colon of h=; relaxed canonicalization reads each fold as one space."""
+    written, canonical = _field_template(key.algorithm, key.domain, key.selector)
+    bh, t = body_hash.encode(), str(stamp).encode()
     # What is signed: the selected headers, then this field with an empty b= and no final CRLF (§3.7).
-    data = signed_part + relaxed_header(b"DKIM-Signature", value)[:-2]
+    data = signed_part + canonical.replace(b"{t}", t, 1).replace(b"{bh}", bh, 1)
     if isinstance(key.private, ed25519.Ed25519PrivateKey):
         # RFC 8463 §3: Ed25519 signs the SHA-256 hash of that data (PureEdDSA over the digest).
         signature = key.private.sign(hashlib.sha256(data).digest())
     else:
-        signature = key.private.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    b64 = base64.b64encode(signature).decode()
-    folded = "\r\n\t".join(b64[i:i + 72] for i in range(0, len(b64), 72))
-    return b"DKIM-Signature:" + value + folded.encode() + b"\r\n"
+        signature = key.private.sign(data, _PKCS1, _SHA256)
+    b64 = base64.b64encode(signature)
+    folded = b"\r\n\t".join(b64[i:i + 72] for i in range(0, len(b64), 72))
+    value = written.replace("{t}", str(stamp), 1).replace("{bh}", body_hash, 1).encode()
+    return b"DKIM-Signature:" + value + folded + b"\r\n"
