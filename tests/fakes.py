@@ -51,7 +51,11 @@ class FakeProvider:
         self.script: list[Reply] = []
         self.files: dict[str, bytes] = {}
         self.sends = 0  # logical sends the fake "delivered"
+        self.sent_to: list[str] = []  # recipients of the emails sent in batches, in order
+        self.refuse: dict[str, tuple[int, str]] = {}  # in batches: recipient part -> (ErrorCode, message)
         self._idem: dict[str, tuple[int, dict, bytes]] = {}
+        self.latency = 0.0  # seconds every answer waits (a round trip), unless its Reply says otherwise
+        self.in_flight = self.max_in_flight = 0  # requests being answered now, and the most at once
         self.lock = threading.Lock()
         fake = self
 
@@ -65,11 +69,17 @@ class FakeProvider:
                 self._answer(200 if body is not None else 404, {}, body or b"not found")
 
             def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, headers, body, delay = fake._respond(self, raw)
-                if delay:
-                    time.sleep(delay)
-                self._answer(status, headers, body)
+                with fake.lock:
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    status, headers, body, delay = fake._respond(self, raw)
+                    time.sleep(delay or fake.latency)
+                    self._answer(status, headers, body)
+                finally:
+                    with fake.lock:
+                        fake.in_flight -= 1
 
             def _answer(self, status: int, headers: dict, body: bytes) -> None:
                 try:
@@ -111,13 +121,36 @@ class FakeProvider:
                 return (*self._idem[key], 0.0)
             reply = self.script.pop(0) if self.script else None
             if reply is None or 200 <= reply.status < 300:
-                status, headers, body = self._success()
-                self.sends += 1
+                if handler.path.endswith("/batch"):
+                    status, headers, body = self._batch_success(json.loads(raw))
+                else:
+                    status, headers, body = self._success()
+                    self.sends += 1
                 if key:
                     self._idem[key] = (status, headers, body)
                 return status, headers, body, reply.delay if reply else 0.0
         body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body or {}).encode()
         return reply.status, {"Content-Type": "application/json", **reply.headers}, body, reply.delay
+
+    def _batch_success(self, emails: list[dict]) -> tuple[int, dict, bytes]:
+        """A batch answered as Postmark (one result per email, in order) or Resend in permissive mode (ids of
+        the accepted emails in `data`, the refused ones by index in `errors`). An email whose recipient is
+        in `refuse` is refused with that (ErrorCode, message); the others count as sent."""
+        results, data, errors = [], [], []
+        for n, mail in enumerate(emails):
+            to = mail["To"] if self.provider == "postmark" else mail["to"][0]
+            refused = next((v for k, v in self.refuse.items() if k in to), None)
+            ident = str(uuid.uuid4())
+            if refused:
+                results.append({"ErrorCode": refused[0], "Message": refused[1], "To": to})
+                errors.append({"index": n, "message": refused[1]})
+            else:
+                self.sends += 1
+                self.sent_to.append(to)
+                results.append({"ErrorCode": 0, "Message": "OK", "MessageID": ident, "To": to})
+                data.append({"id": ident})
+        body = results if self.provider == "postmark" else {"data": data, "errors": errors}
+        return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
     def _success(self) -> tuple[int, dict, bytes]:
         ident = str(uuid.uuid4())

@@ -59,6 +59,26 @@ def test_tick_bench(backend: str) -> None:
 
 
 @pytest.mark.slow
+def test_send_bench_signed(backend: str) -> None:
+    """bench/send.py --dkim rsa+ed25519: every email signed and delivered once; the CPU split row is there."""
+    out = run_bench("send.py", "--n", "30", "--workers", "2", "--db", backend, "--dkim", "rsa+ed25519")
+    [counts] = rows(out, "sent/missing/doubles")
+    assert counts[1] == "30.0" and counts[2].endswith(" 0.0"), out
+    assert len(rows(out, "DKIM RSA-2048+Ed25519")) >= 1 and len(rows(out, "CPU split")) == 1
+
+
+@pytest.mark.slow
+def test_providers_bench(backend: str) -> None:
+    """bench/providers.py: through each provider transport to the fake, every reader gets one email."""
+    out = run_bench("providers.py", "--n", "40", "--delay", "0.01", "--db", backend)
+    counts = rows(out, "sent/missing/doubles")
+    assert len(counts) == 5
+    for row in counts:
+        assert row[1] == "40.0" and row[2].endswith(" 0.0"), out
+    assert len(rows(out, "bare client")) == 5
+
+
+@pytest.mark.slow
 @pytest.mark.postgresql_only  # bench/console_scale.py seeds PostgreSQL (generate_series, COPY) only
 def test_console_scale_bench() -> None:
     """bench/console_scale.py: a tiny year-old database is seeded, every view answers 200, the counts are

@@ -194,7 +194,8 @@ def test_a_failed_background_write_is_written_again_when_the_provider_then_refus
 
     fake = FakeProvider("postmark")
     try:
-        rt = build_runtime(replace(runtime.settings, email_url=transport_url("postmark", fake)))
+        # batch=1: one request per email, so the provider can accept the first and refuse the second
+        rt = build_runtime(replace(runtime.settings, email_url=transport_url("postmark", fake, batch="1")))
         first, second = enroll_many(rt, 2, prefix="key")
         fail_once(first)
         fake.script.extend([Reply(200), Reply(401, {"ErrorCode": 10, "Message": "bad token"})])

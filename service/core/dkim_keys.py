@@ -4,27 +4,26 @@ An RSA key (PEM, PKCS#1 or PKCS#8, 1024 bits at least, 2048 advised) or an Ed255
 `openssl genpkey -algorithm ed25519` writes it, or dkimpy's raw base64 seed). During a key rotation two
 keys sign every message, each with its own selector. A bad key file is a ConfigError naming the variable,
 so the service does not start with signing silently off. Signing itself is service/compose/dkim.py.
+
+Keys are read by the `cryptography` package (OpenSSL): no hand-written DER or PEM parsing here.
 """
 from __future__ import annotations
 
 import base64
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import nacl.signing
-from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from service.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from service.core.config import Settings
 
-_PEM = re.compile(rb"-----BEGIN ([A-Z ]+)-----(.*?)-----END \1-----", re.DOTALL)
-# DER of a PKCS#8 Ed25519 private key is this fixed 16-byte prefix followed by the 32-byte seed (RFC 8410).
-_ED25519_PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
-_RSA_OID = bytes.fromhex("06092a864886f70d010101")
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class DkimKey:
     domain: str
     selector: str
     algorithm: str  # "rsa-sha256" or "ed25519-sha256"
-    private: bytes = field(repr=False)  # what dkimpy takes: PEM for RSA, base64 seed for Ed25519
+    private: PrivateKey = field(repr=False, compare=False)
     public: bytes  # the p= value, base64 (SubjectPublicKeyInfo for RSA, the raw key for Ed25519)
     bits: int = 256
 
@@ -54,55 +53,51 @@ def load_key(path: str, *, domain: str, selector: str, variable: str) -> DkimKey
     except OSError as exc:
         raise ConfigError(f"{variable}: cannot read DKIM key file {path!r}: {exc.strerror or exc}") from None
     try:
-        return _parse_key(data, domain=domain, selector=selector)
-    except (ValueError, UnparsableKeyError, IndexError, KeyError) as exc:
+        return key_from_bytes(data, domain=domain, selector=selector)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"{variable}: {path!r} is not an RSA or Ed25519 private key ({exc})") from None
 
 
-def _parse_key(data: bytes, *, domain: str, selector: str) -> DkimKey:
-    m = _PEM.search(data)
-    if m is None:  # dkimpy's own Ed25519 format: the base64 of the 32-byte seed
+def key_from_bytes(data: bytes, *, domain: str, selector: str) -> DkimKey:
+    """A DkimKey from the contents of a key file (PEM, or dkimpy's base64 Ed25519 seed)."""
+    if b"-----BEGIN" not in data:  # dkimpy's own Ed25519 format: the base64 of the 32-byte seed
         seed = base64.b64decode(data.strip(), validate=True)
-        return _ed25519(seed, domain, selector)
-    der = base64.b64decode(b"".join(m.group(2).split()))
-    if der.startswith(_ED25519_PKCS8_PREFIX) and len(der) == 48:
-        return _ed25519(der[16:], domain, selector)
-    if m.group(1) not in (b"RSA PRIVATE KEY", b"PRIVATE KEY"):
-        raise ValueError(f"unsupported PEM block {m.group(1).decode()!r}")
-    # dkimpy's PEM reader takes PKCS#1 and PKCS#8 DER alike, whatever the PEM label says.
-    pem = b"-----BEGIN RSA PRIVATE KEY-----\n" + base64.encodebytes(der) + b"-----END RSA PRIVATE KEY-----\n"
-    key = parse_pem_private_key(pem)
-    bits = key["modulus"].bit_length()
-    if bits < 1024:
-        raise ValueError(f"an RSA key of {bits} bits is refused by receivers; use 2048")
-    public = base64.b64encode(rsa_public_der(key["modulus"], key["publicExponent"]))
-    return DkimKey(domain=domain, selector=selector, algorithm="rsa-sha256", private=pem, public=public, bits=bits)
+        if len(seed) != 32:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+        return from_private_key(ed25519.Ed25519PrivateKey.from_private_bytes(seed), domain=domain,
+                                selector=selector)
+    key = serialization.load_pem_private_key(data, password=None)
+    return from_private_key(key, domain=domain, selector=selector)
 
 
-def _ed25519(seed: bytes, domain: str, selector: str) -> DkimKey:
-    if len(seed) != 32:
-        raise ValueError("an Ed25519 seed is 32 bytes")
-    verify_key = nacl.signing.SigningKey(seed).verify_key
-    return DkimKey(domain=domain, selector=selector, algorithm="ed25519-sha256", private=base64.b64encode(seed),
-                   public=base64.b64encode(bytes(verify_key)))
+def from_private_key(key: object, *, domain: str, selector: str) -> DkimKey:
+    """A DkimKey for a `cryptography` private key object; other key types (EC, DSA) are refused."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return DkimKey(domain=domain, selector=selector, algorithm="ed25519-sha256", private=key,
+                       public=base64.b64encode(raw))
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < 1024:
+            raise ValueError(f"an RSA key of {key.key_size} bits is refused by receivers; use 2048")
+        spki = key.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        return DkimKey(domain=domain, selector=selector, algorithm="rsa-sha256", private=key,
+                       public=base64.b64encode(spki), bits=key.key_size)
+    raise ValueError(f"unsupported key type {type(key).__name__}; DKIM signs with RSA or Ed25519")
 
 
-def _der(tag: int, body: bytes) -> bytes:
-    n = len(body)
-    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes(
-        (n.bit_length() + 7) // 8, "big")
-    return bytes([tag]) + length + body
-
-
-def _der_int(value: int) -> bytes:
-    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
-
-
-def rsa_public_der(modulus: int, exponent: int) -> bytes:
-    """SubjectPublicKeyInfo DER for an RSA public key: what a DKIM TXT record's p= holds."""
-    rsa_public_key = _der(0x30, _der_int(modulus) + _der_int(exponent))
-    algorithm = _der(0x30, _RSA_OID + b"\x05\x00")
-    return _der(0x30, algorithm + _der(0x03, b"\x00" + rsa_public_key))
+def same_public_key(published: bytes, key: DkimKey) -> bool:
+    """Whether the p= bytes published in DNS are `key`'s public half. RSA records may hold the
+    SubjectPublicKeyInfo or the bare PKCS#1 key (both are seen in the wild); Ed25519 holds the raw key."""
+    ours = base64.b64decode(key.public)
+    if key.algorithm != "rsa-sha256":
+        return published == ours
+    try:
+        theirs = serialization.load_der_public_key(published)
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    mine = serialization.load_der_public_key(ours)
+    return isinstance(theirs, rsa.RSAPublicKey) and theirs.public_numbers() == mine.public_numbers()
 
 
 def load_keys(settings: Settings) -> tuple[DkimKey, ...]:

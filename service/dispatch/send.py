@@ -185,7 +185,9 @@ class SendRun:
         subjects: dict[int, str] = {}
         self.raw = {}  # kept "as sent" by record()
         handed: list[OutboundEmail] = []  # result n belongs to handed[n]
-        results = transport.send(self._feed(jobs, handed, outcomes, subjects, clock, summary))
+        # A provider API sent fields, not our MIME, signs what it builds: signing ours would be thrown away.
+        sign = getattr(transport, "sends_mime", True)
+        results = transport.send(self._feed(jobs, handed, outcomes, subjects, clock, summary, sign))
         last_flush, n = time.monotonic(), 0
 
         def flush(*, last: bool = False) -> None:
@@ -246,7 +248,8 @@ class SendRun:
         return None
 
     def _feed(self, jobs: list[ComposeJob], handed: list[OutboundEmail], outcomes: list[tuple[int, SendResult]],
-              subjects: dict[int, str], clock: Callable[[], datetime], summary: PassSummary) -> Iterator[OutboundEmail]:
+              subjects: dict[int, str], clock: Callable[[], datetime], summary: PassSummary,
+              sign: bool = True) -> Iterator[OutboundEmail]:
         """Composes and hands emails to the transport one by one. When more than `recheck_seconds` have
         passed since the last check, the rest of the chunk is re-checked first: an unsubscribe that arrives
         while a slow relay works through the chunk still stops the emails not yet handed over."""
@@ -259,7 +262,7 @@ class SendRun:
             if job.message_pk not in wanted or job.message_pk not in self.unfinished:
                 continue
             try:
-                item = self.d.composer.compose(job)
+                item = self.d.composer.compose(job, sign=sign)
             except Exception as exc:  # a template bug fails this message loudly, not the pass
                 log.exception("cannot compose message %s", job.message_pk)
                 outcomes.append((job.message_pk, SendResult(ok=False, permanent=True,

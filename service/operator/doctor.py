@@ -17,9 +17,8 @@ from urllib.parse import urlsplit
 import dns.exception
 import dns.name
 import dns.resolver
-from dkim.crypto import UnparsableKeyError, parse_public_key
 
-from service.core.dkim_keys import DkimKey
+from service.core.dkim_keys import DkimKey, same_public_key
 from service.transports.smtp import SmtpConfig
 
 FREE_MAIL = frozenset({
@@ -197,11 +196,8 @@ def _check_key(resolver: dns.resolver.Resolver, key: DkimKey) -> Finding:
 
 def _same_key(key: DkimKey, published_b64: str) -> bool:
     try:
-        published = base64.b64decode(published_b64, validate=True)
-        if key.algorithm != "rsa-sha256":
-            return published == base64.b64decode(key.public)
-        return parse_public_key(published) == parse_public_key(base64.b64decode(key.public))
-    except (ValueError, UnparsableKeyError):
+        return same_public_key(base64.b64decode(published_b64, validate=True), key)
+    except ValueError:
         return False
 
 

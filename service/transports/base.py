@@ -61,6 +61,9 @@ class TransportError(Exception):
 
 class Transport(Protocol):
     name: str
+    # Whether `raw` (our MIME, with its DKIM signatures) is what goes out. Provider APIs that take text and
+    # HTML fields build and sign their own message; a transport may set this False (the default is True).
+    sends_mime: bool
 
     def send(self, batch: Iterable[OutboundEmail]) -> Iterator[SendResult]:
         """Send each email; yield a result per email in order. Raise TransportError only before the first.

@@ -15,6 +15,7 @@ from service.transports.base import OutboundEmail, SendResult, TransportError
 
 class FileTransport:
     name = "file"
+    sends_mime = True
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory

@@ -14,6 +14,7 @@ from service.transports.http import ApiUrl, HttpTransport, custom_headers, split
 
 class SendGridTransport(HttpTransport):
     name = "sendgrid"
+    sends_mime = False  # the API takes text and HTML fields and signs the email it builds
 
     def __init__(self, url: ApiUrl) -> None:
         super().__init__(url)

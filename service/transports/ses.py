@@ -21,6 +21,7 @@ from service.transports.http import ApiUrl, HttpTransport
 
 class SesTransport(HttpTransport):
     name = "ses"
+    default_concurrency = 8  # SES counts sends per second against the account's quota
 
     def __init__(self, url: ApiUrl) -> None:
         super().__init__(url)

@@ -82,6 +82,7 @@ def classify(code: int, message: bytes | str, *, stage: str = "DATA") -> SendRes
 
 class SmtpTransport:
     name = "smtp"
+    sends_mime = True
 
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config

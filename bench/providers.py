@@ -1,0 +1,207 @@
+"""Provider API throughput: two Drip workers sending through each provider transport against a local fake
+that answers in that provider's format after an injected round trip (bench/provider_fake.py, 80 ms by
+default), against a bare client sending the same requests with the same concurrency over keep-alive
+connections, measured in the same run.
+
+Drip: N queued readers, 2 worker processes (bench/worker.py: claim, render, MIME, DKIM if set, send,
+record), DRIP_EMAIL_URL pointing the real transport at the fake. emails/s = N / (last end - first start).
+The fake counts emails per recipient: every reader must get exactly one (zero missing, zero doubled).
+
+Bare client: 2 processes, each with the same number of threads as Drip's `concurrency`, each thread with
+its own keep-alive `requests.Session`, posting the request bytes Drip's transport builds for one email (or
+one batch of the size Drip sends) over and over; no database, no composing, no JSON per email.
+
+    .venv/bin/python bench/providers.py [--n 6000] [--delay 0.08] [--providers postmark,resend,...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import PY, ROOT, Row, make_templates, pg_create, pg_drop, print_table, seed, sqlite_create
+from send import bench_composer, bench_job, rate, run_workers, worker_env
+
+PROVIDERS = ("postmark", "resend", "sendgrid", "mailgun", "ses")
+# Requests in flight per worker. Batch APIs need few; single-email APIs need about
+# target rate x round trip / workers (1,000/s x 0.08 s / 2 = 40) and a margin for the ends of chunks.
+CONCURRENCY = {"postmark": 4, "resend": 4, "sendgrid": 64, "mailgun": 64, "ses": 64}
+
+
+def provider_url(provider: str, port: int) -> str:
+    q = f"endpoint=http://127.0.0.1:{port}&concurrency={CONCURRENCY[provider]}&timeout=30"
+    return {"postmark": f"postmark://pm-token@?stream=broadcast&{q}", "sendgrid": f"sendgrid://SG.key@?{q}",
+            "mailgun": f"mailgun://mg-key@mg.example.org?{q}", "ses": f"ses://AKIDEXAMPLE:secret@us-east-1?{q}",
+            "resend": f"resend://re_key@?{q}"}[provider]
+
+
+class FakeProcess:
+    def __init__(self, delay: float) -> None:
+        self.proc = subprocess.Popen([PY, str(ROOT / "bench" / "provider_fake.py"), "--delay", str(delay)],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening "):
+            raise RuntimeError(f"provider fake did not start: {line!r}")
+        self.port = int(line.split()[1])
+
+    def call(self, path: str) -> dict:
+        import requests
+
+        method = "GET" if path == "/stats" else "POST"
+        return requests.request(method, f"http://127.0.0.1:{self.port}{path}", timeout=30).json()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def captured_request(provider: str, port: int, templates: Path) -> tuple[str, bytes, dict[str, str], int]:
+    """(url, body, headers, emails per request) of one request exactly as Drip's transport builds it."""
+    import requests
+
+    from service.dispatch.send import CHUNK
+    from service.transports import make_transport
+
+    transport = make_transport(provider_url(provider, port))
+    item = bench_composer(templates).compose(bench_job(templates))
+    per_request = min(transport.batch_size, CHUNK)  # a batch never spans the dispatcher's chunks
+    seen: dict = {}
+
+    class Capture:
+        def post(self, url: str, **kw: object) -> None:
+            seen.update(kw, url=url)
+
+    transport._local.session = Capture()
+    if per_request == 1:
+        transport.request(item)
+    else:
+        transport.request_batch([item] * per_request)
+    kw = {k: v for k, v in seen.items() if k in ("json", "data", "files", "headers", "auth")}
+    prepared = requests.Request("POST", seen["url"], **kw).prepare()
+    return seen["url"], prepared.body, dict(prepared.headers), per_request
+
+
+def bare(path: str, requests_total: int, threads: int) -> None:
+    """--bare mode: `threads` keep-alive sessions posting the captured request `requests_total` times."""
+    import requests
+
+    spec = json.loads(Path(path).read_text())
+    body = bytes.fromhex(spec["body"])
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.time()
+    counter = iter(range(requests_total))
+    lock = threading.Lock()
+    failures = []
+
+    def loop() -> None:
+        with requests.Session() as session:
+            while True:
+                with lock:
+                    if next(counter, None) is None:
+                        return
+                r = session.post(spec["url"], data=body, headers=spec["headers"], timeout=30)
+                if r.status_code >= 300:
+                    failures.append(r.status_code)
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    print(json.dumps({"start": start, "end": time.time(), "failures": len(failures)}), flush=True)
+
+
+def bare_rate(provider: str, fake: FakeProcess, templates: Path, n: int, processes: int = 2) -> float:
+    url, body, headers, per_request = captured_request(provider, fake.port, templates)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"url": url, "body": body.hex(), "headers": headers}, f)
+    requests_each = max(1, n // per_request // processes)
+    procs = [subprocess.Popen([PY, __file__, "--bare", f.name, "--requests", str(requests_each),
+                               "--threads", str(CONCURRENCY[provider])],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    for p in procs:
+        p.stdout.readline()
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in procs]
+    Path(f.name).unlink()
+    if any(r["failures"] for r in results):
+        raise RuntimeError(f"bare client: {provider} fake refused requests")
+    return rate(results, requests_each * per_request * processes)
+
+
+def measure_drip(provider: str, fake: FakeProcess, db: str, tmp: Path, templates: Path, n: int,
+                 extra: dict[str, str]) -> dict:
+    tag = f"prov_{provider}"
+    url = pg_create(f"drip_bench_{tag}") if db == "postgresql" else sqlite_create(tmp / f"{tag}.sqlite3")
+    seed(url, total=n, due=n, now=datetime.now(UTC))
+    fake.call("/reset")
+    results = run_workers(2, worker_env(url, provider_url(provider, fake.port), templates, **extra))
+    stats = fake.call("/stats")
+    if db == "postgresql":
+        pg_drop(f"drip_bench_{tag}")
+    return {"rate": rate(results, n), "sent": sum(r["sent"] for r in results), "missing": n - stats["distinct"],
+            "doubles": stats["doubles"], "worker_us": sum(r["cpu_s"] for r in results) / n * 1e6}
+
+
+def run(n: int = 6_000, delay: float = 0.08, providers: tuple[str, ...] = PROVIDERS, db: str = "postgresql",
+        dkim: str | None = "rsa") -> list[Row]:
+    """One row per provider (rate vs the bare client, goal >= 0.6 and >= 1,000/s) and one of counts.
+    Signed with an RSA-2048 DKIM key by default, as in production (Mailgun and SES carry our MIME)."""
+    from send import dkim_key_files
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        templates = make_templates(tmp / "templates")
+        extra = dkim_key_files(tmp, dkim)
+        fake = FakeProcess(delay)
+        try:
+            for provider in providers:
+                before = bare_rate(provider, fake, templates, n)
+                got = measure_drip(provider, fake, db, tmp, templates, n, extra)
+                limit = (before + bare_rate(provider, fake, templates, n)) / 2
+                counts_ok = got["sent"] == n and got["missing"] == 0 and got["doubles"] == 0
+                rows.append(Row(f"{provider} 2 workers, {delay * 1000:.0f} ms API, concurrency "
+                                f"{CONCURRENCY[provider]}", got["rate"], "/s", "bare client, same requests",
+                                limit, ">= 60%, 1000/s",
+                                counts_ok and got["rate"] >= 0.6 * limit and got["rate"] >= 1000))
+                rows.append(Row(f"  {provider}: sent/missing/doubles (worker CPU {got['worker_us']:,.0f} us)",
+                                got["sent"], "", "missing + doubles", got["missing"] + got["doubles"], "0 + 0",
+                                counts_ok))
+        finally:
+            fake.stop()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Drip through each provider API vs a bare client")
+    parser.add_argument("--n", type=int, default=6_000)
+    parser.add_argument("--delay", type=float, default=0.08, help="the fake API's round trip, seconds")
+    parser.add_argument("--providers", default=",".join(PROVIDERS))
+    parser.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument("--dkim", choices=("rsa", "none"), default="rsa")
+    parser.add_argument("--bare", help=argparse.SUPPRESS)
+    parser.add_argument("--requests", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare:
+        bare(args.bare, args.requests, args.threads)
+        return
+    print_table(run(args.n, args.delay, tuple(args.providers.split(",")), args.db,
+                    None if args.dkim == "none" else args.dkim))
+
+
+if __name__ == "__main__":
+    main()
