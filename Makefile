@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test browser contract clean bench soak
+.PHONY: install run test browser spamassassin contract clean bench soak
 
 install: $(STAMP)
 
@@ -27,7 +27,14 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
 	  { echo "could not install chromium (apt-get); the browser tests need /usr/bin/chromium" >&2; exit 1; }; }
 
-test: install browser
+# Debian's SpamAssassin scores every campaign step in the suite (local rules only, no network).
+spamassassin:
+	@test -x /usr/bin/spamassassin || { \
+	  echo "installing Debian's spamassassin for the campaign spam-score tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq spamassassin) >/dev/null || \
+	  { echo "could not install spamassassin (apt-get); the spam-score tests need /usr/bin/spamassassin" >&2; exit 1; }; }
+
+test: install browser spamassassin
 	$(BIN)/ruff check service tests bench migrations
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

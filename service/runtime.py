@@ -17,7 +17,13 @@ from service.compose.composer import Composer
 from service.core.config import Settings
 from service.core.db import make_sessionmaker
 from service.core.dkim_keys import load_keys
-from service.core.tokens import make_confirm_token, make_preferences_token, make_unsubscribe_token, make_view_token
+from service.core.tokens import (
+    make_confirm_token,
+    make_join_token,
+    make_preferences_token,
+    make_unsubscribe_token,
+    make_view_token,
+)
 from service.dispatch.dispatcher import Dispatcher
 from service.dispatch.policy import RetryPolicy
 from service.feedback.delivery import Policy
@@ -45,6 +51,11 @@ class Runtime:
         key, base = self.settings.secret_key, self.settings.base_url
         return {"preferences_url": f"{base}/preferences/{make_preferences_token(key, public_id=public_id)}",
                 "view_url": f"{base}/view/{make_view_token(key, message_pk=message_pk)}"}
+
+    def invite_url(self, public_id: str, campaign: str) -> str:
+        """An inviting campaign's "yes, sign me up" link (the page asks before anything is joined)."""
+        token = make_join_token(self.settings.secret_key, public_id=public_id, campaign=campaign)
+        return f"{self.settings.base_url}/join/{token}"
 
     def confirm_url(self, public_id: str, campaign: str) -> str:
         """Double opt-in: the signed link in a confirmation email."""
@@ -85,4 +96,5 @@ def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:
     rt = Runtime(settings=settings, sessions=make_sessionmaker(settings, pool_size=pool_size),
                  campaigns=campaigns, composer=composer)
     composer.reader_links = rt.reader_links  # here, as the footer's links are signed with the secret key
+    composer.invite_link = rt.invite_url
     return rt

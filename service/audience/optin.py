@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.campaigns.model import Campaign
+from service.campaigns.schedule import next_window_day
 from service.core import events
 from service.core.models import Consent, Enrollment, PendingConfirmation, Subscriber
 from service.enrollment import start as enrollment_start
@@ -157,3 +158,49 @@ def _send(sessions: sessionmaker[Session], jobs: list[ConfirmJob], compose: Call
                             .values(send_pending=False, sending_until=None,
                                     sends=PendingConfirmation.sends + 1))
     return len(sent)
+
+
+# -- invitations: a lead magnet that promised only a download asks once; the reader's click decides -----
+@dataclass(frozen=True)
+class JoinResult:
+    state: str  # "joined", "already" (in the target already), "inactive" (unsubscribed/bounced) or "invalid"
+    target: Campaign | None
+
+
+def invitation_target(campaign: Campaign | None, campaigns: Mapping[str, Campaign]) -> Campaign | None:
+    """The campaign `campaign` invites its readers to, when it invites to one that exists."""
+    return campaigns.get(campaign.invite_to) if campaign is not None and campaign.invite_to else None
+
+
+def accept_invitation(session: Session, *, public_id: str, campaign: Campaign, campaigns: Mapping[str, Campaign],
+                      now: datetime) -> JoinResult:
+    """The reader said yes on the invitation page: they join `campaign.invite_to` at `invite_at`, its first
+    email due at the next send hour in their zone (not a week later: they just asked). The consent row holds
+    the words the page showed them. A reader who had left the target before is not re-joined silently by an
+    old link: they are told they are already known there and can use the preference page."""
+    target = invitation_target(campaign, campaigns)
+    subscriber = session.scalars(select(Subscriber).where(Subscriber.public_id == public_id)).one_or_none()
+    if target is None or subscriber is None:
+        return JoinResult("invalid", target)
+    if subscriber.status != "active":
+        return JoinResult("inactive", target)
+    step = target.step_by_key(campaign.invite_at or target.steps[0].key) or target.steps[0]
+    due = next_window_day(target, step, after=now, reader_timezone=subscriber.timezone) if step.index else now
+    joined = enrollment_start.start(session, subscriber_id=subscriber.id, campaign=target.key, step=step, due=due,
+                                    due_from=None, now=now)
+    if joined is None:
+        return JoinResult("already", target)
+    session.add(Consent(subscriber_id=subscriber.id, campaign=target.key, created_at=now, source="invitation",
+                        wording=invitation_consent(campaign)))
+    events.record(session, type="signup", now=now, subscriber_id=subscriber.id,
+                  detail=f"said yes to the invitation in {campaign.key}: joined {target.key} at {step.key}",
+                  data={"from": campaign.key, "to": target.key, "step": step.key})
+    return JoinResult("joined", target)
+
+
+INVITATION_BUTTON = "Yes, sign me up"
+
+
+def invitation_consent(campaign: Campaign) -> str:
+    """The consent wording of an accepted invitation: the question and the button, as the page shows them."""
+    return f'Clicked "{INVITATION_BUTTON}" under: {campaign.invite_wording}'

@@ -27,7 +27,30 @@ def load_campaigns(templates_dir: Path) -> dict[str, Campaign]:
             raise CampaignError(f"{campaign.directory / 'campaign.toml'}: digest {campaign.digest!r} is not "
                                 "another campaign")
         check_continuation(campaign, campaigns)
+        check_invitation(campaign, campaigns)
     return campaigns
+
+
+def check_invitation(campaign: Campaign, campaigns: dict[str, Campaign]) -> None:
+    """`invite_to` names another loaded campaign, `invite_at` one of its steps, and `invite_wording` says
+    what the reader is asked (their consent is those words)."""
+    path = campaign.directory / "campaign.toml"
+    source = path.read_text(encoding="utf-8") if path.is_file() else ""
+    n = toml_line(source, "invite_to")
+    where = f"{path}:{n}" if n else str(path)
+    if not campaign.invite_to:
+        if campaign.invite_at or campaign.invite_wording:
+            raise CampaignError(f"{where}: 'invite_at' and 'invite_wording' need 'invite_to'")
+        return
+    target = campaigns.get(campaign.invite_to)
+    if target is None or target.key == campaign.key:
+        raise CampaignError(f"{where}: invite_to {campaign.invite_to!r} is not another campaign")
+    if campaign.continue_into:
+        raise CampaignError(f"{where}: a campaign either continues into another or invites to it, not both")
+    if target.step_by_key(campaign.invite_at or target.steps[0].key) is None:
+        raise CampaignError(f"{where}: invite_at {campaign.invite_at!r} is not a step of {target.key!r}")
+    if not campaign.invite_wording:
+        raise CampaignError(f"{where}: 'invite_to' needs 'invite_wording', the question the reader says yes to")
 
 
 def check_continuation(campaign: Campaign, campaigns: dict[str, Campaign]) -> None:
@@ -126,6 +149,9 @@ def load_campaign(path: Path) -> Campaign:
         send_days=send_days,
         double_opt_in=_flag(data, "double_opt_in", where),
         confirm_subject=text("confirm_subject", required=False) or "Please confirm your email address",
+        invite_to=text("invite_to", required=False),
+        invite_at=text("invite_at", required=False),
+        invite_wording=text("invite_wording", required=False),
     )
 
 

@@ -26,6 +26,7 @@ from service.campaigns.model import Campaign, Step
 from service.compose import mime, render_plan
 from service.compose.dkim import sign as dkim_sign
 from service.core.addresses import ascii_address, new_message_id, sender_address
+from service.core.config import PLACEHOLDER_POSTAL_ADDRESS
 from service.core.dkim_keys import DkimKey
 from service.transports.base import OutboundEmail
 
@@ -88,6 +89,8 @@ class Composer:
     # The footer's reader links: (public_id, message_pk) -> {"preferences_url", "view_url"}; the runtime
     # sets it (it holds the secret key). Unset (previews, lint) the links point at sample pages.
     reader_links: Callable[[str, int], dict[str, str]] | None = None
+    # An inviting campaign's "yes" link: (public_id, campaign key) -> URL; set by the runtime like reader_links.
+    invite_link: Callable[[str, str], str] | None = None
 
     def __init__(self, *, templates_dir: Path, base_url: str, postal_address: str, from_override: str | None = None,
                  unsubscribe_mailto: str | None = None, dkim_keys: tuple[DkimKey, ...] = (),
@@ -104,7 +107,8 @@ class Composer:
         # Subjects are plain text headers, not HTML: escaping would show "&amp;" in the inbox.
         self.subject_env = Environment(undefined=StrictUndefined, autoescape=False)  # noqa: S701
         self.base_url = base_url
-        self.postal_address = postal_address
+        # The placeholder is for the operator's warning, not for readers: the footer then shows no address.
+        self.postal_address = "" if postal_address == PLACEHOLDER_POSTAL_ADDRESS else postal_address
         self.from_override = from_override
         self.unsubscribe_mailto = unsubscribe_mailto
         self.inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
@@ -157,6 +161,9 @@ class Composer:
         else:
             links = {"preferences_url": f"{self.base_url}/preferences/sample",
                      "view_url": f"{self.base_url}/view/sample"}
+        if job.campaign.invite_to:  # only an inviting campaign's templates may print {{ invite_url }}
+            links["invite_url"] = (self.invite_link(job.public_id, job.campaign.key)
+                                   if self.invite_link is not None and job.public_id else f"{self.base_url}/join/sample")
         return {**links, "resources": self._resources(job.campaign)}
 
     def _resources(self, campaign: Campaign) -> dict[str, str]:
