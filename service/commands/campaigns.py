@@ -58,7 +58,8 @@ def _spam_scores(loaded, composer) -> int:
     for campaign, step, found in spamscore.score_campaigns(loaded, composer):
         over = found.score > spamscore.LIMIT
         errors += over
-        click.echo(f"{campaign}/{step}: {'error: ' if over else ''}SpamAssassin score {round(found.score, 1) + 0.0:.1f} "
+        shown = round(found.score, 1) + 0.0  # + 0.0: a tiny negative score prints as 0.0, not -0.0
+        click.echo(f"{campaign}/{step}: {'error: ' if over else ''}SpamAssassin score {shown:.1f} "
                    f"(limit {spamscore.LIMIT}; tests: {', '.join(found.content_tests) or 'none'})")
     return errors
 

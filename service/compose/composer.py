@@ -162,8 +162,9 @@ class Composer:
             links = {"preferences_url": f"{self.base_url}/preferences/sample",
                      "view_url": f"{self.base_url}/view/sample"}
         if job.campaign.invite_to:  # only an inviting campaign's templates may print {{ invite_url }}
-            links["invite_url"] = (self.invite_link(job.public_id, job.campaign.key)
-                                   if self.invite_link is not None and job.public_id else f"{self.base_url}/join/sample")
+            signed = self.invite_link is not None and job.public_id
+            links["invite_url"] = (self.invite_link(job.public_id, job.campaign.key) if signed
+                                   else f"{self.base_url}/join/sample")
         return {**links, "resources": self._resources(job.campaign)}
 
     def _resources(self, campaign: Campaign) -> dict[str, str]:

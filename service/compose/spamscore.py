@@ -10,9 +10,9 @@ caller says so; `make spamassassin` installs it.
 from __future__ import annotations
 
 import mailbox
-import secrets
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -61,7 +61,7 @@ def score_messages(raws: list[bytes], *, program: str | None = None, timeout: fl
         box.close()
         env = {**os.environ, "HOME": home}
         with box_path.open("rb") as stdin:
-            done = subprocess.run(  # noqa: S603 - a fixed program and fixed arguments, no shell
+            done = subprocess.run(
                 [program, "-L", "-x", "--mbox", "--cf=use_bayes 0", "--cf=bayes_auto_learn 0"],
                 stdin=stdin, capture_output=True, env=env, timeout=timeout, check=False)
     if done.returncode != 0:
