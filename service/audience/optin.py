@@ -18,15 +18,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.campaigns.model import Campaign
 from service.campaigns.schedule import next_window_day
 from service.core import events
-from service.core.models import Consent, Enrollment, PendingConfirmation, Subscriber
+from service.core.models import Consent, Enrollment, Message, PendingConfirmation, Subscriber
 from service.enrollment import start as enrollment_start
+from service.enrollment.suppression import is_suppressed
 from service.transports.base import OutboundEmail, Transport
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,10 @@ def _insert(session: Session):
 
 
 def request(session: Session, *, subscriber: Subscriber, campaign: Campaign, now: datetime,
-            cooldown: timedelta) -> bool:
-    """Stores the pending signup; True when a confirmation email was granted (new, or cooldown passed)."""
+            cooldown: timedelta, since: datetime | None = None) -> bool:
+    """Stores the pending signup; True when a confirmation email was granted (new, or cooldown passed).
+    `since` (a returning reader's unsubscribe time): a pending row older than it belongs to the time before
+    they left, so it is renewed and an email granted whatever the cooldown."""
     created = session.execute(
         _insert(session)(PendingConfirmation)
         .values(subscriber_id=subscriber.id, campaign=campaign.key, created_at=now, requested_at=now,
@@ -51,7 +54,8 @@ def request(session: Session, *, subscriber: Subscriber, campaign: Campaign, now
     granted = session.execute(
         update(PendingConfirmation)
         .where(PendingConfirmation.subscriber_id == subscriber.id, PendingConfirmation.campaign == campaign.key,
-               PendingConfirmation.requested_at <= now - cooldown)
+               (PendingConfirmation.requested_at <= now - cooldown) if since is None else
+               or_(PendingConfirmation.requested_at <= now - cooldown, PendingConfirmation.requested_at <= since))
         .values(requested_at=now, send_pending=True)
     ).rowcount
     return bool(granted)
@@ -59,16 +63,32 @@ def request(session: Session, *, subscriber: Subscriber, campaign: Campaign, now
 
 @dataclass(frozen=True)
 class ConfirmResult:
-    state: str  # "confirmed", "already" (was enrolled), "expired" (no pending signup) or "inactive"
+    # "confirmed", "returned" (an unsubscribed reader came back), "already" (was enrolled), "expired" (no
+    # pending signup) or "inactive"
+    state: str
     campaign: Campaign | None
+    earlier_welcome: int | None = None  # "returned" to a campaign whose welcome they had: that message's id
+
+
+def _asked_since_leaving(session: Session, subscriber: Subscriber, campaign: Campaign):
+    """A returning reader's pending signup: one asked for after they unsubscribed (an older one, from before
+    they left, brings no one back)."""
+    if subscriber.status != "unsubscribed" or subscriber.unsubscribed_at is None:
+        return None
+    return session.scalar(select(PendingConfirmation.id).where(
+        PendingConfirmation.subscriber_id == subscriber.id, PendingConfirmation.campaign == campaign.key,
+        PendingConfirmation.requested_at > subscriber.unsubscribed_at))
 
 
 def confirm(session: Session, *, public_id: str, campaign: Campaign, now: datetime) -> ConfirmResult:
-    subscriber = session.scalars(select(Subscriber).where(Subscriber.public_id == public_id)).one_or_none()
+    subscriber = session.scalars(select(Subscriber).where(Subscriber.public_id == public_id)
+                                 .with_for_update()).one_or_none()
     if subscriber is None:
         return ConfirmResult("expired", campaign)
     if subscriber.status != "active":
-        return ConfirmResult("inactive", campaign)
+        if _asked_since_leaving(session, subscriber, campaign) is None or is_suppressed(session, subscriber.email_key):
+            return ConfirmResult("inactive", campaign)
+        return _come_back(session, subscriber, campaign, now=now)
     pending = session.execute(
         delete(PendingConfirmation)
         .where(PendingConfirmation.subscriber_id == subscriber.id, PendingConfirmation.campaign == campaign.key)
@@ -86,6 +106,40 @@ def confirm(session: Session, *, public_id: str, campaign: Campaign, now: dateti
     events.record(session, type="confirmed", now=now, subscriber_id=subscriber.id,
                   detail=f"double opt-in confirmed for {campaign.key}")
     return ConfirmResult("confirmed", campaign)
+
+
+def _come_back(session: Session, subscriber: Subscriber, campaign: Campaign, *, now: datetime) -> ConfirmResult:
+    """The returning reader clicked: active again, and this campaign starts (its welcome due now) or, if they
+    were in it before, continues with the first step they never had, due now (one message per step, ever:
+    a welcome they had is not sent twice; the page links its web copy instead). Their other campaigns stay
+    stopped: they asked for this one."""
+    session.execute(delete(PendingConfirmation).where(PendingConfirmation.subscriber_id == subscriber.id,
+                                                      PendingConfirmation.campaign == campaign.key))
+    subscriber.status, subscriber.unsubscribed_at, subscriber.updated_at = "active", None, now
+    earlier = None
+    started = enrollment_start.start(session, subscriber_id=subscriber.id, campaign=campaign.key,
+                                     step=campaign.steps[0], due=now, due_from=None, now=now)
+    if started is None:
+        enrollment = session.scalars(select(Enrollment).where(Enrollment.subscriber_id == subscriber.id,
+                                                              Enrollment.campaign == campaign.key)).one()
+        had = dict(session.execute(select(Message.step_key, Message.id).where(Message.enrollment_id == enrollment.id,
+                                                                              Message.sent_at.is_not(None))).all())
+        earlier = had.get(campaign.steps[0].key)
+        used = set(session.scalars(select(Message.step_key).where(Message.enrollment_id == enrollment.id)))
+        nxt = next((step for step in campaign.steps if step.key not in used), None)
+        enrollment.status, enrollment.stopped_reason, enrollment.updated_at = "active", None, now
+        enrollment.due_from = None
+        if nxt is None:  # nothing left to send: the reader is back, the campaign stays finished
+            enrollment.status, enrollment.next_due_at = "completed", None
+        else:
+            enrollment.next_step, enrollment.next_step_key, enrollment.next_due_at = nxt.index, nxt.key, now
+    session.add(Consent(subscriber_id=subscriber.id, campaign=campaign.key, created_at=now, source="confirmed",
+                        wording=f"Came back after unsubscribing, by clicking the link emailed to the address: "
+                                f"{campaign.consent}"))
+    events.record(session, type="resubscribed", now=now, subscriber_id=subscriber.id,
+                  detail=f"came back to {campaign.key}: clicked the link in the come-back email",
+                  data={"campaign": campaign.key, "by": "the reader"})
+    return ConfirmResult("returned", campaign, earlier_welcome=earlier)
 
 
 def expire(session: Session, *, now: datetime, max_age: timedelta) -> int:
@@ -111,6 +165,7 @@ class ConfirmJob:
     to_email: str
     name: str
     public_id: str
+    returning: bool = False  # an unsubscribed reader asked again: the "do you want to come back?" email
 
 
 def send_due(sessions: sessionmaker[Session], *, campaigns: Mapping[str, Campaign], now: datetime,
@@ -121,7 +176,10 @@ def send_due(sessions: sessionmaker[Session], *, campaigns: Mapping[str, Campaig
         expire(session, now=now, max_age=max_age)
         rows = session.execute(
             select(PendingConfirmation, Subscriber).join(Subscriber, Subscriber.id == PendingConfirmation.subscriber_id)
-            .where(PendingConfirmation.send_pending.is_(True), Subscriber.status == "active",
+            .where(PendingConfirmation.send_pending.is_(True),
+                   or_(Subscriber.status == "active",  # or a returning reader who asked after leaving
+                       and_(Subscriber.status == "unsubscribed",
+                            PendingConfirmation.requested_at > Subscriber.unsubscribed_at)),
                    (PendingConfirmation.sending_until.is_(None)) | (PendingConfirmation.sending_until < real_now))
             .limit(200).with_for_update(skip_locked=True, of=PendingConfirmation)
         ).all()
@@ -131,7 +189,8 @@ def send_due(sessions: sessionmaker[Session], *, campaigns: Mapping[str, Campaig
             if campaign is None:
                 continue
             pending.sending_until = real_now + lease
-            jobs.append(ConfirmJob(pending.id, campaign, subscriber.email, subscriber.name, subscriber.public_id))
+            jobs.append(ConfirmJob(pending.id, campaign, subscriber.email, subscriber.name, subscriber.public_id,
+                                   returning=subscriber.status == "unsubscribed"))
     if not jobs:
         return 0
     return _send(sessions, jobs, compose, transport_factory)

@@ -373,25 +373,33 @@ def with_utm(url: str, utm: dict[str, str]) -> str:
 
 
 # -- double opt-in confirmations ---------------------------------------------------------------------
+# A returning reader's "do you want to come back?" email goes through the same door as a confirmation.
+COMEBACK_SUBJECT = "Would you like to hear from me again?"
+
+
 def compose_confirmation(composer: Composer, *, campaign: Campaign, to_email: str, name: str, confirm_url: str,
-                         unsubscribe_url: str, now: datetime, pending_id: int, expiry_days: int) -> OutboundEmail:
+                         unsubscribe_url: str, now: datetime, pending_id: int, expiry_days: int,
+                         returning: bool = False) -> OutboundEmail:
     """The confirmation email of a double opt-in campaign: `<campaign>/confirm.*` when the campaign has its
-    own, else `_base/confirm.*`. A transactional email: no List-Unsubscribe headers, not in the message
-    log; its footer still names why it came and links the unsubscribe page."""
+    own, else `_base/confirm.*`; for a reader who unsubscribed and signed up again (`returning`), the
+    come-back email `comeback.*` the same way. A transactional email: no List-Unsubscribe headers, not in
+    the message log; its footer still names why it came and links the unsubscribe page."""
     import secrets
 
     first = one_line(name).split(" ")[0] if one_line(name) else ""
-    subject = header_text(campaign.confirm_subject)[:250]
+    kind = "comeback" if returning else "confirm"
+    subject = header_text(COMEBACK_SUBJECT if returning else campaign.confirm_subject)[:250]
     ctx = {
         "greeting": f"Hi {first}," if first else "Hi there,", "subject": subject, "confirm_url": confirm_url,
         "campaign": {"key": campaign.key, "title": campaign.title, "sender_name": campaign.sender_name},
         "unsubscribe_url": unsubscribe_url, "postal_address": composer.postal_address, "base_url": composer.base_url,
         "why": f"You're getting this email because this address was entered to get the {campaign.title}.",
-        "preheader": "Please confirm your email address", "expiry_days": expiry_days,
+        "preheader": ("One click brings you back; without it, nothing is sent." if returning
+                      else "Please confirm your email address"), "expiry_days": expiry_days,
     }
-    base = campaign.key if (campaign.directory / "confirm.html").is_file() else "_base"
-    text = composer.env.get_template(f"{base}/confirm.txt").render(ctx).strip() + "\n"
-    html = composer.inliner.inline(composer.env.get_template(f"{base}/confirm.html").render(ctx))
+    base = campaign.key if (campaign.directory / f"{kind}.html").is_file() else "_base"
+    text = composer.env.get_template(f"{base}/{kind}.txt").render(ctx).strip() + "\n"
+    html = composer.inliner.inline(composer.env.get_template(f"{base}/{kind}.html").render(ctx))
     from_header = composer.from_header(campaign)
     sender = ascii_address(email.utils.parseaddr(from_header)[1])
     recipient = ascii_address(to_email)

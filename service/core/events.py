@@ -44,6 +44,7 @@ EVENT_TYPES = frozenset({
     "continued",  # a completed lead magnet led into its shared sequence
     "reactivated",  # a completed enrollment whose campaign gained steps
     "confirmed",  # a double opt-in link was clicked
+    "signup_refused",  # a form post for an address that bounced or complained: nothing was sent
     "held",  # the per-reader daily cap moved a message to the next allowed day
 })
 

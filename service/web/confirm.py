@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, render_template
+from flask import Blueprint, render_template, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.audience.optin import INVITATION_BUTTON, accept_invitation, confirm, invitation_target
 from service.core.db import utcnow
-from service.core.tokens import BadToken, read_confirm_token, read_join_token
+from service.core.tokens import BadToken, make_view_token, read_confirm_token, read_join_token
 from service.web import db, runtime
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,16 @@ def confirm_post(token: str):
         session.rollback()
         log.exception("confirmation failed")
         return render_template("confirm.html", state="error", campaign=campaign), 503
-    if result.state == "confirmed":
+    if result.state in ("confirmed", "returned"):
         from service.web.public import runtime_wake
 
         runtime_wake()
-    status = {"confirmed": 200, "already": 200, "expired": 410, "inactive": 409}[result.state]
-    return render_template("confirm.html", state=result.state, campaign=campaign), status
+    status = {"confirmed": 200, "returned": 200, "already": 200, "expired": 410, "inactive": 409}[result.state]
+    earlier = None
+    if result.earlier_welcome is not None:  # they had this welcome before: its web copy, not a second send
+        earlier = url_for("reader.view_in_browser",
+                          token=make_view_token(runtime().settings.secret_key, message_pk=result.earlier_welcome))
+    return render_template("confirm.html", state=result.state, campaign=campaign, earlier_welcome=earlier), status
 
 
 # -- an invitation's "yes": GET asks (scanners join no one), POST joins ------------------------------------

@@ -100,16 +100,22 @@ def signup_webhook(campaign: str | None = None):
     if result.status == "rate_limited":
         pending, message = hits[result.refused_by]
         return _rate_limited(abuse.refusal(message, pending.retry_after), as_json, data, campaign)
-    if result.status in ("created", "pending"):  # a granted confirmation email goes at once too
+    if result.status in ("created", "pending", "returning"):  # a granted confirmation email goes at once too
         runtime_wake()
     if not as_json:
-        return redirect(url_for("public.thanks", campaign=parsed.campaign), code=303)
+        # The thank-you page tells the truth: a returning reader must click the emailed link first; an
+        # address whose mail bounced or was reported as spam gets nothing at all.
+        state = {"returning": "check-inbox", "returning_cooldown": "check-inbox", "inactive": "not-sent",
+                 "suppressed": "not-sent"}.get(result.status)
+        return redirect(url_for("public.thanks", campaign=parsed.campaign, state=state), code=303)
     body = {"status": "subscribed" if result.status in ("created", "existing") else "not_subscribed",
             "campaign": parsed.campaign, "email": parsed.email}
-    if result.status.startswith("pending"):  # double opt-in: the same answer, sent or cooling down
+    if result.status.startswith(("pending", "returning")):  # the same answer, sent or cooling down
         body["status"] = "confirmation_sent"
+    if result.status.startswith("returning"):
+        body["detail"] = "this address had unsubscribed; it comes back only by clicking the link emailed to it"
     if result.status in ("inactive", "suppressed"):
-        body["detail"] = "this address has unsubscribed or bounced; it is not re-enrolled by a signup"
+        body["detail"] = "mail to this address bounced or was reported as spam; nothing is sent to it"
     return jsonify(body), 201 if result.created else 200
 
 
@@ -181,7 +187,8 @@ def thanks(campaign: str):
     c = runtime().campaigns.get(campaign)
     if c is None:
         abort(404)
-    return render_template("thanks.html", campaign=c)
+    state = request.args.get("state")
+    return render_template("thanks.html", campaign=c, state=state if state in ("check-inbox", "not-sent") else None)
 
 
 def _claim(token: str):
