@@ -17,7 +17,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from conftest import with_settings
 from sqlalchemy import func, select, update
-from test_reader import prefs_path
+from test_reader import data_path, prefs_path
 
 from service.app import create_app
 from service.audience.signups import ConsentMeta, parse_signup, signup
@@ -693,7 +693,8 @@ def test_export_and_erasure_touch_only_that_readers_rows(client, runtime, smtp) 
     assert d.queue_due(t1, PassSummary()) == 3
     others = footprints(runtime, ids, "bea", "cy")
 
-    answer = client.post(f"{prefs_path(runtime, ids['ada'])}/export", headers=SITE)
+    answer = client.post(data_path(client, smtp, prefs_path(runtime, ids["ada"]), "export", "ada@example.org"),
+                         headers=SITE)
 
     assert answer.status_code == 200
     body = answer.get_data(as_text=True)
@@ -708,7 +709,8 @@ def test_export_and_erasure_touch_only_that_readers_rows(client, runtime, smtp) 
 
     ada_before = footprint(runtime, ids["ada"])
     assert ada_before["message_contents"]  # her welcome as sent is stored
-    erase = client.post(f"{prefs_path(runtime, ids['bea'])}/erase", data={"confirm": "erase"}, headers=SITE)
+    erase = client.post(data_path(client, smtp, prefs_path(runtime, ids["bea"]), "erase", "bea@example.org"),
+                        data={"confirm": "erase"}, headers=SITE)
     assert erase.status_code == 200
     empty = {table: [] for table in footprint(runtime, ids["bea"])}
     assert footprint(runtime, ids["bea"]) == empty
@@ -726,7 +728,8 @@ def test_export_and_erasure_touch_only_that_readers_rows(client, runtime, smtp) 
                                                                  email_hash("cy@example.org")}
         assert s.scalar(select(func.count()).select_from(Message)) == 2  # Ada's two
     assert d.run_pass(t1).sent == 1
-    assert len(subjects(smtp, "ada@example.org")) == 2
+    # her welcome, the data link she asked for (sent at once, not a campaign email) and week-01
+    assert len(subjects(smtp, "ada@example.org")) == 3
 
 
 def test_the_unsubscribe_link_in_an_email_stops_only_its_reader(client, runtime, smtp) -> None:

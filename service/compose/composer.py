@@ -373,29 +373,39 @@ def with_utm(url: str, utm: dict[str, str]) -> str:
 
 
 # -- double opt-in confirmations ---------------------------------------------------------------------
-# A returning reader's "do you want to come back?" email goes through the same door as a confirmation.
-COMEBACK_SUBJECT = "Would you like to hear from me again?"
+# Emails that carry one link the reader asked for, all through one door: (subject, preheader, why) by kind;
+# the templates are `<kind>.html`/`.txt` in the campaign's folder, else in `_base/`. None: the campaign's.
+TRANSACTIONAL = {
+    "confirm": (None, "Please confirm your email address", None),
+    # a reader who unsubscribed and signed up again: "do you want to come back?"
+    "comeback": ("Would you like to hear from me again?", "One click brings you back; without it, nothing is sent.",
+                 None),
+    # the reader's own data, opened only from their own inbox (a forwarded preference link cannot reach it)
+    "data_export": ("Your link to download your data", "You asked to download your data. The link works for an hour.",
+                    "You're getting this email because someone asked to download the data we hold about this address."),
+    "data_erase": ("Your link to erase your data", "You asked to erase your data. The link works for an hour.",
+                   "You're getting this email because someone asked to erase the data we hold about this address."),
+}
 
 
 def compose_confirmation(composer: Composer, *, campaign: Campaign, to_email: str, name: str, confirm_url: str,
                          unsubscribe_url: str, now: datetime, pending_id: int, expiry_days: int,
-                         returning: bool = False) -> OutboundEmail:
+                         kind: str = "confirm") -> OutboundEmail:
     """The confirmation email of a double opt-in campaign: `<campaign>/confirm.*` when the campaign has its
-    own, else `_base/confirm.*`; for a reader who unsubscribed and signed up again (`returning`), the
-    come-back email `comeback.*` the same way. A transactional email: no List-Unsubscribe headers, not in
-    the message log; its footer still names why it came and links the unsubscribe page."""
+    own, else `_base/confirm.*`; the other TRANSACTIONAL kinds the same way (a returning reader's come-back
+    email, the reader's data links). A transactional email: no List-Unsubscribe headers, not in the message
+    log; its footer still names why it came and links the unsubscribe page."""
     import secrets
 
     first = one_line(name).split(" ")[0] if one_line(name) else ""
-    kind = "comeback" if returning else "confirm"
-    subject = header_text(COMEBACK_SUBJECT if returning else campaign.confirm_subject)[:250]
+    subject_text, preheader, why = TRANSACTIONAL[kind]
+    subject = header_text(subject_text or campaign.confirm_subject)[:250]
     ctx = {
         "greeting": f"Hi {first}," if first else "Hi there,", "subject": subject, "confirm_url": confirm_url,
         "campaign": {"key": campaign.key, "title": campaign.title, "sender_name": campaign.sender_name},
         "unsubscribe_url": unsubscribe_url, "postal_address": composer.postal_address, "base_url": composer.base_url,
-        "why": f"You're getting this email because this address was entered to get the {campaign.title}.",
-        "preheader": ("One click brings you back; without it, nothing is sent." if returning
-                      else "Please confirm your email address"), "expiry_days": expiry_days,
+        "why": why or f"You're getting this email because this address was entered to get the {campaign.title}.",
+        "preheader": preheader, "expiry_days": expiry_days,
     }
     base = campaign.key if (campaign.directory / f"{kind}.html").is_file() else "_base"
     text = composer.env.get_template(f"{base}/{kind}.txt").render(ctx).strip() + "\n"
