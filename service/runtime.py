@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.campaigns.loader import load_campaigns
 from service.campaigns.model import Campaign
 from service.compose.composer import Composer
-from service.core.config import Settings
+from service.core.config import ConfigError, Settings
 from service.core.db import make_sessionmaker
 from service.core.dkim_keys import load_keys
 from service.core.tokens import (
@@ -78,6 +78,16 @@ class Runtime:
         )
         kwargs.update(overrides)
         return Dispatcher(**kwargs)
+
+
+def check_postal_address(settings: Settings) -> None:
+    """A service that sends for real must show a real postal address in every footer (CAN-SPAM). An https
+    DRIP_BASE_URL is the sign of production: there the placeholder stops `drip serve` and `drip worker`
+    before anything is sent; on the embedded default (http, a local outbox) it is only a warning."""
+    if settings.postal_address_is_placeholder and settings.base_url.lower().startswith("https://"):
+        raise ConfigError("DRIP_POSTAL_ADDRESS is not set, and DRIP_BASE_URL is https (a production service): set "
+                          "DRIP_POSTAL_ADDRESS to the sender's postal address, shown in every email's footer, "
+                          "before sending")
 
 
 def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:

@@ -131,9 +131,9 @@ def test_preference_walk_then_the_clock_decides_what_arrives(drip, page, smtp, r
 
     json_signup(drip.base, address, "plateau-14")
     page.reload()
-    page.get_by_role("button", name="Switch to Sofia's monthly newsletter").click()
+    page.get_by_role("button", name="Switch to one email a month").click()
     assert "monthly digest" in page.get_by_role("status").first.inner_text()
-    page.get_by_role("button", name=re.compile("^Leave .*Plateau", re.I)).click()
+    page.locator("li", has_text="plateaus").get_by_role("button", name="Stop these emails").click()
     assert "You have left that campaign" in page.get_by_role("status").first.inner_text()
 
     with runtime.sessions() as s:

@@ -97,15 +97,22 @@ def confirm(session: Session, *, public_id: str, campaign: Campaign, now: dateti
     enrolled = enrollment_start.start(session, subscriber_id=subscriber.id, campaign=campaign.key,
                                       step=campaign.steps[0], due=now, due_from=None,
                                       now=now) if pending is not None else None
+    earlier = None
     if enrolled is None:
-        exists = session.scalar(select(Enrollment.id).where(Enrollment.subscriber_id == subscriber.id,
-                                                            Enrollment.campaign == campaign.key))
-        return ConfirmResult("already" if exists else "expired", campaign)
+        stopped = session.scalars(select(Enrollment).where(
+            Enrollment.subscriber_id == subscriber.id, Enrollment.campaign == campaign.key,
+            Enrollment.status == "stopped")).one_or_none() if pending is not None else None
+        if stopped is None:  # already in it, or nothing was pending
+            exists = session.scalar(select(Enrollment.id).where(Enrollment.subscriber_id == subscriber.id,
+                                                                Enrollment.campaign == campaign.key))
+            return ConfirmResult("already" if exists else "expired", campaign)
+        earlier = _restart(session, stopped, campaign, now=now)  # they had left it and asked again
+
     session.add(Consent(subscriber_id=subscriber.id, campaign=campaign.key, created_at=now, source="confirmed",
                         wording=f"Confirmed by clicking the link emailed to the address: {campaign.consent}"))
     events.record(session, type="confirmed", now=now, subscriber_id=subscriber.id,
                   detail=f"double opt-in confirmed for {campaign.key}")
-    return ConfirmResult("confirmed", campaign)
+    return ConfirmResult("confirmed", campaign, earlier_welcome=earlier)
 
 
 def _come_back(session: Session, subscriber: Subscriber, campaign: Campaign, *, now: datetime) -> ConfirmResult:
@@ -122,17 +129,7 @@ def _come_back(session: Session, subscriber: Subscriber, campaign: Campaign, *, 
     if started is None:
         enrollment = session.scalars(select(Enrollment).where(Enrollment.subscriber_id == subscriber.id,
                                                               Enrollment.campaign == campaign.key)).one()
-        had = dict(session.execute(select(Message.step_key, Message.id).where(Message.enrollment_id == enrollment.id,
-                                                                              Message.sent_at.is_not(None))).all())
-        earlier = had.get(campaign.steps[0].key)
-        used = set(session.scalars(select(Message.step_key).where(Message.enrollment_id == enrollment.id)))
-        nxt = next((step for step in campaign.steps if step.key not in used), None)
-        enrollment.status, enrollment.stopped_reason, enrollment.updated_at = "active", None, now
-        enrollment.due_from = None
-        if nxt is None:  # nothing left to send: the reader is back, the campaign stays finished
-            enrollment.status, enrollment.next_due_at = "completed", None
-        else:
-            enrollment.next_step, enrollment.next_step_key, enrollment.next_due_at = nxt.index, nxt.key, now
+        earlier = _restart(session, enrollment, campaign, now=now)
     session.add(Consent(subscriber_id=subscriber.id, campaign=campaign.key, created_at=now, source="confirmed",
                         wording=f"Came back after unsubscribing, by clicking the link emailed to the address: "
                                 f"{campaign.consent}"))
@@ -140,6 +137,24 @@ def _come_back(session: Session, subscriber: Subscriber, campaign: Campaign, *, 
                   detail=f"came back to {campaign.key}: clicked the link in the come-back email",
                   data={"campaign": campaign.key, "by": "the reader"})
     return ConfirmResult("returned", campaign, earlier_welcome=earlier)
+
+
+def _restart(session: Session, enrollment: Enrollment, campaign: Campaign, *, now: datetime) -> int | None:
+    """A stopped enrollment the reader asked for again (and confirmed by email) goes on with the first step
+    they never had, due now: one message per step, ever, so a welcome they had is not sent twice. Returns
+    that earlier welcome's message id, for the page to link its web copy."""
+    if enrollment.status != "stopped":
+        return None
+    had = dict(session.execute(select(Message.step_key, Message.id).where(Message.enrollment_id == enrollment.id,
+                                                                          Message.sent_at.is_not(None))).all())
+    used = set(session.scalars(select(Message.step_key).where(Message.enrollment_id == enrollment.id)))
+    nxt = next((step for step in campaign.steps if step.key not in used), None)
+    enrollment.status, enrollment.stopped_reason, enrollment.updated_at, enrollment.due_from = "active", None, now, None
+    if nxt is None:  # nothing left to send: the campaign stays finished
+        enrollment.status, enrollment.next_due_at = "completed", None
+    else:
+        enrollment.next_step, enrollment.next_step_key, enrollment.next_due_at = nxt.index, nxt.key, now
+    return had.get(campaign.steps[0].key)
 
 
 def expire(session: Session, *, now: datetime, max_age: timedelta) -> int:
