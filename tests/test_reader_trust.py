@@ -12,8 +12,8 @@ from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
-from markupsafe import escape
 from conftest import at
+from markupsafe import escape
 from sqlalchemy import select, update
 from test_reader import SITE, enroll, event_types, prefs_path
 
@@ -60,7 +60,7 @@ def test_a_download_only_lead_magnet_invites_once_and_enrols_only_on_yes(client,
     gets no coaching email; Cy, a bundle reader, is untouched."""
     glute = runtime.campaigns[GLUTE]
     ids = {n: enroll(runtime, f"{n}@example.org", GLUTE, tz="America/New_York", now=T0) for n in ("ada", "bea")}
-    cy = enroll(runtime, "cy@example.org", BUNDLE, tz="America/New_York", now=T0)
+    enroll(runtime, "cy@example.org", BUNDLE, tz="America/New_York", now=T0)
     walk(runtime, T0, 4)
     for name in ("ada", "bea"):
         assert subjects(smtp, f"{name}@example.org") == [s.subject for s in glute.steps]
