@@ -99,7 +99,7 @@ def test_received_email_fits_phone_and_desktop_widths(drip, page, smtp, tmp_path
     page.set_viewport_size({"width": 1000, "height": 800})
     page.set_content(html)
     assert page.evaluate("document.querySelector('table.card').getBoundingClientRect().width") <= 600
-    assert "free back-pain resource bundle" in page.locator("body").inner_text().lower()
+    assert "coach sofia's weekly coaching emails" in page.locator("body").inner_text().lower()
 
 
 def test_view_in_browser_link_shows_the_same_email_and_its_links_work(drip, page, smtp) -> None:

@@ -168,7 +168,7 @@ def _insert(session: Session):
 
 def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,
            record_ip: bool = False, confirm_cooldown: timedelta = timedelta(minutes=60),
-           rate_hits: Sequence[ratelimit.PendingHit] = ()) -> SignupResult:
+           rate_hits: Sequence[ratelimit.PendingHit] = (), invite_back: bool = True) -> SignupResult:
     """Upsert the subscriber and enrollment; the caller commits. The welcome is due at `now`.
 
     `rate_hits` are counted first, in order, except the `first_is_new_subscriber` one (the per-address
@@ -191,7 +191,7 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
             elif not ratelimit.count_pending(conn, pending):
                 return SignupResult("rate_limited", None, refused_by=n)
     return signup_known(session, data, campaign=campaign, meta=meta, now=now, record_ip=record_ip,
-                        confirm_cooldown=confirm_cooldown, address_hit=address_hit)
+                        confirm_cooldown=confirm_cooldown, address_hit=address_hit, invite_back=invite_back)
 
 
 def signup_new(conn: Connection | DriverTransaction, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta,
@@ -248,10 +248,13 @@ def _count_address_hit(conn: Connection | DriverTransaction | Session, email_key
 
 def signup_known(session: Session, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,
                  record_ip: bool = False, confirm_cooldown: timedelta = timedelta(minutes=60),
-                 address_hit: tuple[int, ratelimit.PendingHit] | None = None) -> SignupResult:
+                 address_hit: tuple[int, ratelimit.PendingHit] | None = None,
+                 invite_back: bool = True) -> SignupResult:
     """Known, suppressed, or double opt-in: the general path, through the ORM; the caller commits. The
     rate-limit hits are counted by the caller, but for `address_hit` (its index among them, the hit):
-    counted here once the subscriber row is written, unless this signup made the row (see signup())."""
+    counted here once the subscriber row is written, unless this signup made the row (see signup()).
+    `invite_back`: a reader's own form post asks an unsubscribed reader to come back by email; the
+    operator's import and API pass False and get "inactive" (they never email someone who left)."""
     if is_suppressed(session, data.email_key):
         if address_hit is not None and not _count_address_hit(session, data.email_key, address_hit[1]):
             return SignupResult("rate_limited", None, refused_by=address_hit[0])
@@ -270,13 +273,14 @@ def signup_known(session: Session, data: SignupInput, *, campaign: Campaign, met
     if made is None and address_hit is not None and not _count_address_hit(session, data.email_key, address_hit[1]):
         return SignupResult("rate_limited", None, refused_by=address_hit[0])
     subscriber = session.scalars(select(Subscriber).where(Subscriber.email_key == data.email_key)).one()
-    if subscriber.status == "unsubscribed":
+    if subscriber.status == "unsubscribed" and invite_back:
         # Someone who left is not re-enrolled by a form post (anyone can type an address): they get an email
         # asking whether they want to come back, and only its link brings them back (optin.confirm).
         return _request_comeback(session, subscriber, data, campaign=campaign, meta=meta, now=now,
                                  record_ip=record_ip, cooldown=confirm_cooldown)
     if subscriber.status != "active":  # bounced or complained without a suppression row: nothing is sent
-        _note_refused_signup(session, data, meta=meta, now=now)
+        if subscriber.status != "unsubscribed":
+            _note_refused_signup(session, data, meta=meta, now=now)
         return SignupResult("inactive", subscriber.id)
     if campaign.double_opt_in:  # no enrollment until the emailed link is confirmed
         return _request_confirmation(session, subscriber, data, campaign=campaign, meta=meta, now=now,
