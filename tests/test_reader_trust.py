@@ -245,3 +245,15 @@ def test_the_placeholder_postal_address_stops_a_production_service(tmp_path) -> 
     result = CliRunner().invoke(main, ["serve", "--port", "1"], env={**base, "DRIP_BASE_URL": "https://mail.example.org",
                                                                      "DRIP_TEMPLATES_DIR": "email_templates"})
     assert result.exit_code == 1 and "set DRIP_POSTAL_ADDRESS" in result.output
+
+
+def test_the_home_form_shows_the_words_its_consent_records(client, runtime) -> None:
+    """The embedded signup form shows the campaign's consent headline and button label, and a signup through
+    it stores exactly those words, not a summary."""
+    bundle = runtime.campaigns[BUNDLE]
+    page = client.get("/").get_data(as_text=True)
+    assert "Get this bundle of FREE lower back pain resources" in page and ">Get your free guide!</button>" in page
+    assert "[button:" not in page
+    assert client.post(f"/signup/{BUNDLE}", data={"email": "form@example.org"}).status_code == 303
+    with runtime.sessions() as s:
+        assert s.scalars(select(Consent.wording)).one() == bundle.consent

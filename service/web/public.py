@@ -37,6 +37,14 @@ def home():
     return render_template("home.html", campaign=campaign, error=None, values={})
 
 
+@bp.app_template_filter("consent_parts")
+def consent_parts(consent: str) -> tuple[str, str]:
+    """A campaign's consent is its form's words, "headline [button: label]": the home page shows exactly those
+    words (headline above, label on the button), so the stored consent is what this form showed too."""
+    headline, sep, rest = consent.partition(" [button: ")
+    return (headline, rest.removesuffix("]")) if sep and rest.endswith("]") else (consent, "Send it to me")
+
+
 @bp.app_context_processor
 def _local_outbox() -> dict:
     """The home page tells a newcomer running the embedded default where the emails go."""
