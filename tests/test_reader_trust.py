@@ -172,6 +172,7 @@ def test_an_unsubscribed_reader_who_signs_up_again_must_confirm_by_email(client,
                                                    Message.campaign == BUNDLE)).all()
     assert len(welcomes) == 1  # never sent twice
     history = event_types(runtime, ada)
+    assert history.count("confirmation_sent") == 2  # both come-back emails, in her timeline
     # back through the newsletter's link; the bundle's link then confirmed that campaign too
     assert history.count("resubscribed") == 1 and history.count("confirmed") == 1 and "unsubscribed" in history
     with runtime.sessions() as s:

@@ -181,6 +181,7 @@ class ConfirmJob:
     name: str
     public_id: str
     returning: bool = False  # an unsubscribed reader asked again: the "do you want to come back?" email
+    subscriber_id: int = 0
 
 
 def send_due(sessions: sessionmaker[Session], *, campaigns: Mapping[str, Campaign], now: datetime,
@@ -205,14 +206,14 @@ def send_due(sessions: sessionmaker[Session], *, campaigns: Mapping[str, Campaig
                 continue
             pending.sending_until = real_now + lease
             jobs.append(ConfirmJob(pending.id, campaign, subscriber.email, subscriber.name, subscriber.public_id,
-                                   returning=subscriber.status == "unsubscribed"))
+                                   returning=subscriber.status == "unsubscribed", subscriber_id=subscriber.id))
     if not jobs:
         return 0
-    return _send(sessions, jobs, compose, transport_factory)
+    return _send(sessions, jobs, compose, transport_factory, now)
 
 
 def _send(sessions: sessionmaker[Session], jobs: list[ConfirmJob], compose: Callable[[ConfirmJob], OutboundEmail],
-          transport_factory: Callable[[], Transport]) -> int:
+          transport_factory: Callable[[], Transport], now: datetime) -> int:
     transport = transport_factory()
     sent: list[int] = []
     try:
@@ -231,6 +232,12 @@ def _send(sessions: sessionmaker[Session], jobs: list[ConfirmJob], compose: Call
             session.execute(update(PendingConfirmation).where(PendingConfirmation.id.in_(sent))
                             .values(send_pending=False, sending_until=None,
                                     sends=PendingConfirmation.sends + 1))
+            for job in jobs:  # in the reader's timeline: these emails are not in the message log
+                if job.pending_id in sent and job.subscriber_id:
+                    kind = "come-back" if job.returning else "confirmation"
+                    events.record(session, type="confirmation_sent", now=now, subscriber_id=job.subscriber_id,
+                                  detail=f"{kind} email sent for {job.campaign.key}",
+                                  data={"campaign": job.campaign.key, "returning": job.returning})
     return len(sent)
 
 
