@@ -26,6 +26,8 @@ from service.core.addresses import new_message_id
 LIMIT = 0.5
 _STATUS = re.compile(rb"^X-Spam-Status: (?:Yes|No), score=(-?\d+(?:\.\d+)?) required=\S+\s+tests=(.*?)\s+autolearn=",
                      re.MULTILINE | re.DOTALL)
+_ID = "X-Drip-Score-Id"
+_NUMBER = re.compile(rb"^X-Drip-Score-Id: (\d+)\r?$", re.MULTILINE)
 # Rules about how a message travelled (no Received header, a test port in a link): true of any email
 # scored before it is sent, so they say nothing about the content. They score 0 in 4.0 anyway.
 NOT_ABOUT_CONTENT = frozenset({"NO_RECEIVED", "NO_RELAYS", "WEIRD_PORT"})
@@ -55,8 +57,10 @@ def score_messages(raws: list[bytes], *, program: str | None = None, timeout: fl
     with tempfile.TemporaryDirectory(prefix="drip-spamassassin-") as home:
         box_path = Path(home) / "messages.mbox"
         box = mailbox.mbox(str(box_path))
-        for raw in raws:
-            box.add(mailbox.mboxMessage(raw))
+        for n, raw in enumerate(raws):
+            # SpamAssassin's mbox reader sorts messages by date, so the output order is not the input's: each
+            # message carries its number in a header of its own, read back next to its score.
+            box.add(mailbox.mboxMessage(f"{_ID}: {n}\r\n".encode() + raw))
         box.flush()
         box.close()
         env = {**os.environ, "HOME": home}
@@ -66,10 +70,14 @@ def score_messages(raws: list[bytes], *, program: str | None = None, timeout: fl
                 stdin=stdin, capture_output=True, env=env, timeout=timeout, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"spamassassin failed ({done.returncode}): {done.stderr.decode(errors='replace')[-500:]}")
-    found = _STATUS.findall(done.stdout)
-    if len(found) != len(raws):
-        raise RuntimeError(f"spamassassin scored {len(found)} of {len(raws)} messages")
-    return [SpamScore(float(score), _tests(tests)) for score, tests in found]
+    scores: dict[int, SpamScore] = {}
+    for chunk in re.split(rb"^From ", done.stdout, flags=re.MULTILINE):
+        number, status = _NUMBER.search(chunk), _STATUS.search(chunk)
+        if number is not None and status is not None:
+            scores[int(number.group(1))] = SpamScore(float(status.group(1)), _tests(status.group(2)))
+    if sorted(scores) != list(range(len(raws))):
+        raise RuntimeError(f"spamassassin scored {len(scores)} of {len(raws)} messages")
+    return [scores[n] for n in range(len(raws))]
 
 
 def _tests(raw: bytes) -> tuple[str, ...]:
