@@ -64,3 +64,20 @@ def test_campaigns_check_reports_each_score(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert len(lines) == sum(len(c.steps) for c in load_campaigns(ROOT).values())
     assert "back-pain-bundle/week-12: SpamAssassin score 0.0 (limit 0.5" in result.output
+
+
+def test_the_transactional_emails_score_at_most_half_a_point_too() -> None:
+    """The double opt-in confirmation, the come-back email and the two data links, as sent."""
+    from datetime import UTC, datetime
+
+    from service.compose.composer import TRANSACTIONAL, compose_confirmation
+
+    campaign = load_campaigns(ROOT)["back-pain-bundle"]
+    composer = Composer(templates_dir=ROOT, base_url="https://drip.example.org", postal_address="12 Long Street")
+    raws = [compose_confirmation(composer, campaign=campaign, to_email="ada@example.org", name="Ada",
+                                 confirm_url="https://drip.example.org/confirm/abc", now=datetime.now(UTC),
+                                 unsubscribe_url="https://drip.example.org/unsubscribe/abc", pending_id=7,
+                                 expiry_days=7, kind=kind).raw for kind in TRANSACTIONAL]
+    scores = dict(zip(TRANSACTIONAL, spamscore.score_messages(raws), strict=True))
+    assert {kind: found.score for kind, found in scores.items() if found.score > spamscore.LIMIT} == {}
+    assert len(scores) == 4
