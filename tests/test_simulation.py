@@ -468,6 +468,7 @@ class Simulation(RuleBasedStateMachine):
                 out[reader.email] += 1
                 reader.confirm_due = False
             reader.comebacks = {c: when for c, when in reader.comebacks.items() if when >= t - EXPIRY}
+            reader.comeback_due &= set(reader.comebacks)  # an expired pending signup is deleted unsent
             if reader.comeback_due and reader.status == "unsubscribed":  # bounced or complained since: none
                 out[reader.email] += len(reader.comeback_due)
             reader.comeback_due = set()

@@ -77,7 +77,7 @@ def _asked_since_leaving(session: Session, subscriber: Subscriber, campaign: Cam
         return None
     return session.scalar(select(PendingConfirmation.id).where(
         PendingConfirmation.subscriber_id == subscriber.id, PendingConfirmation.campaign == campaign.key,
-        PendingConfirmation.requested_at > subscriber.unsubscribed_at))
+        PendingConfirmation.requested_at >= subscriber.unsubscribed_at))  # renewed at or after leaving
 
 
 def confirm(session: Session, *, public_id: str, campaign: Campaign, now: datetime) -> ConfirmResult:
@@ -195,7 +195,7 @@ def send_due(sessions: sessionmaker[Session], *, campaigns: Mapping[str, Campaig
             .where(PendingConfirmation.send_pending.is_(True),
                    or_(Subscriber.status == "active",  # or a returning reader who asked after leaving
                        and_(Subscriber.status == "unsubscribed",
-                            PendingConfirmation.requested_at > Subscriber.unsubscribed_at)),
+                            PendingConfirmation.requested_at >= Subscriber.unsubscribed_at)),
                    (PendingConfirmation.sending_until.is_(None)) | (PendingConfirmation.sending_until < real_now))
             .limit(200).with_for_update(skip_locked=True, of=PendingConfirmation)
         ).all()
