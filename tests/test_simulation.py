@@ -634,8 +634,9 @@ class Simulation(RuleBasedStateMachine):
     @rule(who=READER, campaign=st.sampled_from(SIGNUP_CAMPAIGNS), as_json=st.booleans())
     def sign_up(self, who: int, campaign: str, as_json: bool) -> None:
         reader = self.pick(who)
-        if campaign == DOI and reader.armed:
-            return  # the scripted refusal would meet the confirmation email, which the model does not follow
+        if reader.armed and (campaign == DOI or reader.status == "unsubscribed"):
+            # the scripted refusal would meet the confirmation (or come-back) email, which the model does not follow
+            return
         self.join(reader, campaign, as_json=as_json)
 
     def join(self, reader: Reader, campaign: str, *, as_json: bool) -> None:
