@@ -7,7 +7,7 @@ space := $(empty) $(empty)
 # One stamp per set of extras, so `make install EXTRAS=ses` installs them into a venv made without them.
 STAMP := $(VENV)/.installed$(subst $(space),,$(foreach e,$(EXTRAS),-$(e)))
 
-.PHONY: install install-dev run test browser contract clean bench soak lock
+.PHONY: install install-dev run test browser spamassassin contract clean bench soak lock
 
 # Two installs from hashed locks (.ci/lock rewrites them): `make install` (and `make run`) gets what drip
 # needs to run, nothing more; `make install-dev` (and `make test`) adds the optional extras (Amazon SES,
@@ -47,7 +47,14 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null || \
 	  { echo "could not install chromium (apt-get); the browser tests need /usr/bin/chromium" >&2; exit 1; }; }
 
-test: install-dev browser
+# Debian's SpamAssassin scores every campaign step in the suite (local rules only, no network).
+spamassassin:
+	@test -x /usr/bin/spamassassin || { \
+	  echo "installing Debian's spamassassin for the campaign spam-score tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq spamassassin) >/dev/null || \
+	  { echo "could not install spamassassin (apt-get); the spam-score tests need /usr/bin/spamassassin" >&2; exit 1; }; }
+
+test: install-dev browser spamassassin
 	$(BIN)/ruff check service tests bench migrations
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -49,7 +49,7 @@ def make_templates(dest: Path) -> Path:
     shutil.copytree(src / "back-pain-bundle", dest / "back-pain-bundle", dirs_exist_ok=True)
     copied = dest / "back-pain-bundle" / "campaign.toml"  # alone here: no digest campaign to point at
     copied.write_text("\n".join(line for line in copied.read_text(encoding="utf-8").splitlines()
-                                if not line.startswith("digest")) + "\n", encoding="utf-8")
+                                if not line.startswith(("digest", "invite_"))) + "\n", encoding="utf-8")
     weeks = sorted((src / "back-pain-bundle").glob("week-*.html"))[:WEEKS]
     camp = dest / CAMPAIGN
     camp.mkdir(exist_ok=True)
@@ -61,7 +61,8 @@ def make_templates(dest: Path) -> Path:
             encoding="utf-8")
     toml = (src / "back-pain-bundle" / "campaign.toml").read_text(encoding="utf-8").split("[[steps]]")[0]
     # The bench copies this one campaign alone: drop links to campaigns it does not copy.
-    toml = "\n".join(line for line in toml.splitlines() if not line.startswith(("digest", "continue_"))) + "\n"
+    toml = "\n".join(line for line in toml.splitlines()
+                     if not line.startswith(("digest", "continue_", "invite_"))) + "\n"
     (camp / "campaign.toml").write_text(
         toml + '[[steps]]\nkey = "tuesday"\ndelay = "0"\nsubject = "Your Tuesday coaching, {{ subscriber.first_name '
         '}}: nine weeks in one"\ntemplate = "tuesday"\npreheader = "Everything so far, in one email."\n'

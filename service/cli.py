@@ -74,8 +74,8 @@ def db_upgrade() -> None:
 
 def _warn_placeholders(settings: Settings) -> None:
     if settings.postal_address_is_placeholder:
-        log.warning("DRIP_POSTAL_ADDRESS is not set: every email footer shows a placeholder instead of the "
-                    "sender's postal address (CAN-SPAM requires a real one)")
+        log.warning("DRIP_POSTAL_ADDRESS is not set: email footers show no postal address (CAN-SPAM requires "
+                    "the sender's real one; with an https DRIP_BASE_URL Drip refuses to start without it)")
 
 
 @main.command()

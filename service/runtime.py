@@ -14,10 +14,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.campaigns.catalog import Catalog
 from service.campaigns.loader import load_campaigns
 from service.compose.composer import Composer
-from service.core.config import Settings
+from service.core.config import ConfigError, Settings
 from service.core.db import make_sessionmaker
 from service.core.dkim_keys import load_keys
-from service.core.tokens import make_confirm_token, make_preferences_token, make_unsubscribe_token, make_view_token
+from service.core.tokens import (
+    make_confirm_token,
+    make_join_token,
+    make_preferences_token,
+    make_unsubscribe_token,
+    make_view_token,
+)
 from service.dispatch.dispatcher import Dispatcher
 from service.dispatch.policy import RetryPolicy
 from service.feedback.delivery import Policy
@@ -45,6 +51,11 @@ class Runtime:
         key, base = self.settings.secret_key, self.settings.base_url
         return {"preferences_url": f"{base}/preferences/{make_preferences_token(key, public_id=public_id)}",
                 "view_url": f"{base}/view/{make_view_token(key, message_pk=message_pk)}"}
+
+    def invite_url(self, public_id: str, campaign: str) -> str:
+        """An inviting campaign's "yes, sign me up" link (the page asks before anything is joined)."""
+        token = make_join_token(self.settings.secret_key, public_id=public_id, campaign=campaign)
+        return f"{self.settings.base_url}/join/{token}"
 
     def confirm_url(self, public_id: str, campaign: str) -> str:
         """Double opt-in: the signed link in a confirmation email."""
@@ -86,6 +97,16 @@ def make_composer(settings: Settings, *, plan_renders: bool = True) -> Composer:
                     plan_renders=plan_renders)
 
 
+def check_postal_address(settings: Settings) -> None:
+    """A service that sends for real must show a real postal address in every footer (CAN-SPAM). An https
+    DRIP_BASE_URL is the sign of production: there the placeholder stops `drip serve` and `drip worker`
+    before anything is sent; on the embedded default (http, a local outbox) it is only a warning."""
+    if settings.postal_address_is_placeholder and settings.base_url.lower().startswith("https://"):
+        raise ConfigError("DRIP_POSTAL_ADDRESS is not set, and DRIP_BASE_URL is https (a production service): set "
+                          "DRIP_POSTAL_ADDRESS to the sender's postal address, shown in every email's footer, "
+                          "before sending")
+
+
 def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:
     campaigns = load_campaigns(Path(settings.templates_dir))
     if settings.default_campaign not in campaigns:
@@ -100,4 +121,5 @@ def build_runtime(settings: Settings, *, pool_size: int = 5) -> Runtime:
     catalog.refresh()  # versions published in the console replace their folders from the first request on
     rt = Runtime(settings=settings, sessions=sessions, campaigns=catalog, composer=composer)
     composer.reader_links = rt.reader_links  # here, as the footer's links are signed with the secret key
+    composer.invite_link = rt.invite_url
     return rt

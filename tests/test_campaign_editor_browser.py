@@ -113,21 +113,21 @@ def test_coach_rewrites_week_5_in_markdown_and_the_running_worker_sends_it(serve
 
     # Steps are added, moved and removed in a draft, each change shown with the readers it reaches.
     page.goto(f"{server}/admin/campaign-editor/{BUNDLE}")
-    page.get_by_label("New step key").fill("week-10")
+    page.get_by_label("New step key").fill("week-13")
     page.locator("form.add-step").get_by_label("Subject").fill("Ten weeks in")
     page.get_by_role("button", name="Add step at the end").click()
-    expect(page.get_by_role("heading", name=re.compile(r"^Step \d+: week-10$"))).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile(r"^Step \d+: week-13$"))).to_be_visible()
     page.get_by_role("link", name="edit", exact=True).click()
-    page.get_by_role("button", name="Move week-10 up").click()
+    page.get_by_role("button", name="Move week-13 up").click()
     keys = page.locator("table.steps-editor tbody tr td:nth-child(2)").all_inner_texts()
-    assert keys.index("week-10") == keys.index("week-09") - 1
-    added = page.locator("table.impact tbody tr", has_text="week-10")
+    assert keys.index("week-13") == keys.index("week-12") - 1
+    added = page.locator("table.impact tbody tr", has_text="week-13")
     expect(added).to_contain_text("added")
     expect(added.locator("td").nth(2)).to_have_text("4")  # every active reader: past@, due@, snoozed@, new@
     expect(page.locator("table.impact tbody tr", has_text="week-09")).to_have_count(0)  # its place among the old
     shoot(page, shots, "campaign-editor-steps")
-    page.get_by_role("button", name="Remove week-10").click()
-    expect(page.locator("table.steps-editor")).not_to_contain_text("week-10")
+    page.get_by_role("button", name="Remove week-13").click()
+    expect(page.locator("table.steps-editor")).not_to_contain_text("week-13")
     page.get_by_role("button", name="Discard draft").click()
     expect(page.get_by_role("status")).to_contain_text("Draft discarded")
 

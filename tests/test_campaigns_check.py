@@ -48,7 +48,7 @@ def run(tmp_path: Path, *, delay: str = "7d", template: str = "two", second_key:
         (folder / f"{key}.txt").write_text(TEXT)
     env = {"DRIP_SECRET_KEY": "k" * 32, "DRIP_TEMPLATES_DIR": str(tmp_path / "templates"),
            "DRIP_BASE_URL": "https://drip.example.org"}
-    return CliRunner().invoke(main, ["campaigns", "check"], env=env), folder
+    return CliRunner().invoke(main, ["campaigns", "check", "--no-spam-score"], env=env), folder
 
 
 def test_clean_campaign_passes(tmp_path: Path) -> None:
@@ -78,7 +78,7 @@ def test_bad_send_days_names_its_line(tmp_path: Path) -> None:
     toml = folder / "campaign.toml"
     toml.write_text(toml.read_text().replace('timezone = "UTC"\n', 'timezone = "UTC"\nsend_days = ["funday"]\n'))
     env = {"DRIP_SECRET_KEY": "k" * 32, "DRIP_TEMPLATES_DIR": str(tmp_path / "templates")}
-    result = CliRunner().invoke(main, ["campaigns", "check"], env=env)
+    result = CliRunner().invoke(main, ["campaigns", "check", "--no-spam-score"], env=env)
     assert result.exit_code == 1 and f"{toml}:4: send_days: unknown day 'funday'" in result.output
 
 
@@ -90,7 +90,7 @@ def test_a_broken_confirmation_template_is_reported(tmp_path: Path) -> None:
     (folder / "confirm.html").write_text("<p>{{ confirm_url }}</p>\n<p>{{ no_such_thing }}</p>\n")
     (folder / "confirm.txt").write_text("{{ confirm_url }}\n")
     env = {"DRIP_SECRET_KEY": "k" * 32, "DRIP_TEMPLATES_DIR": str(tmp_path / "templates")}
-    result = CliRunner().invoke(main, ["campaigns", "check"], env=env)
+    result = CliRunner().invoke(main, ["campaigns", "check", "--no-spam-score"], env=env)
     assert result.exit_code == 1
     assert "confirmation email: error: does not render" in result.output
     assert f"{folder / 'confirm.html'}:2" in result.output

@@ -52,7 +52,7 @@ def coach(runtime, smtp):
             smtp.handler.script(address, "RCPT", "550 5.1.1 no such mailbox")
         join(rt, address, "back-pain-bundle", zones[n % 4], start + timedelta(hours=n))
     for n in range(4):
-        join(rt, f"glute{n}@example.org", "glute-guide", zones[n % 4], start + timedelta(days=2, hours=n))
+        join(rt, f"plateau{n}@example.org", "plateau-14", zones[n % 4], start + timedelta(days=2, hours=n))
     join(rt, "lean@example.org", "leaner-you", "Europe/Paris", start + timedelta(days=3))
     d = rt.dispatcher()
     moment = start
@@ -169,7 +169,7 @@ def test_the_home_page_answers_the_coachs_questions(live, coach, page, smtp) -> 
     expect(bundle.locator("thead abbr[title*='Apple Mail Privacy Protection']")).to_have_count(1)
     week1 = bundle.get_by_role("row", name=re.compile("week-01"))
     expect(week1).to_contain_text("joined here from other lead magnets")
-    expect(week1).to_contain_text("Glute")
+    expect(week1).to_contain_text("14 techniques")  # plateau-14 continues into week 1
     welcome = bundle.get_by_role("row", name=re.compile("welcome"))
     expect(welcome.locator("td").nth(2)).to_have_text(re.compile(r"^25\.0 %$"))  # 3 of 12 bounced
 

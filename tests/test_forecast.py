@@ -52,7 +52,7 @@ def subscriber_id(rt, email: str) -> int:
 
 def a_week_of_readers(rt) -> dict[str, int]:
     join(rt, "ny@example.org", "back-pain-bundle", "America/New_York", NOW - timedelta(days=5))
-    join(rt, "tokyo@example.org", "glute-guide", "Asia/Tokyo", NOW - timedelta(days=3))  # continues at week-01
+    join(rt, "tokyo@example.org", "plateau-14", "Asia/Tokyo", NOW - timedelta(days=3))  # continues at week-01
     join(rt, "auckland@example.org", "back-pain-bundle", "Pacific/Auckland", NOW - timedelta(days=2))
     join(rt, "snoozed@example.org", "back-pain-bundle", "Europe/Paris", NOW - timedelta(days=6))
     join(rt, "paused@example.org", "monthly-newsletter", "Europe/Paris", NOW - timedelta(days=29))

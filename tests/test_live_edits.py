@@ -35,10 +35,10 @@ def walk(rt, start, days: int) -> None:
 
 def readers_at_three_places(rt) -> None:
     """new@ got the welcome only; mid@ got welcome..week-03; done@ completed the sequence."""
-    join(rt, "done@example.org", T0 - timedelta(weeks=12))
+    join(rt, "done@example.org", T0 - timedelta(weeks=14))
     join(rt, "mid@example.org", T0 - timedelta(weeks=3))
     join(rt, "new@example.org", T0)
-    walk(rt, T0 - timedelta(weeks=12), 12 * 7)
+    walk(rt, T0 - timedelta(weeks=14), 14 * 7)
 
 
 def edited(rt, tmp_path: Path, edit) -> object:
@@ -58,28 +58,28 @@ def got(rt) -> dict[str, list[str]]:
     return out
 
 
-def remove_week_04_and_append_week_10(folder: Path) -> None:
+def remove_week_04_and_append_week_13(folder: Path) -> None:
     toml = folder / "campaign.toml"
     text = re.sub(r'\[\[steps\]\]\nkey = "week-04".*?(?=\n\[\[steps\]\])', "", toml.read_text(), flags=re.S)
-    text += ('\n[[steps]]\nkey = "week-10"\ndelay = "7d"\nsubject = "One more thing for your back"\n'
+    text += ('\n[[steps]]\nkey = "week-13"\ndelay = "7d"\nsubject = "One more thing for your back"\n'
              'template = "week-09"\n')
     toml.write_text(text)
 
 
 def test_removed_step_is_skipped_and_appended_step_reaches_finished_readers(runtime, smtp, tmp_path):
-    """With week-04 removed and week-10 appended: new@ and mid@ skip week-04 (mid@ was due it next) and
-    get week-10; done@ (completed) is reactivated and gets only week-10; nobody gets anything twice."""
+    """With week-04 removed and week-13 appended: new@ and mid@ skip week-04 (mid@ was due it next) and
+    get week-13; done@ (completed) is reactivated and gets only week-13; nobody gets anything twice."""
     readers_at_three_places(runtime)
     before = got(runtime)
     assert before["mid"] == ["welcome", "week-01", "week-02", "week-03"]
-    assert before["done"][-1] == "week-09" and before["new"] == ["welcome"]
-    rt = edited(runtime, tmp_path, remove_week_04_and_append_week_10)
-    walk(rt, T0, 12 * 7)
+    assert before["done"][-1] == "week-12" and before["new"] == ["welcome"]
+    rt = edited(runtime, tmp_path, remove_week_04_and_append_week_13)
+    walk(rt, T0, 14 * 7)
     after = got(rt)
-    weeks = [f"week-{n:02d}" for n in range(1, 11) if n != 4]
+    weeks = [f"week-{n:02d}" for n in range(1, 14) if n != 4]
     assert after["new"] == ["welcome", *weeks]
     assert after["mid"] == ["welcome", "week-01", "week-02", "week-03", *weeks[3:]]
-    assert after["done"] == before["done"] + ["week-10"]
+    assert after["done"] == before["done"] + ["week-13"]
     for keys in after.values():
         assert len(keys) == len(set(keys))
     with rt.sessions() as s:
@@ -119,10 +119,10 @@ def test_reorder_and_delay_change(runtime, smtp, tmp_path):
         blocks[i5] = blocks[i5].replace('delay = "7d"', 'delay = "3d"')
         toml.write_text("[[steps]]".join(blocks))
     rt = edited(runtime, tmp_path, edit)
-    walk(rt, T0, 12 * 7)
+    walk(rt, T0, 14 * 7)
     after = got(rt)
     order = ["welcome", "week-01", "week-02", "week-03", "week-04", "week-05", "week-07", "week-06", "week-08",
-             "week-09"]
+             "week-09", "week-10", "week-11", "week-12"]
     assert after["mid"] == order and after["new"] == order
     assert Counter(after["done"]) == Counter(order)  # unchanged: it had them all, once
     with rt.sessions() as s:
@@ -133,18 +133,18 @@ def test_reorder_and_delay_change(runtime, smtp, tmp_path):
 
 
 def test_campaigns_diff_counts_readers_per_change(runtime, smtp, tmp_path, monkeypatch):
-    """`drip campaigns diff` against the edited files (week-04 removed, week-10 appended): mid@ was due the
-    removed step and gets week-05 next, done@ gets week-10, new@ is unaffected; the database is untouched."""
+    """`drip campaigns diff` against the edited files (week-04 removed, week-13 appended): mid@ was due the
+    removed step and gets week-05 next, done@ gets week-13, new@ is unaffected; the database is untouched."""
     readers_at_three_places(runtime)
     sync_campaign_folders(runtime)  # the shipped folders are in the database too: diff still reads the files
-    rt = edited(runtime, tmp_path, remove_week_04_and_append_week_10)
+    rt = edited(runtime, tmp_path, remove_week_04_and_append_week_13)
     monkeypatch.chdir(tmp_path)
     env = {"DATABASE_URL": runtime.settings.database_url, "DRIP_SECRET_KEY": runtime.settings.secret_key,
            "DRIP_TEMPLATES_DIR": str(tmp_path / "edited")}
     result = CliRunner().invoke(main, ["campaigns", "diff"], env=env)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert f"{BUNDLE}: removed+appended: 1 reader(s): next: week-10" in lines  # done@ had week-04
+    assert f"{BUNDLE}: removed+appended: 1 reader(s): next: week-13" in lines  # done@ had week-04
     assert f"{BUNDLE}: removed: 1 reader(s): next: week-05" in lines  # mid@ was due week-04 next
     assert f"{BUNDLE}: unchanged: 1 reader(s): next: week-01" in lines  # new@
     assert lines[-1] == "campaigns diff: 2 enrolled reader(s) affected by the files as they are now"
@@ -188,7 +188,7 @@ def test_reactivation_check_runs_only_when_a_campaigns_steps_change(runtime, smt
         assert set(changed_since_checked(s, runtime.campaigns, T0)) == set(runtime.campaigns)  # never checked
     with runtime.sessions() as s, s.begin():
         assert changed_since_checked(s, runtime.campaigns, T0) == {}  # the same files again
-    rt = edited(runtime, tmp_path, remove_week_04_and_append_week_10)
+    rt = edited(runtime, tmp_path, remove_week_04_and_append_week_13)
     with rt.sessions() as s, s.begin():
         assert list(changed_since_checked(s, rt.campaigns, T0)) == [BUNDLE]  # only the edited campaign
     with rt.sessions() as s, s.begin():

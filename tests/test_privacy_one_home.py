@@ -7,7 +7,7 @@ import json
 from conftest import at
 from sqlalchemy import func, select
 from test_admin_api import PASSWORD, login
-from test_reader import SITE, enroll, prefs_path
+from test_reader import SITE, data_path, enroll, prefs_path
 
 from service.core.db import utcnow
 from service.core.models import Consent, Enrollment, Event, Message, MessageContent, Subscriber
@@ -40,7 +40,8 @@ def test_reader_and_operator_export_the_same_fields_and_erase_the_same_rows(clie
     erases herself: no row of hers is left, stored copies of her emails included, and Bob keeps all his."""
     ada, bob = enroll(runtime, "ada@example.org"), enroll(runtime, "bob@example.org")
     assert runtime.dispatcher().run_pass(T0).sent == 2
-    mine = json.loads(client.post(f"{prefs_path(runtime, ada)}/export", headers=SITE).data)
+    mine = json.loads(client.post(data_path(client, smtp, prefs_path(runtime, ada), "export", "ada@example.org"),
+                                  headers=SITE).data)
     with runtime.sessions() as s, s.begin():
         add_user(s, "ops@example.org", PASSWORD, now=utcnow())
     login(client, "ops@example.org", PASSWORD)
@@ -52,6 +53,7 @@ def test_reader_and_operator_export_the_same_fields_and_erase_the_same_rows(clie
 
     bob_before = rows_of(runtime, bob)
     assert rows_of(runtime, ada)["MessageContent"] == 1
-    client.post(f"{prefs_path(runtime, ada)}/erase", data={"confirm": "erase"}, headers=SITE)
+    client.post(data_path(client, smtp, prefs_path(runtime, ada), "erase", "ada@example.org"),
+                data={"confirm": "erase"}, headers=SITE)
     assert set(rows_of(runtime, ada).values()) == {0}
     assert rows_of(runtime, bob) == bob_before

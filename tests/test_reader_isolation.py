@@ -17,7 +17,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from conftest import with_settings
 from sqlalchemy import func, select, update
-from test_reader import prefs_path
+from test_reader import data_path, prefs_path
 
 from service.app import create_app
 from service.audience.signups import ConsentMeta, parse_signup, signup
@@ -66,7 +66,9 @@ def test_one_readers_snooze_holds_only_her_mail(client, runtime, smtp) -> None:
     """Three readers get their welcome; one pauses for four weeks. The other two still get every weekly
     step on time, a reader who signs up during the pause gets the welcome at once, and the pauser
     resumes with one email when her pause ends, not a burst of the weeks she missed."""
-    t0 = start_of_today()
+    # Tomorrow 09:00: the snooze runs on the real clock, so its end must fall before the others' week-4 send
+    # hour on day 28 whatever the time of day the test runs (from today 09:00 it failed after 09:00 UTC).
+    t0 = start_of_today() + timedelta(days=1)
     steps = [s.subject for s in runtime.campaigns[BUNDLE].steps]
     ids = {name: enroll(runtime, f"{name}@example.org", t0) for name in ("ada", "bea", "cy")}
     d = runtime.dispatcher()
@@ -137,7 +139,7 @@ def test_queue_and_claim_see_only_the_snoozed_readers_own_rows(runtime, smtp) ->
 # Each test below puts readers in different states side by side and checks that one reader's state or
 # action changes that reader's rows only: `footprint` is every row held about a reader, compared whole.
 NEWSLETTER = "monthly-newsletter"  # the bundle's digest campaign
-GLUTE = "glute-guide"  # a one-step lead magnet that continues into the bundle at week-01
+MAGNET = "plateau-14"  # a one-step lead magnet that continues into the bundle at week-01
 READER_TABLES = (Subscriber, Consent, Enrollment, Message, Event, PendingConfirmation)
 
 
@@ -580,18 +582,18 @@ def test_double_opt_in_pending_signups_are_each_readers_own(runtime, smtp, tmp_p
     expiry each change only that reader's pending signup, and expiry forgets only a reader with nothing else."""
     root = tmp_path / "templates"
     shutil.copytree(Path(__file__).resolve().parent.parent / "email_templates", root)
-    toml = root / GLUTE / "campaign.toml"
+    toml = root / MAGNET / "campaign.toml"
     toml.write_text(toml.read_text().replace("send_hour = 9\n", "send_hour = 9\ndouble_opt_in = true\n", 1))
     now = datetime.now(UTC)
     with web_with(runtime, templates_dir=root) as (rt, web):
         ids = {"cy": enroll(rt, "cy@example.org", now)}  # Cy reads the bundle already
         for name in ("ada", "bea", "cy", "dee"):
-            assert web.post(f"/signup/{GLUTE}", data={"email": f"{name}@example.org"}).status_code == 303
+            assert web.post(f"/signup/{MAGNET}", data={"email": f"{name}@example.org"}).status_code == 303
         with rt.sessions() as s:
             ids.update({e.split("@")[0]: i for i, e in s.execute(select(Subscriber.id, Subscriber.email))})
         d = rt.dispatcher()
         d.run_pass(now)
-        confirm_subject = rt.campaigns[GLUTE].confirm_subject
+        confirm_subject = rt.campaigns[MAGNET].confirm_subject
         for name in ("ada", "bea", "cy", "dee"):
             assert subjects(smtp, f"{name}@example.org").count(confirm_subject) == 1
         with rt.sessions() as s, s.begin():  # Dee's cooldown is over; Ada's is not
@@ -599,7 +601,7 @@ def test_double_opt_in_pending_signups_are_each_readers_own(runtime, smtp, tmp_p
                       .values(requested_at=now - timedelta(hours=2)))
         before = footprints(rt, ids, "bea", "cy", "dee")
 
-        assert web.post(f"/signup/{GLUTE}", data={"email": "ada@example.org"}).status_code == 303
+        assert web.post(f"/signup/{MAGNET}", data={"email": "ada@example.org"}).status_code == 303
         d.run_pass(now)
         for name in ("ada", "dee"):
             assert subjects(smtp, f"{name}@example.org").count(confirm_subject) == 1
@@ -608,8 +610,8 @@ def test_double_opt_in_pending_signups_are_each_readers_own(runtime, smtp, tmp_p
         ada_before = footprint(rt, ids["ada"])
         bea_mail = next(m for m in smtp.handler.messages(to="bea@example.org") if m["Subject"] == confirm_subject)
         assert web.post(link(bea_mail, "/confirm")).status_code == 200
-        assert set(enrollments_of(rt, ids["bea"])) == {GLUTE}
-        assert GLUTE not in enrollments_of(rt, ids["cy"]) and enrollments_of(rt, ids["dee"]) == {}
+        assert set(enrollments_of(rt, ids["bea"])) == {MAGNET}
+        assert MAGNET not in enrollments_of(rt, ids["cy"]) and enrollments_of(rt, ids["dee"]) == {}
         assert footprint(rt, ids["ada"]) == ada_before
 
         with rt.sessions() as s, s.begin():
@@ -628,8 +630,8 @@ def test_continuation_enrolls_only_the_reader_who_completed_the_lead_magnet(runt
     """Finishing a lead magnet continues only that reader into the shared sequence, a reader already in it keeps
     her own enrollment, and each gets week 1 exactly once."""
     t0 = start_of_today()
-    ids = {"ada": enroll(runtime, "ada@example.org", t0, GLUTE), "bea": enroll(runtime, "bea@example.org", t0)}
-    enroll(runtime, "bea@example.org", t0, GLUTE)
+    ids = {"ada": enroll(runtime, "ada@example.org", t0, MAGNET), "bea": enroll(runtime, "bea@example.org", t0)}
+    enroll(runtime, "bea@example.org", t0, MAGNET)
     ids["cy"] = enroll(runtime, "cy@example.org", t0)
     d = runtime.dispatcher()
 
@@ -637,9 +639,9 @@ def test_continuation_enrolls_only_the_reader_who_completed_the_lead_magnet(runt
 
     ada, bea, cy = (enrollments_of(runtime, ids[n]) for n in ("ada", "bea", "cy"))
     week1 = t0 + timedelta(days=7)
-    assert (ada[GLUTE].status, ada[BUNDLE].origin_campaign, ada[BUNDLE].next_step, ada[BUNDLE].next_due_at) == (
-        "completed", GLUTE, 1, week1)
-    assert (bea[GLUTE].status, bea[BUNDLE].origin_campaign, bea[BUNDLE].next_step, bea[BUNDLE].next_due_at) == (
+    assert (ada[MAGNET].status, ada[BUNDLE].origin_campaign, ada[BUNDLE].next_step, ada[BUNDLE].next_due_at) == (
+        "completed", MAGNET, 1, week1)
+    assert (bea[MAGNET].status, bea[BUNDLE].origin_campaign, bea[BUNDLE].next_step, bea[BUNDLE].next_due_at) == (
         "completed", None, 1, week1)
     assert set(cy) == {BUNDLE} and (cy[BUNDLE].origin_campaign, cy[BUNDLE].next_step) == (None, 1)
     with runtime.sessions() as s:
@@ -655,31 +657,31 @@ def test_a_grown_campaign_reactivates_each_reader_by_her_own_messages(client, ru
     """A campaign gaining a step reactivates each completed reader by her own messages: a reader who already has
     the new step or has unsubscribed stays completed, and other readers are untouched."""
     t0 = start_of_today()
-    ids = {name: enroll(runtime, f"{name}@example.org", t0, GLUTE) for name in ("ada", "bea", "cy", "dee")}
+    ids = {name: enroll(runtime, f"{name}@example.org", t0, MAGNET) for name in ("ada", "bea", "cy", "dee")}
     ids["eve"] = enroll(runtime, "eve@example.org", t0)
     assert runtime.dispatcher().run_pass(t0).sent == 5
-    assert {n: enrollments_of(runtime, ids[n])[GLUTE].status for n in ("ada", "bea", "cy", "dee")} == dict.fromkeys(
+    assert {n: enrollments_of(runtime, ids[n])[MAGNET].status for n in ("ada", "bea", "cy", "dee")} == dict.fromkeys(
         ("ada", "bea", "cy", "dee"), "completed")
-    glute = runtime.campaigns[GLUTE]
+    glute = runtime.campaigns[MAGNET]
     extra = replace(glute.steps[0], key="extra", index=1, delay=replace(glute.steps[0].delay, days=2),
                     subject="Glute extra")
-    grown = {**runtime.campaigns, GLUTE: replace(glute, steps=(*glute.steps, extra))}
+    grown = {**runtime.campaigns, MAGNET: replace(glute, steps=(*glute.steps, extra))}
     with runtime.sessions() as s, s.begin():  # Cy got the new step already (from an earlier deployment of it)
         cy_enrollment = s.scalar(select(Enrollment.id).where(Enrollment.subscriber_id == ids["cy"],
-                                                             Enrollment.campaign == GLUTE))
-        s.add(Message(enrollment_id=cy_enrollment, subscriber_id=ids["cy"], campaign=GLUTE, step_key="extra",
+                                                             Enrollment.campaign == MAGNET))
+        s.add(Message(enrollment_id=cy_enrollment, subscriber_id=ids["cy"], campaign=MAGNET, step_key="extra",
                       step_index=1, to_email="cy@example.org", status="sent", attempts=1, created_at=t0,
                       updated_at=t0, sent_at=t0))
     with runtime.sessions() as s:
         public_id = s.get_one(Subscriber, ids["dee"]).public_id
-    path = runtime.unsubscribe_url(public_id, GLUTE).removeprefix(runtime.settings.base_url)
+    path = runtime.unsubscribe_url(public_id, MAGNET).removeprefix(runtime.settings.base_url)
     assert client.post(path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
     before = footprints(runtime, ids, "cy", "dee", "eve")
 
     runtime.dispatcher(campaigns=grown).run_pass(t0 + timedelta(minutes=1))
 
     for name in ("ada", "bea"):
-        e = enrollments_of(runtime, ids[name])[GLUTE]
+        e = enrollments_of(runtime, ids[name])[MAGNET]
         assert (e.status, e.next_step, e.next_due_at) == ("active", 1, t0 + timedelta(days=2))
     assert footprints(runtime, ids, "cy", "dee", "eve") == before
     assert runtime.dispatcher(campaigns=grown).run_pass(t0 + timedelta(days=2)).sent == 2
@@ -697,7 +699,8 @@ def test_export_and_erasure_touch_only_that_readers_rows(client, runtime, smtp) 
     assert d.queue_due(t1, PassSummary()) == 3
     others = footprints(runtime, ids, "bea", "cy")
 
-    answer = client.post(f"{prefs_path(runtime, ids['ada'])}/export", headers=SITE)
+    answer = client.post(data_path(client, smtp, prefs_path(runtime, ids["ada"]), "export", "ada@example.org"),
+                         headers=SITE)
 
     assert answer.status_code == 200
     body = answer.get_data(as_text=True)
@@ -712,7 +715,8 @@ def test_export_and_erasure_touch_only_that_readers_rows(client, runtime, smtp) 
 
     ada_before = footprint(runtime, ids["ada"])
     assert ada_before["message_contents"]  # her welcome as sent is stored
-    erase = client.post(f"{prefs_path(runtime, ids['bea'])}/erase", data={"confirm": "erase"}, headers=SITE)
+    erase = client.post(data_path(client, smtp, prefs_path(runtime, ids["bea"]), "erase", "bea@example.org"),
+                        data={"confirm": "erase"}, headers=SITE)
     assert erase.status_code == 200
     empty = {table: [] for table in footprint(runtime, ids["bea"])}
     assert footprint(runtime, ids["bea"]) == empty
@@ -730,7 +734,8 @@ def test_export_and_erasure_touch_only_that_readers_rows(client, runtime, smtp) 
                                                                  email_hash("cy@example.org")}
         assert s.scalar(select(func.count()).select_from(Message)) == 2  # Ada's two
     assert d.run_pass(t1).sent == 1
-    assert len(subjects(smtp, "ada@example.org")) == 2
+    # her welcome, the data link she asked for (sent at once, not a campaign email) and week-01
+    assert len(subjects(smtp, "ada@example.org")) == 3
 
 
 def test_the_unsubscribe_link_in_an_email_stops_only_its_reader(client, runtime, smtp) -> None:

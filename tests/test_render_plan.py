@@ -156,7 +156,7 @@ def _check_rendered_in_full(tmp_path: Path, html: str, kind: str, part: str | No
     camp.mkdir()
     head = (ROOT / "email_templates" / "back-pain-bundle" / "campaign.toml").read_text(encoding="utf-8")
     head = "\n".join(line for line in head.split("[[steps]]")[0].splitlines()
-                     if not line.startswith(("digest", "continue_")))
+                     if not line.startswith(("digest", "continue_", "invite_")))
     (camp / "campaign.toml").write_text(
         head.replace('key = "back-pain-bundle"', 'key = "odd"')
         + '\n[[steps]]\nkey = "one"\ndelay = "0"\nsubject = "Hi"\ntemplate = "one"\n', encoding="utf-8")

@@ -154,15 +154,18 @@ def test_suppressed_address_is_not_resurrected(client, runtime):
 
 
 def test_unsubscribed_reader_is_not_reenrolled_by_a_form(client, runtime):
-    """Someone who unsubscribed stays unsubscribed when the form is posted again (bots do that)."""
+    """Someone who unsubscribed stays unsubscribed when the form is posted again (bots do that): the answer
+    is "confirmation_sent" (a come-back email asks them; tests/test_reader_trust.py follows it), and only the
+    attempt is recorded."""
     assert post_json(client, {"email": "left@example.org"}).status_code == 201
     with runtime.sessions() as s, s.begin():
         s.scalars(select(Subscriber)).one().status = "unsubscribed"
     r = post_json(client, {"email": "left@example.org"})
-    assert r.status_code == 200 and r.get_json()["status"] == "not_subscribed"
+    assert r.status_code == 200 and r.get_json()["status"] == "confirmation_sent"
     with runtime.sessions() as s:
         assert s.scalars(select(Subscriber.status)).one() == "unsubscribed"
-        assert s.scalar(select(func.count()).select_from(Event).where(Event.type == "signup")) == 1
+        assert s.scalar(select(func.count()).select_from(Event).where(Event.type == "signup")) == 2
+        assert s.scalar(select(func.count()).select_from(Enrollment)) == 1  # no second enrollment
 
 
 def test_signup_rate_limit_answers_429_with_retry_after(app, runtime):

@@ -83,7 +83,8 @@ COOLDOWN = timedelta(minutes=60)  # DRIP_CONFIRM_COOLDOWN_MINUTES
 EXPIRY = timedelta(days=7)  # DRIP_CONFIRM_EXPIRY_DAYS
 POSTMARK = ("drip", "postmark-hook-secret")
 # Campaigns the operator may append a step to: (template the new step reuses, its delay).
-GROWABLE = {BUNDLE: ("week-09", "7d"), "leaner-you": ("welcome", "7d"), NEWS: ("month-06", "30d")}
+GROWABLE = {BUNDLE: ("week-12", "7d"), "leaner-you": ("welcome", "7d"), NEWS: ("month-12", "30d")}
+COMEBACK_SUBJECT = "Would you like to hear from me again?"  # a returning reader's confirmation email
 PAUSABLE = (BUNDLE, NEWS, "leaner-you", DOI)
 PREFERENCES = ("snooze:2", "snooze:4", "snooze:8", "resume", "digest", *(f"leave:{c}" for c in SIGNUP_CAMPAIGNS),
                *(f"zone:{z or ''}" for z in ZONES))
@@ -169,6 +170,11 @@ class Reader:
     pending: datetime | None = None  # double opt-in: when the last confirmation email was granted
     confirm_due: bool = False
     confirm_path: tuple[int, str] | None = None  # (generation, path) from the last confirmation email
+    # A reader who unsubscribed and signs up again: their pending "come back?" signups by campaign (when
+    # last granted), how many of those emails the next pass owes, and when they first unsubscribed.
+    comebacks: dict[str, datetime] = field(default_factory=dict)
+    comeback_due: set[str] = field(default_factory=set)
+    left_at: datetime | None = None
     got: Counter = field(default_factory=Counter)  # (campaign, step) -> emails that arrived
     unsubscribe_url: str | None = None
 
@@ -334,6 +340,9 @@ class Simulation(RuleBasedStateMachine):
             assert len(rcpts) == 1, rcpts
             reader = by_address[rcpts[0].lower()]
             message = parse(raw)
+            if message["Feedback-ID"] is None and message["Subject"] == COMEBACK_SUBJECT:
+                confirmations[reader.email] += 1  # its link is not followed by the model
+                continue
             if message["Feedback-ID"] is None:  # the double opt-in confirmation: transactional, no campaign step
                 assert message["Subject"] == self.campaigns[DOI].confirm_subject
                 body = message.get_body(("plain",)).get_content()
@@ -373,6 +382,8 @@ class Simulation(RuleBasedStateMachine):
 
     def stop_reader(self, reader: Reader, status: str, claimed: tuple[Msg, ...] = ()) -> None:
         reader.status = status
+        if status == "unsubscribed" and reader.left_at is None:
+            reader.left_at = self.now
         for e in reader.enrollments.values():
             if e.status == "active":
                 self.cancel(e, claimed)
@@ -456,6 +467,11 @@ class Simulation(RuleBasedStateMachine):
             if reader.exists and reader.confirm_due and reader.status == "active":
                 out[reader.email] += 1
                 reader.confirm_due = False
+            reader.comebacks = {c: when for c, when in reader.comebacks.items() if when >= t - EXPIRY}
+            reader.comeback_due &= set(reader.comebacks)  # an expired pending signup is deleted unsent
+            if reader.comeback_due and reader.status == "unsubscribed":  # bounced or complained since: none
+                out[reader.email] += len(reader.comeback_due)
+            reader.comeback_due = set()
         return out
 
     def queue(self, t: datetime) -> set[tuple[str, str, str]]:
@@ -618,8 +634,9 @@ class Simulation(RuleBasedStateMachine):
     @rule(who=READER, campaign=st.sampled_from(SIGNUP_CAMPAIGNS), as_json=st.booleans())
     def sign_up(self, who: int, campaign: str, as_json: bool) -> None:
         reader = self.pick(who)
-        if campaign == DOI and reader.armed:
-            return  # the scripted refusal would meet the confirmation email, which the model does not follow
+        if reader.armed and (campaign == DOI or reader.status == "unsubscribed"):
+            # the scripted refusal would meet the confirmation (or come-back) email, which the model does not follow
+            return
         self.join(reader, campaign, as_json=as_json)
 
     def join(self, reader: Reader, campaign: str, *, as_json: bool) -> None:
@@ -639,7 +656,17 @@ class Simulation(RuleBasedStateMachine):
     def model_join(self, reader: Reader, campaign: str) -> tuple[int, str]:
         if not reader.exists:
             reader.exists = True
-        elif reader.status != "active":  # unsubscribed, bounced or complained: never re-enrolled by a form
+        elif reader.status == "unsubscribed":  # docs/reader.md: a "come back?" email; only its link re-enrols
+            last = reader.comebacks.get(campaign, reader.pending if campaign == DOI else None)
+            if last is None or last <= reader.left_at or self.now - last >= COOLDOWN:
+                reader.comebacks[campaign] = self.now
+                reader.comeback_due.add(campaign)  # one row per campaign: one email however often granted
+            elif campaign not in reader.comebacks:  # the double opt-in row within its cooldown, kept as it was
+                reader.comebacks[campaign] = last
+            if campaign == DOI:  # one pending row per reader and campaign: the come-back one now
+                reader.pending, reader.confirm_due = None, False
+            return 200, "confirmation_sent"
+        elif reader.status != "active":  # bounced or complained: never mailed again
             return 200, "not_subscribed"
         if campaign == DOI:
             if DOI in reader.enrollments:
@@ -660,6 +687,8 @@ class Simulation(RuleBasedStateMachine):
     def confirm(self, who: int) -> None:
         reader = self.pick(who, [r for r in self.readers if r.confirm_path])
         generation, path = reader.confirm_path
+        if reader.status == "unsubscribed" and DOI in reader.comebacks:
+            return  # the link would bring them back (they asked to): the model does not follow come-backs
         others = self.snapshot(reader)
         r = self.client.post(path)
         if not reader.exists or generation != reader.generation:
@@ -767,7 +796,7 @@ class Simulation(RuleBasedStateMachine):
     def mailbox_refuses_next(self, who: int, hard: bool) -> None:
         """The reader's mail server refuses the next email at RCPT: 550 5.1.1 (hard) or 451 4.3.0 (soft)."""
         reader = self.pick(who)
-        if reader.armed or reader.confirm_due:
+        if reader.armed or reader.confirm_due or reader.comeback_due:
             return  # one refusal at a time, and never one a confirmation email would meet
         self.w.smtp.handler.script(reader.email, "RCPT", "550 5.1.1 no such user" if hard else
                                    "451 4.3.0 try again later")
@@ -908,7 +937,7 @@ class Simulation(RuleBasedStateMachine):
             assert row.status == status, (key, row.status, status)
             if not m.dead:
                 assert row.next_attempt_at == m.not_before, (key, row.next_attempt_at, m.not_before)
-        assert pending == {r.email for r in self.readers if r.exists and r.pending is not None}
+        assert pending == {r.email for r in self.readers if r.exists and (r.pending is not None or r.comebacks)}
         assert self.seen == len(self.w.smtp.handler.accepted), "an email arrived outside a dispatch pass"
 
 
@@ -945,7 +974,7 @@ def test_a_continued_reader_who_moves_zone_gets_the_next_coaching_email_at_the_n
     clock = Clock()
     web_reads(clock, monkeypatch)
     clock.now = at("2026-05-04T14:00:00")  # a Monday, 10:00 in New York
-    _signup(client, "ada@example.org", "leaner-you")
+    _signup(client, "ada@example.org", "plateau-14")  # its form promised coaching: it continues
     d = runtime.dispatcher()
     d.run_pass(clock.now)  # the lead magnet's welcome; it is complete, so she continues into the bundle at week-01
     assert _subjects(smtp, "ada@example.org") == ["welcome"]

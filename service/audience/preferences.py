@@ -19,7 +19,7 @@ from service.campaigns.model import Campaign
 from service.campaigns.schedule import step_due, valid_timezone
 from service.core import events
 from service.core.errors import FieldError
-from service.core.models import Consent, Enrollment, Message, Subscriber
+from service.core.models import Consent, Enrollment, Event, Message, Subscriber
 from service.enrollment import start as enrollment_start
 from service.enrollment.suppression import PENDING, stop_subscriber
 
@@ -42,6 +42,7 @@ class CampaignRow:
     next_due_at: datetime | None
     digest_key: str
     digest_title: str
+    digest_label: str = ""  # the switch button's words, e.g. "one email a month" (not the operator's title)
 
 
 def find(session: Session, public_id: str, *, lock: bool = False) -> Subscriber | None:
@@ -59,8 +60,18 @@ def campaign_rows(session: Session, subscriber: Subscriber, campaigns: dict[str,
         rows.append(CampaignRow(key=e.campaign, title=c.title if c else e.campaign, status=e.status,
                                 sent=e.next_step, total=len(c.steps) if c else e.next_step,
                                 next_due_at=e.next_due_at, digest_key=digest.key if digest else "",
-                                digest_title=digest.title if digest else ""))
+                                digest_title=digest.title if digest else "",
+                                digest_label=cadence(digest) if digest else ""))
     return rows
+
+
+def cadence(campaign: Campaign) -> str:
+    """How often a campaign writes, in the reader's words, from its regular steps' delays."""
+    days = [s.delay.days for s in campaign.steps[1:] if s.delay.days] or [7]
+    typical = max(set(days), key=days.count)
+    if typical >= 28:
+        return "one email a month"
+    return "one email a week" if typical == 7 else f"one email every {typical} days"
 
 
 def _active_enrollment(session: Session, subscriber: Subscriber, campaign: str) -> Enrollment:
@@ -195,7 +206,8 @@ def switch_to_digest(session: Session, subscriber: Subscriber, campaign: str, *,
         target.next_due_at = step_due(digest, resume, after=now, reader_timezone=subscriber.timezone) if resume else now
         target.due_from = now if resume else None
     session.add(Consent(subscriber_id=subscriber.id, campaign=digest.key, created_at=now, source="preferences",
-                        wording=f"Switched from {source.title} to {digest.title} on the preference page."))
+                        wording=f'Clicked "Switch to {cadence(digest)}" on the preference page, under '
+                                f"{source.title}: {digest.title} instead."))
     events.record(session, type="switched_to_digest", now=now, subscriber_id=subscriber.id,
                   detail=f"switched from {campaign} to {digest.key}", data={"from": campaign, "to": digest.key})
     return digest.key
@@ -210,3 +222,32 @@ def export_reader_data(session: Session, subscriber: Subscriber, *, now: datetim
 def erase_reader(session: Session, subscriber: Subscriber, *, now: datetime) -> None:
     """The reader erases everything about them; only the address's hash stays, suppressed."""
     privacy.erase_subscriber(session, subscriber, now, by="the reader on the preference page")
+
+
+# -- what a forwarded email gives away: the address masked, data only through the reader's own inbox ---------
+DATA_LINK_COOLDOWN = timedelta(minutes=10)  # at most one data link per kind per reader this often
+DATA_LINK_MAX_AGE = timedelta(hours=1)
+
+
+def masked_address(email: str) -> str:
+    """`a•••@example.org`: enough for the reader to recognise their address, not enough for whoever the email
+    was forwarded to to learn it."""
+    local, _, domain = email.rpartition("@")
+    return f"{local[:1]}\u2022\u2022\u2022@{domain}" if local else "\u2022\u2022\u2022"
+
+
+def data_link_due(session: Session, subscriber: Subscriber, action: str, *, now: datetime) -> bool:
+    """False when a link for `action` went to the reader within the cooldown: the preference page cannot be
+    used to fill someone's inbox."""
+    recent = session.scalars(select(Event.data).where(
+        Event.subscriber_id == subscriber.id, Event.type == "data_link_sent",
+        Event.created_at > now - DATA_LINK_COOLDOWN)).all()
+    return not any(isinstance(d, dict) and d.get("action") == action for d in recent)
+
+
+def note_data_link(session: Session, subscriber: Subscriber, action: str, *, now: datetime) -> Event:
+    """Recorded before the link is sent (and removed by the caller if sending fails)."""
+    what = "download" if action == "export" else "erase"
+    return events.record(session, type="data_link_sent", now=now, subscriber_id=subscriber.id,
+                         detail=f"asked on the preference page to {what} their data; a link was emailed to "
+                                "their own address", data={"action": action})

@@ -168,7 +168,7 @@ def _insert(session: Session):
 
 def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,
            record_ip: bool = False, confirm_cooldown: timedelta = timedelta(minutes=60),
-           rate_hits: Sequence[ratelimit.PendingHit] = ()) -> SignupResult:
+           rate_hits: Sequence[ratelimit.PendingHit] = (), invite_back: bool = True) -> SignupResult:
     """Upsert the subscriber and enrollment; the caller commits. The welcome is due at `now`.
 
     `rate_hits` are counted first, in order, except the `first_is_new_subscriber` one (the per-address
@@ -191,7 +191,7 @@ def signup(session: Session, data: SignupInput, *, campaign: Campaign, meta: Con
             elif not ratelimit.count_pending(conn, pending):
                 return SignupResult("rate_limited", None, refused_by=n)
     return signup_known(session, data, campaign=campaign, meta=meta, now=now, record_ip=record_ip,
-                        confirm_cooldown=confirm_cooldown, address_hit=address_hit)
+                        confirm_cooldown=confirm_cooldown, address_hit=address_hit, invite_back=invite_back)
 
 
 def signup_new(conn: Connection | DriverTransaction, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta,
@@ -248,15 +248,18 @@ def _count_address_hit(conn: Connection | DriverTransaction | Session, email_key
 
 def signup_known(session: Session, data: SignupInput, *, campaign: Campaign, meta: ConsentMeta, now: datetime,
                  record_ip: bool = False, confirm_cooldown: timedelta = timedelta(minutes=60),
-                 address_hit: tuple[int, ratelimit.PendingHit] | None = None) -> SignupResult:
+                 address_hit: tuple[int, ratelimit.PendingHit] | None = None,
+                 invite_back: bool = True) -> SignupResult:
     """Known, suppressed, or double opt-in: the general path, through the ORM; the caller commits. The
     rate-limit hits are counted by the caller, but for `address_hit` (its index among them, the hit):
-    counted here once the subscriber row is written, unless this signup made the row (see signup())."""
+    counted here once the subscriber row is written, unless this signup made the row (see signup()).
+    `invite_back`: a reader's own form post asks an unsubscribed reader to come back by email; the
+    operator's import and API pass False and get "inactive" (they never email someone who left)."""
     if is_suppressed(session, data.email_key):
         if address_hit is not None and not _count_address_hit(session, data.email_key, address_hit[1]):
             return SignupResult("rate_limited", None, refused_by=address_hit[0])
         log.info("signup for a suppressed address ignored (campaign %s)", data.campaign)
-        return SignupResult("suppressed", None)
+        return SignupResult("suppressed", _note_refused_signup(session, data, meta=meta, now=now))
     insert = _insert(session)
     made = session.execute(
         insert(Subscriber)
@@ -270,9 +273,14 @@ def signup_known(session: Session, data: SignupInput, *, campaign: Campaign, met
     if made is None and address_hit is not None and not _count_address_hit(session, data.email_key, address_hit[1]):
         return SignupResult("rate_limited", None, refused_by=address_hit[0])
     subscriber = session.scalars(select(Subscriber).where(Subscriber.email_key == data.email_key)).one()
-    if subscriber.status != "active":
-        # Someone who unsubscribed or bounced is not re-enrolled by a form post (a bot could do that);
-        # an operator resubscribes them with a recorded reason.
+    if subscriber.status == "unsubscribed" and invite_back:
+        # Someone who left is not re-enrolled by a form post (anyone can type an address): they get an email
+        # asking whether they want to come back, and only its link brings them back (optin.confirm).
+        return _request_comeback(session, subscriber, data, campaign=campaign, meta=meta, now=now,
+                                 record_ip=record_ip, cooldown=confirm_cooldown)
+    if subscriber.status != "active":  # bounced or complained without a suppression row: nothing is sent
+        if subscriber.status != "unsubscribed":
+            _note_refused_signup(session, data, meta=meta, now=now)
         return SignupResult("inactive", subscriber.id)
     if campaign.double_opt_in:  # no enrollment until the emailed link is confirmed
         return _request_confirmation(session, subscriber, data, campaign=campaign, meta=meta, now=now,
@@ -394,6 +402,43 @@ def _request_confirmation(session: Session, subscriber: Subscriber, data: Signup
     events.record(session, type="signup", now=now, subscriber_id=subscriber.id,
                   detail=f"asked for {campaign.key} via {meta.source}; confirmation email granted")
     return SignupResult("pending", subscriber.id)
+
+
+def _consent(subscriber: Subscriber, campaign: Campaign, meta: ConsentMeta, now: datetime, record_ip: bool) -> Consent:
+    """What the form said when the reader asked (its own words), and where and how they asked."""
+    return Consent(subscriber_id=subscriber.id, campaign=campaign.key, created_at=now, source=meta.source,
+                   source_url=_meta_text(meta.source_url, MAX_URL),
+                   user_agent=_meta_text(meta.user_agent, MAX_USER_AGENT),
+                   ip=meta.ip if record_ip else None, wording=campaign.consent)
+
+
+def _request_comeback(session: Session, subscriber: Subscriber, data: SignupInput, *, campaign: Campaign,
+                      meta: ConsentMeta, now: datetime, record_ip: bool, cooldown: timedelta) -> SignupResult:
+    """An unsubscribed reader filled in a form again: a pending signup and a "do you want to come back?"
+    email (at most one per cooldown, like a double opt-in confirmation); their click re-subscribes them.
+    Recorded in their timeline either way. "returning" when an email was granted, else "returning_cooldown"."""
+    granted = optin.request(session, subscriber=subscriber, campaign=campaign, now=now, cooldown=cooldown,
+                            since=subscriber.unsubscribed_at)
+    session.add(_consent(subscriber, campaign, meta, now, record_ip))
+    events.record(session, type="signup", now=now, subscriber_id=subscriber.id,
+                  detail=f"asked for {campaign.key} again via {meta.source} after unsubscribing; "
+                         + ("a come-back confirmation email was granted" if granted
+                            else "a come-back email went out recently, none sent now"),
+                  data={"campaign": campaign.key, "returning": True, "email_granted": granted})
+    return SignupResult("returning" if granted else "returning_cooldown", subscriber.id)
+
+
+def _note_refused_signup(session: Session, data: SignupInput, *, meta: ConsentMeta, now: datetime) -> int | None:
+    """A form post for an address whose mail bounced or was marked as spam: nothing is sent, but the
+    subscriber's timeline shows the attempt (an erased address has no subscriber: nothing is kept)."""
+    subscriber = session.scalars(select(Subscriber).where(Subscriber.email_key == data.email_key)).one_or_none()
+    if subscriber is None:
+        return None
+    events.record(session, type="signup_refused", now=now, subscriber_id=subscriber.id,
+                  detail=f"asked for {data.campaign} via {meta.source}; nothing sent: this address is "
+                         f"{subscriber.status} (its mail bounced or was reported as spam)",
+                  data={"campaign": data.campaign, "status": subscriber.status})
+    return subscriber.id
 
 
 def _welcome_a_continued_reader(session: Session, subscriber: Subscriber, campaign: Campaign, *, meta: ConsentMeta,

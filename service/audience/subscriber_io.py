@@ -60,7 +60,7 @@ def import_rows(session: Session, rows: Iterable[tuple[int, dict[str, str | None
             report.problems.append((line, f"duplicate of line {seen[data.email_key]}"))
             continue
         seen[data.email_key] = line
-        result = signup(session, data, campaign=plain, meta=meta, now=now)
+        result = signup(session, data, campaign=plain, meta=meta, now=now, invite_back=False)
         if result.status == "created":
             report.created += 1
             if skip_welcome:

@@ -29,11 +29,33 @@ def load_campaigns(templates_dir: Path) -> dict[str, Campaign]:
 
 
 def check_set(campaigns: Mapping[str, Campaign]) -> None:
-    """What one campaign may say about the others: its digest and continuation name real ones."""
+    """What one campaign may say about the others: its digest, continuation and invitation name real ones."""
     for campaign in campaigns.values():
         if campaign.digest and (campaign.digest not in campaigns or campaign.digest == campaign.key):
             raise CampaignError(f"{campaign.where}: digest {campaign.digest!r} is not another campaign")
         check_continuation(campaign, campaigns)
+        check_invitation(campaign, campaigns)
+
+
+def check_invitation(campaign: Campaign, campaigns: Mapping[str, Campaign]) -> None:
+    """`invite_to` names another loaded campaign, `invite_at` one of its steps, and `invite_wording` says
+    what the reader is asked (their consent is those words)."""
+    source = campaign.read("campaign.toml") or ""
+    n = toml_line(source, "invite_to")
+    where = f"{campaign.where}:{n}" if n else campaign.where
+    if not campaign.invite_to:
+        if campaign.invite_at or campaign.invite_wording:
+            raise CampaignError(f"{where}: 'invite_at' and 'invite_wording' need 'invite_to'")
+        return
+    target = campaigns.get(campaign.invite_to)
+    if target is None or target.key == campaign.key:
+        raise CampaignError(f"{where}: invite_to {campaign.invite_to!r} is not another campaign")
+    if campaign.continue_into:
+        raise CampaignError(f"{where}: a campaign either continues into another or invites to it, not both")
+    if target.step_by_key(campaign.invite_at or target.steps[0].key) is None:
+        raise CampaignError(f"{where}: invite_at {campaign.invite_at!r} is not a step of {target.key!r}")
+    if not campaign.invite_wording:
+        raise CampaignError(f"{where}: 'invite_to' needs 'invite_wording', the question the reader says yes to")
 
 
 def check_continuation(campaign: Campaign, campaigns: Mapping[str, Campaign]) -> None:
@@ -148,6 +170,9 @@ def parse_campaign(key: str, source: str, *, where: str, has_file: Callable[[str
         send_days=send_days,
         double_opt_in=_flag(data, "double_opt_in", where),
         confirm_subject=text("confirm_subject", required=False) or "Please confirm your email address",
+        invite_to=text("invite_to", required=False),
+        invite_at=text("invite_at", required=False),
+        invite_wording=text("invite_wording", required=False),
     )
 
 

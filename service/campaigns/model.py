@@ -90,6 +90,12 @@ class Campaign:
     # Double opt-in: the welcome waits until the reader clicks the link in a confirmation email.
     double_opt_in: bool = False
     confirm_subject: str = "Please confirm your email address"
+    # An invitation instead of a continuation: the campaign's emails may carry `invite_url`, a signed link
+    # whose page asks the reader (in `invite_wording`, stored as their consent) to join `invite_to` at
+    # `invite_at`. Nothing is joined unless they click yes: for a form that promised only a download.
+    invite_to: str = ""
+    invite_at: str = ""
+    invite_wording: str = ""
     # Where the campaign's files come from: the folder `directory` (version 0), or a version published
     # in the database (campaigns/versions.py), whose files travel with it as {file name: text}.
     version: int = 0

@@ -22,8 +22,11 @@ def campaigns() -> None:
 
 
 @campaigns.command("check")
-def check() -> None:
-    """Load, render and lint every campaign step (Gmail clipping, text part, subject, images, links)."""
+@click.option("--spam-score/--no-spam-score", default=True, show_default=True,
+              help="Score every step with SpamAssassin (local rules) when it is installed.")
+def check(spam_score: bool) -> None:
+    """Load, render and lint every campaign step (Gmail clipping, text part, subject, images, links), and
+    score each with SpamAssassin when it is installed (a score above 0.5 is an error)."""
     from service.compose.composer import Composer
     from service.compose.lint import lint_campaign
 
@@ -37,11 +40,28 @@ def check() -> None:
     problems = [p for campaign in loaded.values() for p in lint_campaign(campaign, composer)]
     for problem in problems:
         click.echo(problem.line())
-    errors = sum(p.level == "error" for p in problems)
+    errors = sum(p.level == "error" for p in problems) + (_spam_scores(loaded, composer) if spam_score else 0)
     steps = sum(len(c.steps) for c in loaded.values())
     click.echo(f"campaigns check: {len(loaded)} campaign(s), {steps} step(s): {errors} error(s), "
                f"{len(problems) - errors} warning(s)")
     sys.exit(1 if errors else 0)
+
+
+def _spam_scores(loaded, composer) -> int:
+    """Each step's SpamAssassin score (local rules) when the program is installed; errors above the limit."""
+    from service.compose import spamscore
+
+    if spamscore.spamassassin_path() is None:
+        click.echo("spamassassin: not installed, no scores (Debian: apt-get install spamassassin)")
+        return 0
+    errors = 0
+    for campaign, step, found in spamscore.score_campaigns(loaded, composer):
+        over = found.score > spamscore.LIMIT
+        errors += over
+        shown = round(found.score, 1) + 0.0  # + 0.0: a tiny negative score prints as 0.0, not -0.0
+        click.echo(f"{campaign}/{step}: {'error: ' if over else ''}SpamAssassin score {shown:.1f} "
+                   f"(limit {spamscore.LIMIT}; tests: {', '.join(found.content_tests) or 'none'})")
+    return errors
 
 
 @campaigns.command("diff")

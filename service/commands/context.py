@@ -22,10 +22,15 @@ def load_settings() -> Settings:
 
 def load_runtime(settings: Settings, *, check_schema: bool = True, check_templates: bool = False, **kw):
     """The runtime, after checking that its database is reachable and at the revision this Drip needs, and
-    (for the commands that send: serve, web, worker, tick) after publishing the campaign folders and checking
-    that every step's template compiles."""
-    from service.runtime import build_runtime
+    (for the commands that send: serve, web, worker, tick) after checking the postal address, publishing the
+    campaign folders and checking that every step's template compiles."""
+    from service.runtime import build_runtime, check_postal_address
 
+    if check_templates:
+        try:  # a production URL (https) without a postal address: refuse before anything is sent
+            check_postal_address(settings)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
     try:
         rt = build_runtime(settings, **kw)
     except Exception as exc:

@@ -28,6 +28,7 @@ from service.compose import mime, render_plan
 from service.compose.dkim import sign as dkim_sign
 from service.compose.sources import CampaignSources
 from service.core.addresses import ascii_address, new_message_id, sender_address
+from service.core.config import PLACEHOLDER_POSTAL_ADDRESS
 from service.core.dkim_keys import DkimKey
 from service.transports.base import OutboundEmail
 
@@ -90,6 +91,8 @@ class Composer:
     # The footer's reader links: (public_id, message_pk) -> {"preferences_url", "view_url"}; the runtime
     # sets it (it holds the secret key). Unset (previews, lint) the links point at sample pages.
     reader_links: Callable[[str, int], dict[str, str]] | None = None
+    # An inviting campaign's "yes" link: (public_id, campaign key) -> URL; set by the runtime like reader_links.
+    invite_link: Callable[[str, str], str] | None = None
 
     def __init__(self, *, templates_dir: Path, base_url: str, postal_address: str, from_override: str | None = None,
                  unsubscribe_mailto: str | None = None, dkim_keys: tuple[DkimKey, ...] = (),
@@ -111,7 +114,8 @@ class Composer:
         # Subjects are plain text headers, not HTML: escaping would show "&amp;" in the inbox.
         self.subject_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
         self.base_url = base_url
-        self.postal_address = postal_address
+        # The placeholder is for the operator's warning, not for readers: the footer then shows no address.
+        self.postal_address = "" if postal_address == PLACEHOLDER_POSTAL_ADDRESS else postal_address
         self.from_override = from_override
         self.unsubscribe_mailto = unsubscribe_mailto
         self.inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
@@ -164,6 +168,10 @@ class Composer:
         else:
             links = {"preferences_url": f"{self.base_url}/preferences/sample",
                      "view_url": f"{self.base_url}/view/sample"}
+        if job.campaign.invite_to:  # only an inviting campaign's templates may print {{ invite_url }}
+            signed = self.invite_link is not None and job.public_id
+            links["invite_url"] = (self.invite_link(job.public_id, job.campaign.key) if signed
+                                   else f"{self.base_url}/join/sample")
         return {**links, "resources": self._resources(job.campaign)}
 
     def _resources(self, campaign: Campaign) -> dict[str, str]:
@@ -374,25 +382,43 @@ def with_utm(url: str, utm: dict[str, str]) -> str:
 
 
 # -- double opt-in confirmations ---------------------------------------------------------------------
+# Emails that carry one link the reader asked for, all through one door: (subject, preheader, why) by kind;
+# the templates are `<kind>.html`/`.txt` in the campaign's folder, else in `_base/`. None: the campaign's.
+TRANSACTIONAL = {
+    "confirm": (None, "Please confirm your email address", None),
+    # a reader who unsubscribed and signed up again: "do you want to come back?"
+    "comeback": ("Would you like to hear from me again?", "One click brings you back; without it, nothing is sent.",
+                 None),
+    # the reader's own data, opened only from their own inbox (a forwarded preference link cannot reach it)
+    "data_export": ("Your link to download your data", "You asked to download your data. The link works for an hour.",
+                    "You're getting this email because someone asked to download the data we hold about this address."),
+    "data_erase": ("Your link to erase your data", "You asked to erase your data. The link works for an hour.",
+                   "You're getting this email because someone asked to erase the data we hold about this address."),
+}
+
+
 def compose_confirmation(composer: Composer, *, campaign: Campaign, to_email: str, name: str, confirm_url: str,
-                         unsubscribe_url: str, now: datetime, pending_id: int, expiry_days: int) -> OutboundEmail:
+                         unsubscribe_url: str, now: datetime, pending_id: int, expiry_days: int,
+                         kind: str = "confirm") -> OutboundEmail:
     """The confirmation email of a double opt-in campaign: `<campaign>/confirm.*` when the campaign has its
-    own, else `_base/confirm.*`. A transactional email: no List-Unsubscribe headers, not in the message
+    own, else `_base/confirm.*`; the other TRANSACTIONAL kinds the same way (a returning reader's come-back
+    email, the reader's data links). A transactional email: no List-Unsubscribe headers, not in the message
     log; its footer still names why it came and links the unsubscribe page."""
     import secrets
 
     first = one_line(name).split(" ")[0] if one_line(name) else ""
-    subject = header_text(campaign.confirm_subject)[:250]
+    subject_text, preheader, why = TRANSACTIONAL[kind]
+    subject = header_text(subject_text or campaign.confirm_subject)[:250]
     ctx = {
         "greeting": f"Hi {first}," if first else "Hi there,", "subject": subject, "confirm_url": confirm_url,
         "campaign": {"key": campaign.key, "title": campaign.title, "sender_name": campaign.sender_name},
         "unsubscribe_url": unsubscribe_url, "postal_address": composer.postal_address, "base_url": composer.base_url,
-        "why": f"You're getting this email because this address was entered to get the {campaign.title}.",
-        "preheader": "Please confirm your email address", "expiry_days": expiry_days,
+        "why": why or f"You're getting this email because this address was entered to get the {campaign.title}.",
+        "preheader": preheader, "expiry_days": expiry_days,
     }
-    base = composer.sources.add(campaign) if campaign.read("confirm.html") is not None else "_base"
-    text = composer.env.get_template(f"{base}/confirm.txt").render(ctx).strip() + "\n"
-    html = composer.inliner.inline(composer.env.get_template(f"{base}/confirm.html").render(ctx))
+    base = composer.sources.add(campaign) if campaign.read(f"{kind}.html") is not None else "_base"
+    text = composer.env.get_template(f"{base}/{kind}.txt").render(ctx).strip() + "\n"
+    html = composer.inliner.inline(composer.env.get_template(f"{base}/{kind}.html").render(ctx))
     from_header = composer.from_header(campaign)
     sender = ascii_address(email.utils.parseaddr(from_header)[1])
     recipient = ascii_address(to_email)

@@ -42,7 +42,7 @@ from jinja2 import Environment, nodes
 from service.compose import mime
 
 # The reader's values in a compose context: plain names, and the attributes of `subscriber`.
-PERSONAL_NAMES = ("greeting", "subject", "unsubscribe_url", "preferences_url", "view_url")
+PERSONAL_NAMES = ("greeting", "subject", "unsubscribe_url", "preferences_url", "view_url", "invite_url")
 SUBSCRIBER_ATTRS = ("first_name", "name", "email")
 _ALL = (*PERSONAL_NAMES, *(f"subscriber.{a}" for a in SUBSCRIBER_ATTRS))
 _OPEN, _MID, _CLOSE = "\ue000", "\ue001", "\ue002"  # private-use characters: never in real content

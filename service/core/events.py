@@ -44,6 +44,9 @@ EVENT_TYPES = frozenset({
     "continued",  # a completed lead magnet led into its shared sequence
     "reactivated",  # a completed enrollment whose campaign gained steps
     "confirmed",  # a double opt-in link was clicked
+    "signup_refused",  # a form post for an address that bounced or complained: nothing was sent
+    "confirmation_sent",  # a double opt-in or come-back email went out (transactional: not in the message log)
+    "data_link_sent",  # the reader asked to download or erase their data: a link went to their own address
     "held",  # the per-reader daily cap moved a message to the next allowed day
     "unsubscribe_reason",  # the one line a reader may add after unsubscribing (never asked before)
 })

@@ -146,3 +146,42 @@ def read_device_token(secret_key: str, token: str, *, max_age_days: int) -> tupl
     if not (isinstance(data, list) and len(data) == 2 and isinstance(data[0], int) and isinstance(data[1], str)):
         raise BadToken("malformed token")
     return data[0], data[1]
+
+
+# An invitation's "yes" link: its own salt, so no other Drip token joins anyone to anything.
+JOIN_SALT = "drip.join.v1"  # payload: [public_id, the inviting campaign]
+
+
+def make_join_token(secret_key: str, *, public_id: str, campaign: str) -> str:
+    return _dumps(secret_key, JOIN_SALT, [public_id, campaign])
+
+
+def read_join_token(secret_key: str, token: str, *, max_age_days: int) -> UnsubscribeClaim:
+    """(public_id, inviting campaign) of a join link; BadToken if tampered, foreign or expired."""
+    return _claim(_loads(secret_key, JOIN_SALT, token, max_age_days))
+
+
+# The reader's data (download or erasure) opens only from a link emailed to their own address, so a
+# forwarded email's preference link cannot reach it. Short-lived: the reader asked a moment ago.
+DATA_SALT = "drip.data.v1"  # payload: [public_id, "export" or "erase"]
+DATA_ACTIONS = ("export", "erase")
+
+
+def make_data_token(secret_key: str, *, public_id: str, action: str) -> str:
+    if action not in DATA_ACTIONS:
+        raise ValueError(f"unknown data action {action!r}")
+    return _dumps(secret_key, DATA_SALT, [public_id, action])
+
+
+def read_data_token(secret_key: str, token: str, *, max_age_seconds: int) -> tuple[str, str]:
+    """(public_id, action); BadToken if tampered, foreign or older than `max_age_seconds`."""
+    if len(token) > 400:
+        raise BadToken("token too long")
+    try:
+        data = _serializer(secret_key, DATA_SALT).loads(token, max_age=max_age_seconds)
+    except BadSignature as exc:  # includes SignatureExpired
+        raise BadToken(str(exc)) from None
+    if (not isinstance(data, list) or len(data) != 2 or not all(isinstance(x, str) for x in data)
+            or data[1] not in DATA_ACTIONS):
+        raise BadToken("invalid link")
+    return data[0], data[1]

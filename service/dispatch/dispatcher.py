@@ -182,7 +182,7 @@ class Dispatcher:
                 self.composer, campaign=job.campaign, to_email=job.to_email, name=job.name,
                 confirm_url=self.confirm_url(job.public_id, job.campaign.key),
                 unsubscribe_url=self.unsubscribe_url(job.public_id, job.campaign.key), now=now,
-                pending_id=job.pending_id, expiry_days=days)
+                pending_id=job.pending_id, expiry_days=days, kind="comeback" if job.returning else "confirm")
         return optin.send_due(self.sessions, campaigns=self.campaigns, now=now, real_now=self.real_clock(),
                               compose=compose, transport_factory=self.transport_factory, lease=self.lease,
                               max_age=self.confirm_expiry)

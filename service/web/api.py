@@ -188,7 +188,7 @@ def subscriber_create():
     meta = ConsentMeta(source="api", source_url=source_url,
                        user_agent=request.headers.get("User-Agent"), ip=request.remote_addr)
     result = signup(s, parsed, campaign=rt.campaigns[parsed.campaign], meta=meta, now=utcnow(),
-                    record_ip=rt.settings.record_ip)
+                    record_ip=rt.settings.record_ip, invite_back=False)
     if result.status == "suppressed":
         s.rollback()
         raise ApiError(409, "suppressed", "this address is on the suppression list and cannot be subscribed", "email")

@@ -38,6 +38,14 @@ def home():
     return render_template("home.html", campaign=campaign, error=None, values={})
 
 
+@bp.app_template_filter("consent_parts")
+def consent_parts(consent: str) -> tuple[str, str]:
+    """A campaign's consent is its form's words, "headline [button: label]": the home page shows exactly those
+    words (headline above, label on the button), so the stored consent is what this form showed too."""
+    headline, sep, rest = consent.partition(" [button: ")
+    return (headline, rest.removesuffix("]")) if sep and rest.endswith("]") else (consent, "Send it to me")
+
+
 @bp.app_context_processor
 def _local_outbox() -> dict:
     """The home page tells a newcomer running the embedded default that emails stay on this machine and
@@ -102,16 +110,22 @@ def signup_webhook(campaign: str | None = None):
     if result.status == "rate_limited":
         pending, message = hits[result.refused_by]
         return _rate_limited(abuse.refusal(message, pending.retry_after), as_json, data, campaign)
-    if result.status in ("created", "pending"):  # a granted confirmation email goes at once too
+    if result.status in ("created", "pending", "returning"):  # a granted confirmation email goes at once too
         runtime_wake()
     if not as_json:
-        return redirect(url_for("public.thanks", campaign=parsed.campaign), code=303)
+        # The thank-you page tells the truth: a returning reader must click the emailed link first; an
+        # address whose mail bounced or was reported as spam gets nothing at all.
+        state = {"returning": "check-inbox", "returning_cooldown": "check-inbox", "inactive": "not-sent",
+                 "suppressed": "not-sent"}.get(result.status)
+        return redirect(url_for("public.thanks", campaign=parsed.campaign, state=state), code=303)
     body = {"status": "subscribed" if result.status in ("created", "existing") else "not_subscribed",
             "campaign": parsed.campaign, "email": parsed.email}
-    if result.status.startswith("pending"):  # double opt-in: the same answer, sent or cooling down
+    if result.status.startswith(("pending", "returning")):  # the same answer, sent or cooling down
         body["status"] = "confirmation_sent"
+    if result.status.startswith("returning"):
+        body["detail"] = "this address had unsubscribed; it comes back only by clicking the link emailed to it"
     if result.status in ("inactive", "suppressed"):
-        body["detail"] = "this address has unsubscribed or bounced; it is not re-enrolled by a signup"
+        body["detail"] = "mail to this address bounced or was reported as spam; nothing is sent to it"
     return jsonify(body), 201 if result.created else 200
 
 
@@ -183,7 +197,8 @@ def thanks(campaign: str):
     c = runtime().campaigns.get(campaign)
     if c is None:
         abort(404)
-    return render_template("thanks.html", campaign=c)
+    state = request.args.get("state")
+    return render_template("thanks.html", campaign=c, state=state if state in ("check-inbox", "not-sent") else None)
 
 
 def _claim(token: str):

@@ -16,10 +16,11 @@ from flask import Blueprint, Response, abort, redirect, render_template, request
 from sqlalchemy import select
 
 from service.audience import preferences as prefs
-from service.compose.composer import ComposeJob
+from service.compose.composer import ComposeJob, compose_confirmation
 from service.core.db import utcnow
-from service.core.models import Message, Subscriber
-from service.core.tokens import BadToken, read_preferences_token, read_view_token
+from service.core.models import Enrollment, Message, Subscriber
+from service.core.tokens import BadToken, make_data_token, read_data_token, read_preferences_token, read_view_token
+from service.transports import make_transport
 from service.web import db, runtime
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ DONE = {
     "snoozed": "Your emails are paused.",
     "resumed": "Your emails are back on.",
     "digest": "Done: you will get the monthly digest instead.",
+    # export and erasure start in the reader's own inbox: a forwarded email's link cannot reach them
+    "data_export": "We've emailed a link to {address}. Open it within an hour to download your data.",
+    "data_erase": "We've emailed a link to {address}. Open it within an hour to erase your data.",
 }
 VIEW_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; frame-ancestors 'none'; "
             "base-uri 'none'; form-action 'none'")
@@ -81,11 +85,11 @@ def _not_found(_exc):
 
 def _page(token: str, subscriber: Subscriber, *, error: prefs.PreferenceError | None = None, status: int = 200):
     rt = runtime()
-    done = DONE.get(request.args.get("done", ""))
+    done = DONE.get(request.args.get("done", ""), "").format(address=prefs.masked_address(subscriber.email)) or None
     now = utcnow()
     snoozed = subscriber.snoozed_until if subscriber.snoozed_until and subscriber.snoozed_until > now else None
     return render_template(
-        "preferences.html", token=token, subscriber=subscriber,
+        "preferences.html", token=token, subscriber=subscriber, address=prefs.masked_address(subscriber.email),
         rows=prefs.campaign_rows(db(), subscriber, rt.campaigns),
         snoozed_until=snoozed, zones=sorted(available_timezones()), weeks=prefs.SNOOZE_WEEKS, done=done, error=error,
     ), status
@@ -103,7 +107,7 @@ def preferences_post(token: str, action: str):
     session = db()
     subscriber = _subscriber(token, lock=True)
     if action in ("export", "erase"):
-        return _data_action(token, subscriber, action)
+        return _request_data_link(token, subscriber, action)
     if subscriber.status != "active":
         return _page(token, subscriber, status=409)
     try:
@@ -141,7 +145,84 @@ def _apply(session, subscriber: Subscriber, action: str) -> str:
     abort(404)
 
 
-def _data_action(token: str, subscriber: Subscriber, action: str):
+def _request_data_link(token: str, subscriber: Subscriber, action: str):
+    """Download and erasure begin with an email to the reader's own address: whoever holds a forwarded
+    preference link sees neither. Recorded, then sent, then (only if sending failed) the record removed."""
+    session, now = db(), utcnow()
+    if prefs.data_link_due(session, subscriber, action, now=now):
+        event = prefs.note_data_link(session, subscriber, action, now=now)
+        session.commit()  # no transaction (or row lock) held across the send
+        if not _email_data_link(subscriber, action, now):
+            session.delete(event)
+            session.commit()
+            error = prefs.PreferenceError("not_sent", "We could not send the email just now. Please try again in "
+                                          "a few minutes.", None)
+            return _page(token, _subscriber(token), error=error, status=503)
+    else:  # a link went out a moment ago: the same answer, and no second email
+        session.rollback()
+    return redirect(url_for("reader.preferences_page", token=token, done=f"data_{action}", _anchor="status"),
+                    code=303)
+
+
+def _email_data_link(subscriber: Subscriber, action: str, now) -> bool:
+    """Sends the data link at once, through the configured transport (the reader is waiting for it)."""
+    rt = runtime()
+    first = db().scalar(select(Enrollment.campaign).where(Enrollment.subscriber_id == subscriber.id)
+                        .order_by(Enrollment.id))
+    campaign = rt.campaigns.get(first or "") or rt.campaigns[rt.settings.default_campaign]
+    token = make_data_token(rt.settings.secret_key, public_id=subscriber.public_id, action=action)
+    outbound = compose_confirmation(
+        rt.composer, campaign=campaign, to_email=subscriber.email, name=subscriber.name,
+        confirm_url=f"{rt.settings.base_url}/data/{token}",
+        unsubscribe_url=rt.unsubscribe_url(subscriber.public_id, campaign.key),
+        now=now, pending_id=0, expiry_days=1, kind=f"data_{action}")
+    transport = make_transport(rt.settings.email_url)
+    try:
+        results = list(transport.send(iter([outbound])))
+    except Exception:  # the relay is down: the reader is told to try again
+        log.exception("sending a data link failed")
+        return False
+    finally:
+        transport.close()
+    if not (results and results[0].ok):
+        log.warning("data link not sent: %s", results[0].error if results else "no result")
+        return False
+    return True
+
+
+@bp.get("/preferences/<token>/erase")
+def erase_confirm(token: str):
+    """Explains erasure and offers to email the link; nothing is erased from here."""
+    subscriber = _subscriber(token)
+    return render_template("erase.html", token=token, mode="request", address=prefs.masked_address(subscriber.email))
+
+
+def _data_claim(token: str) -> tuple[Subscriber, str]:
+    rt = runtime()
+    try:
+        public_id, action = read_data_token(rt.settings.secret_key, token,
+                                            max_age_seconds=int(prefs.DATA_LINK_MAX_AGE.total_seconds()))
+    except BadToken:
+        abort(404)
+    subscriber = prefs.find(db(), public_id)
+    if subscriber is None:
+        abort(404)
+    return subscriber, action
+
+
+@bp.get("/data/<token>")
+def data_page(token: str):
+    """Opened from the reader's own inbox: asks once more (a mail scanner's GET changes nothing)."""
+    subscriber, action = _data_claim(token)
+    return render_template("erase.html", token=token, mode=f"{action}-ask",
+                           address=prefs.masked_address(subscriber.email))
+
+
+@bp.post("/data/<token>")
+def data_post(token: str):
+    if cross_site():
+        return render_template("reader_invalid.html", cross_site=True), 403
+    subscriber, action = _data_claim(token)
     session = db()
     if action == "export":
         data = prefs.export_reader_data(session, subscriber, now=utcnow())
@@ -149,17 +230,11 @@ def _data_action(token: str, subscriber: Subscriber, action: str):
         return Response(json.dumps(data, indent=2, ensure_ascii=False), mimetype="application/json",
                         headers={"Content-Disposition": 'attachment; filename="my-data.json"'})
     if request.form.get("confirm") != "erase":
-        return render_template("erase.html", token=token, error=True), 400
+        return render_template("erase.html", token=token, mode="erase-ask", error=True,
+                               address=prefs.masked_address(subscriber.email)), 400
     prefs.erase_reader(session, subscriber, now=utcnow())
     session.commit()
-    return render_template("erase.html", token=token, erased=True)
-
-
-@bp.get("/preferences/<token>/erase")
-def erase_confirm(token: str):
-    """The confirmation step: nothing is erased by opening a link."""
-    _subscriber(token)
-    return render_template("erase.html", token=token)
+    return render_template("erase.html", token=token, mode="erased")
 
 
 # -- view in browser -----------------------------------------------------------------------------------
