@@ -1,0 +1,42 @@
+"""The stored forecast: what the worker last computed goes out in the next days, so the console's home page and
+`drip forecast` read a few hundred rows on a large list instead of replaying every reader's schedule.
+
+- forecast_runs: one row, when the forecast was computed and up to when it reaches, with its notes.
+- forecast_counts: emails per quarter hour (UTC), campaign and step.
+
+Revision ID: 0019_forecast_store
+Revises: 0017_console_counts
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0019_forecast_store"
+down_revision = "0017_console_counts"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "forecast_runs",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("until", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("snoozed_readers", sa.Integer(), nullable=False),
+        sa.Column("held_by_cap", sa.Integer(), nullable=False),
+        sa.Column("seconds", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_forecast_runs"),
+    )
+    op.create_table(
+        "forecast_counts",
+        sa.Column("slot_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("campaign", sa.String(64), nullable=False),
+        sa.Column("step_key", sa.String(64), nullable=False),
+        sa.Column("n", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("slot_at", "campaign", "step_key", name="pk_forecast_counts"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("forecast_counts")
+    op.drop_table("forecast_runs")
