@@ -3,6 +3,8 @@
 
 - forecast_runs: one row, when the forecast was computed and up to when it reaches, with its notes.
 - forecast_counts: emails per quarter hour (UTC), campaign and step.
+- enrollments (campaign, id) where origin_campaign is set: the home page's "joined from another lead magnet"
+  per campaign reads only the readers a continuation brought in, not every enrollment once per campaign.
 
 Revision ID: 0019_forecast_store
 Revises: 0017_console_counts
@@ -35,8 +37,12 @@ def upgrade() -> None:
         sa.Column("n", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("slot_at", "campaign", "step_key", name="pk_forecast_counts"),
     )
+    where = sa.text("origin_campaign IS NOT NULL")
+    op.create_index("ix_enrollments_continued", "enrollments", ["campaign", "id"], postgresql_where=where,
+                    sqlite_where=where)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_enrollments_continued", table_name="enrollments")
     op.drop_table("forecast_counts")
     op.drop_table("forecast_runs")

@@ -77,6 +77,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 _PENDING = "status IN ('queued', 'deferred', 'sending')"
 _DUE = "status = 'active' AND next_due_at IS NOT NULL"
 _LEFT = "unsubscribed_after_step IS NOT NULL"
+_CONTINUED = "origin_campaign IS NOT NULL"
 _NOT_NULL_MESSAGE_ID = text("message_id IS NOT NULL")
 _NOT_NULL_PROVIDER_EVENT_ID = text("provider_event_id IS NOT NULL")
 _NOT_NULL_PROVIDER_ID = text("provider_message_id IS NOT NULL")
@@ -152,6 +153,10 @@ class Enrollment(Base):
         # The campaign page's "unsubscribed after this step": only readers who left (migration 0017_console_counts).
         Index("ix_enrollments_unsubscribed_after", "campaign", "unsubscribed_after_step",
               postgresql_where=text(_LEFT), sqlite_where=text(_LEFT)),
+        # The home page's "joined from another lead magnet": only readers a continuation brought in, so it
+        # does not read every enrollment once per campaign (migration 0019_forecast_store).
+        Index("ix_enrollments_continued", "campaign", "id", postgresql_where=text(_CONTINUED),
+              sqlite_where=text(_CONTINUED)),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
