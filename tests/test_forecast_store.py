@@ -146,3 +146,19 @@ def test_drip_forecast_on_a_large_list(runtime, smtp, tmp_path, monkeypatch, lar
     r = CliRunner().invoke(main, ["forecast", "--fresh", "--tz", "Europe/Paris"], env=env)
     assert r.exit_code == 0 and not r.output.startswith("as of ")
     assert sum(int(m) for m in re.findall(r"^\s+(\d+)\s", r.output, re.M)) == 3
+
+
+def test_joined_from_counts_the_readers_a_lead_magnet_brought(rt, smtp) -> None:
+    """The home page's "joined from": after a week of passes, the Tokyo reader (glute-guide, continued into the
+    bundle at week-01) is counted at week-01 under glute-guide; the bundle's own readers are not."""
+    from service.operator import home
+
+    a_week_of_readers(rt)
+    d = rt.dispatcher()
+    hour = NOW
+    while hour < NOW + timedelta(days=7):
+        d.run_pass(hour)
+        hour += timedelta(hours=6)
+    with rt.sessions() as s:
+        assert home.joined_from(s, "back-pain-bundle") == {"week-01": {"glute-guide": 1}}
+        assert home.joined_from(s, "glute-guide") == {} and home.joined_from(s, "bundle-copy") == {}
