@@ -88,6 +88,12 @@ def test_computed_again_when_old_or_a_campaign_is_paused(rt, smtp) -> None:
     assert {c for (_at, c, _k) in shown.slots} == {"back-pain-bundle"}
     again = forecasting.refresh(d, rt.sessions, now=NOW + timedelta(minutes=2))
     assert again is not None and {p.campaign for p in again.emails} == {"back-pain-bundle"}
+    # A replay that took 200 s (a very large list) is not repeated for ten times that: 2,000 s.
+    with rt.sessions() as s, s.begin():
+        forecasting.store(s, again, computed_at=NOW + timedelta(minutes=2), seconds=200.0)
+    with rt.sessions() as s:
+        assert not forecasting.stale(s, now=NOW + timedelta(minutes=2, seconds=1999))
+        assert forecasting.stale(s, now=NOW + timedelta(minutes=2, seconds=2000))
 
 
 @pytest.fixture

@@ -295,6 +295,9 @@ def _domain_allows(d: Dispatcher, counters: dict, campaign_key: str, at: datetim
 # -- the stored forecast -----------------------------------------------------------------------------------------
 SLOT = timedelta(minutes=15)
 REFRESH_EVERY = timedelta(minutes=15)
+# ...or, when the replay itself is long (two minutes or so at a million readers), at most a tenth of the
+# worker's time: the next one waits ten times as long as the last one took.
+REFRESH_DUTY = 10
 # How far the stored forecast reaches: the 7 local days of the zone furthest ahead or behind (up to 14 hours
 # either way), with a few hours to spare for a worker that was stopped for a while.
 STORED_REACH = timedelta(days=8, hours=12)
@@ -353,10 +356,11 @@ def stored(d: Dispatcher, session: Session, *, now: datetime, end: datetime) -> 
 
 
 def stale(session: Session, *, now: datetime, every: timedelta = REFRESH_EVERY) -> bool:
-    """Whether the stored forecast should be computed again: none yet, older than `every`, or a campaign was
-    published, paused or resumed, or sending paused or resumed, since it was computed."""
+    """Whether the stored forecast should be computed again: none yet, older than `every` (or than ten times
+    what the last replay took, when that is longer), or a campaign was published, paused or resumed, or sending
+    paused or resumed, since it was computed."""
     run = session.get(ForecastRun, 1)
-    if run is None or run.computed_at <= now - every:
+    if run is None or run.computed_at <= now - max(every, timedelta(seconds=run.seconds * REFRESH_DUTY)):
         return True
     changed = [session.scalar(select(func.max(CampaignVersion.published_at))),
                session.scalar(select(func.max(CampaignState.updated_at))),
