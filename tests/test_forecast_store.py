@@ -168,3 +168,30 @@ def test_joined_from_counts_the_readers_a_lead_magnet_brought(rt, smtp) -> None:
     with rt.sessions() as s:
         assert home.joined_from(s, "back-pain-bundle") == {"week-01": {"glute-guide": 1}}
         assert home.joined_from(s, "glute-guide") == {} and home.joined_from(s, "bundle-copy") == {}
+
+
+def test_the_worker_scheduler_stores_the_forecast(runtime, smtp) -> None:
+    """`drip serve`'s and `drip worker`'s scheduler has the forecast job beside the passes; run, it stores
+    the forecast of the readers waiting."""
+    from datetime import UTC, datetime
+
+    from test_wake import wait_until
+
+    from service.scheduler import FORECAST_JOB_ID, start_background
+
+    now = utcnow()
+    join(runtime, "paris@example.org", "back-pain-bundle", "Europe/Paris", now - timedelta(days=3))
+    join(runtime, "tokyo@example.org", "back-pain-bundle", "Asia/Tokyo", now - timedelta(days=1))
+    scheduler, _wake = start_background(runtime.dispatcher(), 120.0)
+    try:
+        scheduler.modify_job(FORECAST_JOB_ID, next_run_time=datetime.now(UTC))
+
+        def stored_total() -> int | None:
+            with runtime.sessions() as s:
+                found = forecasting.stored(runtime.dispatcher(), s, now=utcnow(),
+                                           end=forecasting.horizon(utcnow(), "UTC"))
+                return None if found is None else found.total
+        assert wait_until(lambda: stored_total() is not None)
+        assert stored_total() == 2
+    finally:
+        scheduler.shutdown(wait=True)
