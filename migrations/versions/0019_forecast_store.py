@@ -5,6 +5,8 @@
 - forecast_counts: emails per quarter hour (UTC), campaign and step.
 - enrollments (campaign, id) where origin_campaign is set: the home page's "joined from another lead magnet"
   per campaign reads only the readers a continuation brought in, not every enrollment once per campaign.
+- events (created_at, id) where type is 'unsubscribed': the home page's week of unsubscribes reads those
+  few rows, not the week's every event (about 660,000 at a million readers).
 
 Revision ID: 0019_forecast_store
 Revises: 0017_console_counts
@@ -40,9 +42,13 @@ def upgrade() -> None:
     where = sa.text("origin_campaign IS NOT NULL")
     op.create_index("ix_enrollments_continued", "enrollments", ["campaign", "id"], postgresql_where=where,
                     sqlite_where=where)
+    unsubscribed = sa.text("type = 'unsubscribed'")
+    op.create_index("ix_events_unsubscribed", "events", ["created_at", "id"], postgresql_where=unsubscribed,
+                    sqlite_where=unsubscribed)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_events_unsubscribed", table_name="events")
     op.drop_index("ix_enrollments_continued", table_name="enrollments")
     op.drop_table("forecast_counts")
     op.drop_table("forecast_runs")

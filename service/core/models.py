@@ -79,6 +79,7 @@ _DUE = "status = 'active' AND next_due_at IS NOT NULL"
 _LEFT = "unsubscribed_after_step IS NOT NULL"
 _CONTINUED = "origin_campaign IS NOT NULL"
 _NOT_NULL_MESSAGE_ID = text("message_id IS NOT NULL")
+_UNSUBSCRIBED_EVENT = text("type = 'unsubscribed'")
 _NOT_NULL_PROVIDER_EVENT_ID = text("provider_event_id IS NOT NULL")
 _NOT_NULL_PROVIDER_ID = text("provider_message_id IS NOT NULL")
 
@@ -238,6 +239,10 @@ class Event(Base):
                       # message and no entry here (migration 0013_lean_indexes).
                       Index("ix_events_message_id", "message_id", postgresql_where=_NOT_NULL_MESSAGE_ID,
                             sqlite_where=_NOT_NULL_MESSAGE_ID),
+                      # The home page's "unsubscribed in the last 7 days": the few unsubscribes, not a week of
+                      # every event (migration 0019_forecast_store).
+                      Index("ix_events_unsubscribed", "created_at", "id", postgresql_where=_UNSUBSCRIBED_EVENT,
+                            sqlite_where=_UNSUBSCRIBED_EVENT),
                       # Only provider webhooks set it: no entry for every other event (0015_lean_signup_pages).
                       Index("uq_events_provider_event_id", "provider_event_id", unique=True,
                             postgresql_where=_NOT_NULL_PROVIDER_EVENT_ID, sqlite_where=_NOT_NULL_PROVIDER_EVENT_ID))
