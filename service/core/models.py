@@ -519,7 +519,7 @@ class SignupCount(Base):
 
 class ForecastRun(Base):
     """The forecast the worker last stored (one row, id 1): when, up to when, and its notes. Replaying the
-    dispatcher's rules reader by reader takes about 130 microseconds each, minutes at a million readers, so a
+    dispatcher's rules reader by reader takes about 130 microseconds each, about a minute at a million readers, so a
     large list's console home page reads the stored result instead of replaying it (operator/forecast.py)."""
 
     __tablename__ = "forecast_runs"

@@ -6,7 +6,7 @@ makes them, a reader's daily cap is `claim.cap_room` / `claim.held_until`, a sen
 allowance is `send_limits.windows`, a lead magnet's last step leads into its sequence as in continuation.py.
 `forecast` only reads: it writes no row.
 
-Replaying costs about 130 microseconds per waiting reader: fine for a few thousand, minutes at a million. So a
+Replaying costs about 130 microseconds per waiting reader: fine for a few thousand, about a minute at a million. So a
 large list's forecast is computed by the worker in the background (`refresh`: at most every REFRESH_EVERY, and
 within a minute of a campaign being published, paused or resumed, or sending paused or resumed) and stored as
 counts per quarter hour, campaign and step; the console's home page and `drip forecast` read those and say when
@@ -295,7 +295,7 @@ def _domain_allows(d: Dispatcher, counters: dict, campaign_key: str, at: datetim
 # -- the stored forecast -----------------------------------------------------------------------------------------
 SLOT = timedelta(minutes=15)
 REFRESH_EVERY = timedelta(minutes=15)
-# ...or, when the replay itself is long (two minutes or so at a million readers), at most a tenth of the
+# ...or, when the replay itself is long (51 s measured at a million readers), at most a tenth of the
 # worker's time: the next one waits ten times as long as the last one took.
 REFRESH_DUTY = 10
 # How far the stored forecast reaches: the 7 local days of the zone furthest ahead or behind (up to 14 hours
