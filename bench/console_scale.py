@@ -16,8 +16,12 @@ as real `drip` processes: `drip stats`, `drip tick` with nothing due (the first 
 which checks the campaigns for added steps, and a later one), `drip prune --days 180` (wall time, peak
 RSS, WAL written) and `drip log --csv` of the whole log; the step export through the admin's CSV route.
 `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of every query of each view.
+The forecast: the worker's background replay is timed once (it stores the forecast the home page then
+reads), `drip forecast`'s own work on the stored one `--runs` times, and `drip forecast` as a process.
+`--views-only` leaves out the exports and the pruning.
 
     .venv/bin/python bench/console_scale.py [--readers 1000000] [--events 4] [--runs 20] [--keep] [--explain]
+                                            [--views-only]
 
 Goals (docs/performance.md): every console and API view p95 < 200 ms; /metrics < 50 ms; `drip tick` with
 nothing due < 1 s including start-up; `drip prune` peak RSS < 150 MB with batches of at most 10,000 rows;
