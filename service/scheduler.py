@@ -2,6 +2,8 @@
 
 One interval job, `max_instances=1`, `coalesce=True`, in-memory job store. Missed runs are never
 "made up": each pass computes what is due from the database, so downtime is caught up on the next one.
+A second job, once a minute in its own thread, stores the console's forecast when it is stale
+(operator/forecast.py `refresh`): on a large list the replay takes minutes, and a pass must not wait for it.
 """
 from __future__ import annotations
 
@@ -12,10 +14,14 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from service.core.db import utcnow
 from service.dispatch.dispatcher import Dispatcher
+from service.operator import forecast
 
 log = logging.getLogger(__name__)
 JOB_ID = "dispatch-pass"
+FORECAST_JOB_ID = "forecast"
+FORECAST_CHECK_SECONDS = 60
 
 
 class PassRunner:
@@ -65,9 +71,22 @@ class PassRunner:
             return True
 
 
+def refresh_forecast(dispatcher: Dispatcher) -> None:
+    """The forecast job: computes and stores the forecast when it is stale; an error waits for the next run."""
+    try:
+        done = forecast.refresh(dispatcher, dispatcher.sessions, now=utcnow())
+        if done is not None:
+            log.info("forecast stored: %d email(s) in the next %d days", len(done.emails),
+                     (done.end - done.start).days)
+    except Exception:
+        log.exception("computing the forecast failed; the next run tries again")
+
+
 def _add_job(scheduler, runner: PassRunner, seconds: float) -> None:
     scheduler.add_job(runner, "interval", seconds=seconds, id=JOB_ID, max_instances=1, coalesce=True,
                       misfire_grace_time=None, next_run_time=datetime.now(UTC))
+    scheduler.add_job(refresh_forecast, "interval", args=(runner.dispatcher,), seconds=FORECAST_CHECK_SECONDS,
+                      id=FORECAST_JOB_ID, max_instances=1, coalesce=True, misfire_grace_time=None)
 
 
 def start_background(dispatcher: Dispatcher, seconds: float) -> tuple[BackgroundScheduler, callable]:

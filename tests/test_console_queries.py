@@ -182,3 +182,30 @@ def test_cli_csv_export_equals_the_web_export(history, client, tmp_path, monkeyp
         if not args:
             assert ["'=HYPERLINK(\"x\")", "line one\nline two, with a comma"] in [row[8:10] for row in cli]
             assert any(row[2].endswith(".123456+00:00") for row in cli) and cli[1][8] == ""
+
+
+HOME_SCANS = SCANS + ("Seq Scan on events", "Seq Scan on enrollments", "SCAN events", "SCAN enrollments")
+# "joined from" has no required index here: on five readers the planner rightly starts from the campaign's
+# messages; on a large list it starts from ix_enrollments_continued (bench/console_scale.py --explain).
+HOME_INDEX = {"unsubscribes": "ix_events_unsubscribed"}
+
+
+@pytest.mark.parametrize("view", ["unsubscribes", "joined from"])
+def test_home_page_queries_use_an_index(history, view) -> None:
+    """The home page's week of unsubscribes and "joined from another lead magnet": the few rows each needs,
+    through its partial index, never every event of the week or every enrollment of a campaign."""
+    from service.core.db import utcnow
+    from service.operator import home
+
+    def run() -> None:
+        with history.sessions() as s:
+            if view == "unsubscribes":
+                home.unsubscribes(s, now=utcnow())
+            else:
+                home.joined_from(s, "back-pain-bundle")
+    plans = _plans(history, run)
+    assert plans
+    for statement, plan in plans:
+        assert not any(scan in plan for scan in HOME_SCANS), f"{view}: a full scan\n{statement}\n{plan}"
+    if view in HOME_INDEX:
+        assert any(HOME_INDEX[view] in plan for _s, plan in plans), f"{view}: {HOME_INDEX[view]} unused\n{plans}"

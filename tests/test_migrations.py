@@ -83,3 +83,26 @@ def test_migrations_do_not_cite_tracker_issues() -> None:
     for path in sorted(VERSIONS.glob("*.py")):
         found = TRACKER_REFERENCE.findall(path.read_text(encoding="utf-8"))
         assert not found, f"{path.name}: {found}"
+
+
+def test_the_quick_schema_check_agrees_with_alembic(database_url: str) -> None:
+    """Every command's start-up check reads the heads from the migration files without importing Alembic; they
+    are Alembic's own heads, a database at head passes, and one a revision behind gets Alembic's answer."""
+    from alembic.command import downgrade
+    from alembic.script import ScriptDirectory
+
+    from service.core import migrate
+
+    assert migrate._file_heads() == set(ScriptDirectory.from_config(migrate.alembic_config(database_url)).get_heads())
+    upgrade(database_url)
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            assert migrate._at_heads_quickly(conn) and migrate.schema_problem(conn, database_url) is None
+        downgrade(migrate.alembic_config(database_url), "-1")
+        with engine.connect() as conn:
+            assert not migrate._at_heads_quickly(conn)
+            assert "older than this Drip needs" in migrate.schema_problem(conn, database_url)
+    finally:
+        engine.dispose()
+        upgrade(database_url)

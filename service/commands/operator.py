@@ -148,19 +148,35 @@ def register(main: click.Group) -> None:
     @click.option("--tz", "tz_name", default="UTC", show_default=True,
                   help="the zone whose days the emails are counted in")
     @click.option("--json", "as_json", is_flag=True, help="one JSON object per day and step")
-    def forecast_cmd(days: int, tz_name: str, as_json: bool) -> None:
-        """What goes out in the next days, per day and campaign step: the console home page's forecast."""
+    @click.option("--fresh", is_flag=True,
+                  help="replay every reader's schedule now (and store it), even when the worker stored one")
+    def forecast_cmd(days: int, tz_name: str, as_json: bool, fresh: bool) -> None:
+        """What goes out in the next days, per day and campaign step: the console home page's forecast. On a
+        large list this is the one the worker stored (it says when); with none stored, or --fresh, it is
+        replayed now and stored for the home page."""
+        from zoneinfo import ZoneInfo
+
         from service.campaigns.schedule import valid_timezone
         from service.core.db import utcnow
-        from service.operator.forecast import forecast, horizon
+        from service.operator import forecast as forecasting
 
         if not valid_timezone(tz_name):
             raise click.BadParameter(f"not a time zone: {tz_name!r} (an IANA name such as Europe/Paris)",
                                      param_hint="--tz")
         rt = load_runtime(load_settings())
         now = utcnow()
+        end = forecasting.horizon(now, tz_name, days=days)
+        d = rt.dispatcher()
         with rt.sessions() as session:
-            ahead = forecast(rt.dispatcher(), session, now=now, end=horizon(now, tz_name, days=days))
+            small = forecasting.waiting(d, session, end, forecasting.INLINE_LIMIT) <= forecasting.INLINE_LIMIT
+            ahead = None if fresh or small else forecasting.stored(d, session, now=now, end=end)
+            if ahead is None and (small or end > now + forecasting.STORED_REACH):
+                ahead = forecasting.forecast(d, session, now=now, end=end)
+        if ahead is None:  # a large list and nothing stored (or --fresh): replay it, and store it for the console
+            forecasting.refresh(d, rt.sessions, now=now, force=True)
+            with rt.sessions() as session:
+                ahead = forecasting.stored(d, session, now=now, end=end)
+            ahead.computed_at = None  # computed just now, not an older figure
         grouped = ahead.by_day(tz_name, rt.campaigns)
         if as_json:
             for _day, rows in grouped:
@@ -168,6 +184,9 @@ def register(main: click.Group) -> None:
                     click.echo(json.dumps({"day": r.day.isoformat(), "campaign": r.campaign, "step": r.step_key,
                                            "subject": r.subject, "emails": r.count}))
             return
+        if ahead.computed_at is not None:
+            click.echo(f"as of {ahead.computed_at.astimezone(ZoneInfo(tz_name)):%Y-%m-%d %H:%M %Z} (stored by "
+                       f"the worker; --fresh replays it now)")
         if ahead.sending_paused:
             click.echo(f"sending is paused ({ahead.sending_paused}): nothing goes out until `drip sending resume`")
         for day, rows in grouped:

@@ -1,5 +1,6 @@
 """The console's home page (`/admin`): signups, what goes out in the next 7 days, each step's health, this
-week's unsubscribes and what needs action. The figures come from operator/home.py and operator/forecast.py.
+week's unsubscribes and what needs action. The figures come from operator/home.py and operator/forecast.py
+(on a large list, the forecast the worker stored: replaying every reader for each request takes minutes).
 
 The send log used to live at `/admin`; a bookmarked `/admin?status=failed` still lands on it (/admin/messages).
 """
@@ -24,11 +25,12 @@ def index():
     rt, s, now, tz = runtime(), db(), utcnow(), operator_zone()
     health = home.health(s, rt.campaigns, now=now, tracking=rt.settings.tracking)
     end = forecasting.horizon(now, tz, days=7)
-    ahead = forecasting.forecast(rt.dispatcher(), s, now=now, end=end)
+    ahead = forecasting.for_console(rt.dispatcher(), s, now=now, end=end)
     return render_template(
         "admin/home.html", now=now,
         signups=home.signups(s, rt.campaigns, now=now, tz_name=tz),
         forecast=ahead, forecast_days=ahead.by_day(tz, rt.campaigns),
+        refresh_minutes=int(forecasting.REFRESH_EVERY.total_seconds() // 60),
         campaigns=rt.campaigns, health=health, tracking=rt.settings.tracking,
         unsubscribes=home.unsubscribes(s, now=now),
         warnings=home.warnings(s, now=now, dkim_on=bool(rt.composer.dkim_keys),
