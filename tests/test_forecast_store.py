@@ -155,8 +155,8 @@ def test_drip_forecast_on_a_large_list(runtime, smtp, tmp_path, monkeypatch, lar
 
 
 def test_joined_from_counts_the_readers_a_lead_magnet_brought(rt, smtp) -> None:
-    """The home page's "joined from": after a week of passes, the Tokyo reader (glute-guide, continued into the
-    bundle at week-01) is counted at week-01 under glute-guide; the bundle's own readers are not."""
+    """The home page's "joined from": after a week of passes, the Tokyo reader (plateau-14, continued into the
+    bundle at week-01) is counted at week-01 under plateau-14; the bundle's own readers are not."""
     from service.operator import home
 
     a_week_of_readers(rt)
@@ -166,8 +166,8 @@ def test_joined_from_counts_the_readers_a_lead_magnet_brought(rt, smtp) -> None:
         d.run_pass(hour)
         hour += timedelta(hours=6)
     with rt.sessions() as s:
-        assert home.joined_from(s, "back-pain-bundle") == {"week-01": {"glute-guide": 1}}
-        assert home.joined_from(s, "glute-guide") == {} and home.joined_from(s, "bundle-copy") == {}
+        assert home.joined_from(s, "back-pain-bundle") == {"week-01": {"plateau-14": 1}}
+        assert home.joined_from(s, "plateau-14") == {} and home.joined_from(s, "bundle-copy") == {}
 
 
 def test_the_worker_scheduler_stores_the_forecast(runtime, smtp) -> None:
