@@ -19,6 +19,7 @@ from service.core.dkim_keys import load_key
 from service.operator.doctor import (
     check_base_url,
     check_bounce_mx,
+    check_database_file,
     check_dkim,
     check_dmarc,
     check_free_mail,
@@ -95,11 +96,12 @@ def good_records(zone: Zone, dkim_txt: str) -> None:
     })
 
 
-def test_a_good_setup_passes_every_check_through_the_cli(zone, tls_relay, rsa) -> None:
+def test_a_good_setup_passes_every_check_through_the_cli(zone, tls_relay, rsa, tmp_path: Path) -> None:
     """All records right, https, postal address, a STARTTLS relay: every line OK and exit code 0."""
     resolver, (host, port) = zone
     good_records(resolver, rsa[1])
-    env = {"DRIP_SECRET_KEY": "k" * 32, "DRIP_DNS_SERVER": f"{host}:{port}", "DRIP_BASE_URL": "https://drip.example.org",
+    env = {"DRIP_SECRET_KEY": "k" * 32, "DATABASE_URL": f"sqlite:///{tmp_path / 'drip.sqlite3'}",
+           "DRIP_DNS_SERVER": f"{host}:{port}", "DRIP_BASE_URL": "https://drip.example.org",
            "DRIP_POSTAL_ADDRESS": "12 Test Street", "DRIP_BOUNCE_DOMAIN": f"bounce.{DOMAIN}",
            "DRIP_EMAIL_URL": f"smtp://127.0.0.1:{tls_relay}?starttls=true&verify=false",
            "DRIP_DKIM_DOMAIN": DOMAIN, "DRIP_DKIM_SELECTOR": "s1", "DRIP_DKIM_KEY_FILE": str(rsa[0])}
@@ -110,10 +112,11 @@ def test_a_good_setup_passes_every_check_through_the_cli(zone, tls_relay, rsa) -
     assert all(line.startswith("  OK ") for line in result.output.splitlines()[1:])
 
 
-def test_a_broken_setup_lists_each_problem_with_its_fix_and_exits_1(zone, smtp) -> None:
+def test_a_broken_setup_lists_each_problem_with_its_fix_and_exits_1(zone, smtp, tmp_path: Path) -> None:
     """Nothing published, http, no postal address, a relay without STARTTLS: FAIL lines with fixes, exit 1."""
     _resolver, (host, port) = zone
-    env = {"DRIP_SECRET_KEY": "k" * 32, "DRIP_DNS_SERVER": f"{host}:{port}", "DRIP_EMAIL_URL": smtp.url,
+    env = {"DRIP_SECRET_KEY": "k" * 32, "DATABASE_URL": f"sqlite:///{tmp_path / 'drip.sqlite3'}",
+           "DRIP_DNS_SERVER": f"{host}:{port}", "DRIP_EMAIL_URL": smtp.url,
            "DRIP_FROM": "Sofia <sofia@gmail.com>"}
     result = CliRunner().invoke(main, ["doctor", "--timeout", "3"], env=env)
     assert result.exit_code == 1
@@ -204,6 +207,32 @@ def test_configuration_checks() -> None:
     assert "DRIP_BASE_URL=https://" in check_base_url("http://drip.example.org").fix
     assert check_postal_address(True).status == "fail" and check_postal_address(False).status == "ok"
     assert check_free_mail("yahoo.com").status == "fail" and check_free_mail(DOMAIN).status == "ok"
+
+
+def test_an_sqlite_file_other_accounts_can_read_is_pointed_at_with_the_chmod_that_fixes_it(tmp_path: Path) -> None:
+    """A database file made private by Drip passes; one restored from a backup with the umask's 644 (and its
+    write-ahead log likewise) is a warning naming each file and the command; PostgreSQL is not judged here."""
+    db = tmp_path / "drip.sqlite3"
+    url = f"sqlite:///{db}"
+    assert "not created yet" in check_database_file(url).detail
+    from service.core.db import make_engine
+
+    engine = make_engine(url)  # Drip creates it: owner only
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+    engine.dispose()
+    assert check_database_file(url).status == "ok"
+    db.chmod(0o644)
+    (tmp_path / "drip.sqlite3-wal").write_bytes(b"")
+    (tmp_path / "drip.sqlite3-wal").chmod(0o640)
+    found = check_database_file(url)
+    assert found.status == "warn" and "drip.sqlite3 644" in found.detail and "drip.sqlite3-wal 640" in found.detail
+    assert found.fix == f"chmod 600 {db} {db}-wal"
+    assert check_database_file("postgresql+psycopg://postgres@127.0.0.1:5432/test") is None
+    result = CliRunner().invoke(main, ["doctor", "--timeout", "0.5"],
+                                env={"DRIP_SECRET_KEY": "k" * 32, "DATABASE_URL": url,
+                                     "DRIP_DNS_SERVER": f"127.0.0.1:{free_port()}"})
+    assert f"fix: chmod 600 {db} {db}-wal" in result.output
 
 
 def test_relay_verdicts(tls_relay, smtp) -> None:

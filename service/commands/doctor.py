@@ -19,7 +19,7 @@ def register(main: click.Group) -> None:
 @click.command()
 @click.option("--timeout", default=5.0, show_default=True, help="seconds for each DNS and SMTP exchange")
 def doctor(timeout: float) -> None:
-    """Check SPF, DKIM, DMARC, bounce MX, https, postal address, From domain and the SMTP relay.
+    """Check SPF, DKIM, DMARC, bounce MX, https, postal address, From domain, the database file and the relay.
 
     Prints one line per check and a fix for each problem; exits 1 when a check fails."""
     from service.compose.composer import Composer
@@ -40,7 +40,7 @@ def doctor(timeout: float) -> None:
         resolver=make_resolver(settings.dns_server, timeout), from_domains=domains, keys=keys,
         email_url=settings.email_url, base_url=settings.base_url,
         postal_placeholder=settings.postal_address_is_placeholder, bounce_domain=settings.bounce_domain,
-        smtp_timeout=timeout,
+        smtp_timeout=timeout, database_url=settings.database_url,
     )
     click.echo(format_report(findings))
     sys.exit(1 if any(f.status == "fail" for f in findings) else 0)

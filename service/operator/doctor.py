@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import smtplib
 import ssl
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import dns.exception
@@ -253,6 +256,35 @@ def check_free_mail(domain: str) -> Finding:
     return Finding("From domain", "ok", f"{domain} is not a free-mail domain")
 
 
+def check_database_file(database_url: str) -> Finding | None:
+    """An SQLite file other accounts on the host can read hands them every reader's address and consent
+    record. Drip creates new files private, but keeps the mode of a file that already exists (one made by
+    an older Drip, copied in, or restored from a backup), so this is where such a file is pointed at.
+    PostgreSQL guards its files itself: no finding."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:" \
+            or url.database.startswith("file:"):
+        return None
+    path = Path(url.database)
+    if not path.exists():
+        return Finding("Database file", "ok", f"{path} not created yet; Drip creates it readable by its owner only")
+    exposed = []
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            exposed.append((name, mode))
+    if exposed:
+        modes = ", ".join(f"{name.name} {mode:o}" for name, mode in exposed)
+        return Finding("Database file", "warn", f"readable by other accounts on this machine ({modes}): every "
+                       "reader's address and consent record", "chmod 600 " + " ".join(str(n) for n, _ in exposed))
+    return Finding("Database file", "ok", f"{path} readable by its owner only")
+
+
 # -- SMTP relay ----------------------------------------------------------------------------------
 def relay_of(email_url: str) -> SmtpConfig | None:
     return SmtpConfig.from_url(email_url) if urlsplit(email_url).scheme in ("smtp", "smtps") else None
@@ -299,7 +331,7 @@ def check_relay(config: SmtpConfig | None, timeout: float = 5.0) -> Finding:
 # -- the whole run -------------------------------------------------------------------------------
 def run_checks(*, resolver: dns.resolver.Resolver, from_domains: Sequence[str], keys: Sequence[DkimKey],
                email_url: str, base_url: str, postal_placeholder: bool, bounce_domain: str | None,
-               smtp_timeout: float = 5.0) -> list[Finding]:
+               smtp_timeout: float = 5.0, database_url: str = "") -> list[Finding]:
     """Every check, in report order. A DNS failure fails its own check only."""
     relay = relay_of(email_url)
     findings: list[Finding] = []
@@ -325,6 +357,8 @@ def run_checks(*, resolver: dns.resolver.Resolver, from_domains: Sequence[str], 
     findings += dns_check("Bounces", check_bounce_mx, resolver, bounce_domain)
     findings += [check_base_url(base_url), check_postal_address(postal_placeholder)]
     findings += [check_free_mail(domain) for domain in from_domains]
+    if database_url and (database := check_database_file(database_url)) is not None:
+        findings.append(database)
     findings.append(check_relay(relay, smtp_timeout))
     return findings
 
