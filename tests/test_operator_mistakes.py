@@ -147,9 +147,29 @@ def test_a_setting_that_needs_a_missing_extra_names_the_extra(migrated, tmp_path
     monkeypatch.setitem(sys.modules, "botocore", None)  # what Python does when a package is not installed
     monkeypatch.setitem(sys.modules, "redis", None)
     assert_one_line(drip(["tick"], {**base, "DRIP_EMAIL_URL": f"ses://AKID:{SECRET_WORD}@eu-west-1"}),
-                    "DRIP_EMAIL_URL: ses:// needs the optional 'ses' extra", "pip install 'drip[ses]'")
+                    "DRIP_EMAIL_URL: ses:// needs the optional 'ses' extra", "make install EXTRAS=ses")
     assert_one_line(drip(["tick"], {**base, "DRIP_RATE_LIMIT_STORAGE": "redis://127.0.0.1:6379/0"}),
-                    "DRIP_RATE_LIMIT_STORAGE: a Redis URL needs the optional 'redis' extra", "drip[redis]")
+                    "DRIP_RATE_LIMIT_STORAGE: a Redis URL needs the optional 'redis' extra",
+                    "pip install -e '.[redis]'")
+
+
+def test_a_copy_installed_without_its_source_folder_says_how_to_install_it(tmp_path, monkeypatch) -> None:
+    """`pip install .` (not editable) puts the code in site-packages without the migrations beside it: every
+    command that opens a database says so in one line, with the install that works, instead of Alembic's
+    traceback about a folder it cannot find."""
+    target = tmp_path / "site-packages"  # what the wheel holds: the `service` package alone (pyproject's find)
+    shutil.copytree(ROOT / "service", target / "service", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.chdir(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(target), "DRIP_SECRET_KEY": KEY,
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'drip.sqlite3'}", "DRIP_INSTANCE_DIR": str(tmp_path / "instance")}
+    for args, says in ((["db", "upgrade"], "has no migrations beside its code"),
+                       (["tick"], "Drip runs from its source folder")):
+        run = subprocess.run([sys.executable, "-m", "service", *args], env=env, capture_output=True, text=True,
+                             timeout=120)
+        lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+        assert run.returncode == 1 and len(lines) == 1, run.stdout + run.stderr
+        assert says in lines[0] and "make install" in lines[0], lines[0]
+        assert "Traceback" not in run.stderr
 
 
 # -- the database ---------------------------------------------------------------------------------------

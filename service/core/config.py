@@ -276,7 +276,7 @@ def needs_extra(setting: str, what: str, extra: str) -> None:
     module, name = EXTRAS[extra]
     if importlib.util.find_spec(module) is None:
         raise ConfigError(f"{setting}: {what} needs the optional '{name}' extra ({module} is not installed); "
-                          f"install it with pip install 'drip[{name}]' (from a clone: make install EXTRAS={name})")
+                          f"install it in Drip's folder: make install EXTRAS={name} (or pip install -e '.[{name}]')")
 
 
 def _delivery_settings(env: Mapping[str, str]) -> dict:
@@ -559,6 +559,10 @@ def _feedback_id_sender(text: str) -> str | None:
 def _folder(env: Mapping[str, str], name: str, default: Path) -> Path:
     path = Path(env.get(name) or default)
     if not path.is_dir():
+        if not env.get(name):  # the default beside the code: a copy installed without its source folder
+            raise ConfigError(f"{name}: {path} is not a folder: Drip runs from its source folder, which holds "
+                              "the campaigns; install it there with `make install` (or `pip install -e .`), "
+                              f"or point {name} at the folder that holds the campaigns")
         raise ConfigError(f"{name}: {path} is not a folder; point it at the folder that holds the campaigns "
                           "(one sub-folder with a campaign.toml each)")
     return path

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, inspect, text
 
-from service.core.config import PROJECT_ROOT, mask_url
+from service.core.config import PROJECT_ROOT, ConfigError, mask_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -22,10 +23,22 @@ _DOWN = re.compile(r"^down_revision\s*=\s*(.+)$", re.M)
 _QUOTED = re.compile(r"""["']([^"']+)["']""")
 
 
+def _migrations() -> Path:
+    """The migrations folder beside the code. Drip runs from its source folder (`make install`, which installs
+    it editable): a copy installed into site-packages by `pip install .` has the code without the
+    migrations, and Alembic would only say it cannot find a folder."""
+    folder = PROJECT_ROOT / "migrations"
+    if not (folder / "env.py").is_file():
+        raise ConfigError(f"this Drip has no migrations beside its code ({folder} is missing): it runs from its "
+                          "source folder; install it there with `make install` (or `pip install -e .`), "
+                          "not `pip install .`")
+    return folder
+
+
 def _file_heads() -> set[str] | None:
     """The head revisions as the migration files name them, or None when a file does not read plainly."""
     revisions, downs = set(), set()
-    for path in (PROJECT_ROOT / "migrations" / "versions").glob("*.py"):
+    for path in (_migrations() / "versions").glob("*.py"):
         source = path.read_text(encoding="utf-8")
         rev, down = _REVISION.findall(source), _DOWN.findall(source)
         if len(rev) != 1 or len(down) != 1:
@@ -49,7 +62,7 @@ def alembic_config(database_url: str) -> Config:
     from alembic.config import Config
 
     cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    cfg.set_main_option("script_location", str(_migrations()))
     cfg.attributes["database_url"] = database_url
     return cfg
 
