@@ -7,9 +7,11 @@ Drip: N queued readers, 2 worker processes (bench/worker.py: claim, render, MIME
 record), DRIP_EMAIL_URL pointing the real transport at the fake. emails/s = N / (last end - first start).
 The fake counts emails per recipient: every reader must get exactly one (zero missing, zero doubled).
 
-Bare client: 2 processes, each with the same number of threads as Drip's `concurrency`, each thread with
-its own keep-alive `requests.Session`, posting the request bytes Drip's transport builds for one email (or
-one batch of the size Drip sends) over and over; no database, no composing, no JSON per email.
+Bare client: 2 processes, each with the same number of threads as Drip's `concurrency`, sending the same
+requests over keep-alive connections: each request built as a client of that API builds it (the JSON body
+of its emails, the multipart form, the SigV4 signature), with the transport's own request code, from
+emails composed before the clock starts; no database, no composing, no dispatching. (Until 2026-12-07 it
+re-posted one request's bytes, built once: that measured the HTTP exchange alone, not a client.)
 
     .venv/bin/python bench/providers.py [--n 6000] [--delay 0.08] [--providers postmark,resend,...]
 """
@@ -64,38 +66,25 @@ class FakeProcess:
         self.proc.wait(timeout=10)
 
 
-def captured_request(provider: str, port: int, templates: Path) -> tuple[str, bytes, dict[str, str], int]:
-    """(url, body, headers, emails per request) of one request exactly as Drip's transport builds it."""
-    import requests
-
+def per_request(provider: str) -> int:
+    """Emails per request, as Drip sends them: a batch never spans the dispatcher's chunks."""
     from service.dispatch.send import CHUNK
     from service.transports import make_transport
 
+    return min(make_transport(provider_url(provider, 1)).batch_size, CHUNK)
+
+
+def bare(provider: str, port: int, templates: str, requests_total: int, threads: int) -> None:
+    """--bare mode: `threads` threads sending `requests_total` requests of `provider`, each built by the
+    transport's request code from emails composed beforehand, over the transport's keep-alive connections."""
+    from service.transports import make_transport
+
     transport = make_transport(provider_url(provider, port))
-    item = bench_composer(templates).compose(bench_job(templates))
-    per_request = min(transport.batch_size, CHUNK)  # a batch never spans the dispatcher's chunks
-    seen: dict = {}
-
-    class Capture:
-        def post(self, url: str, **kw: object) -> None:
-            seen.update(kw, url=url)
-
-    transport._local.session = Capture()
-    if per_request == 1:
-        transport.request(item)
-    else:
-        transport.request_batch([item] * per_request)
-    kw = {k: v for k, v in seen.items() if k in ("json", "data", "files", "headers", "auth")}
-    prepared = requests.Request("POST", seen["url"], **kw).prepare()
-    return seen["url"], prepared.body, dict(prepared.headers), per_request
-
-
-def bare(path: str, requests_total: int, threads: int) -> None:
-    """--bare mode: `threads` keep-alive sessions posting the captured request `requests_total` times."""
-    import requests
-
-    spec = json.loads(Path(path).read_text())
-    body = bytes.fromhex(spec["body"])
+    size = per_request(provider)
+    composer = bench_composer(Path(templates))
+    mime = getattr(transport, "sends_mime", True)
+    emails = [composer.compose(bench_job(Path(templates), i), sign=mime) for i in range(1, max(size, 64) + 1)]
+    batches = [emails[i:i + size] for i in range(0, len(emails) - size + 1, size)]
     print("ready", flush=True)
     sys.stdin.readline()
     start = time.time()
@@ -104,14 +93,15 @@ def bare(path: str, requests_total: int, threads: int) -> None:
     failures = []
 
     def loop() -> None:
-        with requests.Session() as session:
-            while True:
-                with lock:
-                    if next(counter, None) is None:
-                        return
-                r = session.post(spec["url"], data=body, headers=spec["headers"], timeout=30)
-                if r.status_code >= 300:
-                    failures.append(r.status_code)
+        while True:
+            with lock:
+                n = next(counter, None)
+            if n is None:
+                return
+            batch = batches[n % len(batches)]
+            r = transport.request(batch[0]) if size == 1 else transport.request_batch(batch)
+            if r.status_code >= 300:
+                failures.append(r.status_code)
 
     workers = [threading.Thread(target=loop) for _ in range(threads)]
     for t in workers:
@@ -122,11 +112,10 @@ def bare(path: str, requests_total: int, threads: int) -> None:
 
 
 def bare_rate(provider: str, fake: FakeProcess, templates: Path, n: int, processes: int = 2) -> float:
-    url, body, headers, per_request = captured_request(provider, fake.port, templates)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"url": url, "body": body.hex(), "headers": headers}, f)
-    requests_each = max(1, n // per_request // processes)
-    procs = [subprocess.Popen([PY, __file__, "--bare", f.name, "--requests", str(requests_each),
+    size = per_request(provider)
+    requests_each = max(1, n // size // processes)
+    procs = [subprocess.Popen([PY, __file__, "--bare", provider, "--port", str(fake.port), "--templates",
+                               str(templates), "--requests", str(requests_each),
                                "--threads", str(CONCURRENCY[provider])],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
     for p in procs:
@@ -135,10 +124,9 @@ def bare_rate(provider: str, fake: FakeProcess, templates: Path, n: int, process
         p.stdin.write("go\n")
         p.stdin.flush()
     results = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in procs]
-    Path(f.name).unlink()
     if any(r["failures"] for r in results):
         raise RuntimeError(f"bare client: {provider} fake refused requests")
-    return rate(results, requests_each * per_request * processes)
+    return rate(results, requests_each * size * processes)
 
 
 def measure_drip(provider: str, fake: FakeProcess, db: str, tmp: Path, templates: Path, n: int,
@@ -193,11 +181,13 @@ def main() -> None:
     parser.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--dkim", choices=("rsa", "none"), default="rsa")
     parser.add_argument("--bare", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--templates", help=argparse.SUPPRESS)
     parser.add_argument("--requests", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
-        bare(args.bare, args.requests, args.threads)
+        bare(args.bare, args.port, args.templates, args.requests, args.threads)
         return
     print_table(run(args.n, args.delay, tuple(args.providers.split(",")), args.db,
                     None if args.dkim == "none" else args.dkim))

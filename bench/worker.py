@@ -7,6 +7,7 @@ machine) and its peak RSS (getrusage, kilobytes).
 
 BENCH_TRANSPORT=discard composes every email and throws it away (for the memory figure, where sending a
 million emails would not fit the time budget); otherwise DRIP_EMAIL_URL is used as in production.
+BENCH_PROFILE=PATH writes cProfile statistics (CPU time) of the main thread to PATH.<pid>.
 """
 from __future__ import annotations
 
@@ -57,6 +58,12 @@ def main() -> None:
     before = resource.getrusage(resource.RUSAGE_SELF)
     cpu_before = before.ru_utime + before.ru_stime
     totals: dict[str, int] = {}
+    profile = None
+    if os.environ.get("BENCH_PROFILE"):
+        import cProfile
+
+        profile = cProfile.Profile(time.thread_time)  # CPU of this thread, not waits for the GIL
+        profile.enable()
     while True:
         summary = dispatcher.run_pass()
         for key, value in vars(summary).items():
@@ -64,6 +71,9 @@ def main() -> None:
         if not (summary.queued or summary.sent or summary.deferred or summary.failed):
             break
     end = time.time()
+    if profile is not None:
+        profile.disable()
+        profile.dump_stats(f"{os.environ['BENCH_PROFILE']}.{os.getpid()}")
     usage = resource.getrusage(resource.RUSAGE_SELF)
     # CPU seconds spent in this process during the run (user + system): per email, the figure that does not
     # depend on what else the machine is doing, unlike the wall-clock rate.

@@ -22,6 +22,7 @@ import time
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding
 
+from service.compose.mime import Fixed
 from service.core.dkim_keys import DkimKey
 
 SIGNED_HEADERS = (
@@ -35,19 +36,64 @@ _WSP_RUN = re.compile(rb"[ \t]+")
 _LONE_EOL = re.compile(rb"\r?\n")
 
 
-def sign(raw: bytes, keys: tuple[DkimKey, ...], *, now: float | None = None) -> bytes:
+def sign(raw: bytes, keys: tuple[DkimKey, ...], *, now: float | None = None,
+         pieces: list[bytes] | None = None) -> bytes:
     """`raw` with one DKIM-Signature per key prepended. Each key signs the unsigned message, so each
     signature verifies on its own (DKIM-Signature fields are never in h=). Line ends become CRLF first,
-    as they will be on the wire."""
-    if raw.count(b"\n") != raw.count(b"\r\n"):
-        raw = _LONE_EOL.sub(b"\r\n", raw)
-    end = raw.find(b"\r\n\r\n")
-    head, body = (raw, b"") if end < 0 else (raw[:end], raw[end + 4:])
-    body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
+    as they will be on the wire.
+
+    `pieces`: what `raw` was joined from, as service/compose/mime.py writes it (the header block, the
+    blank line, then the body's pieces). The writer guarantees CRLF line ends (tests/test_mime.py), so
+    the scan for bare LF is skipped, and the body is canonicalized piece by piece: the pieces every email
+    of a step shares (`mime.Fixed`) keep their canonical form, so only the lines holding a reader's
+    values are canonicalized per email (tests/test_dkim_every_email.py checks both ways agree)."""
+    if pieces is not None and len(pieces) > 2 and pieces[1] == b"\r\n\r\n":
+        head = pieces[0]
+        body_hash = base64.b64encode(_body_digest(pieces[2:])).decode()
+    else:
+        if raw.count(b"\n") != raw.count(b"\r\n"):
+            raw = _LONE_EOL.sub(b"\r\n", raw)
+        end = raw.find(b"\r\n\r\n")
+        head, body = (raw, b"") if end < 0 else (raw[:end], raw[end + 4:])
+        body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest()).decode()
     signed_part = b"".join(selected_headers(head))
     stamp = int(time.time() if now is None else now)
     signatures = b"".join(_signature(key, signed_part, body_hash, stamp) for key in keys)
     return signatures + raw
+
+
+def _body_digest(body: list[bytes]) -> bytes:
+    """SHA-256 of `relaxed_body(b"".join(body))`, canonicalized piece by piece. Relaxed body
+    canonicalization changes nothing across a line end, so a run of pieces that starts a line and ends
+    with CRLF is canonicalized on its own; a `mime.Fixed` piece keeps its canonical form for the next
+    email. The end of the body (empty lines dropped, a final CRLF added) is only ever what the MIME
+    writer leaves, a closing delimiter line; anything else goes the whole-body way."""
+    out: list[bytes] = []
+    line: list[bytes] = []  # pieces of a line not yet ended
+    for piece in body:
+        if line or piece[-2:] != b"\r\n":
+            line.append(piece)
+            if piece[-2:] == b"\r\n":
+                out.append(_relaxed_lines(b"".join(line)))
+                line.clear()
+        elif type(piece) is Fixed:
+            canonical = piece.relaxed
+            if canonical is None:
+                canonical = piece.relaxed = _relaxed_lines(piece)
+            out.append(canonical)
+        else:
+            out.append(_relaxed_lines(piece))
+    last = out[-1] if out else b""
+    if line or len(last) < 3 or last[-3] in b"\r\n ":  # no final CRLF, an empty last line, a stray CR or LF
+        return hashlib.sha256(relaxed_body(b"".join(body))).digest()
+    return hashlib.sha256(b"".join(out)).digest()
+
+
+def _relaxed_lines(data: bytes) -> bytes:
+    """Whole CRLF-ended lines canonicalized: runs of spaces and tabs as one space, none before CRLF."""
+    if b"\t" in data or b"  " in data or b" \r\n" in data:
+        return _collapse_spaces(data.replace(b"\t", b" ")).replace(b" \r\n", b"\r\n")
+    return data
 
 
 def relaxed_body(body: bytes) -> bytes:

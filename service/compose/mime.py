@@ -102,10 +102,12 @@ def _part_head(subtype: str, cte: bytes) -> bytes:
 
 class Fixed(bytes):
     """Bytes that are the same in many emails (a BodyTemplate's lines without values), named by their
-    SHA-256, so the "as sent" copy of an email can refer to them instead of holding them (as_sent.py)."""
+    SHA-256, so the "as sent" copy of an email can refer to them instead of holding them (as_sent.py),
+    and canonicalized for DKIM once (compose/dkim.py)."""
 
     digest: str  # hex
     sha256: bytes
+    relaxed: bytes | None = None  # its DKIM relaxed canonical form, once compose/dkim.py has needed it
 
     def __new__(cls, data: bytes) -> Fixed:
         obj = super().__new__(cls, data)
@@ -163,6 +165,10 @@ class BodyTemplate:
         else:
             self._segments.append(tail)
         self._tail = self._segments[-1]
+        # Per email only the segments holding values change: where they are, and the others ready to copy.
+        self._values_at = [i for i, seg in enumerate(self._segments) if not isinstance(seg, tuple)]
+        self._seven = [seg[0] if isinstance(seg, tuple) else b"" for seg in self._segments]
+        self._qp = [seg[1] if isinstance(seg, tuple) else b"" for seg in self._segments]
 
     def _flush(self, raw: list[bytes]) -> None:
         if raw:
@@ -180,20 +186,21 @@ class BodyTemplate:
         if any(b"\n" in value or b"\r" in value for value in encoded):
             head, body = body_part(self.subtype, "".join(_interleave(self.pieces, values)))
             return head, [body]
-        filled: list[tuple[bytes, bytes] | bytes] = [
-            seg if isinstance(seg, tuple) else b"".join(x if isinstance(x, bytes) else encoded[x] for x in seg)
-            for seg in self._segments]
-        tail = filled[-1]
+        last = len(self._segments) - 1
+        segments = self._segments
+        filled = [(i, b"".join([encoded[x] if isinstance(x, int) else x for x in segments[i]]))  # type: ignore[union-attr]
+                  for i in self._values_at]
         seven = self._fixed_7bit and all(
-            isinstance(seg, tuple) or (seg.isascii() and len(seg) <= MAX_LINE)
-            for seg in (filled[:-1] if isinstance(tail, tuple) else [*filled[:-1], *tail.split(b"\r\n")]))
+            all(line.isascii() and len(line) <= MAX_LINE for line in seg.split(b"\r\n")) if i == last
+            else seg.isascii() and len(seg) <= MAX_LINE for i, seg in filled)
         if seven:
-            out = [seg[0] if isinstance(seg, tuple) else seg + b"\r\n" for seg in filled[:-1]]
-            out.append(tail[0] if isinstance(tail, tuple) else tail)
+            out = self._seven.copy()
+            for i, seg in filled:
+                out[i] = seg if i == last else seg + b"\r\n"
             return _part_head(self.subtype, b"7bit"), out
-        out = [seg[1] if isinstance(seg, tuple) else binascii.b2a_qp(seg + b"\r\n", istext=True)
-               for seg in filled[:-1]]
-        out.append(tail[1] if isinstance(tail, tuple) else binascii.b2a_qp(tail, istext=True))
+        out = self._qp.copy()
+        for i, seg in filled:
+            out[i] = binascii.b2a_qp(seg if i == last else seg + b"\r\n", istext=True)
         return _part_head(self.subtype, _QP), out
 
 
@@ -209,7 +216,8 @@ _QP_LINES_MAX = 4096
 
 
 def quoted_printable(data: bytes) -> bytes:
-    """`binascii.b2a_qp(data, istext=True)`, exactly, for CRLF text, line by line with a cache.
+    """`binascii.b2a_qp(data, istext=True)`, exactly, for CRLF text, line by line with a cache (but for
+    one long line without a line end, which b2a_qp would break with bare LFs: CRLF here too).
 
     Encoding the 29 KB coaching email took 0.13 ms, a sixth of a worker's CPU per email, though nearly
     every line is the same in every email of a step. b2a_qp encodes each line on its own once it knows
@@ -219,6 +227,8 @@ def quoted_printable(data: bytes) -> bytes:
     0.13 -> 0.03 ms. Lines of readers' values make the cache grow, so it is emptied when it is full."""
     lines = data.split(b"\r\n")
     if len(lines) < 3:
+        if len(lines) == 1:  # no line end to copy: b2a_qp would break long lines with a bare LF ("=\n")
+            return binascii.b2a_qp(data, istext=True).replace(b"=\n", b"=\r\n")
         return binascii.b2a_qp(data, istext=True)
     if len(_QP_LINES) > _QP_LINES_MAX:
         _QP_LINES.clear()

@@ -82,10 +82,11 @@ class Part:
         return [_escape(values[index], mode) for index, mode in self.slots]
 
     def join(self, escaped: list[str]) -> str:
-        out = [self.pieces[0]]
-        for value, piece in zip(escaped, self.pieces[1:], strict=True):
-            out.append(value)
-            out.append(piece)
+        if len(escaped) != len(self.slots):
+            raise ValueError("one value per slot")
+        out = [""] * (2 * len(escaped) + 1)  # pieces and values interleaved by slicing, not a Python loop
+        out[0::2] = self.pieces
+        out[1::2] = escaped
         return "".join(out)
 
 

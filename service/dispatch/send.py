@@ -68,8 +68,9 @@ class SendRun:
         self.unfinished = set(ids)
         self.lease_renewed = time.monotonic()
         broken: TransportError | None = None
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start:start + CHUNK]
+        size = max(CHUNK, getattr(transport, "chunk", CHUNK))  # an API transport takes larger chunks
+        for start in range(0, len(ids), size):
+            chunk = ids[start:start + size]
             if broken is not None and broken.auth_failed:
                 self.release(chunk, clock())
                 continue

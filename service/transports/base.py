@@ -64,6 +64,9 @@ class Transport(Protocol):
     # Whether `raw` (our MIME, with its DKIM signatures) is what goes out. Provider APIs that take text and
     # HTML fields build and sign their own message; a transport may set this False (the default is True).
     sends_mime: bool
+    # Emails per dispatcher chunk when more than the dispatcher's 250 suit it (an API transport: its
+    # requests in flight drain at the end of each chunk); optional.
+    chunk: int
 
     def send(self, batch: Iterable[OutboundEmail]) -> Iterator[SendResult]:
         """Send each email; yield a result per email in order. Raise TransportError only before the first.

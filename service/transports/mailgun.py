@@ -7,10 +7,8 @@ byte; `v:drip-message` comes back in every event as a user variable.
 """
 from __future__ import annotations
 
-import requests
-
 from service.transports.base import OutboundEmail
-from service.transports.http import ApiUrl, HttpTransport
+from service.transports.http import ApiUrl, HttpTransport, Response
 
 
 class MailgunTransport(HttpTransport):
@@ -23,14 +21,14 @@ class MailgunTransport(HttpTransport):
         region = url.query.get("region", "us")
         self.base = url.endpoint("https://api.eu.mailgun.net" if region == "eu" else "https://api.mailgun.net")
 
-    def request(self, item: OutboundEmail) -> requests.Response:
-        return self.session.post(
-            f"{self.base}/v3/{self.domain}/messages.mime", auth=("api", self.key), timeout=self.timeout,
-            data={"to": item.recipient, "v:drip-message": str(item.message_pk)},
-            files={"message": ("message.eml", item.raw, "message/rfc822")},
+    def request(self, item: OutboundEmail) -> Response:
+        return self.http.post(
+            f"{self.base}/v3/{self.domain}/messages.mime", auth=("api", self.key),
+            fields={"to": item.recipient, "v:drip-message": str(item.message_pk),
+                    "message": ("message.eml", item.raw, "message/rfc822")},
         )
 
-    def provider_id(self, response: requests.Response) -> str | None:
+    def provider_id(self, response: Response) -> str | None:
         try:
             value = response.json().get("id")
         except (ValueError, AttributeError):

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import requests
-
 from service.transports.base import OutboundEmail, SendResult
-from service.transports.http import ApiUrl, HttpTransport, custom_headers
+from service.transports.http import ApiUrl, HttpTransport, Response, custom_headers
 
 INACTIVE_RECIPIENT = 406
 
@@ -48,23 +46,22 @@ class PostmarkTransport(HttpTransport):
     def _headers(self) -> dict[str, str]:
         return {"Accept": "application/json", "X-Postmark-Server-Token": self.token}
 
-    def request(self, item: OutboundEmail) -> requests.Response:
-        return self.session.post(f"{self.base}/email", json=self.message(item), timeout=self.timeout,
-                                 headers=self._headers())
+    def request(self, item: OutboundEmail) -> Response:
+        return self.http.post(f"{self.base}/email", json_body=self.message(item), headers=self._headers())
 
-    def request_batch(self, items: Sequence[OutboundEmail]) -> requests.Response:
-        return self.session.post(f"{self.base}/email/batch", json=[self.message(i) for i in items],
-                                 timeout=self.timeout, headers=self._headers())
+    def request_batch(self, items: Sequence[OutboundEmail]) -> Response:
+        return self.http.post(f"{self.base}/email/batch", json_body=[self.message(i) for i in items],
+                              headers=self._headers())
 
-    def provider_id(self, response: requests.Response) -> str | None:
+    def provider_id(self, response: Response) -> str | None:
         return _json(response).get("MessageID")
 
-    def classify(self, response: requests.Response) -> SendResult:
+    def classify(self, response: Response) -> SendResult:
         if response.status_code == 422 and _json(response).get("ErrorCode") == INACTIVE_RECIPIENT:
             return _inactive(_json(response))
         return super().classify(response)
 
-    def classify_batch(self, items: Sequence[OutboundEmail], response: requests.Response) -> list[SendResult]:
+    def classify_batch(self, items: Sequence[OutboundEmail], response: Response) -> list[SendResult]:
         try:
             answers = response.json()
         except ValueError:
@@ -94,7 +91,7 @@ def _inactive(answer: dict) -> SendResult:
                       error=f"postmark 406 inactive recipient: {answer.get('Message', '')}")
 
 
-def _json(response: requests.Response) -> dict:
+def _json(response: Response) -> dict:
     try:
         data = response.json()
     except ValueError:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-import requests
-
 from service.transports.base import OutboundEmail, SendResult
-from service.transports.http import ApiUrl, HttpTransport, custom_headers
+from service.transports.http import ApiUrl, HttpTransport, Response, custom_headers
 
 
 class ResendTransport(HttpTransport):
@@ -40,27 +38,26 @@ class ResendTransport(HttpTransport):
             "tags": [{"name": "drip_message", "value": str(item.message_pk)}],
         }
 
-    def request(self, item: OutboundEmail) -> requests.Response:
+    def request(self, item: OutboundEmail) -> Response:
         headers = {"Authorization": f"Bearer {self.key}"}
         if item.idempotency_key:
             headers["Idempotency-Key"] = item.idempotency_key
-        return self.session.post(f"{self.base}/emails", json=self.message(item), headers=headers,
-                                 timeout=self.timeout)
+        return self.http.post(f"{self.base}/emails", json_body=self.message(item), headers=headers)
 
-    def request_batch(self, items: Sequence[OutboundEmail]) -> requests.Response:
+    def request_batch(self, items: Sequence[OutboundEmail]) -> Response:
         keys = "\n".join(item.idempotency_key or f"drip-message-{item.message_pk}" for item in items)
         headers = {"Authorization": f"Bearer {self.key}", "x-batch-validation": "permissive",
                    "Idempotency-Key": "drip-batch-" + hashlib.sha256(keys.encode()).hexdigest()[:40]}
-        return self.session.post(f"{self.base}/emails/batch", json=[self.message(i) for i in items],
-                                 headers=headers, timeout=self.timeout)
+        return self.http.post(f"{self.base}/emails/batch", json_body=[self.message(i) for i in items],
+                              headers=headers)
 
-    def provider_id(self, response: requests.Response) -> str | None:
+    def provider_id(self, response: Response) -> str | None:
         try:
             return response.json().get("id")
         except (ValueError, AttributeError):
             return None
 
-    def classify_batch(self, items: Sequence[OutboundEmail], response: requests.Response) -> list[SendResult]:
+    def classify_batch(self, items: Sequence[OutboundEmail], response: Response) -> list[SendResult]:
         """`data` holds the ids of the emails accepted, in order; `errors` the index and reason of each
         email refused (permissive validation)."""
         try:

@@ -6,10 +6,8 @@ accepted; the message id is the `X-Message-Id` response header (the prefix of th
 """
 from __future__ import annotations
 
-import requests
-
 from service.transports.base import OutboundEmail
-from service.transports.http import ApiUrl, HttpTransport, custom_headers, split_address
+from service.transports.http import ApiUrl, HttpTransport, Response, custom_headers, split_address
 
 
 class SendGridTransport(HttpTransport):
@@ -22,7 +20,7 @@ class SendGridTransport(HttpTransport):
         region = url.query.get("region", "us")
         self.base = url.endpoint("https://api.eu.sendgrid.com" if region == "eu" else "https://api.sendgrid.com")
 
-    def request(self, item: OutboundEmail) -> requests.Response:
+    def request(self, item: OutboundEmail) -> Response:
         from_name, from_addr = split_address(item.from_header)
         to_name, _ = split_address(item.to_header)
         to = {"email": item.recipient, **({"name": to_name} if to_name else {})}
@@ -34,8 +32,8 @@ class SendGridTransport(HttpTransport):
             "headers": custom_headers(item),
             "tracking_settings": {"click_tracking": {"enable": False}, "open_tracking": {"enable": False}},
         }
-        return self.session.post(f"{self.base}/v3/mail/send", json=body, timeout=self.timeout,
-                                 headers={"Authorization": f"Bearer {self.key}"})
+        return self.http.post(f"{self.base}/v3/mail/send", json_body=body,
+                              headers={"Authorization": f"Bearer {self.key}"})
 
-    def provider_id(self, response: requests.Response) -> str | None:
+    def provider_id(self, response: Response) -> str | None:
         return response.headers.get("X-Message-Id")

@@ -10,13 +10,12 @@ from __future__ import annotations
 import base64
 import json
 
-import requests
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from service.transports.base import OutboundEmail, SendResult, TransportError
-from service.transports.http import ApiUrl, HttpTransport
+from service.transports.http import ApiUrl, HttpTransport, Response
 
 
 class SesTransport(HttpTransport):
@@ -32,7 +31,7 @@ class SesTransport(HttpTransport):
         self.base = url.endpoint(f"https://email.{self.region}.amazonaws.com")
         self.configuration_set = url.query.get("configuration_set")
 
-    def request(self, item: OutboundEmail) -> requests.Response:
+    def request(self, item: OutboundEmail) -> Response:
         body: dict = {
             "FromEmailAddress": item.from_header,
             "Destination": {"ToAddresses": [item.recipient]},
@@ -45,15 +44,15 @@ class SesTransport(HttpTransport):
         signed = AWSRequest(method="POST", url=url, data=json.dumps(body).encode(),
                             headers={"Content-Type": "application/json"})
         SigV4Auth(self.credentials, "ses", self.region).add_auth(signed)
-        return self.session.post(url, data=signed.body, headers=dict(signed.headers.items()), timeout=self.timeout)
+        return self.http.post(url, body=signed.body, headers=dict(signed.headers.items()))
 
-    def provider_id(self, response: requests.Response) -> str | None:
+    def provider_id(self, response: Response) -> str | None:
         try:
             return response.json().get("MessageId")
         except (ValueError, AttributeError):
             return None
 
-    def classify(self, response: requests.Response) -> SendResult:
+    def classify(self, response: Response) -> SendResult:
         # SES says "the account may not send" with 400s too; those stop everything like a bad key.
         kind = response.headers.get("x-amzn-ErrorType", "")
         if response.status_code == 400 and kind.startswith(("AccountSuspendedException", "SendingPausedException")):
