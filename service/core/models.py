@@ -227,6 +227,10 @@ class Message(Base):
     updated_at: Mapped[datetime]
     first_attempt_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
+    # When the email was first opened / first clicked (tracking). Set once, by the statement that records
+    # the first such event, so the count triggers count each email once (migration 0020_engagement_counts).
+    opened_at: Mapped[datetime | None]
+    clicked_at: Mapped[datetime | None]
 
 
 class Event(Base):
@@ -471,7 +475,8 @@ class CampaignDraft(Base):
 
 
 class MessageCount(Base):
-    """Messages per campaign, step and status; `n_sent` of them have been handed to the transport."""
+    """Messages per campaign, step and status; `n_sent` of them have been handed to the transport,
+    `n_opened` / `n_clicked` opened / clicked at least once (migration 0020_engagement_counts)."""
 
     __tablename__ = "message_counts"
 
@@ -481,6 +486,8 @@ class MessageCount(Base):
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger, default=0)
     n_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    n_opened: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    n_clicked: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class MessageDay(Base):
@@ -562,3 +569,5 @@ class CountDelta(Base):
     day: Mapped[date | None] = mapped_column(Date)
     n: Mapped[int] = mapped_column(BigInteger, default=0)
     n_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    n_opened: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    n_clicked: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
