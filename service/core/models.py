@@ -399,6 +399,10 @@ class CampaignState(Base):
     # completed readers to reactivate (live_edits.reactivate_grown) only when the file's steps differ from
     # it, not at every start (migration 0017_console_counts).
     steps_digest: Mapped[str | None] = mapped_column(String(64))
+    # The digest of the campaign's files (and the composer's code) whose step templates last compiled at the
+    # start of a command that sends: a later start with the same ones skips compiling them (migration
+    # 0021_templates_checked). A template that fails is never recorded, so every start refuses it.
+    templates_checked: Mapped[str | None] = mapped_column(String(64))
 
 
 class DispatchPass(Base):
