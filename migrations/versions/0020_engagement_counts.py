@@ -131,11 +131,10 @@ def downgrade() -> None:
     dialect = op.get_bind().dialect.name
     _drop_triggers(dialect)
     op.execute("DELETE FROM count_deltas WHERE counter = 'step' AND n = 0 AND n_sent = 0")
-    for table in ("count_deltas", "message_counts"):
-        with op.batch_alter_table(table) as batch:
-            batch.drop_column("n_clicked")
-            batch.drop_column("n_opened")
-    with op.batch_alter_table("messages") as batch:
-        batch.drop_column("clicked_at")
-        batch.drop_column("opened_at")
+    # Plain DROP COLUMN on both databases (SQLite >= 3.35): a batch rebuild of messages would drop the old
+    # table, and with it, by cascade, every stored copy and event of a message.
+    for table, columns in (("count_deltas", ("n_clicked", "n_opened")), ("message_counts", ("n_clicked", "n_opened")),
+                           ("messages", ("clicked_at", "opened_at"))):
+        for column in columns:
+            op.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     _create_triggers(dialect, {"n_sent": "sent_at IS NOT NULL"})

@@ -20,5 +20,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("campaign_states") as batch:
-        batch.drop_column("templates_checked")
+    op.execute("ALTER TABLE campaign_states DROP COLUMN templates_checked")
