@@ -114,11 +114,13 @@ def rebuild(session: Session) -> None:
 
 
 # Each unsubscribed reader's enrollments: the last step sent by the time they unsubscribed (what
-# suppression.stop_subscriber records at that moment).
+# suppression.stop_subscriber records at that moment). A reader who left is one with an unsubscribe time,
+# whatever their status now: one who unsubscribed and whose last email bounced afterwards is "bounced" but
+# still left after that step (a resubscribe clears the time, and the figure with it).
 _UNSUBSCRIBED_AFTER = """UPDATE enrollments SET unsubscribed_after_step = (
     SELECT max(m.step_index) FROM messages m JOIN subscribers s ON s.id = m.subscriber_id
     WHERE m.enrollment_id = enrollments.id AND m.sent_at IS NOT NULL AND m.sent_at <= s.unsubscribed_at)
-WHERE subscriber_id IN (SELECT id FROM subscribers WHERE status = 'unsubscribed')"""
+WHERE subscriber_id IN (SELECT id FROM subscribers WHERE unsubscribed_at IS NOT NULL)"""
 
 
 # -- readers: the count table plus the changes not folded yet, summed in one statement -------------------
@@ -245,7 +247,7 @@ def recount(session: Session) -> dict[str, object]:
         "signups": dict(session.execute(text("SELECT campaign, count(*) FROM consents GROUP BY campaign")).all()),
         "unsubscribed_after": {(c, i): n for c, i, n in session.execute(text(
             "SELECT campaign, idx, count(*) FROM (SELECT m.campaign, m.subscriber_id, max(m.step_index) AS idx "
-            "FROM messages m JOIN subscribers s ON s.id = m.subscriber_id WHERE s.status = 'unsubscribed' "
+            "FROM messages m JOIN subscribers s ON s.id = m.subscriber_id WHERE s.unsubscribed_at IS NOT NULL "
             "AND m.sent_at IS NOT NULL AND m.sent_at <= s.unsubscribed_at GROUP BY m.campaign, m.subscriber_id) "
             "AS last GROUP BY campaign, idx"))},
     }
