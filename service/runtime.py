@@ -4,6 +4,7 @@ The web app, `drip worker`, `drip serve` and `drip tick` all start here, so they
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -40,13 +41,17 @@ class Runtime:
     # Built on first use (`composer`): a process that sends nothing (a `drip tick` with nothing due, most
     # commands) never imports Jinja, markdown-it or the DKIM and DNS modules (~0.15 s of start-up).
     _composer: Composer | None = field(default=None, repr=False)
+    _composer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def composer(self) -> Composer:
         if self._composer is None:
-            self._composer = make_composer(self.settings)
-            self._composer.reader_links = self.reader_links  # here, as the footer's links are signed with the key
-            self._composer.invite_link = self.invite_url
+            with self._composer_lock:  # the web's threads: one composer, so one cache of compiled templates
+                if self._composer is None:
+                    composer = make_composer(self.settings)
+                    composer.reader_links = self.reader_links  # here, as the footer's links are signed with the key
+                    composer.invite_link = self.invite_url
+                    self._composer = composer
         return self._composer
 
     def unsubscribe_url(self, public_id: str, campaign: str) -> str:
