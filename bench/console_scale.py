@@ -18,10 +18,18 @@ RSS, WAL written) and `drip log --csv` of the whole log; the step export through
 `--explain` prints EXPLAIN (ANALYZE, BUFFERS) of every query of each view.
 The forecast: the worker's background replay is timed once (it stores the forecast the home page then
 reads), `drip forecast`'s own work on the stored one `--runs` times, and `drip forecast` as a process.
-`--views-only` leaves out the exports and the pruning.
+`--views-only` leaves out the exports and the pruning. `--tracking` runs with open and click tracking on
+(`DRIP_TRACKING`), so the home page shows each step's open and click rates; seed with `--events 6` for
+opens and clicks to count.
+
+Seeding a million readers takes ~10 minutes of both cores: `--seed-only` seeds, fills the counts and stops,
+keeping the database (its name is printed); `--database NAME` then reuses it: no seeding, the migrations run
+(a newer branch's schema changes and fills), then `drip stats --rebuild`, then the timings. A reused
+database is not the same after a full run: `drip prune --days 180` deleted half a year of history, so reuse
+it with `--views-only`, or seed a fresh one.
 
     .venv/bin/python bench/console_scale.py [--readers 1000000] [--events 4] [--runs 20] [--keep] [--explain]
-                                            [--views-only]
+                                            [--views-only] [--tracking] [--seed-only | --database NAME]
 
 Goals (docs/performance.md): every console and API view p95 < 200 ms; /metrics < 50 ms; `drip tick` with
 nothing due < 1 s including start-up; `drip prune` peak RSS < 150 MB with batches of at most 10,000 rows;
@@ -43,7 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, SECRET, pg_create, pg_drop
+from common import PG_ADMIN, ROOT, SECRET, pg_create, pg_drop
 
 
 def step_keys(campaign: str) -> list[str]:
@@ -90,11 +98,14 @@ INSERT INTO consents (subscriber_id, campaign, created_at, source, wording)
 SELECT subscriber_id, campaign, created_at, 'form', 'Yes, send me the emails.' FROM enrollments ORDER BY id"""),
         ("messages", f"""
 INSERT INTO messages (enrollment_id, subscriber_id, campaign, step_key, step_index, to_email, subject, status,
-                      attempts, message_id, created_at, updated_at, first_attempt_at, sent_at, last_error)
+                      attempts, message_id, created_at, updated_at, first_attempt_at, sent_at, last_error,
+                      opened_at, clicked_at)
 SELECT e.id, e.subscriber_id, e.campaign, k.key, k.i, s.email, 'Step ' || k.key, k.status, 1,
        '<' || md5(e.id || '-' || k.i) || '@drip.bench>', k.at, k.at + interval '2 minutes', k.at,
        CASE WHEN k.status <> 'failed' THEN k.at + interval '1 minute' END,
-       CASE WHEN k.status IN ('failed', 'bounced') THEN '550 5.1.1 mailbox unavailable' END
+       CASE WHEN k.status IN ('failed', 'bounced') THEN '550 5.1.1 mailbox unavailable' END,
+       CASE WHEN {events} >= 5 THEN k.at + interval '5 seconds' END,
+       CASE WHEN {events} >= 6 THEN k.at + interval '6 seconds' END
 FROM enrollments e JOIN subscribers s ON s.id = e.subscriber_id
 CROSS JOIN LATERAL (
     SELECT i, CASE WHEN e.campaign = 'back-pain-bundle' THEN ({bpb})[i + 1] ELSE ({news})[i + 1] END AS key,
@@ -238,7 +249,15 @@ def main() -> None:
     parser.add_argument("--explain", action="store_true")
     parser.add_argument("--views-only", action="store_true",
                         help="time the views, the forecast and `drip tick` only (no exports, no prune)")
+    parser.add_argument("--tracking", action="store_true",
+                        help="open and click tracking on (DRIP_TRACKING): the home page counts opens and clicks")
+    parser.add_argument("--seed-only", action="store_true", help="seed, fill the counts, keep the database, stop")
+    parser.add_argument("--database", metavar="NAME",
+                        help="reuse this kept database: no seeding; migrations, then `drip stats --rebuild`")
     args = parser.parse_args()
+    if args.seed_only and args.database:
+        parser.error("--seed-only makes a database, --database reuses one: not both")
+    args.keep = args.keep or args.seed_only or bool(args.database)
 
     from sqlalchemy import create_engine, func, select, text
 
@@ -252,12 +271,20 @@ def main() -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     name = "drip_console_scale"
     started = time.monotonic()
-    url = pg_create(name)
-    took = seed(url, args.readers, max(1, min(6, args.events)), now)
+    if args.database:
+        from service.core.migrate import upgrade
+
+        url = PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1).rsplit("/", 1)[0] + f"/{args.database}"
+        upgrade(url)
+        took = {"migrations": time.monotonic() - started}
+    else:
+        url = pg_create(name)
+        took = seed(url, args.readers, max(1, min(6, args.events)), now)
     seeded = time.monotonic() - started
     env = {**os.environ, "DATABASE_URL": url.replace("postgresql+psycopg://", "postgresql://"),
            "DRIP_SECRET_KEY": SECRET, "DRIP_EMAIL_URL": "file:///tmp/drip-console-scale-outbox",
-           "DRIP_BASE_URL": "https://drip.example.org", "DRIP_POSTAL_ADDRESS": "Bench, 1 Street, Town"}
+           "DRIP_BASE_URL": "https://drip.example.org", "DRIP_POSTAL_ADDRESS": "Bench, 1 Street, Town",
+           "DRIP_TRACKING": "1" if args.tracking else "0"}
     rows: list[tuple[str, str, str, str, bool]] = []  # figure, value, goal, note, ok
 
     rebuild = Ran(["stats", "--rebuild"], env)
@@ -267,13 +294,19 @@ def main() -> None:
         counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()  # noqa: S608
                   for t in ("subscribers", "enrollments", "messages", "events", "message_contents")}
     print(f"seeded in {seeded:.0f} s: {counts}, {size}", file=sys.stderr, flush=True)
+    if args.database:
+        args.readers = counts["subscribers"]
+    if args.seed_only:
+        engine.dispose()
+        print(f"kept: {url}\nreuse: bench/console_scale.py --database {url.rsplit('/', 1)[1]}")
+        return
 
     settings = Settings.from_env({k: v for k, v in env.items() if k.startswith(("DATABASE_URL", "DRIP_"))})
     rt = build_runtime(settings)
     app = create_app(runtime=rt)
     client = app.test_client()
     with rt.sessions() as s, s.begin():
-        add_user(s, "ops@example.org", "a long bench password", now=now)
+        add_user(s, "ops@example.org", "a long bench password", now=now, reset_password=True)  # (a reused database)
         token = create_token(s, "bench", now=now)
     with rt.sessions() as s:
         some = s.scalar(select(Subscriber).where(Subscriber.id == args.readers // 3))
@@ -299,7 +332,7 @@ def main() -> None:
     views = [
         ("console: campaigns", "/admin/campaigns", None),
         ("console: campaign page (stats + charts)", "/admin/campaigns/back-pain-bundle", None),
-        ("console: home", "/admin/", None),
+        ("console: home" + (" (tracking on)" if args.tracking else ""), "/admin/", None),
         ("console: send log, first page", "/admin/messages", None),
         ("console: send log, bounced", "/admin/messages?status=bounced", None),
         ("console: send log, campaign + step", "/admin/messages?campaign=back-pain-bundle&step=week-04", None),
@@ -414,14 +447,15 @@ def report(args, rows, counts, size, seeded, took, url, name, engine, rt) -> Non
     engine.dispose()
     rt.sessions.kw["bind"].dispose()
     print(f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, bench/console_scale.py --readers {args.readers} "
-          f"--events {args.events} --runs {args.runs}; PostgreSQL {size}: "
+          f"--events {args.events} --runs {args.runs}{' --tracking' if args.tracking else ''}"
+          f"{' --database ' + args.database if args.database else ''}; PostgreSQL {size}: "
           + ", ".join(f"{n:,} {t}" for t, n in counts.items())
           + f"; seeded in {seeded:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in took.items())})\n")
     print("| view | time | goal | note | met |\n|---|---|---|---|---|")
     for figure, value, goal, note, ok in rows:
         print(f"| {figure} | {value} | {goal} | {note} | {'yes' if ok else 'NO'} |")
     if args.keep:
-        print(f"\nkept: {url}")
+        print(f"\nkept: {url}" + ("" if args.database else f"\nreuse: --database {url.rsplit('/', 1)[1]}"))
     else:
         pg_drop(name)
 

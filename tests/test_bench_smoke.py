@@ -93,3 +93,34 @@ def test_console_scale_bench() -> None:
     assert prune[-1] == "yes" and "transactions of <= 10,000 rows" in prune[3], prune
     [export] = [r for r in table if r[0].startswith("export: whole log")]
     assert int(export[3].split(" rows")[0].replace(",", "")) > 2000, export  # every message of the log
+
+
+
+@pytest.mark.slow
+@pytest.mark.postgresql_only
+def test_console_scale_bench_reuses_a_seeded_database() -> None:
+    """--seed-only keeps a seeded database and names it; --database times it again without seeding (the
+    migrations and the counts' rebuild run first), here with tracking on: the home page counts opens."""
+    from sqlalchemy import create_engine, text
+
+    env = {**os.environ, "DRIP_BENCH_POSTGRES_URL": PG or ""}
+    bench = [sys.executable, str(ROOT / "bench" / "console_scale.py"), "--readers", "200"]
+    seeded = subprocess.run([*bench, "--events", "6", "--seed-only"], env=env, capture_output=True, text=True,
+                            timeout=240, cwd=ROOT)
+    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+    [name] = [line.split("--database ")[1] for line in seeded.stdout.splitlines() if "--database " in line]
+    try:
+        proc = subprocess.run([*bench, "--database", name, "--views-only", "--tracking", "--runs", "2"], env=env,
+                              capture_output=True, text=True, timeout=240, cwd=ROOT)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        table = [r for r in rows(proc.stdout, "| ") if r[0] != "view"]
+        assert [r for r in table if r[0] == "console: home (tracking on)"], proc.stdout
+        [rebuild] = [r for r in table if r[0].startswith("cli: drip stats --rebuild")]
+        assert rebuild[-1] == "yes", rebuild
+        assert "kept: " in proc.stdout and "seeded in 0 s" in proc.stderr
+    finally:
+        admin = create_engine((PG or "").replace("postgresql://", "postgresql+psycopg://", 1).rsplit("/", 1)[0]
+                              + "/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -182,6 +182,81 @@ def test_racing_workers_and_webhooks_keep_counts_exact(runtime, smtp) -> None:
         assert s.scalar(select(func.count()).select_from(Message).where(Message.status == "bounced")) == 3
 
 
+def test_opened_and_clicked_count_each_email_once(runtime, smtp) -> None:
+    """Tracking: each step's opened and clicked emails are counted once per email, whatever number of opens
+    and clicks it had, from the tracking pixel or a provider, racing or not, and they follow an email whose
+    status moves or whose reader is erased. The home page's rates read these counts."""
+    from service.operator import home
+
+    rt = runtime
+    readers = [f"eng{i}@example.com" for i in range(8)]
+    for i, a in enumerate(readers):
+        enroll(rt, a, T0 + timedelta(seconds=i))
+    rt.dispatcher().run_pass(T0 + timedelta(minutes=1))
+    with rt.sessions() as s:
+        mid = {to: i for to, i in s.execute(select(Message.to_email, Message.id))}
+    assert set(mid) == set(readers)
+    welcome = rt.campaigns[CAMPAIGN].steps[0].key
+
+    def report(address: str, kind: str, source: str = "tracking", event_id: str | None = None) -> None:
+        with rt.sessions() as s, s.begin():
+            delivery.apply(s, delivery.DeliveryEvent(kind, source=source, event_id=event_id,
+                                                     message_pk=mid[address]), now=T0 + timedelta(hours=1))
+
+    report("eng0@example.com", "open")                  # opened twice
+    report("eng0@example.com", "open")
+    report("eng1@example.com", "click")                 # clicked, the pixel never loaded
+    for _ in range(2):                                  # opened and clicked, twice each
+        report("eng2@example.com", "open")
+        report("eng2@example.com", "click")
+    # eng3: nothing at all
+    report("eng4@example.com", "open")                  # opened, then erased below
+    report("eng5@example.com", "open", "postmark", "pm-open-5")  # a provider's open, then its bounce
+    report("eng5@example.com", "open", "postmark", "pm-open-5")  # the same provider event again
+    report("eng5@example.com", "hard_bounce", "postmark", "pm-bounce-5")
+    report("eng6@example.com", "open", "postmark", "pm-open-6")  # opened by the pixel and by the provider
+    report("eng6@example.com", "open")
+    assert_exact(rt)
+    with rt.sessions() as s:
+        assert home.engagement(s, CAMPAIGN) == {welcome: (5, 2)}
+    # Opens of one email racing from four requests at once: still one opened email.
+    errors: list[BaseException] = []
+
+    def opens() -> None:
+        try:
+            for _ in range(5):
+                report("eng7@example.com", "open")
+        except BaseException as exc:  # reported below: a thread's failure must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opens) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    with rt.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(text("events")).where(
+            text("type = 'opened' AND message_id = :m")).params(m=mid["eng7@example.com"])) == 20
+        assert home.engagement(s, CAMPAIGN) == {welcome: (6, 2)}
+    with rt.sessions() as s, s.begin():
+        erase_subscriber(s, ops.find_by_email(s, "eng4@example.com"), T0 + timedelta(hours=2), by="test")
+    assert_exact(rt)
+    fold(rt)
+    assert_exact(rt)
+    with rt.sessions() as s:
+        assert home.engagement(s, CAMPAIGN) == {welcome: (5, 2)}
+        # The same figures from the events themselves: distinct emails with an open / a click.
+        from_events = s.execute(text(
+            "SELECT count(DISTINCT CASE WHEN type = 'opened' THEN message_id END), "
+            "count(DISTINCT CASE WHEN type = 'clicked' THEN message_id END) FROM events "
+            "WHERE type IN ('opened', 'clicked')")).one()
+        assert tuple(from_events) == (5, 2)
+        health = {c.key: c for c in home.health(s, rt.campaigns, now=T0 + timedelta(hours=2), tracking=True)}
+        step = health[CAMPAIGN].steps[0]
+        assert (step.opened, step.clicked) == (5, 2)
+
+
 def test_stats_rebuild_restores_tampered_counts(runtime, smtp, tmp_path, monkeypatch) -> None:
     rt = runtime
     for i in range(5):
@@ -189,7 +264,7 @@ def test_stats_rebuild_restores_tampered_counts(runtime, smtp, tmp_path, monkeyp
     rt.dispatcher().run_pass(T0 + timedelta(minutes=1))
     with rt.sessions() as s, s.begin():
         counts.fold(s)
-        s.execute(text("UPDATE message_counts SET n = n + 100"))
+        s.execute(text("UPDATE message_counts SET n = n + 100, n_opened = n_opened + 3"))
         s.execute(text("DELETE FROM subscriber_counts"))
     with rt.sessions() as s:
         assert counts.mismatches(s)

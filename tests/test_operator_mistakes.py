@@ -322,6 +322,35 @@ def test_a_step_template_that_does_not_compile_stops_the_commands_that_send(migr
     assert not (tmp_path / "out").exists()
 
 
+def test_a_template_broken_after_a_good_start_is_refused_at_every_start_until_fixed(migrated, tmp_path,
+                                                                                   monkeypatch) -> None:
+    """A start with the same campaign files as the last good one skips compiling them (a `drip tick` from cron
+    with nothing due loads no template engine); an edit that breaks a template is still refused, at the next
+    start and every one after it, until it is fixed. Nothing is sent meanwhile."""
+    monkeypatch.chdir(tmp_path)
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "email_templates", templates)
+    env = {"DATABASE_URL": migrated, "DRIP_SECRET_KEY": KEY, "DRIP_TEMPLATES_DIR": str(templates),
+           "DRIP_EMAIL_URL": f"file://{tmp_path / 'out'}"}
+    assert drip(["tick"], env).exit_code == 0  # compiles every campaign once and records it
+    # The next start, in a process of its own: nothing due, so neither the composer nor Jinja is imported.
+    probe = ("import sys; from service.cli import main\n"
+             "try:\n    main(['tick'])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'jinja2', 'markdown_it', 'dkim', 'dns', "
+             "'cryptography', 'alembic', 'flask'}))")
+    proc = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "[]", (proc.stdout, proc.stderr)
+    html = templates / "glute-guide" / "welcome.html"
+    good = html.read_text()
+    html.write_text(good + "\n<p>{{ reader.name </p>\n")
+    for _ in range(2):  # a refused start records nothing: the next one compiles and refuses again
+        assert_one_line(drip(["tick"], env), f"invalid campaign: {html}:", "drip campaigns check")
+    html.write_text(good)
+    assert drip(["tick"], env).exit_code == 0
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_dotenv_file_that_is_not_utf8_is_one_line(tmp_path, monkeypatch) -> None:
     """A .env saved in Latin-1 by an old editor: the file is named with the fix, not a UnicodeDecodeError."""
     monkeypatch.chdir(tmp_path)

@@ -47,10 +47,29 @@ def load_runtime(settings: Settings, *, check_schema: bool = True, check_templat
 
 def require_compiling_templates(rt) -> None:
     """A step whose template does not compile would start fine and then fail every send of that step: refuse
-    at start instead, naming the file and line. The compiled templates stay in the composer's cache."""
+    at start instead, naming the file and line. The compiled templates stay in the composer's cache.
+
+    Only the campaigns whose files changed since they last compiled at a start are compiled
+    (campaigns/template_marks.py): a start with the same files (a `drip tick` from cron) needs neither the
+    composer nor Jinja. A template that fails is never recorded as compiled, so every start refuses it
+    until it is fixed; a database that cannot say (not migrated) has every campaign compiled."""
+    from sqlalchemy.exc import DBAPIError
+
+    from service.campaigns import template_marks
+    from service.core.db import utcnow
+
+    digests = template_marks.template_digests(rt.campaigns)
+    try:
+        with rt.sessions() as session:
+            todo = template_marks.unchecked(session, digests)
+    except DBAPIError:
+        todo = set(digests)
+    if not todo:
+        return
     from jinja2 import TemplateSyntaxError
 
-    for campaign in rt.campaigns.values():
+    for key in sorted(todo):
+        campaign = rt.campaigns[key]
         for step in campaign.steps:
             for ext in ("txt", "html"):
                 name = f"{campaign.key}/{step.template}.{ext}"
@@ -61,6 +80,11 @@ def require_compiling_templates(rt) -> None:
                     raise click.ClickException(
                         f"invalid campaign: {where}:{exc.lineno}: {exc.message}; fix it (`drip campaigns check` "
                         "lists every problem)") from None
+    try:
+        with rt.sessions() as session, session.begin():
+            template_marks.record(session, {key: digests[key] for key in todo}, now=utcnow())
+    except DBAPIError:  # not recorded: the next start compiles them again
+        pass
 
 
 def require_current_schema(rt) -> None:

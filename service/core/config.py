@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from service.core.dkim_keys import load_keys
 from service.core.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -234,7 +233,12 @@ class Settings:
             # A domain alone would send every email unsigned while the operator believes DKIM is on.
             raise ConfigError("DRIP_DKIM_DOMAIN: set, but DRIP_DKIM_SELECTOR and DRIP_DKIM_KEY_FILE are not; "
                               "they must be set together with it (or unset DRIP_DKIM_DOMAIN to send unsigned)")
-        load_keys(settings)  # a bad DKIM key stops start-up here, naming the variable
+        if any((settings.dkim_selector, settings.dkim_key_file, settings.dkim_selector_2, settings.dkim_key_file_2)):
+            # A bad DKIM key stops start-up here, naming the variable. (Imported only then: the cryptography
+            # modules are ~25 ms of every command's start-up, and a service without DKIM never needs them.)
+            from service.core.dkim_keys import load_keys
+
+            load_keys(settings)
         return settings
 
 

@@ -38,13 +38,16 @@ from service.core.models import (
 _FOLD_LOCK = 0x647269705F63  # "drip_c"
 
 _FOLD_PG = text("""
-WITH moved AS (DELETE FROM count_deltas RETURNING counter, campaign, step_key, step_index, status, day, n, n_sent),
+WITH moved AS (DELETE FROM count_deltas
+    RETURNING counter, campaign, step_key, step_index, status, day, n, n_sent, n_opened, n_clicked),
 step AS (
-    INSERT INTO message_counts (campaign, step_key, step_index, status, n, n_sent)
-    SELECT campaign, step_key, step_index, status, sum(n), sum(n_sent) FROM moved WHERE counter = 'step'
-    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    INSERT INTO message_counts (campaign, step_key, step_index, status, n, n_sent, n_opened, n_clicked)
+    SELECT campaign, step_key, step_index, status, sum(n), sum(n_sent), sum(n_opened), sum(n_clicked)
+    FROM moved WHERE counter = 'step' GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (campaign, step_key, step_index, status)
-    DO UPDATE SET n = message_counts.n + excluded.n, n_sent = message_counts.n_sent + excluded.n_sent),
+    DO UPDATE SET n = message_counts.n + excluded.n, n_sent = message_counts.n_sent + excluded.n_sent,
+        n_opened = message_counts.n_opened + excluded.n_opened,
+        n_clicked = message_counts.n_clicked + excluded.n_clicked),
 day AS (
     INSERT INTO message_days (campaign, day, n)
     SELECT campaign, day, sum(n) FROM moved WHERE counter = 'day' GROUP BY 1, 2 ORDER BY 1, 2
@@ -92,9 +95,9 @@ def rebuild(session: Session) -> None:
     for model in (CountDelta, MessageCount, MessageDay, EnrollmentCount, SubscriberCount, SignupCount):
         session.execute(delete(model))
     session.execute(text(
-        "INSERT INTO message_counts (campaign, step_key, step_index, status, n, n_sent) "
-        "SELECT campaign, step_key, step_index, status, count(*), count(sent_at) FROM messages "
-        "GROUP BY campaign, step_key, step_index, status"))
+        "INSERT INTO message_counts (campaign, step_key, step_index, status, n, n_sent, n_opened, n_clicked) "
+        "SELECT campaign, step_key, step_index, status, count(*), count(sent_at), count(opened_at), "
+        "count(clicked_at) FROM messages GROUP BY campaign, step_key, step_index, status"))
     day = _day_of(session, "sent_at")
     session.execute(text(
         f"INSERT INTO message_days (campaign, day, n) SELECT campaign, {day}, count(*) FROM messages "  # noqa: S608
@@ -111,11 +114,13 @@ def rebuild(session: Session) -> None:
 
 
 # Each unsubscribed reader's enrollments: the last step sent by the time they unsubscribed (what
-# suppression.stop_subscriber records at that moment).
+# suppression.stop_subscriber records at that moment). A reader who left is one with an unsubscribe time,
+# whatever their status now: one who unsubscribed and whose last email bounced afterwards is "bounced" but
+# still left after that step (a resubscribe clears the time, and the figure with it).
 _UNSUBSCRIBED_AFTER = """UPDATE enrollments SET unsubscribed_after_step = (
     SELECT max(m.step_index) FROM messages m JOIN subscribers s ON s.id = m.subscriber_id
     WHERE m.enrollment_id = enrollments.id AND m.sent_at IS NOT NULL AND m.sent_at <= s.unsubscribed_at)
-WHERE subscriber_id IN (SELECT id FROM subscribers WHERE status = 'unsubscribed')"""
+WHERE subscriber_id IN (SELECT id FROM subscribers WHERE unsubscribed_at IS NOT NULL)"""
 
 
 # -- readers: the count table plus the changes not folded yet, summed in one statement -------------------
@@ -147,6 +152,20 @@ def sent_days(session: Session, campaign: str | None, first: date) -> dict[date,
         if n:
             out[day if isinstance(day, date) else date.fromisoformat(str(day))] = int(n)
     return out
+
+
+def engaged_counts(session: Session, campaign: str | None = None) -> dict[tuple[str, str, int], tuple[int, int]]:
+    """{(campaign, step_key, step_index): (opened, clicked)}: how many of each step's emails were opened /
+    clicked at least once (tracking), for one campaign or (None) all."""
+    t, d = MessageCount, CountDelta
+    folded = select(t.campaign, t.step_key, t.step_index, t.n_opened, t.n_clicked)
+    fresh = select(d.campaign, d.step_key, d.step_index, d.n_opened, d.n_clicked).where(d.counter == "step")
+    if campaign is not None:
+        folded, fresh = folded.where(t.campaign == campaign), fresh.where(d.campaign == campaign)
+    u = union_all(folded, fresh).subquery()
+    rows = session.execute(select(u.c.campaign, u.c.step_key, u.c.step_index, func.sum(u.c.n_opened),
+                                  func.sum(u.c.n_clicked)).group_by(u.c.campaign, u.c.step_key, u.c.step_index))
+    return {(c, k, int(i)): (int(o), int(cl)) for c, k, i, o, cl in rows}
 
 
 def enrollment_counts(session: Session) -> dict[str, dict[str, int]]:
@@ -212,18 +231,23 @@ def recount(session: Session) -> dict[str, object]:
     steps = {(c, k, i, s): (n, ns) for c, k, i, s, n, ns in session.execute(text(
         "SELECT campaign, step_key, step_index, status, count(*), count(sent_at) FROM messages "
         "GROUP BY campaign, step_key, step_index, status"))}
+    # Opened and clicked emails per step, from the messages' first-open and first-click times (the events
+    # themselves may have been pruned since: an email opened a year ago still counts as opened).
+    engaged = {(c, k, i): (o, cl) for c, k, i, o, cl in session.execute(text(
+        "SELECT campaign, step_key, step_index, count(opened_at), count(clicked_at) FROM messages "
+        "WHERE opened_at IS NOT NULL OR clicked_at IS NOT NULL GROUP BY campaign, step_key, step_index"))}
     days = {(c, d if isinstance(d, date) else date.fromisoformat(str(d))): n for c, d, n in session.execute(
         select(literal_column("campaign"), day, func.count()).select_from(text("messages"))
         .where(text("sent_at IS NOT NULL")).group_by(literal_column("campaign"), day))}
     return {
-        "steps": steps, "days": days,
+        "steps": steps, "days": days, "engaged": engaged,
         "enrollments": {(c, s): n for c, s, n in session.execute(text(
             "SELECT campaign, status, count(*) FROM enrollments GROUP BY campaign, status"))},
         "subscribers": dict(session.execute(text("SELECT status, count(*) FROM subscribers GROUP BY status")).all()),
         "signups": dict(session.execute(text("SELECT campaign, count(*) FROM consents GROUP BY campaign")).all()),
         "unsubscribed_after": {(c, i): n for c, i, n in session.execute(text(
             "SELECT campaign, idx, count(*) FROM (SELECT m.campaign, m.subscriber_id, max(m.step_index) AS idx "
-            "FROM messages m JOIN subscribers s ON s.id = m.subscriber_id WHERE s.status = 'unsubscribed' "
+            "FROM messages m JOIN subscribers s ON s.id = m.subscriber_id WHERE s.unsubscribed_at IS NOT NULL "
             "AND m.sent_at IS NOT NULL AND m.sent_at <= s.unsubscribed_at GROUP BY m.campaign, m.subscriber_id) "
             "AS last GROUP BY campaign, idx"))},
     }
@@ -241,6 +265,7 @@ def current(session: Session) -> dict[str, object]:
     return {
         "steps": {(c, k, i, s): (n, ns) for c, k, i, s, n, ns in step_counts(session)},
         "days": days,
+        "engaged": {(c, k, i): (o, cl) for (c, k, i), (o, cl) in engaged_counts(session).items() if o or cl},
         "enrollments": {(c, s): n for c, by in enrollment_counts(session).items() for s, n in by.items()},
         "subscribers": subscriber_counts(session),
         "signups": signup_counts(session),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from service.core.db import DriverSQL, flushed_connection
@@ -72,7 +72,23 @@ def record(
     event = Event(type=type, subscriber_id=subscriber_id, message_id=message_id, detail=detail, data=data,
                   provider_event_id=provider_event_id, created_at=now)
     session.add(event)
+    if message_id is not None and type in _FIRST_SEEN:
+        _mark_first(session, message_id, _FIRST_SEEN[type], now)
     return event
+
+
+# A tracking event's mark on its message: the first open or click sets the time, later ones find it set.
+_FIRST_SEEN = {"opened": "opened_at", "clicked": "clicked_at"}
+
+
+def _mark_first(session: Session, message_id: int, column: str, now: datetime) -> None:
+    """Set the message's first-open (or first-click) time unless it is set. The count triggers count the
+    email as opened when this column goes from empty to set, so it counts once however often it is opened:
+    two opens racing both run this statement, the second waits for the first's row lock and then finds the
+    column set (PostgreSQL re-checks the WHERE on the row the first one committed) and changes nothing."""
+    col = getattr(Message, column)
+    session.execute(update(Message).where(Message.id == message_id, col.is_(None)).values({col: now})
+                    .execution_options(synchronize_session=False))
 
 
 def already_applied(session: Session, provider_event_id: str) -> bool:

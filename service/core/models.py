@@ -227,6 +227,10 @@ class Message(Base):
     updated_at: Mapped[datetime]
     first_attempt_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
+    # When the email was first opened / first clicked (tracking). Set once, by the statement that records
+    # the first such event, so the count triggers count each email once (migration 0020_engagement_counts).
+    opened_at: Mapped[datetime | None]
+    clicked_at: Mapped[datetime | None]
 
 
 class Event(Base):
@@ -395,6 +399,10 @@ class CampaignState(Base):
     # completed readers to reactivate (live_edits.reactivate_grown) only when the file's steps differ from
     # it, not at every start (migration 0017_console_counts).
     steps_digest: Mapped[str | None] = mapped_column(String(64))
+    # The digest of the campaign's files (and the composer's code) whose step templates last compiled at the
+    # start of a command that sends: a later start with the same ones skips compiling them (migration
+    # 0021_templates_checked). A template that fails is never recorded, so every start refuses it.
+    templates_checked: Mapped[str | None] = mapped_column(String(64))
 
 
 class DispatchPass(Base):
@@ -471,7 +479,8 @@ class CampaignDraft(Base):
 
 
 class MessageCount(Base):
-    """Messages per campaign, step and status; `n_sent` of them have been handed to the transport."""
+    """Messages per campaign, step and status; `n_sent` of them have been handed to the transport,
+    `n_opened` / `n_clicked` opened / clicked at least once (migration 0020_engagement_counts)."""
 
     __tablename__ = "message_counts"
 
@@ -481,6 +490,8 @@ class MessageCount(Base):
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
     n: Mapped[int] = mapped_column(BigInteger, default=0)
     n_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    n_opened: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    n_clicked: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class MessageDay(Base):
@@ -562,3 +573,5 @@ class CountDelta(Base):
     day: Mapped[date | None] = mapped_column(Date)
     n: Mapped[int] = mapped_column(BigInteger, default=0)
     n_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    n_opened: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    n_clicked: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

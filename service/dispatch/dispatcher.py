@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import BigInteger, delete
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,7 +40,6 @@ from sqlalchemy.types import TypeEngine
 
 from service.audience import optin
 from service.campaigns.model import Campaign
-from service.compose.composer import Composer, compose_confirmation
 from service.core import counts
 from service.core.config import SendLimits
 from service.core.db import one_of, utcnow
@@ -53,6 +53,11 @@ from service.dispatch.send import SendRun
 from service.enrollment import live_edits
 from service.feedback import delivery
 from service.transports.base import OutboundEmail, Transport
+
+if TYPE_CHECKING:
+    # The composer (Jinja, markdown-it, DKIM) is imported by the first pass that sends: a `drip tick` with
+    # nothing due never loads it (docs/performance.md, "The console on a year-old database").
+    from service.compose.composer import Composer
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +183,8 @@ class Dispatcher:
         days = max(1, self.confirm_expiry.days)
 
         def compose(job: optin.ConfirmJob) -> OutboundEmail:
+            from service.compose.composer import compose_confirmation  # (see the TYPE_CHECKING import above)
+
             return compose_confirmation(
                 self.composer, campaign=job.campaign, to_email=job.to_email, name=job.name,
                 confirm_url=self.confirm_url(job.public_id, job.campaign.key),

@@ -22,7 +22,6 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from service.compose.composer import ComposeJob
 from service.core import events
 from service.core.models import Enrollment, Message, Subscriber, Suppression
 from service.dispatch import sending_pause as sending
@@ -34,6 +33,7 @@ from service.enrollment.suppression import email_hash
 from service.transports.base import OutboundEmail, SendResult, Transport, TransportError
 
 if TYPE_CHECKING:
+    from service.compose.composer import ComposeJob
     from service.dispatch.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,8 @@ class SendRun:
 
     def prepare(self, ids: Sequence[int], now: datetime, summary: PassSummary) -> list[ComposeJob]:
         """Drop readers no longer wanted and compose-ready jobs for the rest."""
+        from service.compose.composer import ComposeJob  # only a pass that sends needs the composer
+
         jobs: list[ComposeJob] = []
         with self.d.sessions() as session, session.begin():
             gone: list[int] = []  # campaign or step no longer exists: failed (ORM, rare)

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service.campaigns.model import Campaign
+from service.core import counts
 from service.core.models import Consent, Enrollment, Event, Message, Subscriber
 from service.dispatch.sending_pause import paused_reason
 from service.operator.campaign_stats import CampaignStats, all_stats
@@ -91,15 +92,12 @@ class CampaignHealth:
 
 
 def engagement(session: Session, campaign: str) -> dict[str, tuple[int, int]]:
-    """Per step: how many of its emails were opened and how many clicked at least once (tracking events)."""
-    rows = session.execute(
-        select(Message.step_key, Event.type, func.count(func.distinct(Event.message_id)))
-        .join(Message, Message.id == Event.message_id)
-        .where(Message.campaign == campaign, Event.type.in_(("opened", "clicked")))
-        .group_by(Message.step_key, Event.type)).all()
+    """Per step: how many of its emails were opened and how many clicked at least once (tracking). Read from
+    the maintained counts (each email counted once, at its first open or click), not from the events."""
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for key, kind, count in rows:
-        out[key][0 if kind == "opened" else 1] = count
+    for (_c, key, _i), (opened, clicked) in counts.engaged_counts(session, campaign).items():
+        out[key][0] += opened
+        out[key][1] += clicked
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 

@@ -1,0 +1,61 @@
+"""Which campaigns' step templates compiled at a previous start, so a start with the same files skips
+compiling them again.
+
+A command that sends (`drip tick`, `worker`, `serve`, `web`) refuses to start when a step's template does
+not compile (commands/context.py, require_compiling_templates). Compiling needs the composer (Jinja,
+markdown-it, the DKIM and DNS modules: ~0.15 s of imports) and every template; a `drip tick` run from cron
+every minute with nothing due would pay that each time for files that have not changed. So each campaign's
+row in campaign_states keeps the digest of the files that last compiled (with the composer's own code, so a
+new Drip compiles them once again); a start compiles only the campaigns whose digest differs. A template
+that fails is never recorded, so every start goes on refusing it until it is fixed.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from service.campaigns.model import Campaign
+from service.campaigns.versions import digest, folder_files
+from service.core.models import CampaignState
+
+# The composer's code: what it accepts (its filters, the Markdown steps' conversion) can change with it.
+_COMPOSER_CODE = Path(__file__).resolve().parent.parent / "compose"
+
+
+def _composer_code() -> str:
+    stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in _COMPOSER_CODE.glob("*.py"))
+    return hashlib.sha256(repr(stats).encode()).hexdigest()
+
+
+def template_digests(campaigns: Mapping[str, Campaign]) -> dict[str, str]:
+    """{campaign: digest of its files, its template folder name and the composer's code}."""
+    code = _composer_code()
+    out = {}
+    for key, campaign in campaigns.items():
+        files = campaign.files if campaign.files is not None else folder_files(campaign.directory)
+        out[key] = hashlib.sha256(f"{code}\n{campaign.template_root}\n{digest(files)}".encode()).hexdigest()
+    return out
+
+
+def unchecked(session: Session, digests: Mapping[str, str]) -> set[str]:
+    """The campaigns whose files (by digest) have not compiled at a previous start."""
+    marks = dict(session.execute(select(CampaignState.campaign, CampaignState.templates_checked)
+                                 .where(CampaignState.campaign.in_(list(digests)))).all())
+    return {key for key, d in digests.items() if marks.get(key) != d}
+
+
+def record(session: Session, digests: Mapping[str, str], *, now: datetime) -> None:
+    """Record that these campaigns' files compiled (the caller commits)."""
+    if not digests:
+        return
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(insert(CampaignState).on_conflict_do_nothing(index_elements=["campaign"]),
+                    [{"campaign": key, "paused": False, "updated_at": now} for key in digests])
+    for key, d in digests.items():
+        session.execute(update(CampaignState).where(CampaignState.campaign == key).values(templates_checked=d))
