@@ -1,6 +1,7 @@
 """Campaign files and schedule arithmetic: delays, send hours across daylight saving, loading errors."""
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -105,6 +106,12 @@ def _copy(tmp_path: Path) -> Path:
     (lambda t: t.replace('delay = "7d"', 'delay = "seven days"', 1), "bad delay"),
     (lambda t: t.replace('timezone = "America/New_York"', 'timezone = "Mars/Base"'), "IANA"),
     (lambda t: t.replace("from = ", "from_ = "), "'from'"),
+    # From addresses: a plain one is checked by the loader's own pattern, anything else by email_validator
+    (lambda t: re.sub(r'^from = .*$', 'from = "Coach <coach@>"', t, flags=re.M), "is not a valid address"),
+    (lambda t: re.sub(r'^from = .*$', 'from = "Coach <coach@mail.localhost>"', t, flags=re.M),
+     "is not a valid address"),
+    (lambda t: re.sub(r'^from = .*$', 'from = "Coach <co..ach@example.org>"', t, flags=re.M),
+     "is not a valid address"),
     (lambda t: t + "\n[[steps]\n", "campaign.toml"),
 ])
 def test_invalid_campaign_files_are_refused_naming_the_problem(tmp_path: Path, change, message: str) -> None:

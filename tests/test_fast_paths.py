@@ -125,6 +125,35 @@ def test_plain_address_fast_path_on_generated_addresses() -> None:
     assert plain_address("Reader.Name@Example.COM") == "Reader.Name@example.com"  # the common case is fast
 
 
+def test_campaign_from_fast_path_accepts_only_what_email_validator_accepts() -> None:
+    """The campaign loader's check of From and Reply-To skips email_validator for plain addresses; each one it
+    accepts, validate_email (as the loader calls it) accepts too, and its special-use list is the library's."""
+    from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from service.campaigns.loader import SPECIAL_USE_DOMAINS, plain_from
+
+    assert set(SPECIAL_USE_DOMAINS) == set(SPECIAL_USE_DOMAIN_NAMES) - {"test"}
+    atom = st.text(alphabet="aZ09.-_+!'`{|}~@" + "é", min_size=0, max_size=70)
+    label = st.text(alphabet="abcXYZ019-", min_size=0, max_size=66)
+    tld = st.sampled_from(["com", "ORG", "c", "x1", "test", "local", "arpa", "io", "localhost", "onion"])
+
+    @settings(max_examples=2000, deadline=None)
+    @given(atom, st.lists(label, min_size=0, max_size=5), tld)
+    def check(local: str, labels: list[str], top: str) -> None:
+        address = local + "@" + ".".join([*labels, top])
+        if plain_from(address):
+            try:
+                validate_email(address, check_deliverability=False, test_environment=True)
+            except EmailNotValidError as exc:
+                raise AssertionError(f"{address}: {exc}") from None
+
+    check()
+    assert plain_from("coach@backpainwarriors.example") and plain_from("Coach.Name+news@Mail.Example.ORG")
+    assert not plain_from("coach@localhost") and not plain_from("coach@") and not plain_from("co ach@x.org")
+
+
 def test_sqlite_driver_time_is_sqlalchemys_text_form() -> None:
     """Datetimes for SQLite's hand-written statements are written as SQLAlchemy writes them, so
     stored values sort and compare as text with the rest."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 import email.utils
 import functools
 
-from email_validator import EmailNotValidError, validate_email
-
 
 def ascii_address(address: str) -> str:
     """The envelope/header form: IDN domains in Punycode (the local part is ASCII by signup policy)."""
@@ -20,6 +18,8 @@ def ascii_address(address: str) -> str:
 
 @functools.lru_cache(maxsize=1024)  # From addresses repeat on every email of a campaign
 def _ascii_address(address: str) -> str:
+    from email_validator import EmailNotValidError, validate_email  # only for a non-ASCII or upper-case domain
+
     try:
         return validate_email(address, check_deliverability=False, test_environment=True).ascii_email or address
     except EmailNotValidError:
