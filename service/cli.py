@@ -30,10 +30,10 @@ class DripGroup(click.Group):
 
     def load_extensions(self) -> None:
         if not self._extensions_loaded:
-            self._extensions_loaded = True
             from service.commands import register_all
 
-            register_all(self)
+            register_all(self)  # a module that fails to import is tried again at the next lookup
+            self._extensions_loaded = True
 
     def get_command(self, ctx: click.Context, cmd_name: str):
         command = super().get_command(ctx, cmd_name)

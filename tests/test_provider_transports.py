@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 from click.testing import CliRunner
-from conftest import at, with_settings
+from conftest import at, free_port, with_settings
 from fakes import FakeProvider, Reply, transport_url
 from sqlalchemy import select
 
@@ -245,6 +245,62 @@ def test_server_errors_and_unreachable_api_are_transient(runtime, fake) -> None:
     down = with_settings(runtime, email_url=f"sendgrid://k@?endpoint={url}&timeout=2")
     assert down.dispatcher().run_pass(T0 + timedelta(hours=1)).deferred == 1
     assert only_message(rt).status == "deferred" and "cannot reach" in only_message(rt).last_error
+
+
+def _no_proxy_settings(monkeypatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def test_tls_proxy_and_redirect_failures_make_emails_wait_not_fail(runtime, fake, monkeypatch) -> None:
+    """Nothing that stops every request of a pass fails an email: a TLS handshake that fails (https to a
+    plain-HTTP port), a proxy that does not answer, and an endpoint that redirects each defer the waiting
+    readers' emails with the reason and no attempt counted; the next good pass sends each one once."""
+    _no_proxy_settings(monkeypatch)
+    rt = provider_runtime(runtime, fake)
+    enroll(rt, "ada@example.com")
+    enroll(rt, "bo@example.com", "Bo")
+    tls = with_settings(runtime, email_url=transport_url("postmark", fake).replace("endpoint=http://",
+                                                                                  "endpoint=https://"))
+    assert tls.dispatcher().run_pass(T0).deferred == 2
+    errors = {m.last_error for m in _messages(rt)}
+    assert len(errors) == 1 and "cannot reach the API" in errors.pop()
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    assert provider_runtime(runtime, fake).dispatcher().run_pass(T0 + timedelta(hours=1)).deferred == 2
+    assert all("ProxyError" in m.last_error for m in _messages(rt))
+    monkeypatch.delenv("HTTP_PROXY")
+    fake.script.append(Reply(307, {}, {"Location": "https://api.example.net/email/batch"}))
+    assert rt.dispatcher().run_pass(T0 + timedelta(hours=3)).deferred == 2
+    assert all("redirect to https://api.example.net" in m.last_error and "endpoint=" in m.last_error
+               for m in _messages(rt))
+    assert not fake.sent_to and all(m.status == "deferred" and m.attempts == 0 for m in _messages(rt))
+    assert rt.dispatcher().run_pass(T0 + timedelta(hours=6)).sent == 2
+    assert sorted(fake.sent_to) == ["Ada Lovelace <ada@example.com>", "Bo <bo@example.com>"]
+
+
+def test_a_proxy_given_without_scheme_and_with_a_password_is_used_as_requests_used_it(runtime, fake,
+                                                                                     monkeypatch) -> None:
+    """HTTP_PROXY=user:p%40ss@host:port (no scheme, a percent-encoded password) goes through that proxy with
+    the password in a Proxy-Authorization header, never in the request line. Here the local fake is the
+    proxy too: it sees the absolute URL a proxy is sent."""
+    _no_proxy_settings(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", f"relay:p%40ss@{fake.netloc}")
+    rt = provider_runtime(runtime, fake)
+    enroll(rt, "ada@example.com")
+    assert rt.dispatcher().run_pass(T0).sent == 1
+    [seen] = fake.posts()
+    assert seen.path.startswith(f"{fake.url}/")  # the absolute form: it went through the proxy
+    headers = {name.lower(): value for name, value in seen.headers.items()}
+    assert headers["proxy-authorization"] == "Basic " + base64.b64encode(b"relay:p@ss").decode()
+    assert "p%40ss" not in seen.path and "p@ss" not in seen.path
+
+
+def _messages(rt) -> list[Message]:
+    with rt.sessions() as s:
+        rows = s.scalars(select(Message).order_by(Message.id)).all()
+        s.expunge_all()
+        return list(rows)
 
 
 def test_malformed_provider_urls_fail_fast_and_keys_are_never_printed() -> None:

@@ -5,13 +5,15 @@ A command that sends (`drip tick`, `worker`, `serve`, `web`) refuses to start wh
 not compile (commands/context.py, require_compiling_templates). Compiling needs the composer (Jinja,
 markdown-it, the DKIM and DNS modules: ~0.15 s of imports) and every template; a `drip tick` run from cron
 every minute with nothing due would pay that each time for files that have not changed. So each campaign's
-row in campaign_states keeps the digest of the files that last compiled (with the composer's own code, so a
-new Drip compiles them once again); a start compiles only the campaigns whose digest differs. A template
-that fails is never recorded, so every start goes on refusing it until it is fixed.
+row in campaign_states keeps the digest of the files that last compiled (with the composer's own code and
+the template libraries' files, so a new Drip or a new Jinja compiles them once again); a start compiles
+only the campaigns whose digest differs. A template that fails is never recorded, so every start goes on
+refusing it until it is fixed.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -28,8 +30,17 @@ from service.core.models import CampaignState
 _COMPOSER_CODE = Path(__file__).resolve().parent.parent / "compose"
 
 
+# The template libraries: an upgrade of Jinja or markdown-it can refuse what compiled before. Their files are
+# found without importing them (importing is what a tick with nothing due avoids); a reinstall changes them.
+_LIBRARIES = ("jinja2", "markdown_it")
+
+
 def _composer_code() -> str:
     stats = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in _COMPOSER_CODE.glob("*.py"))
+    for name in _LIBRARIES:
+        spec = importlib.util.find_spec(name)
+        origin = Path(spec.origin) if spec is not None and spec.origin else None
+        stats.append((name, origin.stat().st_size, origin.stat().st_mtime_ns) if origin else (name, 0, 0))
     return hashlib.sha256(repr(stats).encode()).hexdigest()
 
 

@@ -268,19 +268,23 @@ def check_database_file(database_url: str) -> Finding | None:
             or url.database.startswith("file:"):
         return None
     path = Path(url.database)
-    if not path.exists():
-        return Finding("Database file", "ok", f"{path} not created yet; Drip creates it readable by its owner only")
     exposed = []
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
             mode = stat.S_IMODE(os.stat(name).st_mode)
         except FileNotFoundError:
+            if name == path:
+                return Finding("Database file", "ok",
+                               f"{path} not created yet; Drip creates it readable by its owner only")
             continue
+        except OSError as exc:  # a folder this account may not enter: Drip could not open it either
+            return Finding("Database file", "warn", f"{name}: cannot check it ({exc.strerror})",
+                           "run drip doctor as the account that runs Drip")
         if mode & 0o077:
             exposed.append((name, mode))
     if exposed:
         modes = ", ".join(f"{name.name} {mode:o}" for name, mode in exposed)
-        return Finding("Database file", "warn", f"readable by other accounts on this machine ({modes}): every "
+        return Finding("Database file", "warn", f"open to other accounts on this machine ({modes}): every "
                        "reader's address and consent record", "chmod 600 " + " ".join(str(n) for n, _ in exposed))
     return Finding("Database file", "ok", f"{path} readable by its owner only")
 

@@ -28,7 +28,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import urllib3
 from requests.certs import where as ca_bundle
-from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, TimeoutError
+from urllib3.exceptions import (
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ProxySchemeUnknown,
+    SSLError,
+    TimeoutError,
+)
 
 from service.core import outbound_urls
 from service.core.config import ConfigError
@@ -162,13 +170,21 @@ class Client:
     urllib3's (which it is built on), for features these calls do not use (cookies, redirects, hooks,
     environment lookups per call); for the single-email APIs, which make one call per email, that was most
     of the worker's CPU. Certificates are checked against the same bundle `requests` uses (certifi); an
-    HTTP(S)_PROXY / NO_PROXY of the environment applies as in `requests`, read once."""
+    HTTP(S)_PROXY / NO_PROXY of the environment applies as in `requests`, read once: a proxy without a
+    scheme is http://, and its user and password go in a Proxy-Authorization header."""
 
     def __init__(self, base: str, *, size: int, timeout: tuple[float, float]) -> None:
         self.timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
         options = dict(maxsize=size, block=False, retries=False, timeout=self.timeout, ca_certs=ca_bundle())
-        proxy = _proxy_for(base)
-        self.pool = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+        proxy = proxy_for(base)
+        if proxy is None:
+            self.pool = urllib3.PoolManager(**options)
+        else:
+            url, headers = proxy
+            try:
+                self.pool = urllib3.ProxyManager(url, proxy_headers=headers, **options)
+            except (ProxySchemeUnknown, ValueError) as exc:
+                raise ConfigError(f"HTTPS_PROXY / HTTP_PROXY: {exc}; give it as http://host:port") from None
 
     def post(self, url: str, *, json_body: object = None, fields: Mapping[str, object] | None = None,
              body: bytes | None = None, headers: Mapping[str, str] | None = None,
@@ -196,6 +212,11 @@ def _failure(exc: Exception) -> Exception:
     """urllib3's exception as one of ours. A refused connection is a NewConnectionError, which urllib3
     also makes a kind of timeout: it is checked first. A MaxRetryError wraps what happened."""
     cause = getattr(exc, "reason", None) or exc
+    # The TLS handshake failed (a bad certificate bundle, an intercepting proxy, a plain-HTTP port), or the
+    # proxy refused or could not be reached: no request reached the provider, and every email of the pass
+    # would meet the same, so the pass stops and they wait, counting no attempt (as `requests` sorted them).
+    if isinstance(exc, (SSLError, ProxyError)) or isinstance(cause, (SSLError, ProxyError)):
+        return Unreachable(f"{type(cause).__name__}: {cause}")
     if isinstance(cause, NewConnectionError):
         return Unreachable(str(cause))
     if isinstance(cause, TimeoutError):
@@ -205,14 +226,23 @@ def _failure(exc: Exception) -> Exception:
     return BrokenAnswer(f"{type(cause).__name__}: {cause}")
 
 
-def _proxy_for(base: str) -> str | None:
-    """The proxy the environment names for `base` (HTTP(S)_PROXY, unless NO_PROXY exempts its host)."""
+def proxy_for(base: str) -> tuple[str, dict[str, str]] | None:
+    """The proxy the environment names for `base` (HTTP(S)_PROXY, unless NO_PROXY exempts its host), as
+    (its URL without user and password, the headers that carry them), or None."""
     parts = urlsplit(base)
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(parts.scheme) or proxies.get("all")
     if not proxy or urllib.request.proxy_bypass_environment(parts.hostname or "", proxies):
         return None
-    return proxy
+    if "://" not in proxy:
+        proxy = "http://" + proxy  # what `requests` assumes for "proxy.example:3128"
+    scheme, netloc, path, _, _ = urlsplit(proxy)
+    userinfo, at, hostport = netloc.rpartition("@")
+    headers: dict[str, str] = {}
+    if at:
+        user, _, password = userinfo.partition(":")
+        headers = urllib3.make_headers(proxy_basic_auth=f"{unquote(user)}:{unquote(password)}")
+    return f"{scheme}://{hostport}{path}", headers
 
 
 class HttpTransport:
@@ -247,10 +277,14 @@ class HttpTransport:
 
     @property
     def http(self) -> Client:
-        """The transport's connections, made on first use (subclasses set `base` in their __init__)."""
+        """The transport's connections, made on first use (subclasses set `base` in their __init__). An
+        unusable proxy setting stops the pass with its reason, like an unreachable API."""
         with self._lock:
             if self._client is None:
-                self._client = Client(getattr(self, "base", ""), size=self.concurrency, timeout=self.timeout)
+                try:
+                    self._client = Client(getattr(self, "base", ""), size=self.concurrency, timeout=self.timeout)
+                except ConfigError as exc:
+                    raise TransportError(f"{self.name}: {exc}") from None
             return self._client
 
     def request(self, item: OutboundEmail) -> Response:
@@ -373,6 +407,13 @@ class HttpTransport:
         if status in (401, 403):
             raise TransportError(f"{self.name} refused our credentials ({status}): {_short(response)}",
                                  auth_failed=True)
+        if 300 <= status < 400:
+            # Redirects are not followed (a POST must not be replayed elsewhere), and they are not the
+            # recipient's fault: the endpoint is wrong. The pass stops and the emails wait, counting no attempt.
+            where = response.headers.get("Location", "")
+            to = f" to {where}" if where else ""
+            raise TransportError(f"{self.name}: the API answered {status} (a redirect{to}); "
+                                 "check endpoint= in DRIP_EMAIL_URL")
         if status == 429:
             return SendResult(ok=False, code=status, error=text, retry_after=wait_seconds(response.headers))
         if status >= 500 or status in (408, 409, 425):
