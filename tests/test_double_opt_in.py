@@ -190,3 +190,42 @@ def test_every_campaign_can_render_its_confirmation(tmp_path: Path) -> None:
                                    pending_id=1, expiry_days=7)
         for part in (out.text, out.html):
             assert "https://d.example/confirm/T" in part and "1 Main St" in part and campaign.title in part
+
+
+def test_a_signup_waiting_for_its_click_is_void_once_the_reader_leaves_even_in_the_same_instant(rt):
+    """Two readers, one instant. Ada asked to join and then unsubscribed: the link she was sent before must
+    not bring her back. Bo unsubscribed and then asked again: that request is his way back. Both carry the
+    same time, so only the order of events tells them apart: leaving voids the signups waiting for a click."""
+    from service.audience.optin import confirm
+    from service.audience.unsubscribe import unsubscribe
+    from service.core.tokens import UnsubscribeClaim
+
+    t0 = at("2026-05-04T12:00:00")
+    campaign = rt.campaigns[CAMPAIGN]
+
+    def ask(email: str) -> str:
+        data = parse_signup({"email": email, "name": email[:3]}, campaigns=rt.campaigns, default_campaign=CAMPAIGN,
+                            campaign_in_path=CAMPAIGN)
+        with rt.sessions() as s, s.begin():
+            signup(s, data, campaign=campaign, meta=ConsentMeta("form"), now=t0)
+            return s.scalar(select(Subscriber.public_id).where(Subscriber.email_key == email))
+
+    def leave(public_id: str) -> None:
+        with rt.sessions() as s, s.begin():
+            assert unsubscribe(s, UnsubscribeClaim(public_id=public_id, campaign=CAMPAIGN), now=t0,
+                               method="one-click").found
+
+    def click(public_id: str) -> str:
+        with rt.sessions() as s, s.begin():
+            return confirm(s, public_id=public_id, campaign=campaign, now=t0).state
+
+    ada, bo = ask("ada@example.org"), ask("bo@example.org")
+    leave(ada)
+    leave(bo)
+    assert ask("bo@example.org") == bo  # Bo asks again after leaving, in the same second
+    assert (click(ada), click(bo)) == ("inactive", "returned")
+    with rt.sessions() as s:
+        status = dict(s.execute(select(Subscriber.email_key, Subscriber.status)).all())
+        assert status == {"ada@example.org": "unsubscribed", "bo@example.org": "active"}
+        assert s.scalars(select(Enrollment.subscriber_id)).all() == [
+            s.scalar(select(Subscriber.id).where(Subscriber.public_id == bo))]

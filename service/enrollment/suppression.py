@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from service.core import events
-from service.core.models import Enrollment, Message, Subscriber, Suppression
+from service.core.models import Enrollment, Message, PendingConfirmation, Subscriber, Suppression
 
 PENDING = ("queued", "deferred")
 
@@ -46,6 +46,11 @@ def stop_subscriber(session: Session, subscriber: Subscriber, *, status: str, re
     """Mark the subscriber `status`, stop all enrollments and cancel unsent messages. Returns how many."""
     subscriber.status = status
     subscriber.updated_at = now
+    # Signups still waiting for their confirmation click are void once the reader leaves: a click on a link
+    # sent before could otherwise bring back someone who unsubscribed after asking (when both carry the same
+    # time, the times cannot tell which came first). A signup after this is a new request, and that one
+    # brings a returning reader back.
+    session.execute(delete(PendingConfirmation).where(PendingConfirmation.subscriber_id == subscriber.id))
     if status == "unsubscribed" and subscriber.unsubscribed_at is None:
         subscriber.unsubscribed_at = now
     if status == "unsubscribed":  # where in each campaign they left, for the campaign page's funnel
