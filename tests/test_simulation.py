@@ -382,6 +382,8 @@ class Simulation(RuleBasedStateMachine):
 
     def stop_reader(self, reader: Reader, status: str, claimed: tuple[Msg, ...] = ()) -> None:
         reader.status = status
+        # docs/reader.md: leaving voids every signup still waiting for its click (a later signup asks anew)
+        reader.pending, reader.confirm_due, reader.comebacks, reader.comeback_due = None, False, {}, set()
         if status == "unsubscribed" and reader.left_at is None:
             reader.left_at = self.now
         for e in reader.enrollments.values():
