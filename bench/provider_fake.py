@@ -80,7 +80,11 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, fake: Fake) -> None:
         self.fake = fake
-        self.buffer = b""
+        # A bytearray grows in place, and the header is parsed once per request: a 3.5 MB batch arrives in
+        # ~50 pieces, and re-joining and re-scanning the whole buffer for each cost this fake more CPU than
+        # the clients it measures.
+        self.buffer = bytearray()
+        self.request: tuple[str, int, int] | None = None  # (path, where the body starts, where it ends)
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -89,20 +93,23 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
+            if self.request is None:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = self.buffer[:end].decode("latin-1").split("\r\n")
+                length = 0
+                for line in head[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value.strip())
+                self.request = (head[0].split(" ")[1].split("?")[0], end + 4, end + 4 + length)
+            path, start, stop = self.request
+            if len(self.buffer) < stop:
                 return
-            head = self.buffer[:end].decode("latin-1").split("\r\n")
-            length = 0
-            for line in head[1:]:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value.strip())
-            if len(self.buffer) < end + 4 + length:
-                return
-            body = self.buffer[end + 4:end + 4 + length]
-            self.buffer = self.buffer[end + 4 + length:]
-            path = head[0].split(" ")[1].split("?")[0]
+            body = bytes(self.buffer[start:stop])
+            del self.buffer[:stop]
+            self.request = None
             status, headers, payload = self.fake.answer(path, body)
             delay = self.fake.delay if path not in ("/stats", "/reset") else 0.0
             asyncio.get_running_loop().call_later(delay, self._reply, status, headers, payload)

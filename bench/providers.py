@@ -7,11 +7,13 @@ Drip: N queued readers, 2 worker processes (bench/worker.py: claim, render, MIME
 record), DRIP_EMAIL_URL pointing the real transport at the fake. emails/s = N / (last end - first start).
 The fake counts emails per recipient: every reader must get exactly one (zero missing, zero doubled).
 
-Bare client: 2 processes, each with the same number of threads as Drip's `concurrency`, sending the same
-requests over keep-alive connections: each request built as a client of that API builds it (the JSON body
-of its emails, the multipart form, the SigV4 signature), with the transport's own request code, from
-emails composed before the clock starts; no database, no composing, no dispatching. (Until 2026-12-07 it
-re-posted one request's bytes, built once: that measured the HTTP exchange alone, not a client.)
+Bare client: 2 processes, each keeping Drip's `concurrency` requests in flight from one thread (as the
+transport does), sending the same requests over the transport's keep-alive connections: each request
+built as a client of that API builds it (the JSON body of its emails, the multipart form, the SigV4
+signature), with the transport's own request code, from emails composed before the clock starts; no
+database, no composing, no dispatching. (Until 2026-12-07 it re-posted one request's bytes, built once:
+that measured the HTTP exchange alone, not a client; later that day it ran one thread per request in
+flight, as the transport then did.)
 
     .venv/bin/python bench/providers.py [--n 6000] [--delay 0.08] [--providers postmark,resend,...]
 """
@@ -22,8 +24,8 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections import deque
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -75,8 +77,9 @@ def per_request(provider: str) -> int:
 
 
 def bare(provider: str, port: int, templates: str, requests_total: int, threads: int) -> None:
-    """--bare mode: `threads` threads sending `requests_total` requests of `provider`, each built by the
-    transport's request code from emails composed beforehand, over the transport's keep-alive connections."""
+    """--bare mode: `requests_total` requests of `provider`, `threads` of them in flight at a time, each built
+    by the transport's request code from emails composed beforehand, over the transport's keep-alive
+    connections."""
     from service.transports import make_transport
 
     transport = make_transport(provider_url(provider, port))
@@ -88,26 +91,18 @@ def bare(provider: str, port: int, templates: str, requests_total: int, threads:
     print("ready", flush=True)
     sys.stdin.readline()
     start = time.time()
-    counter = iter(range(requests_total))
-    lock = threading.Lock()
     failures = []
-
-    def loop() -> None:
-        while True:
-            with lock:
-                n = next(counter, None)
-            if n is None:
-                return
-            batch = batches[n % len(batches)]
-            r = transport.request(batch[0]) if size == 1 else transport.request_batch(batch)
-            if r.status_code >= 300:
-                failures.append(r.status_code)
-
-    workers = [threading.Thread(target=loop) for _ in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
+    window: deque = deque()  # requests in flight, oldest first, as the transport keeps them
+    for n in range(requests_total):
+        if len(window) == threads:
+            if window.popleft().result().status_code >= 300:
+                failures.append(n)
+        batch = batches[n % len(batches)]
+        window.append(transport.request(batch[0]) if size == 1 else transport.request_batch(batch))
+    while window:
+        if window.popleft().result().status_code >= 300:
+            failures.append(-1)
+    transport.close()
     print(json.dumps({"start": start, "end": time.time(), "failures": len(failures)}), flush=True)
 
 

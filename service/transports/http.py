@@ -13,30 +13,25 @@ provider's batch endpoint), timeouts, and one reading of status codes (docs/prov
 """
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import functools
 import json
 import logging
+import ssl
 import threading
 import time
 import urllib.request
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import islice
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import urllib3
 from requests.certs import where as ca_bundle
-from urllib3.exceptions import (
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ProxyError,
-    ProxySchemeUnknown,
-    SSLError,
-    TimeoutError,
-)
+from urllib3 import HTTPHeaderDict
 
 from service.core import outbound_urls
 from service.core.config import ConfigError
@@ -165,31 +160,51 @@ class BrokenAnswer(Exception):
 
 
 class Client:
-    """POSTs over keep-alive connections, shared by the transport's threads (urllib3 pools connections per
-    host, `concurrency` of them). Why not `requests`: it costs ~1 ms of CPU per call on this machine, twice
-    urllib3's (which it is built on), for features these calls do not use (cookies, redirects, hooks,
-    environment lookups per call); for the single-email APIs, which make one call per email, that was most
-    of the worker's CPU. Certificates are checked against the same bundle `requests` uses (certifi); an
-    HTTP(S)_PROXY / NO_PROXY of the environment applies as in `requests`, read once: a proxy without a
-    scheme is http://, and its user and password go in a Proxy-Authorization header."""
+    """POSTs over keep-alive connections, all driven by one thread running an event loop: a request is
+    built in the caller's thread (its JSON, form or bytes) and handed to that loop, and `post` returns a
+    Future of its `Response`. Why not a thread per request in flight (urllib3 or `requests` in a pool):
+    with 64 requests out, 64 threads took turns on the interpreter lock with the thread composing the
+    emails, and urllib3 spent ~0.4 ms of CPU per call; the single-email APIs make one call per email, so
+    that was most of a worker's CPU (docs/performance.md). Here a request costs the loop a write, a read
+    and a header parse.
+
+    At most `size` idle connections are kept per host. Certificates are checked against the bundle
+    `requests` uses (certifi). An HTTP(S)_PROXY / NO_PROXY of the environment applies as in `requests`,
+    read once: a proxy without a scheme is http://, its user and password go in a Proxy-Authorization
+    header; https targets go through a CONNECT tunnel, http ones in the absolute form. Only http://
+    proxies are supported. Connecting may take the connect timeout (at most 10 s), the answer the read
+    timeout, counted from the request's last byte."""
 
     def __init__(self, base: str, *, size: int, timeout: tuple[float, float]) -> None:
-        self.timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
-        options = dict(maxsize=size, block=False, retries=False, timeout=self.timeout, ca_certs=ca_bundle())
-        proxy = proxy_for(base)
-        if proxy is None:
-            self.pool = urllib3.PoolManager(**options)
-        else:
-            url, headers = proxy
+        self.connect_timeout, self.read_timeout = timeout
+        self.size = size
+        self.proxy: tuple[str, int, dict[str, str]] | None = None
+        found = proxy_for(base)
+        if found is not None:
+            url, headers = found
+            parts = urlsplit(url)
             try:
-                self.pool = urllib3.ProxyManager(url, proxy_headers=headers, **options)
-            except (ProxySchemeUnknown, ValueError) as exc:
+                port = parts.port or 80
+            except ValueError as exc:
                 raise ConfigError(f"HTTPS_PROXY / HTTP_PROXY: {exc}; give it as http://host:port") from None
+            if parts.scheme != "http" or not parts.hostname:
+                raise ConfigError(f"HTTPS_PROXY / HTTP_PROXY: a {parts.scheme or 'schemeless'} proxy is not "
+                                  "supported; give it as http://host:port")
+            self.proxy = (parts.hostname, port, headers)
+        self.tls = ssl.create_default_context(cafile=ca_bundle())
+        self._idle: dict[tuple[str, str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._inbox: list[tuple[Future[Response], tuple[str, str, int, bytes]]] = []
+        self._woken = False  # a wake-up of the loop is on its way: it will take the whole inbox
+        self._tasks: set[asyncio.Task] = set()  # requests being exchanged (the loop keeps weak references)
 
     def post(self, url: str, *, json_body: object = None, fields: Mapping[str, object] | None = None,
              body: bytes | None = None, headers: Mapping[str, str] | None = None,
-             auth: tuple[str, str] | None = None) -> Response:
-        """One POST: a JSON body (`json_body`), a multipart form (`fields`, urllib3's format), or bytes."""
+             auth: tuple[str, str] | None = None) -> Future[Response]:
+        """Starts one POST: a JSON body (`json_body`), a multipart form (`fields`, urllib3's format), or
+        bytes. The Future raises Timeout, Unreachable or BrokenAnswer when there is no usable answer."""
         sent = {"User-Agent": "drip/0.1", **(headers or {})}
         if json_body is not None:
             body = json.dumps(json_body).encode()
@@ -198,32 +213,213 @@ class Client:
             body, sent["Content-Type"] = urllib3.encode_multipart_formdata(fields)
         if auth is not None:
             sent.update(urllib3.make_headers(basic_auth=f"{auth[0]}:{auth[1]}"))
+        body = body or b""
+        parts = urlsplit(url)
+        scheme, host = parts.scheme, parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        extra: dict[str, str] = {}
+        if self.proxy is not None and scheme == "http":  # plain http through a proxy: the absolute form
+            target, extra = f"http://{parts.netloc}{target}", self.proxy[2]
+        lines = [f"POST {target} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}",
+                 f"Content-Length: {len(body)}", "Accept-Encoding: identity"]
+        for name, value in {**sent, **extra}.items():
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+                failed: Future[Response] = Future()  # a line break in a key would inject a header
+                failed.set_exception(Unreachable(f"the {name} header holds a line break; check DRIP_EMAIL_URL"))
+                return failed
+            lines.append(f"{name}: {value}")
         try:
-            answer = self.pool.request("POST", url, body=body, headers=sent, redirect=False)
-        except (HTTPError, OSError) as exc:
-            raise _failure(exc) from None
-        return Response(answer.status, answer.headers, answer.data)
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        except UnicodeEncodeError:
+            failed = Future()
+            failed.set_exception(Unreachable("a header holds characters HTTP cannot carry; check DRIP_EMAIL_URL"))
+            return failed
+        answer: Future[Response] = Future()
+        with self._lock:
+            loop = self._running()
+            self._inbox.append((answer, (scheme, host, port, head + body)))
+            if self._woken:
+                return answer
+            self._woken = True
+        # One wake-up of the loop's thread for all the requests handed over until it runs: each wake-up is
+        # a write to a socket, during which the interpreter lock may pass to that thread for a while.
+        loop.call_soon_threadsafe(self._take_inbox)
+        return answer
+
+    def _running(self) -> asyncio.AbstractEventLoop:
+        """The loop's thread, started on first use (under self._lock)."""
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=loop.run_forever, name="drip-http", daemon=True)
+            self._thread.start()
+            self._loop = loop
+        return self._loop
+
+    def _take_inbox(self) -> None:
+        """(In the loop's thread.) Starts every request handed over since the last wake-up."""
+        with self._lock:
+            taken, self._inbox, self._woken = self._inbox, [], False
+        for answer, request in taken:
+            if answer.set_running_or_notify_cancel():
+                task = asyncio.ensure_future(self._exchange(*request))
+                self._tasks.add(task)
+                task.add_done_callback(functools.partial(self._settled, answer))
+
+    def _settled(self, answer: Future[Response], task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            answer.set_exception(Unreachable("the connection was closed before the answer"))
+        elif task.exception() is not None:
+            answer.set_exception(task.exception())
+        else:
+            answer.set_result(task.result())
+
+    async def _exchange(self, scheme: str, host: str, port: int, request: bytes) -> Response:
+        key = (scheme, host, port)
+        idle = self._idle.setdefault(key, [])
+        connection = None
+        while idle and connection is None:
+            reader, writer = idle.pop()
+            if reader.at_eof() or writer.is_closing():  # the server closed it while it waited
+                writer.close()
+            else:
+                connection = (reader, writer)
+        if connection is None:
+            connection = await self._connect(scheme, host, port)
+        reader, writer = connection
+        try:
+            writer.write(request)
+            status, headers, content, keep = await asyncio.wait_for(self._answer(reader, writer),
+                                                                    self.read_timeout)
+        except BaseException as exc:
+            writer.close()
+            if isinstance(exc, TimeoutError):
+                raise Timeout(f"no answer from {host} within {self.read_timeout:g} s") from None
+            if isinstance(exc, (asyncio.IncompleteReadError, ConnectionError)):
+                raise Unreachable(f"the connection to {host} closed before the answer ({exc})") from None
+            if isinstance(exc, ssl.SSLError):
+                raise Unreachable(f"SSLError: {exc}") from None
+            if isinstance(exc, (asyncio.LimitOverrunError, ValueError)):
+                raise BrokenAnswer(f"{host} answered something that is not HTTP ({exc})") from None
+            if isinstance(exc, OSError):
+                raise Unreachable(str(exc)) from None
+            raise
+        if keep and len(idle) < self.size:
+            idle.append(connection)
+        else:
+            writer.close()
+        return Response(status, headers, content)
+
+    async def _connect(self, scheme: str, host: str, port: int
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new connection to host:port (through the proxy, if one is set), TLS for https."""
+        tls = self.tls if scheme == "https" else None
+        try:
+            if self.proxy is None:
+                return await asyncio.wait_for(
+                    asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None,
+                                            limit=_LIMIT), self.connect_timeout)
+            return await asyncio.wait_for(self._tunnel(host, port, tls), self.connect_timeout)
+        except TimeoutError:
+            raise Timeout(f"could not connect to {host}:{port} within {self.connect_timeout:g} s") from None
+        except ssl.SSLError as exc:
+            raise Unreachable(f"SSLError: {exc}") from None
+        except OSError as exc:
+            raise Unreachable(f"cannot connect to {host}:{port}: {exc}") from None
+
+    async def _tunnel(self, host: str, port: int, tls: ssl.SSLContext | None
+                      ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        assert self.proxy is not None
+        proxy_host, proxy_port, proxy_headers = self.proxy
+        try:
+            reader, writer = await asyncio.open_connection(proxy_host, proxy_port, limit=_LIMIT)
+        except OSError as exc:
+            raise Unreachable(f"ProxyError: cannot connect to the proxy {proxy_host}:{proxy_port}: {exc}") from None
+        if tls is None:  # plain http: requests go to the proxy in the absolute form
+            return reader, writer
+        lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}",
+                 *(f"{k}: {v}" for k, v in proxy_headers.items())]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError) as exc:
+            writer.close()
+            raise Unreachable(f"ProxyError: the proxy closed the tunnel: {exc}") from None
+        status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        if status.split(" ")[1:2] != ["200"]:
+            writer.close()
+            raise Unreachable(f"ProxyError: the proxy refused the tunnel: {status}")
+        await writer.start_tls(tls, server_hostname=host)
+        return reader, writer
+
+    @staticmethod
+    async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                      ) -> tuple[int, HTTPHeaderDict, bytes, bool]:
+        """The answer to the request just written: status, headers, body, and whether the connection
+        can carry the next request. Its body is read by Content-Length, in chunks, or to the end."""
+        await writer.drain()
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            status_line, *lines = head[:-4].decode("latin-1").split("\r\n")
+            version, _, rest = status_line.partition(" ")
+            if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+                raise ValueError(f"status line {status_line[:80]!r}")
+            status = int(rest[:3])
+            if status >= 200 or status == 101:
+                break  # 100 Continue and other interim answers come before the real one
+        headers = HTTPHeaderDict()
+        for line in lines:
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise ValueError(f"header line {line[:80]!r}")
+            headers.add(name.strip(), value.strip())
+        keep = version == "HTTP/1.1" and "close" not in headers.get("Connection", "").lower()
+        if status in (101, 204, 304):
+            return status, headers, b"", keep and status != 101
+        if "chunked" in headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
+                if size == 0:
+                    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the empty line
+                        pass
+                    return status, headers, b"".join(chunks), keep
+                chunks.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+        length = headers.get("Content-Length")
+        if length is not None:
+            return status, headers, await reader.readexactly(int(length)), keep
+        return status, headers, await reader.read(), False  # to the end: the server closes it
 
     def close(self) -> None:
-        self.pool.clear()
+        """Closes the kept connections and ends the loop's thread."""
+        with self._lock:
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None:
+            return
+
+        async def shut() -> None:
+            for task in list(self._tasks):
+                task.cancel()
+            for connections in self._idle.values():
+                for _reader, writer in connections:
+                    writer.close()
+            self._idle.clear()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shut(), loop).result(timeout=5)
+        except Exception:  # closing must not fail a pass; the sockets go with the loop
+            log.debug("closing the API connections failed", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=5)
+        if not loop.is_running():
+            loop.close()
 
 
-def _failure(exc: Exception) -> Exception:
-    """urllib3's exception as one of ours. A refused connection is a NewConnectionError, which urllib3
-    also makes a kind of timeout: it is checked first. A MaxRetryError wraps what happened."""
-    cause = getattr(exc, "reason", None) or exc
-    # The TLS handshake failed (a bad certificate bundle, an intercepting proxy, a plain-HTTP port), or the
-    # proxy refused or could not be reached: no request reached the provider, and every email of the pass
-    # would meet the same, so the pass stops and they wait, counting no attempt (as `requests` sorted them).
-    if isinstance(exc, (SSLError, ProxyError)) or isinstance(cause, (SSLError, ProxyError)):
-        return Unreachable(f"{type(cause).__name__}: {cause}")
-    if isinstance(cause, NewConnectionError):
-        return Unreachable(str(cause))
-    if isinstance(cause, TimeoutError):
-        return Timeout(str(cause))
-    if isinstance(cause, (ProtocolError, OSError)):  # reset or closed before the answer, as `requests` sorts it
-        return Unreachable(str(cause))
-    return BrokenAnswer(f"{type(cause).__name__}: {cause}")
+# The longest header block or chunk-size line an answer may have (asyncio's default is 64 KiB).
+_LIMIT = 1 << 20
 
 
 def proxy_for(base: str) -> tuple[str, dict[str, str]] | None:
@@ -249,11 +445,12 @@ class HttpTransport:
     """Base class: subclasses build one request per email (`request`), or one per batch of up to
     `batch_size` emails where the provider has a batch endpoint (`request_batch`, `classify_batch`).
 
-    Requests go out through a bounded pool: up to `concurrency` of them in flight (`?concurrency=N` in
+    Requests go out concurrently: up to `concurrency` of them in flight (`?concurrency=N` in
     DRIP_EMAIL_URL), over as many keep-alive connections (`Client`), so a pass waits for one
-    round trip per `concurrency` requests rather than per email. The first request of a transport goes
-    alone: a wrong key or an unreachable API shows on one request, not on `concurrency` of them.
-    Results are still yielded one per email, in the order the emails were taken."""
+    round trip per `concurrency` requests rather than per email. Each request is built in the
+    dispatcher's thread as its emails are taken, and its answer read when its turn comes. The first
+    request of a transport goes alone: a wrong key or an unreachable API shows on one request, not on
+    `concurrency` of them. Results are still yielded one per email, in the order the emails were taken."""
 
     name = "http"
     batch_size = 1  # emails per request by default
@@ -271,7 +468,6 @@ class HttpTransport:
         self.concurrency = url.concurrency(self.default_concurrency)
         self.batch_size = url.batch_size(type(self).batch_size, self.most_per_batch)
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
         self._proven = False  # a request of this transport was answered (not 401/403, not refused)
         self._client: Client | None = None
 
@@ -287,12 +483,12 @@ class HttpTransport:
                     raise TransportError(f"{self.name}: {exc}") from None
             return self._client
 
-    def request(self, item: OutboundEmail) -> Response:
-        """Send one email to the provider's API (providers without a batch endpoint)."""
+    def request(self, item: OutboundEmail) -> Future[Response]:
+        """Start sending one email to the provider's API (providers without a batch endpoint)."""
         raise NotImplementedError
 
-    def request_batch(self, items: Sequence[OutboundEmail]) -> Response:
-        """Send several emails in one request (providers with a batch endpoint)."""
+    def request_batch(self, items: Sequence[OutboundEmail]) -> Future[Response]:
+        """Start sending several emails in one request (providers with a batch endpoint)."""
         raise NotImplementedError
 
     def classify_batch(self, items: Sequence[OutboundEmail], response: Response) -> list[SendResult]:
@@ -313,7 +509,7 @@ class HttpTransport:
                 if isinstance(items, Exception):
                     stop = items
                 elif items:
-                    pending.append((items, self._executor().submit(self.call, items)))
+                    pending.append((items, self._start(items)))
                     continue
                 break
             while stop is None and not self._proven and pending and len(staged) < self.concurrency - 1:
@@ -347,7 +543,7 @@ class HttpTransport:
                  *, last: bool) -> tuple[list[SendResult], Exception | None]:
         """The results of one request, and what stops the pass after it (if anything does)."""
         try:
-            results = future.result()
+            results = self.settle(items, future)
         except TransportError as exc:
             if last and (stop is None or isinstance(stop, TransportError) and exc.auth_failed):
                 raise  # nothing after it: its emails are the dispatcher's to hand back
@@ -366,23 +562,27 @@ class HttpTransport:
             stop = TransportError(f"{self.name}: rate limited (429)", retry_after=max(waits) or None)
         return results, stop
 
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"drip-{self.name}")
-        return self._pool
+    def _start(self, items: list[OutboundEmail]) -> Future[Response]:
+        """The request for `items`, built here and started; a failure to start is its Future's."""
+        try:
+            return self._post(items)
+        except TransportError as exc:  # no usable connection settings (an unusable proxy)
+            failed: Future[Response] = Future()
+            failed.set_exception(exc)
+            return failed
 
-    def call(self, items: list[OutboundEmail]) -> list[SendResult]:
-        """One request for `items` (in a pool thread): one result per email, or TransportError for the
+    def settle(self, items: list[OutboundEmail], future: Future[Response]) -> list[SendResult]:
+        """The answer to the request for `items`: one result per email, or TransportError for the
         failures that are the transport's (API unreachable, credentials refused)."""
         try:
             try:
-                response = self._post(items)
+                response = future.result()
             except Timeout:
                 if not self.idempotent:
                     raise
                 # The same request again, with the same Idempotency-Key: the provider answers a repeat
                 # with the first outcome instead of sending twice, so this settles the doubt at once.
-                response = self._post(items)
+                response = self._post(items).result()
         except Timeout as exc:
             # Ambiguous: the provider may have accepted them. Retried like any transient failure.
             return [SendResult(ok=False, error=f"{self.name}: timed out ({exc}); outcome unknown")
@@ -396,7 +596,7 @@ class HttpTransport:
         result = self.classify(response)  # raises for 401/403
         return [result] * len(items)
 
-    def _post(self, items: list[OutboundEmail]) -> Response:
+    def _post(self, items: list[OutboundEmail]) -> Future[Response]:
         return self.request(items[0]) if self.batch_size == 1 else self.request_batch(items)
 
     def classify(self, response: Response) -> SendResult:
@@ -421,9 +621,6 @@ class HttpTransport:
         return SendResult(ok=False, permanent=True, code=status, error=text)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
         with self._lock:
             if self._client is not None:
                 self._client.close()

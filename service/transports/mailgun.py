@@ -7,6 +7,8 @@ byte; `v:drip-message` comes back in every event as a user variable.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 from service.transports.base import OutboundEmail
 from service.transports.http import ApiUrl, HttpTransport, Response
 
@@ -21,7 +23,7 @@ class MailgunTransport(HttpTransport):
         region = url.query.get("region", "us")
         self.base = url.endpoint("https://api.eu.mailgun.net" if region == "eu" else "https://api.mailgun.net")
 
-    def request(self, item: OutboundEmail) -> Response:
+    def request(self, item: OutboundEmail) -> Future[Response]:
         return self.http.post(
             f"{self.base}/v3/{self.domain}/messages.mime", auth=("api", self.key),
             fields={"to": item.recipient, "v:drip-message": str(item.message_pk),

@@ -12,6 +12,7 @@ idempotency key: a batch whose answer never came may be sent again (docs/provide
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 from service.transports.base import OutboundEmail, SendResult
 from service.transports.http import ApiUrl, HttpTransport, Response, custom_headers
@@ -46,10 +47,10 @@ class PostmarkTransport(HttpTransport):
     def _headers(self) -> dict[str, str]:
         return {"Accept": "application/json", "X-Postmark-Server-Token": self.token}
 
-    def request(self, item: OutboundEmail) -> Response:
+    def request(self, item: OutboundEmail) -> Future[Response]:
         return self.http.post(f"{self.base}/email", json_body=self.message(item), headers=self._headers())
 
-    def request_batch(self, items: Sequence[OutboundEmail]) -> Response:
+    def request_batch(self, items: Sequence[OutboundEmail]) -> Future[Response]:
         return self.http.post(f"{self.base}/email/batch", json_body=[self.message(i) for i in items],
                               headers=self._headers())
 

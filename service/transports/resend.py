@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 from service.transports.base import OutboundEmail, SendResult
 from service.transports.http import ApiUrl, HttpTransport, Response, custom_headers
@@ -38,13 +39,13 @@ class ResendTransport(HttpTransport):
             "tags": [{"name": "drip_message", "value": str(item.message_pk)}],
         }
 
-    def request(self, item: OutboundEmail) -> Response:
+    def request(self, item: OutboundEmail) -> Future[Response]:
         headers = {"Authorization": f"Bearer {self.key}"}
         if item.idempotency_key:
             headers["Idempotency-Key"] = item.idempotency_key
         return self.http.post(f"{self.base}/emails", json_body=self.message(item), headers=headers)
 
-    def request_batch(self, items: Sequence[OutboundEmail]) -> Response:
+    def request_batch(self, items: Sequence[OutboundEmail]) -> Future[Response]:
         keys = "\n".join(item.idempotency_key or f"drip-message-{item.message_pk}" for item in items)
         headers = {"Authorization": f"Bearer {self.key}", "x-batch-validation": "permissive",
                    "Idempotency-Key": "drip-batch-" + hashlib.sha256(keys.encode()).hexdigest()[:40]}

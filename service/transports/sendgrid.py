@@ -6,6 +6,8 @@ accepted; the message id is the `X-Message-Id` response header (the prefix of th
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 from service.transports.base import OutboundEmail
 from service.transports.http import ApiUrl, HttpTransport, Response, custom_headers, split_address
 
@@ -20,7 +22,7 @@ class SendGridTransport(HttpTransport):
         region = url.query.get("region", "us")
         self.base = url.endpoint("https://api.eu.sendgrid.com" if region == "eu" else "https://api.sendgrid.com")
 
-    def request(self, item: OutboundEmail) -> Response:
+    def request(self, item: OutboundEmail) -> Future[Response]:
         from_name, from_addr = split_address(item.from_header)
         to_name, _ = split_address(item.to_header)
         to = {"email": item.recipient, **({"name": to_name} if to_name else {})}

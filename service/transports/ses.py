@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from concurrent.futures import Future
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -31,7 +32,7 @@ class SesTransport(HttpTransport):
         self.base = url.endpoint(f"https://email.{self.region}.amazonaws.com")
         self.configuration_set = url.query.get("configuration_set")
 
-    def request(self, item: OutboundEmail) -> Response:
+    def request(self, item: OutboundEmail) -> Future[Response]:
         body: dict = {
             "FromEmailAddress": item.from_header,
             "Destination": {"ToAddresses": [item.recipient]},

@@ -1,0 +1,176 @@
+"""The provider APIs' HTTP client (service/transports/http.py, `Client`) against a raw local server that
+answers exactly the bytes each test gives it: keep-alive reuse, chunked and closing answers, interim
+100 answers, answers that are not HTTP, dropped connections, slow answers and unsafe header values.
+Every provider transport goes through this client; the provider tests cover what they send."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from conftest import at, with_settings
+from fakes import FakeProvider, transport_url
+from sqlalchemy import select
+
+from service.audience.signups import ConsentMeta, parse_signup, signup
+from service.core.models import Message
+from service.transports.http import BrokenAnswer, Client, Timeout, Unreachable
+
+T0 = at("2026-03-02T15:00:00")
+
+
+class RawServer:
+    """Answers each request read on a connection with the next scripted bytes (None: close without
+    answering; a float: wait that long first; a tuple: send its bytes, then close). Counts connections
+    and requests."""
+
+    def __init__(self, answers: list) -> None:
+        self.answers = list(answers)
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        data = b""
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length:")), b"0"))
+                while len(data) < length:
+                    data += conn.recv(65536)
+                self.requests.append(head + b"\r\n\r\n" + data[:length])
+                data = data[length:]
+                answer = self.answers.pop(0) if self.answers else None
+                if isinstance(answer, float):
+                    time.sleep(answer)
+                    answer = self.answers.pop(0)
+                if answer is None:
+                    return
+                conn.sendall(answer[0] if isinstance(answer, tuple) else answer)
+                if isinstance(answer, tuple):
+                    return
+
+    def url(self, path: str = "/send") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def ok(body: bytes = b'{"id": "1"}', extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+@pytest.fixture
+def client():
+    made: list[Client] = []
+
+    def make(timeout: tuple[float, float] = (2.0, 2.0)) -> Client:
+        made.append(Client("http://127.0.0.1", size=4, timeout=timeout))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def test_one_connection_carries_every_request_and_each_answer_is_read_whole(client, monkeypatch) -> None:
+    """Answers by Content-Length, in chunks (with a chunk extension and a trailer) and after an interim
+    100 Continue all leave the connection usable; a JSON body arrives with its length and our headers."""
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    chunked = (b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\nX-Message-Id: abc\r\n\r\n"
+               b"5;name=x\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    server = RawServer([ok(), chunked, b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"[]"), ok(b"")])
+    c = client()
+    answers = [c.post(server.url(), json_body={"n": n}, headers={"Authorization": "Bearer k"}).result(timeout=5)
+               for n in range(4)]
+    server.close()
+    assert [a.status_code for a in answers] == [200, 202, 200, 200]
+    assert answers[0].json() == {"id": "1"} and answers[1].content == b"hello world"
+    assert answers[1].headers.get("x-message-id") == "abc" and answers[2].content == b"[]"
+    assert server.connections == 1 and len(server.requests) == 4
+    head, _, body = server.requests[3].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /send HTTP/1.1\r\nHost: 127.0.0.1:") and b"\r\nAuthorization: Bearer k" in head
+    assert body == b'{"n": 3}' and b"\r\nContent-Length: 8\r\n" in head + b"\r\n"
+
+
+def test_an_answer_that_closes_or_lacks_a_length_ends_its_connection(client) -> None:
+    """After an answer saying `Connection: close`, or one whose end is the connection's end (no length, as
+    HTTP/1.0 may), the next request opens a new connection."""
+    server = RawServer([ok(extra=b"Connection: close\r\n"), (b"HTTP/1.0 200 OK\r\n\r\nuntil the end",), ok()])
+    c = client()
+    first = c.post(server.url(), body=b"a").result(timeout=5)
+    second = c.post(server.url(), body=b"b").result(timeout=5)
+    third = c.post(server.url(), body=b"c").result(timeout=5)
+    server.close()
+    assert first.status_code == 200 and third.status_code == 200
+    assert second.content == b"until the end"
+    assert server.connections == 3
+
+
+@pytest.mark.parametrize(("answers", "error", "words"), [
+    ([b"SMTP ready\r\n\r\n"], BrokenAnswer, "not HTTP"),
+    ([b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n"], BrokenAnswer, "not HTTP"),
+    ([None], Unreachable, "closed before the answer"),
+    ([(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort",)], Unreachable, "closed before the answer"),
+    ([1.5, ok()], Timeout, "within 0.5 s"),
+])
+def test_what_is_not_an_answer_is_named(client, answers, error, words) -> None:
+    server = RawServer(answers)
+    c = client(timeout=(0.5, 0.5))
+    with pytest.raises(error, match=words):
+        c.post(server.url(), body=b"x").result(timeout=5)
+    server.close()
+
+
+def test_a_refused_connection_is_unreachable(client) -> None:
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(Unreachable, match=f"cannot connect to 127.0.0.1:{port}"):
+        client().post(f"http://127.0.0.1:{port}/send", body=b"x").result(timeout=5)
+
+
+def test_an_api_key_with_a_line_break_sends_nothing_and_every_email_waits(runtime) -> None:
+    """A key whose percent-encoding hides a line break (%0D%0A) would add a header of the sender's choosing
+    to every request: nothing is sent, the readers' emails wait with the reason, no attempt counted."""
+    fake = FakeProvider("sendgrid")
+    try:
+        url = transport_url("sendgrid", fake).replace("sendgrid://SG.key@", "sendgrid://SG.key%0D%0AX-Evil:%201@")
+        assert "%0D%0A" in url
+        rt = with_settings(runtime, email_url=url)
+        for address in ("ada@example.com", "bo@example.com"):
+            data = parse_signup({"email": address}, campaigns=rt.campaigns,
+                                default_campaign=rt.settings.default_campaign)
+            with rt.sessions() as s, s.begin():
+                signup(s, data, campaign=rt.campaigns[data.campaign], meta=ConsentMeta("json"), now=T0)
+        assert rt.dispatcher().run_pass(T0).deferred == 2
+        with rt.sessions() as s:
+            messages = s.scalars(select(Message)).all()
+            assert all(m.attempts == 0 and "line break" in m.last_error and "X-Evil" not in m.last_error
+                       for m in messages)
+        assert not fake.posts()
+        good = with_settings(runtime, email_url=transport_url("sendgrid", fake))
+        assert good.dispatcher().run_pass(T0 + timedelta(hours=1)).sent == 2
+    finally:
+        fake.close()
