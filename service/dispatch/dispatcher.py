@@ -140,7 +140,8 @@ class Dispatcher:
             while not summary.paused and not self.stopping.is_set() and (claimed := self.claim(clock(), summary)):
                 if transport is None:
                     transport = self.transport_factory()
-                run.send_claimed(claimed, transport, clock, summary)
+                run.send_claimed(claimed, transport, clock, summary, wait=False)
+            run.wait_recorded(summary)  # the last batch's outcomes, written while the next claim was made
         finally:
             if transport is not None:
                 transport.close()

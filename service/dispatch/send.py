@@ -62,9 +62,14 @@ class SendRun:
             self.recorder = None
 
     def send_claimed(self, ids: Sequence[int], transport: Transport, clock: Callable[[], datetime],
-                     summary: PassSummary) -> None:
+                     summary: PassSummary, *, wait: bool = True) -> None:
         """Sends the claimed `ids` chunk by chunk; after a transport failure the rest of the chunks are
-        handed back (bad credentials: sending pauses) or deferred without counting an attempt."""
+        handed back (bad credentials: sending pauses) or deferred without counting an attempt.
+
+        `wait=False`: the last outcomes may still be being written (on PostgreSQL, by the second thread)
+        when this returns, so the pass claims and prepares its next batch meanwhile; the pass then calls
+        `wait_recorded` once it claims no more. A message whose outcome is being written is still held
+        by this worker's lease, so no claim takes it (claim.py)."""
         self.unfinished = set(ids)
         self.lease_renewed = time.monotonic()
         broken: TransportError | None = None
@@ -80,7 +85,8 @@ class SendRun:
                 continue
             jobs = self.prepare(chunk, clock(), summary)
             broken = self.send_chunk(jobs, transport, clock, summary)
-        self._wait_recorded(summary)
+        if wait:
+            self._wait_recorded(summary)
         self.unfinished = set()
         if broken is not None and broken.auth_failed:
             summary.paused = 1
@@ -214,7 +220,7 @@ class SendRun:
                     flush()
                     last_flush = time.monotonic()
             # Inside the try: this flush is where an earlier background write's failure may surface.
-            flush()  # written in the background on PostgreSQL; send_claimed waits for it before it returns
+            flush()  # written in the background on PostgreSQL; waited for by the next write or the pass
         except SQLAlchemyError:
             # The database failed mid-chunk (a re-check, a lease renewal or a write of outcomes): write down
             # what the server already answered, if the database lets us, so those emails are not sent again
@@ -346,6 +352,10 @@ class SendRun:
         mine = {pk: subjects[pk] for pk in by_id if pk in subjects}
         self.in_flight = (self.recorder.submit(write_outcomes, self.d, now, by_id, raws, mine, delta), delta,
                            (now, by_id, raws, mine))
+
+    def wait_recorded(self, summary: PassSummary) -> None:
+        """Waits for the outcome write still in flight, its counts added to `summary`."""
+        self._wait_recorded(summary)
 
     def _wait_recorded(self, summary: PassSummary) -> None:
         if self.in_flight is not None:
