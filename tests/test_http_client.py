@@ -23,8 +23,8 @@ T0 = at("2026-03-02T15:00:00")
 
 class RawServer:
     """Answers each request read on a connection with the next scripted bytes (None: close without
-    answering; a float: wait that long first; a tuple: send its bytes, then close). Counts connections
-    and requests."""
+    answering; a float: wait that long first; a tuple: send its bytes, then close; a list: its bytes
+    and its pauses in turn). Counts connections and requests."""
 
     def __init__(self, answers: list) -> None:
         self.answers = list(answers)
@@ -65,6 +65,13 @@ class RawServer:
                     answer = self.answers.pop(0)
                 if answer is None:
                     return
+                if isinstance(answer, list):
+                    try:
+                        for piece in answer:
+                            time.sleep(piece) if isinstance(piece, float) else conn.sendall(piece)
+                    except OSError:  # the client gave up waiting and closed
+                        return
+                    continue
                 conn.sendall(answer[0] if isinstance(answer, tuple) else answer)
                 if isinstance(answer, tuple):
                     return
@@ -100,7 +107,8 @@ def test_one_connection_carries_every_request_and_each_answer_is_read_whole(clie
         monkeypatch.delenv(name, raising=False)
     chunked = (b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\nX-Message-Id: abc\r\n\r\n"
                b"5;name=x\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n")
-    server = RawServer([ok(), chunked, b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"[]"), ok(b"")])
+    twice = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\nX-Folded: a\r\n b\r\n\r\n[]"
+    server = RawServer([ok(), chunked, b"HTTP/1.1 100 Continue\r\n\r\n" + twice, ok(b"")])
     c = client()
     answers = [c.post(server.url(), json_body={"n": n}, headers={"Authorization": "Bearer k"}).result(timeout=5)
                for n in range(4)]
@@ -108,6 +116,7 @@ def test_one_connection_carries_every_request_and_each_answer_is_read_whole(clie
     assert [a.status_code for a in answers] == [200, 202, 200, 200]
     assert answers[0].json() == {"id": "1"} and answers[1].content == b"hello world"
     assert answers[1].headers.get("x-message-id") == "abc" and answers[2].content == b"[]"
+    assert answers[2].headers.get("X-Folded") == "a b"  # an obsolete folded header, unfolded
     assert server.connections == 1 and len(server.requests) == 4
     head, _, body = server.requests[3].partition(b"\r\n\r\n")
     assert head.startswith(b"POST /send HTTP/1.1\r\nHost: 127.0.0.1:") and b"\r\nAuthorization: Bearer k" in head
@@ -128,12 +137,60 @@ def test_an_answer_that_closes_or_lacks_a_length_ends_its_connection(client) -> 
     assert server.connections == 3
 
 
+def test_bytes_left_on_a_kept_connection_are_never_taken_for_the_next_answer(client) -> None:
+    """A server that sends a 408 on an idle connection before closing it (as some load balancers do), or
+    more bytes than its Content-Length said: the next request goes on a new connection and gets its own
+    answer."""
+    closing_408 = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    server = RawServer([(ok() + closing_408,), ok(b"second") + b"garbage", ok(b"third")])
+    c = client()
+    answers = []
+    for n in range(3):
+        answers.append(c.post(server.url(), body=b"%d" % n).result(timeout=5))
+        time.sleep(0.1)  # the stray bytes arrive while the connection waits
+    server.close()
+    assert [(a.status_code, a.content) for a in answers] == [(200, b'{"id": "1"}'), (200, b"second"),
+                                                            (200, b"third")]
+    assert server.connections == 3 and len(server.requests) == 3
+
+
+def test_an_answer_arriving_slowly_but_steadily_is_read_and_one_that_stops_times_out(client) -> None:
+    """The read timeout is a wait for the next part of the answer, not for all of it (as a socket
+    timeout was): one second of a trickling body against a 0.5 s timeout is read whole."""
+    trickle = [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n", 0.3, b"a", 0.3, b"b", 0.3, b"c", 0.3, b"d"]
+    server = RawServer([trickle, [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab", 1.0, b"cd"]])
+    c = client(timeout=(0.5, 0.5))
+    assert c.post(server.url(), body=b"x").result(timeout=5).content == b"abcd"
+    with pytest.raises(Timeout, match="within 0.5 s"):
+        c.post(server.url(), body=b"y").result(timeout=5)
+    server.close()
+
+
+def test_closing_the_client_settles_every_request_still_out(client) -> None:
+    """A pass that ends (its transport closed) while requests are unanswered: each one's Future fails as
+    Unreachable at once instead of leaving a caller waiting forever."""
+    server = RawServer([[5.0, ok()]] * 8)
+    c = client(timeout=(2.0, 30.0))
+    futures = [c.post(server.url(), body=b"%d" % n) for n in range(8)]
+    time.sleep(0.3)
+    started = time.monotonic()
+    c.close()
+    for future in futures:
+        with pytest.raises(Unreachable):
+            future.result(timeout=5)
+    assert time.monotonic() - started < 4
+    server.close()
+
+
 @pytest.mark.parametrize(("answers", "error", "words"), [
     ([b"SMTP ready\r\n\r\n"], BrokenAnswer, "not HTTP"),
     ([b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n"], BrokenAnswer, "not HTTP"),
     ([None], Unreachable, "closed before the answer"),
     ([(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort",)], Unreachable, "closed before the answer"),
     ([1.5, ok()], Timeout, "within 0.5 s"),
+    ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n"], BrokenAnswer,
+     "chunk longer"),
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc"], BrokenAnswer, "Content-Length"),
 ])
 def test_what_is_not_an_answer_is_named(client, answers, error, words) -> None:
     server = RawServer(answers)

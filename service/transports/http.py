@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import islice
@@ -172,8 +172,8 @@ class Client:
     `requests` uses (certifi). An HTTP(S)_PROXY / NO_PROXY of the environment applies as in `requests`,
     read once: a proxy without a scheme is http://, its user and password go in a Proxy-Authorization
     header; https targets go through a CONNECT tunnel, http ones in the absolute form. Only http://
-    proxies are supported. Connecting may take the connect timeout (at most 10 s), the answer the read
-    timeout, counted from the request's last byte."""
+    proxies are supported. Connecting may take the connect timeout (at most 10 s); writing the request,
+    and then each wait for the next part of the answer, the read timeout."""
 
     def __init__(self, base: str, *, size: int, timeout: tuple[float, float]) -> None:
         self.connect_timeout, self.read_timeout = timeout
@@ -199,6 +199,7 @@ class Client:
         self._inbox: list[tuple[Future[Response], tuple[str, str, int, bytes]]] = []
         self._woken = False  # a wake-up of the loop is on its way: it will take the whole inbox
         self._tasks: set[asyncio.Task] = set()  # requests being exchanged (the loop keeps weak references)
+        self._open_answers: set[Future[Response]] = set()  # handed out and not yet settled
 
     def post(self, url: str, *, json_body: object = None, fields: Mapping[str, object] | None = None,
              body: bytes | None = None, headers: Mapping[str, str] | None = None,
@@ -239,12 +240,12 @@ class Client:
         with self._lock:
             loop = self._running()
             self._inbox.append((answer, (scheme, host, port, head + body)))
-            if self._woken:
-                return answer
-            self._woken = True
-        # One wake-up of the loop's thread for all the requests handed over until it runs: each wake-up is
-        # a write to a socket, during which the interpreter lock may pass to that thread for a while.
-        loop.call_soon_threadsafe(self._take_inbox)
+            self._open_answers.add(answer)
+            if not self._woken:
+                # One wake-up of the loop's thread for all the requests handed over until it runs: each
+                # wake-up is a write to a socket, during which the interpreter lock may pass to that thread.
+                self._woken = True
+                loop.call_soon_threadsafe(self._take_inbox)
         return answer
 
     def _running(self) -> asyncio.AbstractEventLoop:
@@ -268,6 +269,10 @@ class Client:
 
     def _settled(self, answer: Future[Response], task: asyncio.Task) -> None:
         self._tasks.discard(task)
+        with self._lock:
+            self._open_answers.discard(answer)
+        if answer.done():
+            return
         if task.cancelled():
             answer.set_exception(Unreachable("the connection was closed before the answer"))
         elif task.exception() is not None:
@@ -281,19 +286,29 @@ class Client:
         connection = None
         while idle and connection is None:
             reader, writer = idle.pop()
-            if reader.at_eof() or writer.is_closing():  # the server closed it while it waited
-                writer.close()
-            else:
+            if _reusable(reader, writer):
                 connection = (reader, writer)
+            else:  # closed by the server while it waited, or holding bytes no request asked for
+                writer.transport.abort()
         if connection is None:
             connection = await self._connect(scheme, host, port)
         reader, writer = connection
+        loop = asyncio.get_running_loop()
         try:
-            writer.write(request)
-            status, headers, content, keep = await asyncio.wait_for(self._answer(reader, writer),
-                                                                    self.read_timeout)
+            # The read timeout runs while the request is written, then again from its last byte, and starts
+            # over whenever part of the answer arrives (as a socket timeout would): a slow upload or a long
+            # answer arriving steadily is not cut off, an answer that stops coming is.
+            async with asyncio.timeout(self.read_timeout) as deadline:
+                writer.write(request)
+                await writer.drain()
+
+                def arrived() -> None:
+                    deadline.reschedule(loop.time() + self.read_timeout)
+
+                arrived()
+                status, headers, content, keep = await _answer(reader, arrived)
         except BaseException as exc:
-            writer.close()
+            writer.transport.abort()  # no graceful close: the connection is unusable, or the pass is ending
             if isinstance(exc, TimeoutError):
                 raise Timeout(f"no answer from {host} within {self.read_timeout:g} s") from None
             if isinstance(exc, (asyncio.IncompleteReadError, ConnectionError)):
@@ -305,10 +320,10 @@ class Client:
             if isinstance(exc, OSError):
                 raise Unreachable(str(exc)) from None
             raise
-        if keep and len(idle) < self.size:
+        if keep and len(idle) < self.size and _reusable(reader, writer):
             idle.append(connection)
         else:
-            writer.close()
+            writer.transport.abort()
         return Response(status, headers, content)
 
     async def _connect(self, scheme: str, host: str, port: int
@@ -353,69 +368,120 @@ class Client:
         await writer.start_tls(tls, server_hostname=host)
         return reader, writer
 
-    @staticmethod
-    async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                      ) -> tuple[int, HTTPHeaderDict, bytes, bool]:
-        """The answer to the request just written: status, headers, body, and whether the connection
-        can carry the next request. Its body is read by Content-Length, in chunks, or to the end."""
-        await writer.drain()
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            status_line, *lines = head[:-4].decode("latin-1").split("\r\n")
-            version, _, rest = status_line.partition(" ")
-            if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
-                raise ValueError(f"status line {status_line[:80]!r}")
-            status = int(rest[:3])
-            if status >= 200 or status == 101:
-                break  # 100 Continue and other interim answers come before the real one
-        headers = HTTPHeaderDict()
-        for line in lines:
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise ValueError(f"header line {line[:80]!r}")
-            headers.add(name.strip(), value.strip())
-        keep = version == "HTTP/1.1" and "close" not in headers.get("Connection", "").lower()
-        if status in (101, 204, 304):
-            return status, headers, b"", keep and status != 101
-        if "chunked" in headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while True:
-                size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the empty line
-                        pass
-                    return status, headers, b"".join(chunks), keep
-                chunks.append(await reader.readexactly(size))
-                await reader.readexactly(2)
-        length = headers.get("Content-Length")
-        if length is not None:
-            return status, headers, await reader.readexactly(int(length)), keep
-        return status, headers, await reader.read(), False  # to the end: the server closes it
-
     def close(self) -> None:
-        """Closes the kept connections and ends the loop's thread."""
+        """Closes every connection and ends the loop's thread; a request still unanswered fails as
+        Unreachable (the dispatcher has stopped waiting for it)."""
         with self._lock:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+            inbox, self._inbox, self._woken = self._inbox, [], False
         if loop is None:
             return
 
         async def shut() -> None:
-            for task in list(self._tasks):
+            tasks = list(self._tasks)
+            for task in tasks:
                 task.cancel()
+            if tasks:  # each cancelled exchange aborts its connection and settles its Future
+                await asyncio.wait(tasks, timeout=2)
             for connections in self._idle.values():
                 for _reader, writer in connections:
-                    writer.close()
+                    writer.transport.abort()
             self._idle.clear()
 
         try:
             asyncio.run_coroutine_threadsafe(shut(), loop).result(timeout=5)
-        except Exception:  # closing must not fail a pass; the sockets go with the loop
+        except Exception:  # closing must not fail a pass
             log.debug("closing the API connections failed", exc_info=True)
         loop.call_soon_threadsafe(loop.stop)
         if thread is not None:
             thread.join(timeout=5)
         if not loop.is_running():
             loop.close()
+        with self._lock:
+            left, self._open_answers = self._open_answers, set()
+        for answer, _request in inbox:
+            left.add(answer)
+        for answer in left:
+            if not answer.done():
+                answer.set_exception(Unreachable("the transport was closed before the answer"))
+
+
+def _reusable(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Whether a kept connection can carry the next request: not closed by the server, and holding no
+    bytes that no request asked for (a 408 some servers send before closing an idle connection would
+    otherwise be read as the next request's answer). asyncio offers no public count of what a
+    StreamReader holds; without the attribute the connection is not reused."""
+    held = getattr(reader, "_buffer", None)
+    return held is not None and not held and not reader.at_eof() and not writer.is_closing()
+
+
+async def _answer(reader: asyncio.StreamReader, arrived: Callable[[], None]
+                  ) -> tuple[int, HTTPHeaderDict, bytes, bool]:
+    """The answer to the request just written: status, headers, body, and whether the connection can
+    carry the next request. Its body is read by Content-Length, in chunks, or to the end; `arrived` is
+    called whenever part of it has come."""
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        arrived()
+        status_line, *lines = head[:-4].decode("latin-1").split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+            raise ValueError(f"status line {status_line[:80]!r}")
+        status = int(rest[:3])
+        if status >= 200 or status == 101:
+            break  # 100 Continue and other interim answers come before the real one
+    fields: list[list[str]] = []
+    for line in lines:
+        if line[:1] in (" ", "\t") and fields:  # an obsolete folded continuation of the field above
+            fields[-1][1] += " " + line.strip()
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise ValueError(f"header line {line[:80]!r}")
+        fields.append([name, value.strip()])
+    headers = HTTPHeaderDict()
+    for name, value in fields:
+        headers.add(name, value)
+    keep = version == "HTTP/1.1" and "close" not in headers.get("Connection", "").lower()
+    if status in (101, 204, 304):
+        return status, headers, b"", keep and status != 101
+    if "chunked" in headers.get("Transfer-Encoding", "").lower():
+        chunks = []
+        while True:
+            size_line = (await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip()
+            if not size_line or size_line.strip(b"0123456789abcdefABCDEF"):
+                raise ValueError(f"chunk size {size_line[:20]!r}")
+            size = int(size_line, 16)
+            if size == 0:
+                while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the empty line
+                    arrived()
+                return status, headers, b"".join(chunks), keep
+            chunks.append(await _read_exactly(reader, size, arrived))
+            if await reader.readexactly(2) != b"\r\n":
+                raise ValueError("a chunk longer than its size")
+    lengths = {part.strip() for part in headers.get("Content-Length", "").split(",") if part.strip()}
+    if len(lengths) > 1 or any(not part.isdigit() for part in lengths):
+        raise ValueError(f"Content-Length {headers.get('Content-Length', '')[:40]!r}")
+    if lengths:
+        return status, headers, await _read_exactly(reader, int(lengths.pop()), arrived), keep
+    chunks = []
+    while chunk := await reader.read(1 << 16):  # to the end: the server closes it
+        chunks.append(chunk)
+        arrived()
+    return status, headers, b"".join(chunks), False
+
+
+async def _read_exactly(reader: asyncio.StreamReader, size: int, arrived: Callable[[], None]) -> bytes:
+    """`size` bytes, the clock restarted as each part arrives (usually all of it is there at once)."""
+    parts = []
+    while size > 0:
+        part = await reader.read(min(size, 1 << 16))
+        if not part:
+            raise asyncio.IncompleteReadError(b"".join(parts), None)
+        arrived()
+        parts.append(part)
+        size -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 # The longest header block or chunk-size line an answer may have (asyncio's default is 64 KiB).
