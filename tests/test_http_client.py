@@ -4,7 +4,9 @@ answers exactly the bytes each test gives it: keep-alive reuse, chunked and clos
 Every provider transport goes through this client; the provider tests cover what they send."""
 from __future__ import annotations
 
+import base64
 import socket
+import ssl
 import threading
 import time
 from datetime import timedelta
@@ -13,6 +15,7 @@ import pytest
 from conftest import at, with_settings
 from fakes import FakeProvider, transport_url
 from sqlalchemy import select
+from tlshelp import make_cert, server_context
 
 from service.audience.signups import ConsentMeta, parse_signup, signup
 from service.core.models import Message
@@ -26,8 +29,9 @@ class RawServer:
     answering; a float: wait that long first; a tuple: send its bytes, then close; a list: its bytes
     and its pauses in turn). Counts connections and requests."""
 
-    def __init__(self, answers: list) -> None:
+    def __init__(self, answers: list, tls: ssl.SSLContext | None = None) -> None:
         self.answers = list(answers)
+        self.tls = tls
         self.connections = 0
         self.requests: list[bytes] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -45,6 +49,12 @@ class RawServer:
 
     def _serve(self, conn: socket.socket) -> None:
         data = b""
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):  # the client refused our certificate
+                conn.close()
+                return
         with conn:
             while True:
                 while b"\r\n\r\n" not in data:
@@ -231,3 +241,82 @@ def test_an_api_key_with_a_line_break_sends_nothing_and_every_email_waits(runtim
         assert good.dispatcher().run_pass(T0 + timedelta(hours=1)).sent == 2
     finally:
         fake.close()
+
+
+class ConnectProxy:
+    """An HTTP proxy that only tunnels: it reads a CONNECT request, answers 200 and relays bytes both ways."""
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(conn,), daemon=True).start()
+
+    def _tunnel(self, conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += conn.recv(4096)
+        self.seen.append(head)
+        host, _, port = head.split(b" ")[1].decode().rpartition(":")
+        upstream = socket.create_connection((host, int(port)))
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        def pipe(a: socket.socket, b: socket.socket) -> None:
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                b.close()
+
+        threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
+        pipe(conn, upstream)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_https_checks_the_certificate_and_keeps_its_connection_even_through_a_proxy(tmp_path, monkeypatch) -> None:
+    """The production path: TLS to the API. A certificate the trusted bundle does not vouch for is refused
+    (Unreachable, nothing sent); one it trusts carries several requests over one connection, directly and
+    through an HTTP proxy's CONNECT tunnel with the proxy's password in Proxy-Authorization."""
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
+                 "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    cert = make_cert(tmp_path)
+    trusted = ssl.create_default_context(cafile=str(cert[0]))
+    server = RawServer([ok(b"%d" % n) for n in range(6)], tls=server_context(cert))
+    url = f"https://127.0.0.1:{server.port}/send"
+    stranger = Client(url, size=2, timeout=(2.0, 2.0))  # the certifi bundle, as in production
+    with pytest.raises(Unreachable, match="SSLError.*CERTIFICATE_VERIFY_FAILED"):
+        stranger.post(url, body=b"x").result(timeout=5)
+    stranger.close()
+    assert not server.requests
+
+    direct = Client(url, size=2, timeout=(2.0, 2.0))
+    direct.tls = trusted
+    assert [direct.post(url, body=b"x").result(timeout=5).content for _ in range(3)] == [b"0", b"1", b"2"]
+    direct.close()
+
+    proxy = ConnectProxy()
+    monkeypatch.setenv("HTTPS_PROXY", f"http://relay:s3cret@127.0.0.1:{proxy.port}")
+    tunnelled = Client(url, size=2, timeout=(2.0, 2.0))
+    tunnelled.tls = trusted
+    assert [tunnelled.post(url, body=b"y").result(timeout=5).content for _ in range(3)] == [b"3", b"4", b"5"]
+    tunnelled.close()
+    proxy.close()
+    server.close()
+    assert server.connections == 3  # the refused one, one direct, one through the tunnel
+    [connect] = proxy.seen
+    assert connect.startswith(f"CONNECT 127.0.0.1:{server.port} HTTP/1.1\r\n".encode())
+    assert b"proxy-authorization: basic " + base64.b64encode(b"relay:s3cret").lower() in connect.lower()
+    assert all(b"s3cret" not in r for r in server.requests)
