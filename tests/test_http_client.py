@@ -24,16 +24,11 @@ from service.transports.http import BrokenAnswer, Client, Timeout, Unreachable
 T0 = at("2026-03-02T15:00:00")
 
 
-class RawServer:
-    """Answers each request read on a connection with the next scripted bytes (None: close without
-    answering; a float: wait that long first; a tuple: send its bytes, then close; a list: its bytes
-    and its pauses in turn). Counts connections and requests."""
+class Listener:
+    """A loopback server handing each connection to `_serve` on a thread of its own; counts them."""
 
-    def __init__(self, answers: list, tls: ssl.SSLContext | None = None) -> None:
-        self.answers = list(answers)
-        self.tls = tls
+    def __init__(self) -> None:
         self.connections = 0
-        self.requests: list[bytes] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -46,6 +41,24 @@ class RawServer:
                 return
             self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class RawServer(Listener):
+    """Answers each request read on a connection with the next scripted bytes (None: close without
+    answering; a float: wait that long first; a tuple: send its bytes, then close; a list: its bytes
+    and its pauses in turn). Counts connections and requests."""
+
+    def __init__(self, answers: list, tls: ssl.SSLContext | None = None) -> None:
+        self.answers = list(answers)
+        self.tls = tls
+        self.requests: list[bytes] = []
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         data = b""
@@ -88,9 +101,6 @@ class RawServer:
 
     def url(self, path: str = "/send") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def ok(body: bytes = b'{"id": "1"}', extra: bytes = b"") -> bytes:
@@ -243,24 +253,14 @@ def test_an_api_key_with_a_line_break_sends_nothing_and_every_email_waits(runtim
         fake.close()
 
 
-class ConnectProxy:
+class ConnectProxy(Listener):
     """An HTTP proxy that only tunnels: it reads a CONNECT request, answers 200 and relays bytes both ways."""
 
     def __init__(self) -> None:
         self.seen: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._tunnel, args=(conn,), daemon=True).start()
-
-    def _tunnel(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket) -> None:
         head = b""
         while b"\r\n\r\n" not in head:
             head += conn.recv(4096)
@@ -280,9 +280,6 @@ class ConnectProxy:
 
         threading.Thread(target=pipe, args=(upstream, conn), daemon=True).start()
         pipe(conn, upstream)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_https_checks_the_certificate_and_keeps_its_connection_even_through_a_proxy(tmp_path, monkeypatch) -> None:
