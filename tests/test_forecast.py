@@ -37,6 +37,13 @@ def rt(runtime, tmp_path):
     built.sessions.kw["bind"].dispose()
 
 
+# Tests on the real clock: how long ago a Tokyo reader joined, so their week-01 (the local day of joining
+# plus seven, at 09:00 Tokyo = 00:00 UTC) falls inside a seven-day horizon at any hour of the day. A day
+# ago was enough until 15:00 UTC; from then on Tokyo's date is a day ahead, the email lands at the
+# horizon's end, and those tests failed every afternoon.
+TOKYO_JOINED = timedelta(days=2)
+
+
 def join(rt, email: str, campaign: str, tz: str, when) -> None:
     data = parse_signup({"email": email, "campaign": campaign, "timezone": tz}, campaigns=rt.campaigns,
                         default_campaign="back-pain-bundle")
@@ -139,7 +146,7 @@ def test_drip_forecast_prints_the_same_answer(runtime, smtp, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     now = utcnow()
     join(runtime, "soon@example.org", "back-pain-bundle", "Europe/Paris", now - timedelta(days=3))
-    join(runtime, "later@example.org", "back-pain-bundle", "Asia/Tokyo", now - timedelta(days=1))
+    join(runtime, "later@example.org", "back-pain-bundle", "Asia/Tokyo", now - TOKYO_JOINED)
     env = {"DATABASE_URL": runtime.settings.database_url, "DRIP_SECRET_KEY": runtime.settings.secret_key}
     r = CliRunner().invoke(main, ["forecast", "--json", "--tz", "Europe/Paris"], env=env)
     assert r.exit_code == 0, r.output

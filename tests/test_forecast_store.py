@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 from click.testing import CliRunner
 from test_admin_api import PASSWORD, login, operator  # noqa: F401  (operator is a fixture)
-from test_forecast import NOW, a_week_of_readers, join
+from test_forecast import NOW, TOKYO_JOINED, a_week_of_readers, join
 from test_forecast import rt as rt  # a fixture: the shipped campaigns plus a copy, a daily cap of 1
 
 from service.cli import main
@@ -110,7 +110,7 @@ def forecast_total(html: str) -> int:
 def test_the_home_page_reads_what_the_worker_stored(client, runtime, operator, smtp, large) -> None:  # noqa: F811
     now = utcnow()
     join(runtime, "paris@example.org", "back-pain-bundle", "Europe/Paris", now - timedelta(days=3))
-    join(runtime, "tokyo@example.org", "back-pain-bundle", "Asia/Tokyo", now - timedelta(days=1))
+    join(runtime, "tokyo@example.org", "back-pain-bundle", "Asia/Tokyo", now - TOKYO_JOINED)
     join(runtime, "news@example.org", "monthly-newsletter", "America/New_York", now - timedelta(days=27))
     login(client, operator, PASSWORD)
     page = client.get("/admin/").get_data(as_text=True)
@@ -137,7 +137,7 @@ def test_drip_forecast_on_a_large_list(runtime, smtp, tmp_path, monkeypatch, lar
     monkeypatch.chdir(tmp_path)
     now = utcnow()
     join(runtime, "soon@example.org", "back-pain-bundle", "Europe/Paris", now - timedelta(days=3))
-    join(runtime, "later@example.org", "back-pain-bundle", "Asia/Tokyo", now - timedelta(days=1))
+    join(runtime, "later@example.org", "back-pain-bundle", "Asia/Tokyo", now - TOKYO_JOINED)
     env = {"DATABASE_URL": runtime.settings.database_url, "DRIP_SECRET_KEY": runtime.settings.secret_key}
     r = CliRunner().invoke(main, ["forecast", "--json", "--tz", "Asia/Kathmandu"], env=env)
     assert r.exit_code == 0, r.output
@@ -181,7 +181,7 @@ def test_the_worker_scheduler_stores_the_forecast(runtime, smtp) -> None:
 
     now = utcnow()
     join(runtime, "paris@example.org", "back-pain-bundle", "Europe/Paris", now - timedelta(days=3))
-    join(runtime, "tokyo@example.org", "back-pain-bundle", "Asia/Tokyo", now - timedelta(days=1))
+    join(runtime, "tokyo@example.org", "back-pain-bundle", "Asia/Tokyo", now - TOKYO_JOINED)
     scheduler, _wake = start_background(runtime.dispatcher(), 120.0)
     try:
         scheduler.modify_job(FORECAST_JOB_ID, next_run_time=datetime.now(UTC))
