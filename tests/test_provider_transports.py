@@ -82,6 +82,8 @@ def check_shape(provider: str, seen, rt) -> None:
         assert body["Destination"] == {"ToAddresses": ["ada@example.com"]}
         mime = email.message_from_bytes(base64.b64decode(body["Content"]["Raw"]["Data"]), policy=email.policy.default)
         assert mime["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click" and mime["To"].addresses
+        assert body["EmailTags"] == [{"Name": "drip_message", "Value": str(only_message(rt).id)}]
+        assert h["authorization"] == ses_signature(seen, "AKIDEXAMPLE", "secret/key")
     else:
         body = seen.json()
         if seen.path == "/emails/batch":  # a list; one key for the batch, invalid emails reported by index
@@ -92,6 +94,46 @@ def check_shape(provider: str, seen, rt) -> None:
         assert h["authorization"] == "Bearer re_key"
         assert body["to"] == ["Ada Lovelace <ada@example.com>"] and "List-Unsubscribe" in body["headers"]
         assert body["tags"] == [{"name": "drip_message", "value": str(only_message(rt).id)}]
+
+
+def ses_signature(seen, key_id: str, secret: str) -> str:
+    """The Authorization SES would expect for the request as it arrived (its Host, body and X-Amz-Date),
+    computed by botocore's SigV4 steps: what our HTTP client put on the wire is what was signed."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    h = {k.lower(): v for k, v in seen.headers.items()}
+    request = AWSRequest(method="POST", url=f"http://{h['host']}{seen.path}", data=seen.body,
+                         headers={"Content-Type": h["content-type"], "X-Amz-Date": h["x-amz-date"]})
+    request.context["timestamp"] = h["x-amz-date"]
+    signer = SigV4Auth(Credentials(key_id, secret), "ses", "us-east-1")
+    signature = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+    return (f"AWS4-HMAC-SHA256 Credential={key_id}/{h['x-amz-date'][:8]}/us-east-1/ses/aws4_request, "
+            f"SignedHeaders=content-type;host;x-amz-date, Signature={signature}")
+
+
+def test_ses_request_body_is_json_with_every_field() -> None:
+    """SES's body is written around the message's base64 by hand: it parses as JSON, with a display
+    name holding quotes and non-ASCII, and the configuration set when one is given."""
+    import json
+
+    from service.transports import make_transport
+    from service.transports.base import OutboundEmail
+
+    item = OutboundEmail(message_pk=7, envelope_from="bounces@example.org", recipient="ada@example.com",
+                         from_header='"Coach \\"Zoë\\"" <coach@example.org>', to_header="ada@example.com",
+                         subject="Hi", text="body", html="<p>body</p>", headers=(),
+                         raw=b"Subject: Hi\r\n\r\nbody\r\n")
+    for query, extra in (("", {}), ("?configuration_set=drip%20events", {"ConfigurationSetName": "drip events"})):
+        transport = make_transport(f"ses://AKID:secret@eu-west-1{query}")
+        try:
+            assert json.loads(transport.body(item)) == {
+                "FromEmailAddress": item.from_header, "Destination": {"ToAddresses": ["ada@example.com"]},
+                "Content": {"Raw": {"Data": base64.b64encode(item.raw).decode()}},
+                "EmailTags": [{"Name": "drip_message", "Value": "7"}], **extra}
+        finally:
+            transport.close()
 
 
 @pytest.mark.parametrize(("fake", "query"), [(p, {}) for p in PROVIDERS] + [

@@ -19,6 +19,10 @@ from service.transports.base import OutboundEmail, SendResult, TransportError
 from service.transports.http import ApiUrl, HttpTransport, Response
 
 
+def _json(value: str) -> bytes:
+    return json.dumps(value).encode()
+
+
 class SesTransport(HttpTransport):
     name = "ses"
     default_concurrency = 8  # SES counts sends per second against the account's quota
@@ -31,21 +35,24 @@ class SesTransport(HttpTransport):
                                        url.require(url.password, "the secret access key", example))
         self.base = url.endpoint(f"https://email.{self.region}.amazonaws.com")
         self.configuration_set = url.query.get("configuration_set")
+        self.signer = SigV4Auth(self.credentials, "ses", self.region)
 
     def request(self, item: OutboundEmail) -> Future[Response]:
-        body: dict = {
-            "FromEmailAddress": item.from_header,
-            "Destination": {"ToAddresses": [item.recipient]},
-            "Content": {"Raw": {"Data": base64.b64encode(item.raw).decode("ascii")}},
-            "EmailTags": [{"Name": "drip_message", "Value": str(item.message_pk)}],
-        }
-        if self.configuration_set:
-            body["ConfigurationSetName"] = self.configuration_set
         url = f"{self.base}/v2/email/outbound-emails"
-        signed = AWSRequest(method="POST", url=url, data=json.dumps(body).encode(),
-                            headers={"Content-Type": "application/json"})
-        SigV4Auth(self.credentials, "ses", self.region).add_auth(signed)
+        signed = AWSRequest(method="POST", url=url, data=self.body(item), headers={"Content-Type": "application/json"})
+        self.signer.add_auth(signed)
         return self.http.post(url, body=signed.body, headers=dict(signed.headers.items()))
+
+    def body(self, item: OutboundEmail) -> bytes:
+        """The request's JSON, written around the message's base64 rather than by json.dumps: base64 needs
+        no escaping in JSON, and json.dumps spent ~140 us per 35 KB email scanning it for characters to
+        escape. The other values go through json.dumps (tests parse the whole body back)."""
+        tail = b"" if not self.configuration_set else b',"ConfigurationSetName":' + _json(self.configuration_set)
+        return b"".join((
+            b'{"FromEmailAddress":', _json(item.from_header),
+            b',"Destination":{"ToAddresses":[', _json(item.recipient), b"]}",
+            b',"Content":{"Raw":{"Data":"', base64.b64encode(item.raw), b'"}}',
+            b',"EmailTags":[{"Name":"drip_message","Value":"', str(item.message_pk).encode(), b'"}]', tail, b"}"))
 
     def provider_id(self, response: Response) -> str | None:
         try:
