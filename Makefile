@@ -54,9 +54,14 @@ spamassassin:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq spamassassin) >/dev/null || \
 	  { echo "could not install spamassassin (apt-get); the spam-score tests need /usr/bin/spamassassin" >&2; exit 1; }; }
 
+# The suite runs in TEST_PROCESSES processes (pytest-xdist; each has its own PostgreSQL database and
+# SQLite files, ports are picked free): two keep CI well under 15 minutes on this 2-core machine, where
+# the tests spend much of their time waiting on servers, browsers and subprocesses. TEST_PROCESSES=0 runs
+# them in this process, one after the other.
+TEST_PROCESSES ?= 2
 test: install-dev browser spamassassin
 	$(BIN)/ruff check service tests bench migrations
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist worksteal) $(PYTEST_ARGS)
 
 # The whole-system simulation (tests/test_simulation.py) with many more random examples than `make test`
 # runs: DRIP_SIMULATION_EXAMPLES=2000 make soak; add DRIP_TEST_POSTGRES_URL=... for PostgreSQL too.

@@ -45,7 +45,7 @@ def post(client, body: dict, ip: str = "198.51.100.7", **kw):
                        environ_base={"REMOTE_ADDR": ip}, **kw)
 
 
-@pytest.mark.parametrize("storage", ["database", REDIS_URL])
+@pytest.mark.parametrize("storage", ["database", REDIS_URL], ids=["database", "redis"])
 def test_per_address_limit_answers_429_whatever_the_ip(runtime, storage: str) -> None:
     """One address posted from many IPs is refused past DRIP_SIGNUP_ADDRESS_RATE_LIMIT with 429 and
     Retry-After, in either storage; a different address still gets through."""
