@@ -317,3 +317,24 @@ def test_https_checks_the_certificate_and_keeps_its_connection_even_through_a_pr
     assert connect.startswith(f"CONNECT 127.0.0.1:{server.port} HTTP/1.1\r\n".encode())
     assert b"proxy-authorization: basic " + base64.b64encode(b"relay:s3cret").lower() in connect.lower()
     assert all(b"s3cret" not in r for r in server.requests)
+
+
+def test_form_data_parses_back_and_refuses_names_it_cannot_write() -> None:
+    """The multipart form the Mailgun transport posts, read back by the email package's parser: text and
+    file fields whole, bytes untouched (a body with CRLFs and a dashed line); a quote or line break in a
+    field or file name is refused rather than written into the part's header."""
+    import email
+    import email.policy
+
+    from service.transports.http import form_data
+
+    message = b"Subject: hi\r\n\r\n--not-a-boundary\r\nline two\r\n"
+    body, content_type = form_data({"to": "zoe@example.com", "message": ("message.eml", message, "text/plain")})
+    form = email.message_from_bytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body,
+                                    policy=email.policy.HTTP)
+    to, attached = form.iter_parts()
+    assert to.get_param("name", header="content-disposition") == "to" and to.get_content() == "zoe@example.com"
+    assert attached.get_filename() == "message.eml" and attached.get_payload(decode=True) == message
+    for bad in ({'na"me': "x"}, {"name\r\nX-Injected: 1": "x"}, {"file": ('a"b.eml', b"", "text/plain")}):
+        with pytest.raises(ValueError, match="quote or line break"):
+            form_data(bad)

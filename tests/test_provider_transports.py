@@ -74,6 +74,16 @@ def check_shape(provider: str, seen, rt) -> None:
         assert h["content-type"].startswith("multipart/form-data")
         assert b'name="to"' in seen.body and b"ada@example.com" in seen.body and b'name="v:drip-message"' in seen.body
         assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in seen.body
+        # The form read back by a multipart parser: each field whole, the message as an attached email.
+        form = email.message_from_bytes(f"Content-Type: {h['content-type']}\r\n\r\n".encode() + seen.body,
+                                        policy=email.policy.HTTP)
+        fields = {part.get_param("name", header="content-disposition"): part for part in form.iter_parts()}
+        assert list(fields) == ["to", "v:drip-message", "message"]
+        assert fields["to"].get_content() == "ada@example.com"
+        assert fields["v:drip-message"].get_content() == str(only_message(rt).id)
+        assert fields["message"].get_filename() == "message.eml"
+        [attached] = fields["message"].get_payload()
+        assert attached["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click" and attached["To"].addresses
     elif provider == "ses":
         body = seen.json()
         assert seen.path == "/v2/email/outbound-emails"

@@ -18,6 +18,7 @@ import email.utils
 import functools
 import json
 import logging
+import random
 import ssl
 import threading
 import time
@@ -42,6 +43,31 @@ log = logging.getLogger(__name__)
 # Headers the APIs set themselves (or that the structured fields already carry).
 OWN_HEADERS = frozenset({"from", "to", "subject", "date", "mime-version", "content-type",
                          "content-transfer-encoding", "dkim-signature", "message-id"})
+
+
+_FORM_RANDOM = random.Random()  # seeded once from the system: boundaries need to be unlikely, not secret
+
+
+def form_data(fields: Mapping[str, object]) -> tuple[bytes, str]:
+    """(body, Content-Type) of a multipart/form-data form (RFC 7578): each value text, or a file given as
+    (file name, bytes, content type). Written here rather than by urllib3's encoder, which spent ~30 us per
+    email checking types. Field and file names are the transports' own constants, never a reader's."""
+    boundary = f"drip-form-{_FORM_RANDOM.getrandbits(128):032x}"
+    out: list[bytes] = []
+    for name, value in fields.items():
+        if isinstance(value, tuple):
+            filename, data, content_type = value
+            own = (name, filename, content_type)
+            head = (f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                    f"Content-Type: {content_type}")
+        else:
+            own, data = (name,), str(value).encode()
+            head = f'Content-Disposition: form-data; name="{name}"'
+        if any(c in text for text in own for c in '"\r\n'):
+            raise ValueError(f"form field {name!r}: a quote or line break in its name or file name")
+        out.append(f"--{boundary}\r\n{head}\r\n\r\n".encode() + data + b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out), f"multipart/form-data; boundary={boundary}"
 
 
 @dataclass(frozen=True)
@@ -204,14 +230,14 @@ class Client:
     def post(self, url: str, *, json_body: object = None, fields: Mapping[str, object] | None = None,
              body: bytes | None = None, headers: Mapping[str, str] | None = None,
              auth: tuple[str, str] | None = None) -> Future[Response]:
-        """Starts one POST: a JSON body (`json_body`), a multipart form (`fields`, urllib3's format), or
+        """Starts one POST: a JSON body (`json_body`), a multipart form (`fields`, see `form_data`), or
         bytes. The Future raises Timeout, Unreachable or BrokenAnswer when there is no usable answer."""
         sent = {"User-Agent": "drip/0.1", **(headers or {})}
         if json_body is not None:
             body = json.dumps(json_body).encode()
             sent.setdefault("Content-Type", "application/json")
         elif fields is not None:
-            body, sent["Content-Type"] = urllib3.encode_multipart_formdata(fields)
+            body, sent["Content-Type"] = form_data(fields)
         if auth is not None:
             sent.update(urllib3.make_headers(basic_auth=f"{auth[0]}:{auth[1]}"))
         body = body or b""
