@@ -52,6 +52,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if not item.get_closest_marker("postgresql_only")]
 
 
+def in_one_window(seconds: int, needed: float = 10.0) -> None:
+    """Signup rate limits count in fixed windows of the real clock, each starting at a multiple of
+    `seconds` since the epoch. A test whose requests must all fall in one window waits for the next one
+    when fewer than `needed` seconds are left, so it cannot fail only because it ran at the turn of a
+    minute or an hour."""
+    left = seconds - time.time() % seconds
+    if left < needed:
+        time.sleep(left + 0.1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
