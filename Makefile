@@ -55,9 +55,10 @@ spamassassin:
 	  { echo "could not install spamassassin (apt-get); the spam-score tests need /usr/bin/spamassassin" >&2; exit 1; }; }
 
 # The suite runs in TEST_PROCESSES processes (pytest-xdist; each has its own PostgreSQL database and
-# SQLite files, ports are picked free): two keep CI well under 15 minutes on this 2-core machine, where
-# the tests spend much of their time waiting on servers, browsers and subprocesses. TEST_PROCESSES=0 runs
-# them in this process, one after the other.
+# SQLite files, ports are picked free): two bring the suite from ~19 to ~12 minutes on this 2-core
+# machine, where the tests spend much of their time waiting on servers, browsers and subprocesses (three
+# saved one more minute and made timing-sensitive tests flakier). TEST_PROCESSES=0 runs them in this
+# process, one after the other.
 TEST_PROCESSES ?= 2
 test: install-dev browser spamassassin
 	$(BIN)/ruff check service tests bench migrations
