@@ -13,8 +13,8 @@ STAGES = ["core", "campaigns", "enrollment", "transports", "audience", "compose"
 FRAMEWORKS = ("flask", "werkzeug", "apscheduler", "gunicorn", "click")
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -23,12 +23,13 @@ def stage_of(module: str) -> str:
     return parts[1] if len(parts) >= 2 and parts[1] in STAGES else "wiring"
 
 
-def imports(path: Path, *, top_level_only: bool = False) -> set[str]:
-    """Modules `path` imports (relative imports resolved), leaving out `if TYPE_CHECKING:` blocks (names for
-    type hints only, never imported at run time). With `top_level_only`, imports inside functions are left
-    out too: those cannot make an import loop at start-up."""
+def imports(path: Path, *, top_level_only: bool = False, root: Path = ROOT) -> set[str]:
+    """Modules `path` (a file under `root`) imports, relative imports resolved, leaving out `if
+    TYPE_CHECKING:` blocks (names for type hints only, never imported at run time). With `top_level_only`,
+    imports inside functions are left out too: those cannot make an import loop at start-up."""
     tree = ast.parse(path.read_text())
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    name = module_name(path, root)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     nodes = _top_level(tree.body) if top_level_only else _walk(tree)
     found: set[str] = set()
     for node in nodes:
@@ -123,11 +124,12 @@ def test_no_import_cycles() -> None:
 
 
 def test_the_layering_check_sees_a_violation(tmp_path: Path) -> None:
-    """The import reader resolves relative imports, so an upward `from ..web import x` is caught."""
-    path = ROOT / "core" / "_probe.py"
-    try:
-        path.write_text("from ..web import admin\n")
-        assert "service.web.admin" in imports(path)
-        assert stage_of("service.web.admin") == "web"
-    finally:
-        path.unlink()
+    """The import reader resolves relative imports, so an upward `from ..web import x` is caught. The probe
+    is written under a copy of the layout in `tmp_path`, never into `service/`, where another test process
+    scanning or copying the package would find it."""
+    root = tmp_path / "service"
+    path = root / "core" / "_probe.py"
+    path.parent.mkdir(parents=True)
+    path.write_text("from ..web import admin\n")
+    assert "service.web.admin" in imports(path, root=root)
+    assert stage_of("service.web.admin") == "web"

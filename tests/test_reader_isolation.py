@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from click.testing import CliRunner
-from conftest import with_settings
+from conftest import in_one_window, with_settings
 from sqlalchemy import func, select, update
 from test_reader import data_path, prefs_path
 
@@ -560,6 +560,8 @@ def test_the_per_address_signup_limit_counts_each_address_alone(runtime) -> None
     """The per-address signup limit counts each address alone: an address at its limit is refused from any IP and
     for any campaign, while other addresses signing up in the same hour are accepted."""
     with web_with(runtime, signup_address_rate_limit=RateLimit(2, 3600)) as (rt, web):
+        in_one_window(3600)
+
         def post(email: str, ip: str, campaign: str = BUNDLE):
             return web.post(f"/signup/{campaign}", json={"email": email, "timezone": "UTC"},
                             environ_base={"REMOTE_ADDR": ip}).status_code
