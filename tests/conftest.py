@@ -62,6 +62,14 @@ def in_one_window(seconds: int, needed: float = 10.0) -> None:
         time.sleep(left + 0.1)
 
 
+def tampered(link: str) -> str:
+    """`link` with one character of its signature changed. The third character from the end is always a
+    whole character of the base64 signature: the last one carries a few padding bits the decoder
+    ignores, so changing it can leave the signature valid (it once did, in about one run in 1,400)."""
+    changed = "A" if link[-3] != "A" else "B"
+    return link[:-3] + changed + link[-2:]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
