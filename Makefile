@@ -4,17 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 empty :=
 space := $(empty) $(empty)
-# One stamp per set of extras, so `make install EXTRAS=ses` installs them into a venv made without them.
+# One stamp per set of extras, so `make install EXTRAS=redis` installs them into a venv made without them.
 STAMP := $(VENV)/.installed$(subst $(space),,$(foreach e,$(EXTRAS),-$(e)))
 
 .PHONY: install install-dev run test browser spamassassin contract clean bench soak lock
 
 # Two installs from hashed locks (.ci/lock rewrites them): `make install` (and `make run`) gets what drip
-# needs to run, nothing more; `make install-dev` (and `make test`) adds the optional extras (Amazon SES,
-# Redis: their tests run) and the tools for tests, lint, bench and the browser. EXTRAS="ses redis" adds
-# those extras to the runtime install.
+# needs to run, nothing more; `make install-dev` (and `make test`) adds the optional extra (Redis:
+# its tests run) and the tools for tests, lint, bench and the browser. EXTRAS=redis adds that extra to
+# the runtime install.
 RUNTIME_LOCKS := requirements.lock $(foreach e,$(EXTRAS),requirements-$(e).lock)
-DEV_LOCKS := requirements.lock requirements-ses.lock requirements-redis.lock requirements-dev.lock
+DEV_LOCKS := requirements.lock requirements-redis.lock requirements-dev.lock
 DEV_STAMP := $(VENV)/.installed-dev
 
 install: $(STAMP)

@@ -1,5 +1,5 @@
 """What is installed where: every package a module of service/ imports is in the runtime lock (the
-production install), except the optional extras, each imported only by the module that needs it; every
+production install), except the optional extra, imported only by the module that needs it; every
 package the tests, bench and migrations import is in some lock; the locks are layered without overlap,
 every entry hashed, and every directly imported package declared in pyproject.toml."""
 from __future__ import annotations
@@ -12,10 +12,10 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCKS = ["requirements.lock", "requirements-ses.lock", "requirements-redis.lock", "requirements-dev.lock"]
-# An optional extra's package and the only modules allowed to import it (each is loaded only when the
-# setting that needs it is set: DRIP_EMAIL_URL=ses://..., DRIP_RATE_LIMIT_STORAGE=redis://...).
-EXTRA_IMPORTERS = {"botocore": {"service/transports/ses.py"}, "redis": {"service/audience/ratelimit.py"}}
+LOCKS = ["requirements.lock", "requirements-redis.lock", "requirements-dev.lock"]
+# An optional extra's package and the only modules allowed to import it (loaded only when the setting
+# that needs it is set: DRIP_RATE_LIMIT_STORAGE=redis://...). SES needs none: Drip signs its requests.
+EXTRA_IMPORTERS = {"redis": {"service/audience/ratelimit.py"}}
 
 
 def norm(name: str) -> str:
@@ -61,21 +61,21 @@ def test_service_imports_only_the_runtime_set_and_extras_where_allowed() -> None
     extras = {dist: files for dist, files in outside.items() if files <= EXTRA_IMPORTERS.get(dist, set())}
     assert {d: sorted(f) for d, f in outside.items() if d not in extras} == {}
     for dist in extras:
-        assert dist in set(locked("requirements-ses.lock")) | set(locked("requirements-redis.lock"))
+        assert dist in set(locked("requirements-redis.lock"))
 
 
 def test_the_extras_are_imported_only_when_their_setting_is_used() -> None:
-    """Importing the service's modules (all of them but the two that need an extra) never imports an extra;
+    """Importing every module of the service (SES's transport included) never imports an extra or botocore;
     the one module that needs redis imports it inside the functions that use it."""
     import importlib
     import pkgutil
 
     import service
 
-    skip = {"service.__main__", "service.transports.ses"}
     for info in pkgutil.walk_packages(service.__path__, "service."):
-        if info.name not in skip:
+        if info.name != "service.__main__":
             importlib.import_module(info.name)
+    assert not any(name.split(".")[0] in ("redis", "botocore") for name in sys.modules)
     ratelimit = ast.parse((ROOT / "service/audience/ratelimit.py").read_text())
     assert not any(isinstance(n, ast.Import) and any(a.name == "redis" for a in n.names) for n in ratelimit.body)
     transports = (ROOT / "service/transports/__init__.py").read_text()
@@ -97,8 +97,8 @@ def test_every_directly_imported_package_is_declared() -> None:
     extras = {name: {norm(re.split(r"[\[<>=!~; ]", s, maxsplit=1)[0]) for s in specs}
               for name, specs in project["optional-dependencies"].items()}
     used = set(imported_distributions("service"))
-    assert used - declared - extras["ses"] - extras["redis"] == set()
-    assert extras["ses"] == {"botocore"} and extras["redis"] == {"redis"}
+    assert used - declared - extras["redis"] == set()
+    assert extras["redis"] == {"redis"} and set(extras) == {"redis", "test"}
     assert any(spec.startswith("itsdangerous") and "<3" in spec for spec in project["dependencies"])
 
 

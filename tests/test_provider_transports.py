@@ -146,6 +146,34 @@ def test_ses_request_body_is_json_with_every_field() -> None:
             transport.close()
 
 
+def test_sigv4_agrees_with_botocore_across_endpoints_regions_and_days() -> None:
+    """Our SigV4 (hashlib and hmac) gives the Authorization botocore computes for the same request: SES's
+    own endpoint, a local one with a port, a path prefix and a query, other regions, a secret holding
+    `/` and `+`, and one signer used across midnight (its signing key changes with the day)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from service.transports.ses import SigV4
+
+    body = b'{"Content":{"Raw":{"Data":"' + base64.b64encode(bytes(range(256)) * 40) + b'"}}}'
+    for region in ("eu-west-1", "us-east-1"):
+        signer = SigV4("AKIDEXAMPLE", "wJalr/XUtnFEMI+K7MDENG", region, "ses")
+        for url in (f"https://email.{region}.amazonaws.com/v2/email/outbound-emails",
+                    "http://127.0.0.1:8025/v2/email/outbound-emails",
+                    "https://proxy.example.org:8443/aws~ses/v2/email/outbound-emails?b=2&a=1&c"):
+            for now in (1_796_601_599.0, 1_796_601_600.0, 1_796_688_000.5):  # either side of midnight, next day
+                mine = signer.headers(url, body, "application/json", now=now)
+                request = AWSRequest(method="POST", url=url, data=body,
+                                     headers={"Content-Type": "application/json", "X-Amz-Date": mine["X-Amz-Date"]})
+                request.context["timestamp"] = mine["X-Amz-Date"]
+                theirs = SigV4Auth(Credentials("AKIDEXAMPLE", "wJalr/XUtnFEMI+K7MDENG"), "ses", region)
+                theirs._inject_signature_to_request(request, theirs.signature(
+                    theirs.string_to_sign(request, theirs.canonical_request(request)), request))
+                assert mine["Authorization"] == request.headers["Authorization"], (region, url, now)
+                assert mine["X-Amz-Date"][:8] in ("20261206", "20261207", "20261208")
+
+
 @pytest.mark.parametrize(("fake", "query"), [(p, {}) for p in PROVIDERS] + [
     ("postmark", {"batch": "1"}), ("resend", {"batch": "1"})], indirect=["fake"])
 def test_each_provider_gets_its_documented_request_and_its_id_is_stored(runtime, fake, query) -> None:

@@ -32,7 +32,7 @@ GENERATE_KEY_HINT = "python3 -c 'import secrets; print(secrets.token_hex(32))'"
 # DRIP_EMAIL_URL schemes; service/transports builds one transport per scheme (a test keeps both lists equal).
 EMAIL_SCHEMES = ("file", "smtp", "smtps", "postmark", "sendgrid", "mailgun", "ses", "resend")
 # A setting whose feature lives in an optional extra: the module it needs and the extra's name.
-EXTRAS = {"ses": ("botocore", "ses"), "redis": ("redis", "redis")}
+EXTRAS = {"redis": ("redis", "redis")}
 
 
 @dataclass(frozen=True)
@@ -445,8 +445,6 @@ def _email_url(url: str) -> str:
                           f"{', '.join(s + '://' for s in EMAIL_SCHEMES)} (see README, Configuration)")
     if parts.scheme in ("smtp", "smtps") and not parts.hostname:
         raise ConfigError(f"DRIP_EMAIL_URL: no host in {mask_url(url)!r}; expected e.g. smtp://host:587")
-    if parts.scheme == "ses":
-        needs_extra("DRIP_EMAIL_URL", "ses://", "ses")
     return url
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import islice
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 import urllib3
 from requests.certs import where as ca_bundle
@@ -68,6 +68,12 @@ def form_data(fields: Mapping[str, object]) -> tuple[bytes, str]:
         out.append(f"--{boundary}\r\n{head}\r\n\r\n".encode() + data + b"\r\n")
     out.append(f"--{boundary}--\r\n".encode())
     return b"".join(out), f"multipart/form-data; boundary={boundary}"
+
+
+def host_header(parts: SplitResult) -> str:
+    """The Host header the client writes for a URL: its host and port as the URL gives them (a signature
+    over the headers, such as SES's, signs this same value)."""
+    return parts.netloc.rpartition("@")[2]
 
 
 @dataclass(frozen=True)
@@ -248,7 +254,7 @@ class Client:
         extra: dict[str, str] = {}
         if self.proxy is not None and scheme == "http":  # plain http through a proxy: the absolute form
             target, extra = f"http://{parts.netloc}{target}", self.proxy[2]
-        lines = [f"POST {target} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}",
+        lines = [f"POST {target} HTTP/1.1", f"Host: {host_header(parts)}",
                  f"Content-Length: {len(body)}", "Accept-Encoding: identity"]
         for name, value in {**sent, **extra}.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:

@@ -1,26 +1,73 @@
-"""Amazon SES v2: `POST /v2/email/outbound-emails` with `Content.Raw`, signed with SigV4 by botocore
+"""Amazon SES v2: `POST /v2/email/outbound-emails` with `Content.Raw`, signed with AWS Signature Version 4
 (https://docs.aws.amazon.com/ses/latest/APIReference-V2/API_SendEmail.html).
 
 URL: `ses://ACCESS_KEY_ID:SECRET_ACCESS_KEY@REGION` (percent-encode `/` and `+` in the secret), with an
-optional `?configuration_set=NAME` so SES publishes events to the SNS topic of that set. Signing uses
-botocore's `SigV4Auth`, never hand-written code. Our row id travels as the `drip_message` email tag.
+optional `?configuration_set=NAME` so SES publishes events to the SNS topic of that set. Our row id
+travels as the `drip_message` email tag.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import time
 from concurrent.futures import Future
-
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
+from urllib.parse import quote, urlsplit
 
 from service.transports.base import OutboundEmail, SendResult, TransportError
-from service.transports.http import ApiUrl, HttpTransport, Response
+from service.transports.http import ApiUrl, HttpTransport, Response, host_header
 
 
 def _json(value: str) -> bytes:
     return json.dumps(value).encode()
+
+
+class SigV4:
+    """AWS Signature Version 4 of a POST for one service and region
+    (https://docs.aws.amazon.com/IAM/latest/UserGuide/create-signed-request.html): the headers signed
+    are Content-Type, Host and X-Amz-Date, and the body is hashed whole. Written here with hashlib and
+    hmac rather than taken from botocore, whose request objects and signer cost ~77 us per email against
+    ~29 (most of it the body's SHA-256) and a 33 MB install; the tests recompute every signature that
+    reaches the fake with botocore's own steps."""
+
+    ALGORITHM = "AWS4-HMAC-SHA256"
+    SIGNED = "content-type;host;x-amz-date"
+
+    def __init__(self, key_id: str, secret: str, region: str, service: str) -> None:
+        self.key_id, self.region, self.service = key_id, region, service
+        self._secret = f"AWS4{secret}".encode()
+        self._day, self._key = "", b""  # the signing key of the last day signed for (it changes daily)
+
+    def headers(self, url: str, body: bytes, content_type: str, *, now: float | None = None) -> dict[str, str]:
+        """The Content-Type, X-Amz-Date and Authorization headers of a POST of `body` to `url`."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        day = stamp[:8]
+        parts = urlsplit(url)
+        content_type = " ".join(content_type.split())  # as the canonical form has it, so both agree
+        canonical = "\n".join((
+            "POST", quote(parts.path or "/", safe="/~"), _canonical_query(parts.query),
+            f"content-type:{content_type}\nhost:{host_header(parts)}\nx-amz-date:{stamp}\n",
+            self.SIGNED, hashlib.sha256(body).hexdigest()))
+        scope = f"{day}/{self.region}/{self.service}/aws4_request"
+        to_sign = f"{self.ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(self._signing_key(day), to_sign.encode(), hashlib.sha256).hexdigest()
+        return {"Content-Type": content_type, "X-Amz-Date": stamp,
+                "Authorization": f"{self.ALGORITHM} Credential={self.key_id}/{scope}, "
+                                 f"SignedHeaders={self.SIGNED}, Signature={signature}"}
+
+    def _signing_key(self, day: str) -> bytes:
+        if day != self._day:
+            key = self._secret
+            for part in (day, self.region, self.service, "aws4_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            self._day, self._key = day, key
+        return self._key
+
+
+def _canonical_query(query: str) -> str:
+    """The query's name=value pairs sorted, as they are written in the URL (the endpoint's own, if any)."""
+    return "&".join(sorted("=".join(pair.partition("=")[::2]) for pair in query.split("&"))) if query else ""
 
 
 class SesTransport(HttpTransport):
@@ -31,17 +78,15 @@ class SesTransport(HttpTransport):
         super().__init__(url)
         example = "ses://ACCESS_KEY_ID:SECRET@eu-west-1"
         self.region = url.require(url.host, "the region", example)
-        self.credentials = Credentials(url.require(url.user, "the access key id", example),
-                                       url.require(url.password, "the secret access key", example))
+        self.signer = SigV4(url.require(url.user, "the access key id", example),
+                            url.require(url.password, "the secret access key", example), self.region, "ses")
         self.base = url.endpoint(f"https://email.{self.region}.amazonaws.com")
         self.configuration_set = url.query.get("configuration_set")
-        self.signer = SigV4Auth(self.credentials, "ses", self.region)
 
     def request(self, item: OutboundEmail) -> Future[Response]:
         url = f"{self.base}/v2/email/outbound-emails"
-        signed = AWSRequest(method="POST", url=url, data=self.body(item), headers={"Content-Type": "application/json"})
-        self.signer.add_auth(signed)
-        return self.http.post(url, body=signed.body, headers=dict(signed.headers.items()))
+        body = self.body(item)
+        return self.http.post(url, body=body, headers=self.signer.headers(url, body, "application/json"))
 
     def body(self, item: OutboundEmail) -> bytes:
         """The request's JSON, written around the message's base64 rather than by json.dumps: base64 needs
