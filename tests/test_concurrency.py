@@ -415,3 +415,39 @@ def test_web_workers_each_listen_and_keepalive_connections_move_on(drip: Drip) -
     second = drip.start("web", "--host", "127.0.0.1", "--port", str(drip.port), "--workers", "1")
     assert second.wait(timeout=30, check=False) != 0
     assert "cannot listen on 127.0.0.1" in second.output()
+
+
+def test_starts_passes_and_pauses_lock_the_campaign_rows_without_deadlock(runtime) -> None:
+    """What several workers and an operator do to the campaign_states rows at the same moment: a start
+    records the templates that compiled (its campaigns in any order), a pass checks for edited steps, the
+    console pauses and resumes a campaign. Four threads do these 25 times each, each its own transaction;
+    none fails (PostgreSQL detected a deadlock here when they locked the rows in different orders)."""
+    from service.campaigns import template_marks
+    from service.enrollment.live_edits import changed_since_checked
+    from service.operator.campaign_stats import set_paused
+
+    keys = sorted(runtime.campaigns)
+    assert len(keys) >= 3
+    failures: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(25):
+                with runtime.sessions() as s, s.begin():
+                    order = keys if (n + i) % 2 else keys[::-1]
+                    if i % 3 == 0:
+                        template_marks.record(s, {k: f"digest-{n}-{i}" for k in order}, now=T0)
+                    elif i % 3 == 1:
+                        changed_since_checked(s, {k: runtime.campaigns[k] for k in order}, T0)
+                    else:
+                        set_paused(s, order[0], bool(i % 2), now=T0)
+        except BaseException as exc:  # reported by the assertion below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []

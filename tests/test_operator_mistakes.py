@@ -287,6 +287,25 @@ def test_an_unreachable_database_is_one_line_without_its_password(tmp_path, monk
                         f"DATABASE_URL: cannot use {tmp_path}/afile", "is a file where a folder is needed")
 
 
+
+def test_a_transaction_the_database_rolled_back_is_not_called_unreachable() -> None:
+    """A deadlock or serialization failure (PostgreSQL's class 40) means the server was reached and rolled
+    one transaction back: the line says so and to run the command again, not to check the server."""
+    import psycopg.errors
+    from sqlalchemy.exc import OperationalError
+
+    from service.commands.context import operator_error
+
+    url = f"postgresql://drip:{SECRET_WORD}@127.0.0.1:5432/drip"
+    for orig in (psycopg.errors.DeadlockDetected("deadlock detected"),
+                 psycopg.errors.SerializationFailure("could not serialize access")):
+        line = operator_error(OperationalError("SELECT 1", {}, orig), url)
+        assert line is not None and line.startswith("DATABASE_URL: the database at postgresql://drip:***@"), line
+        assert str(orig) in line and "run the command again" in line and "check that the server" not in line
+        assert SECRET_WORD not in line
+    refused = OperationalError("SELECT 1", {}, psycopg.errors.OperationalError("connection refused"))
+    assert "cannot reach the database" in (operator_error(refused, url) or "")
+
 # -- files the operator hands over ----------------------------------------------------------------------
 def test_a_broken_campaign_folder_is_one_line_naming_the_file(migrated, tmp_path, monkeypatch) -> None:
     """A campaign.toml with a syntax error stops `drip tick`, `drip campaigns check` and `drip serve` with

@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service.campaigns import states
 from service.campaigns.model import Campaign
 from service.campaigns.versions import digest, folder_files
 from service.core.models import CampaignState
@@ -63,10 +63,6 @@ def unchecked(session: Session, digests: Mapping[str, str]) -> set[str]:
 
 def record(session: Session, digests: Mapping[str, str], *, now: datetime) -> None:
     """Record that these campaigns' files compiled (the caller commits)."""
-    if not digests:
-        return
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(insert(CampaignState).on_conflict_do_nothing(index_elements=["campaign"]),
-                    [{"campaign": key, "paused": False, "updated_at": now} for key in digests])
-    for key, d in digests.items():
-        session.execute(update(CampaignState).where(CampaignState.campaign == key).values(templates_checked=d))
+    for key, state in states.locked(session, digests, now=now).items():
+        state.templates_checked = digests[key]
+    session.flush()

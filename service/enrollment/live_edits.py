@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import exists, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from service.campaigns import states
 from service.campaigns.model import Campaign, Step
 from service.campaigns.schedule import step_due
 from service.core import events
 from service.core.db import one_of
-from service.core.models import CampaignState, Enrollment, Message, Subscriber
+from service.core.models import Enrollment, Message, Subscriber
 
 IN_FLIGHT = ("queued", "deferred", "sending")
 
@@ -68,18 +68,11 @@ def steps_digest(campaign: Campaign) -> str:
 def changed_since_checked(session: Session, campaigns: Mapping[str, Campaign], now: datetime) -> dict[str, Campaign]:
     """The campaigns whose steps differ from those last checked (a new campaign included), now recorded as
     checked. Locked, so of two workers starting at once one sees the change (the caller commits)."""
-    if not campaigns:
-        return {}
-    # A row per campaign first (two workers starting at once: the second's insert is a no-op, not an error).
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(insert(CampaignState).on_conflict_do_nothing(index_elements=["campaign"]),
-                    [{"campaign": key, "paused": False, "updated_at": now} for key in campaigns])
-    states = {s.campaign: s for s in session.scalars(
-        select(CampaignState).where(CampaignState.campaign.in_(list(campaigns))).with_for_update())}
+    rows = states.locked(session, campaigns, now=now)
     changed = {}
     for key, campaign in campaigns.items():
         digest = steps_digest(campaign)
-        state = states[key]
+        state = rows[key]
         if state.steps_digest != digest:
             state.steps_digest = digest
             changed[key] = campaign

@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.campaigns import states
 from service.campaigns.model import Campaign
 from service.core import counts
 from service.core.models import CampaignState, Enrollment
@@ -31,10 +32,7 @@ def paused_campaigns(session: Session) -> set[str]:
 
 def set_paused(session: Session, key: str, paused: bool, *, now: datetime) -> CampaignState:
     """Pause or resume a campaign (idempotent); the caller commits."""
-    state = session.get(CampaignState, key, with_for_update=True)
-    if state is None:
-        state = CampaignState(campaign=key, paused=False, paused_at=None, updated_at=now)
-        session.add(state)
+    state = states.locked(session, [key], now=now)[key]
     if state.paused != paused:
         state.paused = paused
         state.paused_at = now if paused else None
@@ -121,10 +119,10 @@ def _stats(session: Session, campaigns: list[Campaign], *, now: datetime, per_da
         _add_counts(steps[key], sorted(rows, key=lambda r: (r[1], r[0], r[2])))
     _unsubscribed_after(session, keys, steps)
     enrollments = counts.enrollment_counts(session)
-    states = {s.campaign: s for s in session.scalars(select(CampaignState).where(CampaignState.campaign.in_(keys)))}
+    by_key = {s.campaign: s for s in session.scalars(select(CampaignState).where(CampaignState.campaign.in_(keys)))}
     out = []
     for c in campaigns:
-        state = states.get(c.key)
+        state = by_key.get(c.key)
         stats = CampaignStats(key=c.key, title=c.title, paused=bool(state and state.paused),
                               paused_at=state.paused_at if state else None,
                               enrollments=dict(enrollments.get(c.key, {})),
