@@ -119,7 +119,10 @@ def test_coach_rewrites_week_5_in_markdown_and_the_running_worker_sends_it(serve
     expect(page.get_by_role("heading", name=re.compile(r"^Step \d+: week-13$"))).to_be_visible()
     page.get_by_role("link", name="edit", exact=True).click()
     page.get_by_role("button", name="Move week-13 up").click()
-    keys = page.locator("table.steps-editor tbody tr td:nth-child(2)").all_inner_texts()
+    # Waited for (the click reloads the page; reading the table at once could read the page before it).
+    cells = page.locator("table.steps-editor tbody tr td:nth-child(2)")
+    expect(cells).to_contain_text(["week-13", "week-12"])  # in this order: moved
+    keys = cells.all_inner_texts()
     assert keys.index("week-13") == keys.index("week-12") - 1
     added = page.locator("table.impact tbody tr", has_text="week-13")
     expect(added).to_contain_text("added")
