@@ -13,7 +13,8 @@ STAMP := $(VENV)/.installed$(subst $(space),,$(foreach e,$(EXTRAS),-$(e)))
 # needs to run, nothing more; `make install-dev` (and `make test`) adds the optional extra (Redis:
 # its tests run) and the tools for tests, lint, bench and the browser. EXTRAS=redis adds that extra to
 # the runtime install.
-RUNTIME_LOCKS := requirements.lock $(foreach e,$(EXTRAS),requirements-$(e).lock)
+# `ses` was an extra until SES's requests were signed by Drip itself: still accepted, now adds nothing.
+RUNTIME_LOCKS := requirements.lock $(foreach e,$(filter-out ses,$(EXTRAS)),requirements-$(e).lock)
 DEV_LOCKS := requirements.lock requirements-redis.lock requirements-dev.lock
 DEV_STAMP := $(VENV)/.installed-dev
 

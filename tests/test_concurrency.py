@@ -417,7 +417,8 @@ def test_web_workers_each_listen_and_keepalive_connections_move_on(drip: Drip) -
     assert "cannot listen on 127.0.0.1" in second.output()
 
 
-def test_starts_passes_and_pauses_lock_the_campaign_rows_without_deadlock(runtime) -> None:
+@pytest.mark.postgresql_only  # SQLite has one writer at a time: nothing there can deadlock
+def test_starts_passes_and_pauses_lock_the_campaign_rows_without_deadlock(backend, runtime) -> None:
     """What several workers and an operator do to the campaign_states rows at the same moment: a start
     records the templates that compiled (its campaigns in any order), a pass checks for edited steps, the
     console pauses and resumes a campaign. Four threads do these 25 times each, each its own transaction;

@@ -89,6 +89,15 @@ def test_the_extras_are_imported_only_when_their_setting_is_used() -> None:
     assert "import_module" in transports and "from service.transports.ses" not in transports
 
 
+def test_the_audit_and_the_installs_read_every_lock_and_no_other() -> None:
+    """`.ci/audit` checks the locks that exist, each once (a lock it still named after it was removed made
+    pip-audit fail and report nothing); `make install-dev` installs the same set."""
+    audit = re.findall(r"-r (\S+\.lock)", (ROOT / ".ci" / "audit").read_text())
+    assert sorted(audit) == sorted(LOCKS) == sorted(p.name for p in ROOT.glob("requirements*.lock"))
+    dev = re.search(r"^DEV_LOCKS := (.*)$", (ROOT / "Makefile").read_text(), re.M)
+    assert dev is not None and sorted(dev.group(1).split()) == sorted(LOCKS)
+
+
 def test_tests_bench_and_migrations_import_only_locked_packages() -> None:
     everything = set().union(*(locked(f) for f in LOCKS))
     for folder in ("tests", "bench", "migrations"):

@@ -45,6 +45,8 @@ MISTAKES = [
     ("DRIP_EMAIL_URL", f"smtp://ops:{SECRET_WORD}@relay:58x7", "cannot read host:port"),
     ("DRIP_EMAIL_URL", f"smtp://ops:{SECRET_WORD}@:587", "no host"),
     ("DRIP_EMAIL_URL", f"sendgrid://{SECRET_WORD}@?endpoint=ftp://x", "endpoint must be a plain https URL"),
+    ("DRIP_EMAIL_URL", f"ses://AKID:{SECRET_WORD}@eu-west-1?endpoint=https%3A%2F%2Fproxy.example.org%2Fses%3Fa%3D1",
+     "without a ?query"),
     ("DRIP_EMAIL_URL", "ses://AKIDEXAMPLE@eu-west-1", "needs the secret access key"),
     ("DRIP_BASE_URL", "drip.example.org", "expected an http(s) URL"),
     ("DRIP_SECRET_KEY", "tooshort", "too short (8 characters, at least 32"),
@@ -142,7 +144,8 @@ def test_each_wrong_setting_prints_one_line_naming_it(variable, value, says, mig
 
 def test_a_setting_that_needs_a_missing_extra_names_the_extra(migrated, tmp_path, monkeypatch) -> None:
     """Without the redis package (not in the runtime install) a Redis URL says which extra to install;
-    ses:// needs no extra (Drip signs SES's requests itself)."""
+    ses:// needs no extra (Drip signs SES's requests itself; that no service module imports botocore is
+    checked in a fresh interpreter by test_dependencies)."""
     monkeypatch.chdir(tmp_path)
     base = {"DATABASE_URL": migrated, "DRIP_SECRET_KEY": KEY}
     monkeypatch.setitem(sys.modules, "botocore", None)  # what Python does when a package is not installed

@@ -148,7 +148,8 @@ def test_ses_request_body_is_json_with_every_field() -> None:
 
 def test_sigv4_agrees_with_botocore_across_endpoints_regions_and_days() -> None:
     """Our SigV4 (hashlib and hmac) gives the Authorization botocore computes for the same request: SES's
-    own endpoint, a local one with a port, a path prefix and a query, other regions, a secret holding
+    own endpoint, a local one with a port, a path with doubled slashes and dot segments (AWS signs it
+    normalized) and a query whose pairs sort by name then value, other regions, a secret holding
     `/` and `+`, and one signer used across midnight (its signing key changes with the day)."""
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
@@ -161,7 +162,7 @@ def test_sigv4_agrees_with_botocore_across_endpoints_regions_and_days() -> None:
         signer = SigV4("AKIDEXAMPLE", "wJalr/XUtnFEMI+K7MDENG", region, "ses")
         for url in (f"https://email.{region}.amazonaws.com/v2/email/outbound-emails",
                     "http://127.0.0.1:8025/v2/email/outbound-emails",
-                    "https://proxy.example.org:8443/aws~ses/v2/email/outbound-emails?b=2&a=1&c"):
+                    "https://proxy.example.org:8443/aws~ses//v2/./email/x/../outbound-emails?b=2&a1=x&a=y&a=1&c"):
             for now in (1_796_601_599.0, 1_796_601_600.0, 1_796_688_000.5):  # either side of midnight, next day
                 mine = signer.headers(url, body, "application/json", now=now)
                 request = AWSRequest(method="POST", url=url, data=body,

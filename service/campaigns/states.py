@@ -31,4 +31,5 @@ def locked(session: Session, keys: Iterable[str], *, now: datetime) -> dict[str,
     # With ORDER BY, PostgreSQL locks the rows in that order (the lock is taken above the sort).
     return {state.campaign: state for state in session.scalars(
         select(CampaignState).where(CampaignState.campaign.in_(ordered))
-        .order_by(CampaignState.campaign).with_for_update())}
+        .order_by(CampaignState.campaign).with_for_update()
+        .execution_options(populate_existing=True))}  # the values as locked, not as this session last read them

@@ -128,11 +128,11 @@ def operator_error(exc: BaseException, database_url: str | None = None) -> str |
             # or the database was changed by hand).
             return (f"DATABASE_URL: the database{where} lacks Drip's tables or columns ({reason}); "
                     "run `drip db upgrade`")
-        if str(getattr(exc.orig, "sqlstate", "") or "").startswith("40"):
-            # PostgreSQL rolled back one transaction that collided with another's (a deadlock, a
-            # serialization failure): the server was reached, and running the command again is the fix.
+        if getattr(exc.orig, "sqlstate", None) in ("40001", "40P01"):
+            # PostgreSQL rolled back one transaction that collided with another's (a serialization failure,
+            # a deadlock): the server was reached, and running the command again is the fix.
             return (f"DATABASE_URL: the database{where} rolled back a transaction that collided with another "
-                    f"one ({reason}); nothing of it was written: run the command again")
+                    f"one ({mask_url(reason)}); nothing of it was written: run the command again")
         return (f"DATABASE_URL: cannot reach the database{where}: {mask_url(reason)}; check that the server is "
                 "running and the URL's host, port, user and database name")
     return None

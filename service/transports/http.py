@@ -104,10 +104,14 @@ class ApiUrl:
         """`endpoint=` replaces the provider's base URL: for tests (a local fake) and HTTP proxies."""
         value = self.query.get("endpoint", default).rstrip("/")
         try:  # the same strictness as every URL Drip fetches (service/core/outbound_urls.py)
-            return outbound_urls.check(value, allow_http_loopback=True, allow_port=True).url.rstrip("/")
+            url = outbound_urls.check(value, allow_http_loopback=True, allow_port=True).url.rstrip("/")
         except outbound_urls.UnsafeUrl as exc:
             raise ConfigError(f"DRIP_EMAIL_URL: endpoint must be a plain https URL (http only to loopback): "
                               f"{exc}") from None
+        if urlsplit(url).query:  # the API's own paths are added after it, which would land inside a query
+            raise ConfigError("DRIP_EMAIL_URL: endpoint is a base URL such as https://api.example.com/prefix, "
+                              "without a ?query")
+        return url
 
     def timeout(self) -> tuple[float, float]:
         try:

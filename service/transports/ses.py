@@ -46,7 +46,7 @@ class SigV4:
         parts = urlsplit(url)
         content_type = " ".join(content_type.split())  # as the canonical form has it, so both agree
         canonical = "\n".join((
-            "POST", quote(parts.path or "/", safe="/~"), _canonical_query(parts.query),
+            "POST", quote(_normalized_path(parts.path), safe="/~"), _canonical_query(parts.query),
             f"content-type:{content_type}\nhost:{host_header(parts)}\nx-amz-date:{stamp}\n",
             self.SIGNED, hashlib.sha256(body).hexdigest()))
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
@@ -65,9 +65,28 @@ class SigV4:
         return self._key
 
 
+def _normalized_path(path: str) -> str:
+    """The path as AWS reads it before checking a signature (RFC 3986 dot segments removed, and runs of
+    slashes made one, as botocore does)."""
+    kept: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment and segment != ".":
+            kept.append(segment)
+    if not kept:
+        return "/"
+    return "/" + "/".join(kept) + ("/" if path.endswith("/") else "")
+
+
 def _canonical_query(query: str) -> str:
-    """The query's name=value pairs sorted, as they are written in the URL (the endpoint's own, if any)."""
-    return "&".join(sorted("=".join(pair.partition("=")[::2]) for pair in query.split("&"))) if query else ""
+    """The query's name=value pairs as written in the URL, sorted by name and then value (as botocore
+    does for a query it did not encode itself)."""
+    if not query:
+        return ""
+    pairs = sorted(pair.partition("=")[::2] for pair in query.split("&"))
+    return "&".join(f"{name}={value}" for name, value in pairs)
 
 
 class SesTransport(HttpTransport):
