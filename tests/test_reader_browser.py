@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import SmtpServer, tampered
+from playwright.sync_api import expect
 from sqlalchemy import select
 from test_browser import serving, sign_up
 
@@ -127,14 +128,15 @@ def test_preference_walk_then_the_clock_decides_what_arrives(drip, page, smtp, r
     page.goto(footer_link(welcome, "preferences"))
     page.get_by_label("2 weeks").check()
     page.get_by_role("button", name="Pause emails").click()
-    assert "Your emails are paused" in page.get_by_role("status").first.inner_text()
+    expect(page.get_by_role("status").first).to_contain_text("Your emails are paused")
 
     json_signup(drip.base, address, "plateau-14")
     page.reload()
     page.get_by_role("button", name="Switch to one email a month").click()
-    assert "monthly digest" in page.get_by_role("status").first.inner_text()
+    expect(page.get_by_role("status").first).to_contain_text("monthly digest")
     page.locator("li", has_text="plateaus").get_by_role("button", name="Stop these emails").click()
-    assert "You have left that campaign" in page.get_by_role("status").first.inner_text()
+    # expect() waits for the answer's page: reading at once could read the status of the page before it
+    expect(page.get_by_role("status").first).to_contain_text("You have left that campaign")
 
     with runtime.sessions() as s:
         sub = s.scalars(select(Subscriber).where(Subscriber.email_key == address)).one()

@@ -10,6 +10,7 @@ import re
 import time
 
 import pytest
+from playwright.sync_api import expect
 from test_browser import sign_up
 from test_reader_browser import Drip, footer_link, received
 
@@ -66,10 +67,10 @@ def test_a_forwarded_link_reaches_no_data_and_the_reader_downloads_and_erases_fr
     shown = stranger.locator("main").inner_text()
     assert address not in shown and "a\u2022\u2022\u2022@example.org" in shown
     stranger.get_by_role("button", name="Email me a link to download my data").click()
-    status = stranger.get_by_role("status").first.inner_text()
-    assert "We've emailed a link to a\u2022\u2022\u2022@example.org" in status
+    status = stranger.get_by_role("status").first  # expect() waits for the answer's page, not the one before
+    expect(status).to_contain_text("We've emailed a link to a\u2022\u2022\u2022@example.org")
     stranger.get_by_role("button", name="Email me a link to erase my data").click()
-    assert "to erase your data" in stranger.get_by_role("status").first.inner_text()
+    expect(stranger.get_by_role("status").first).to_contain_text("to erase your data")
     assert address not in stranger.content()
     stranger.context.close()
 
