@@ -4,8 +4,9 @@ checked of its steps and templates): created when first needed, and locked in on
 Several transactions lock several of these rows at once: a command's start records which templates
 compiled, every pass checks for edited steps, an operator pauses a campaign. Each takes all its rows in
 one call of `locked`, in campaign-key order, so two of them can only wait for each other in the same
-direction and never deadlock. (Three `drip tick` processes started together once did: one locked the rows in the order
-the database scanned them while another updated them in the order the campaigns were loaded.)
+direction and never deadlock. (Three `drip tick` processes started together once did: one locked the
+rows in the order the database scanned them while another updated them in the order the campaigns were
+loaded.)
 """
 from __future__ import annotations
 
