@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import func, select
 
 from service.audience.signups import ConsentMeta, parse_signup, signup
-from service.core.models import Consent, Enrollment, Event, Message, Subscriber
+from service.core.models import CampaignState, Consent, Enrollment, Event, Message, Subscriber
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIP = str(ROOT / ".venv" / "bin" / "drip")
@@ -452,3 +452,20 @@ def test_starts_passes_and_pauses_lock_the_campaign_rows_without_deadlock(backen
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads)
     assert failures == []
+
+
+def test_one_transaction_cannot_lock_campaign_rows_out_of_order(runtime) -> None:
+    """The order is kept within a transaction too: after the rows of "b" and "d" are locked, a second call
+    may add "e" (it sorts after them) and repeat "b", but "a" or "c" would be locked out of order, so
+    they are refused before anything is locked. The next transaction starts afresh."""
+    from service.campaigns import states
+
+    with runtime.sessions() as s, s.begin():
+        assert sorted(states.locked(s, ["d", "b"], now=T0)) == ["b", "d"]
+        assert sorted(states.locked(s, ["b", "e"], now=T0)) == ["b", "e"]
+        for late in (["a"], ["c", "e"]):
+            with pytest.raises(RuntimeError, match="take every row in one call"):
+                states.locked(s, late, now=T0)
+    with runtime.sessions() as s, s.begin():
+        assert sorted(states.locked(s, ["a", "c"], now=T0)) == ["a", "c"]
+        assert s.scalar(select(func.count()).select_from(CampaignState)) >= 5

@@ -175,6 +175,47 @@ def test_sigv4_agrees_with_botocore_across_endpoints_regions_and_days() -> None:
                 assert mine["X-Amz-Date"][:8] in ("20261206", "20261207", "20261208")
 
 
+def test_sigv4_encodes_a_query_as_aws_reads_it() -> None:
+    """AWS percent-encodes every query name and value before checking a signature (all but A-Z a-z 0-9
+    - _ . ~, uppercase hex): a query written another way is signed in that form, so `x=%7e` and `x=~`
+    sign alike, and `/`, `+` and spaces are signed encoded."""
+    from service.transports.ses import SigV4, _canonical_query
+
+    assert _canonical_query("x=%7e&p=b+c&a=b/c&e=&s=a%20b") == "a=b%2Fc&e=&p=b%2Bc&s=a%20b&x=~"
+    signer = SigV4("AKIDEXAMPLE", "secret", "eu-west-1", "ses")
+    base = "https://email.eu-west-1.amazonaws.com/v2/email/outbound-emails"
+    one, other = (signer.headers(f"{base}?{q}", b"{}", "application/json", now=1_796_601_600.0)
+                  for q in ("x=%7e&a=b%2fc", "a=b%2Fc&x=~"))
+    assert one == other
+    assert one != signer.headers(f"{base}?a=b%2Fd&x=~", b"{}", "application/json", now=1_796_601_600.0)
+
+
+@pytest.mark.parametrize("fake", ["ses"], indirect=True)
+def test_ses_sends_where_botocore_cannot_be_imported(runtime, fake, monkeypatch) -> None:
+    """SES needs nothing beyond the runtime install: with every botocore module unimportable (as where it
+    is not installed), a welcome still goes, signed, and its signature is the one AWS computes."""
+    import importlib.abc
+    import sys
+
+    class NoBotocore(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "botocore":
+                raise ImportError(f"No module named {name!r}")
+            return None
+
+    rt = provider_runtime(runtime, fake)
+    enroll(rt, "ada@example.com")
+    with monkeypatch.context() as m:
+        for name in [n for n in sys.modules if n.split(".")[0] == "botocore"]:
+            m.delitem(sys.modules, name)
+        m.setattr(sys, "meta_path", [NoBotocore(), *sys.meta_path])
+        summary = rt.dispatcher().run_pass(T0)
+        assert not any(n.split(".")[0] == "botocore" for n in sys.modules)
+    assert summary.sent == 1, summary.line()
+    [seen] = fake.posts()
+    check_shape("ses", seen, rt)  # botocore importable again: it checks the signature
+
+
 @pytest.mark.parametrize(("fake", "query"), [(p, {}) for p in PROVIDERS] + [
     ("postmark", {"batch": "1"}), ("resend", {"batch": "1"})], indirect=["fake"])
 def test_each_provider_gets_its_documented_request_and_its_id_is_stored(runtime, fake, query) -> None:

@@ -13,7 +13,7 @@ import hmac
 import json
 import time
 from concurrent.futures import Future
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from service.transports.base import OutboundEmail, SendResult, TransportError
 from service.transports.http import ApiUrl, HttpTransport, Response, host_header
@@ -37,7 +37,9 @@ class SigV4:
     def __init__(self, key_id: str, secret: str, region: str, service: str) -> None:
         self.key_id, self.region, self.service = key_id, region, service
         self._secret = f"AWS4{secret}".encode()
-        self._day, self._key = "", b""  # the signing key of the last day signed for (it changes daily)
+        # The signing key of the last day signed for (it changes daily), as one value: two threads signing
+        # at midnight could otherwise pair one day with the other day's key.
+        self._day_key: tuple[str, bytes] = ("", b"")
 
     def headers(self, url: str, body: bytes, content_type: str, *, now: float | None = None) -> dict[str, str]:
         """The Content-Type, X-Amz-Date and Authorization headers of a POST of `body` to `url`."""
@@ -57,12 +59,13 @@ class SigV4:
                                  f"SignedHeaders={self.SIGNED}, Signature={signature}"}
 
     def _signing_key(self, day: str) -> bytes:
-        if day != self._day:
+        known_day, key = self._day_key
+        if day != known_day:
             key = self._secret
             for part in (day, self.region, self.service, "aws4_request"):
                 key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-            self._day, self._key = day, key
-        return self._key
+            self._day_key = (day, key)
+        return key
 
 
 def _normalized_path(path: str) -> str:
@@ -81,12 +84,18 @@ def _normalized_path(path: str) -> str:
 
 
 def _canonical_query(query: str) -> str:
-    """The query's name=value pairs as written in the URL, sorted by name and then value (as botocore
-    does for a query it did not encode itself)."""
+    """The query's name=value pairs, each name and value percent-encoded as the spec asks (every
+    character but A-Z a-z 0-9 - _ . ~, in uppercase hex, whatever the URL's own encoding was), sorted by
+    name and then value. For a query already written that way this is botocore's canonical query."""
     if not query:
         return ""
-    pairs = sorted(pair.partition("=")[::2] for pair in query.split("&"))
+    pairs = sorted((_uri_encode(name), _uri_encode(value))
+                   for name, _, value in (pair.partition("=") for pair in query.split("&")))
     return "&".join(f"{name}={value}" for name, value in pairs)
+
+
+def _uri_encode(text: str) -> str:
+    return quote(unquote(text), safe="-_.~")
 
 
 class SesTransport(HttpTransport):
