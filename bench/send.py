@@ -41,6 +41,7 @@ from common import (
     SECRET,
     Row,
     SinkProcess,
+    cpu_bound_row,
     cpu_seconds,
     make_templates,
     pg_create,
@@ -264,6 +265,9 @@ def run(n: int = 10_000, workers: tuple[int, ...] = (1, 2, 4), db: str = "postgr
                 single = single or got["rate"]
                 rows.append(Row(f"  {w} worker(s): sent/missing/doubles", got["sent"], "", "missing + doubles",
                                 got["missing"] + got["doubles"], "0 + 0", ok_counts))
+                if w == 2:  # two workers keep both cores busy: how far CPU alone lets this code go
+                    rows.append(cpu_bound_row(f"{w} workers", (got["worker_ms"] + got["others_ms"]) * 1000,
+                                              f"smtplib {conn} conn.", limits[conn]))
                 if w == 1 and not dkim:  # where one email's CPU goes: figures that do not drift with the load
                     budget = 1e6 / (0.6 * limits[1])
                     rows.append(Row("  CPU per email: Drip worker", got["worker_ms"] * 1000, "us",
